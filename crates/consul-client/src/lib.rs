@@ -1,0 +1,1 @@
+//! Async Consul HTTP API client.

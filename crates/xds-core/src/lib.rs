@@ -1,0 +1,1 @@
+//! Snapshot cache and gRPC xDS server.
