@@ -1,0 +1,153 @@
+//! A real Consul dev agent (in-memory state) on free loopback ports.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::process::ManagedProcess;
+use crate::{HarnessError, Result, free_port, http_request, tool};
+
+/// How the agent is configured.
+#[derive(Debug, Clone, Default)]
+pub struct ConsulOptions {
+    /// Enables ACLs with `default_policy = "deny"` and this master token, so
+    /// tests can see real 403s.
+    pub acl_master_token: Option<String>,
+}
+
+#[derive(Debug)]
+struct Ports {
+    http: u16,
+    serf_lan: u16,
+    serf_wan: u16,
+    server: u16,
+}
+
+/// A `consul agent -dev`; killed on drop.
+#[derive(Debug)]
+pub struct ConsulAgent {
+    process: Option<ManagedProcess>,
+    ports: Ports,
+    options: ConsulOptions,
+    dir: TempDir,
+}
+
+impl ConsulAgent {
+    pub async fn start() -> Result<Self> {
+        Self::start_with(ConsulOptions::default()).await
+    }
+
+    pub async fn start_with(options: ConsulOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("consul-")
+            .tempdir()
+            .map_err(HarnessError::io("temporary directory"))?;
+        let ports = Ports {
+            http: free_port(),
+            serf_lan: free_port(),
+            serf_wan: free_port(),
+            server: free_port(),
+        };
+        let mut agent = Self {
+            process: None,
+            ports,
+            options,
+            dir,
+        };
+        agent.launch().await?;
+        Ok(agent)
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let config = self.dir.path().join("agent.hcl");
+        let mut hcl = String::from("telemetry { prometheus_retention_time = \"60s\" }\n");
+        if let Some(token) = &self.options.acl_master_token {
+            hcl.push_str(&format!(
+                "acl {{\n  enabled = true\n  default_policy = \"deny\"\n  tokens {{ master = \"{token}\" }}\n}}\n"
+            ));
+        }
+        std::fs::write(&config, hcl).map_err(HarnessError::io(&config))?;
+        let args = vec![
+            "agent".to_owned(),
+            "-dev".to_owned(),
+            "-bind=127.0.0.1".to_owned(),
+            "-client=127.0.0.1".to_owned(),
+            "-log-level=warn".to_owned(),
+            "-dns-port=-1".to_owned(),
+            "-grpc-port=-1".to_owned(),
+            format!("-http-port={}", self.ports.http),
+            format!("-serf-lan-port={}", self.ports.serf_lan),
+            format!("-serf-wan-port={}", self.ports.serf_wan),
+            format!("-server-port={}", self.ports.server),
+            format!("-config-file={}", config.display()),
+        ];
+        let log = self.dir.path().join("consul.log");
+        let mut process = ManagedProcess::spawn("consul", &tool("consul")?, &args, &[], &log)?;
+        let addr = self.http_addr();
+        let token = self.options.acl_master_token.clone();
+        // Ready means: a leader is elected and the agent's own node is in the
+        // catalog, so registrations and health queries behave normally.
+        process
+            .wait_ready(Duration::from_secs(30), || {
+                let token = token.clone();
+                async move {
+                    let headers: Vec<(&str, &str)> = token
+                        .as_deref()
+                        .map(|t| vec![("x-consul-token", t)])
+                        .unwrap_or_default();
+                    let leader = http_request("GET", addr, "/v1/status/leader", &headers, vec![])
+                        .await
+                        .is_ok_and(|r| r.status == 200 && r.body.trim().len() > 2);
+                    leader
+                        && http_request("GET", addr, "/v1/catalog/nodes", &headers, vec![])
+                            .await
+                            .is_ok_and(|r| r.status == 200 && r.body.contains("\"Node\""))
+                }
+            })
+            .await?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.http))
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr())
+    }
+
+    pub fn acl_master_token(&self) -> Option<&str> {
+        self.options.acl_master_token.as_deref()
+    }
+
+    /// SIGKILLs the agent: clients see refused connections from now on.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the agent again on the same ports. A dev agent keeps its state
+    /// in memory, so the catalog comes back empty and indexes start low:
+    /// exactly the "index went backwards" case clients must handle.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.launch().await
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(ManagedProcess::is_running)
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.process
+            .as_ref()
+            .map(ManagedProcess::log_tail)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,107 @@
+//! Test certificate authorities and an HTTPS GET that trusts a given root.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+use crate::http::{HttpResponse, http_error, send};
+use crate::{HarnessError, Result};
+
+/// A throw-away CA that signs leaf certificates for test servers.
+#[derive(Debug)]
+pub struct TestCa {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct LeafPem {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(common_name: &str) -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses), signed by this CA.
+    pub fn leaf(&self, names: &[&str]) -> Result<LeafPem> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names.clone())?;
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, first);
+        }
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(LeafPem {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// `GET https://server_name/path` at `addr`, trusting only `roots_pem`.
+///
+/// Returns the response and the DER of the certificate the server presented,
+/// so tests can check *which* certificate a TLS listener serves.
+pub async fn https_get(
+    addr: SocketAddr,
+    server_name: &str,
+    roots_pem: &str,
+    path: &str,
+) -> Result<(HttpResponse, Vec<u8>)> {
+    let url = format!("https://{server_name}{path} (at {addr})");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        let cert = cert.map_err(|e| http_error(&url, e))?;
+        roots.add(cert).map_err(|e| http_error(&url, e))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| http_error(&url, e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| http_error(&url, e))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| http_error(&url, e))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| http_error(&url, e))?;
+    let presented = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| cert.as_ref().to_vec())
+        .ok_or_else(|| HarnessError::Http {
+            url: url.clone(),
+            reason: "server presented no certificate".to_owned(),
+        })?;
+    let response = send(tls, &url, "GET", server_name, path, &[], Vec::new()).await?;
+    Ok((response, presented))
+}
