@@ -1,0 +1,197 @@
+//! Command-line flags (each also an environment variable), parsed once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use service_support::logging::LogFormat;
+
+use crate::health::{CriticalPolicy, HealthPolicy, WarningPolicy};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "consul-eds-server",
+    version,
+    about = "Serves Envoy EDS from Consul's catalog and health"
+)]
+pub struct Config {
+    /// Consul agent address: http://host:port, https://host:port or unix:///path.
+    #[arg(
+        long,
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub consul_addr: String,
+
+    /// Consul ACL token (prefer --consul-token-file: a flag shows in `ps`).
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+
+    /// File holding the Consul ACL token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE", conflicts_with = "consul_token")]
+    pub consul_token_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) to verify an https:// Consul address.
+    #[arg(long, env = "CONSUL_CACERT")]
+    pub consul_cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for Consul's verify_incoming.
+    #[arg(long, env = "CONSUL_CLIENT_CERT", requires = "consul_client_key")]
+    pub consul_client_cert: Option<PathBuf>,
+
+    /// Client key (PEM) for --consul-client-cert.
+    #[arg(long, env = "CONSUL_CLIENT_KEY", requires = "consul_client_cert")]
+    pub consul_client_key: Option<PathBuf>,
+
+    /// Datacenter to read (default: the agent's own).
+    #[arg(long, env = "CONSUL_EDS_DATACENTER")]
+    pub datacenter: Option<String>,
+
+    /// Further datacenters, in order, served as lower priorities for failover.
+    #[arg(
+        long = "failover-dc",
+        env = "CONSUL_EDS_FAILOVER_DCS",
+        value_delimiter = ','
+    )]
+    pub failover_dcs: Vec<String>,
+
+    /// Read from any Consul server, not only the leader (`?stale`).
+    #[arg(long, env = "CONSUL_EDS_STALE")]
+    pub stale: bool,
+
+    /// Where Envoy connects for xDS: host:port or unix:/path.
+    #[arg(long, env = "CONSUL_EDS_XDS_LISTEN", default_value = "127.0.0.1:15000")]
+    pub xds_listen: String,
+
+    /// Admin HTTP listener (/metrics, /healthz, /readyz, /debug/snapshot).
+    #[arg(
+        long,
+        env = "CONSUL_EDS_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9102"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Only these services are served (comma-separated); default: any a client asks for.
+    #[arg(long, env = "CONSUL_EDS_SERVICES", value_delimiter = ',')]
+    pub services: Vec<String>,
+
+    /// Cluster name for a service: `{service}`, `{dc}` are replaced.
+    #[arg(
+        long,
+        env = "CONSUL_EDS_CLUSTER_NAME_TEMPLATE",
+        default_value = "{service}"
+    )]
+    pub cluster_name_template: String,
+
+    /// How instances whose worst check is `warning` are served.
+    #[arg(long, env = "CONSUL_EDS_WARNING", value_enum, default_value_t = WarningPolicy::Healthy)]
+    pub warning: WarningPolicy,
+
+    /// How instances whose worst check is `critical` are served.
+    #[arg(long, env = "CONSUL_EDS_CRITICAL", value_enum, default_value_t = CriticalPolicy::Remove)]
+    pub critical: CriticalPolicy,
+
+    /// Which address Envoy connects to.
+    #[arg(long, env = "CONSUL_EDS_ADDRESS", value_enum, default_value_t = AddressSource::Service)]
+    pub address: AddressSource,
+
+    /// Node meta key giving an instance's zone (Envoy locality).
+    #[arg(long, env = "CONSUL_EDS_ZONE_META", default_value = "zone")]
+    pub zone_meta_key: String,
+
+    /// Most blocking queries held open against the agent at once (Consul allows
+    /// 200 connections per client IP by default).
+    #[arg(long, env = "CONSUL_EDS_MAX_BLOCKING_QUERIES", default_value_t = 64)]
+    pub max_blocking_queries: usize,
+
+    /// How long bursts of changes are gathered before one push.
+    #[arg(long, env = "CONSUL_EDS_COALESCE", value_parser = humantime_ms, default_value = "5ms")]
+    pub coalesce: Duration,
+
+    /// Log format.
+    #[arg(long, env = "CONSUL_EDS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// How long SIGTERM waits for xDS streams to finish before closing them.
+    #[arg(long, env = "CONSUL_EDS_SHUTDOWN_GRACE", value_parser = humantime_ms, default_value = "5s")]
+    pub shutdown_grace: Duration,
+}
+
+/// The address Envoy is given for an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum AddressSource {
+    /// The service's address, else its node's (Consul's own rule).
+    #[default]
+    Service,
+    /// Always the node's address.
+    Node,
+    /// The node's `lan` tagged address, else its address.
+    Lan,
+    /// The node's `wan` tagged address, else its address.
+    Wan,
+}
+
+impl Config {
+    pub fn health_policy(&self) -> HealthPolicy {
+        HealthPolicy {
+            warning: self.warning,
+            critical: self.critical,
+        }
+    }
+}
+
+/// `250ms`, `5s`, `2m`: durations as operators write them.
+pub fn humantime_ms(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 5ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" | "" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seed_layout() {
+        let config = Config::try_parse_from(["consul-eds-server"]).expect("defaults parse");
+        assert_eq!(config.xds_listen, "127.0.0.1:15000");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9102");
+        assert_eq!(config.max_blocking_queries, 64);
+        assert_eq!(config.coalesce, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let error = Config::try_parse_from(["consul-eds-server", "--coalesce", "soon"])
+            .expect_err("rejected");
+        assert!(error.to_string().contains("--coalesce"), "{error}");
+        let error = Config::try_parse_from(["consul-eds-server", "--warning", "maybe"])
+            .expect_err("rejected");
+        assert!(error.to_string().contains("--warning"), "{error}");
+    }
+
+    #[test]
+    fn token_and_token_file_conflict() {
+        let error = Config::try_parse_from([
+            "consul-eds-server",
+            "--consul-token",
+            "t",
+            "--consul-token-file",
+            "/f",
+        ])
+        .expect_err("rejected");
+        assert!(error.to_string().contains("--consul-token"), "{error}");
+    }
+}

@@ -1,0 +1,10 @@
+//! Serves Envoy EDS from Consul's catalog and health.
+//!
+//! Data flows one way: Consul (`source`) -> domain model (`model`, `health`)
+//! -> Envoy resources (`translate`) -> xDS streams (`xds-core`).
+
+pub mod config;
+pub mod health;
+pub mod model;
+pub mod state;
+pub mod translate;

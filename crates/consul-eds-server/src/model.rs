@@ -1,0 +1,93 @@
+//! What the server knows about Consul services, in its own terms.
+//!
+//! These types sit between Consul's JSON (converted in `source`) and Envoy's
+//! protobuf (produced in `translate`): health policy and address selection
+//! are decided here, once, and are testable without either.
+
+use serde::Serialize;
+
+/// The aggregated state of an instance's checks, worst first wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    Passing,
+    Warning,
+    Critical,
+}
+
+/// Consul's `Weights`: how much traffic an instance gets in each state.
+/// Consul's defaults are passing 1, warning 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Weights {
+    pub passing: u32,
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+/// Where an instance runs, as Envoy's locality (region = datacenter).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+/// One instance of a Consul service, as read from the health endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceInstance {
+    /// Consul's service ID (unique per agent).
+    pub id: String,
+    pub node: String,
+    /// The address chosen by the address policy (IPv4, IPv6 or hostname).
+    pub address: String,
+    pub port: u16,
+    pub checks: CheckState,
+    /// Node or service maintenance mode is on.
+    pub maintenance: bool,
+    pub weights: Weights,
+    pub tags: Vec<String>,
+    pub locality: Locality,
+}
+
+/// What Envoy is told about one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointHealth {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    /// In-flight requests finish; no new ones are sent.
+    Draining,
+}
+
+/// One endpoint of a cluster, with the reason it is served as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub instance_id: String,
+    pub node: String,
+    pub address: String,
+    pub port: u16,
+    pub health: EndpointHealth,
+    /// Envoy's `load_balancing_weight`; always at least 1 (Envoy rejects 0).
+    pub weight: u32,
+    pub locality: Locality,
+    /// 0 for the local datacenter, 1.. for failover datacenters in order.
+    pub priority: u32,
+    /// Why this endpoint has this health and weight, for `/debug/snapshot`.
+    pub reason: String,
+}
+
+/// Everything one Envoy cluster serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterEndpoints {
+    pub cluster: String,
+    pub endpoints: Vec<Endpoint>,
+}

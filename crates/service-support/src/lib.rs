@@ -1,0 +1,9 @@
+//! What both services share around their core: the admin HTTP server,
+//! logging set-up and the shutdown signal.
+//!
+//! Kept apart from `xds-core` (which knows only xDS) and from the services
+//! (which know their domain), so each service's `main` reads as wiring.
+
+pub mod admin;
+pub mod logging;
+pub mod shutdown;
