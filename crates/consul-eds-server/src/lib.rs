@@ -6,5 +6,6 @@
 pub mod config;
 pub mod health;
 pub mod model;
+pub mod naming;
 pub mod state;
 pub mod translate;

@@ -1,0 +1,141 @@
+//! Cluster names <-> Consul services.
+//!
+//! By default a cluster is named after its service (`web`), as the seed's
+//! Envoy bootstraps expect. `<service>.<tag>` selects the instances carrying
+//! a tag (`web.canary`). `--cluster-name-template` adds prefixes or the
+//! datacenter (`consul-{service}`, `{service}.{dc}`).
+
+use regex::Regex;
+
+/// What a cluster name asks for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterTarget {
+    pub service: String,
+    pub tag: Option<String>,
+    /// `None`: the server's own datacenter.
+    pub datacenter: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamingError {
+    #[error("--cluster-name-template `{template}` must contain `{{service}}` exactly once")]
+    MissingService { template: String },
+    #[error("--cluster-name-template `{template}`: `{{dc}}` may appear at most once")]
+    RepeatedDatacenter { template: String },
+    #[error("--cluster-name-template `{template}`: {source}")]
+    Pattern {
+        template: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// Parses cluster names according to the template.
+#[derive(Debug, Clone)]
+pub struct ClusterNaming {
+    pattern: Regex,
+}
+
+/// Consul service names and tags as they appear in DNS-friendly clusters.
+const NAME: &str = "[A-Za-z0-9_-]+";
+
+impl ClusterNaming {
+    pub fn new(template: &str) -> Result<Self, NamingError> {
+        if template.matches("{service}").count() != 1 {
+            return Err(NamingError::MissingService {
+                template: template.to_owned(),
+            });
+        }
+        if template.matches("{dc}").count() > 1 {
+            return Err(NamingError::RepeatedDatacenter {
+                template: template.to_owned(),
+            });
+        }
+        let mut pattern = String::from("^");
+        let mut rest = template;
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix("{service}") {
+                pattern.push_str(&format!(r"(?P<service>{NAME})(?:\.(?P<tag>{NAME}))?"));
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix("{dc}") {
+                pattern.push_str(&format!("(?P<dc>{NAME})"));
+                rest = after;
+            } else {
+                let next = rest[1..].find(['{']).map(|i| i + 1).unwrap_or(rest.len());
+                pattern.push_str(&regex::escape(&rest[..next]));
+                rest = &rest[next..];
+            }
+        }
+        pattern.push('$');
+        let pattern = Regex::new(&pattern).map_err(|source| NamingError::Pattern {
+            template: template.to_owned(),
+            source,
+        })?;
+        Ok(Self { pattern })
+    }
+
+    /// The service (and tag, datacenter) a cluster name selects, or `None`
+    /// when the name does not follow the template.
+    pub fn parse(&self, cluster: &str) -> Option<ClusterTarget> {
+        let captures = self.pattern.captures(cluster)?;
+        Some(ClusterTarget {
+            service: captures.name("service")?.as_str().to_owned(),
+            tag: captures.name("tag").map(|m| m.as_str().to_owned()),
+            datacenter: captures.name("dc").map(|m| m.as_str().to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(service: &str, tag: Option<&str>, dc: Option<&str>) -> Option<ClusterTarget> {
+        Some(ClusterTarget {
+            service: service.to_owned(),
+            tag: tag.map(str::to_owned),
+            datacenter: dc.map(str::to_owned),
+        })
+    }
+
+    #[test]
+    fn default_template_is_the_service_name_with_an_optional_tag() {
+        let naming = ClusterNaming::new("{service}").expect("valid");
+        assert_eq!(naming.parse("web"), target("web", None, None));
+        assert_eq!(
+            naming.parse("web.canary"),
+            target("web", Some("canary"), None)
+        );
+        assert_eq!(naming.parse("a.b.c"), None);
+        assert_eq!(naming.parse(""), None);
+    }
+
+    #[test]
+    fn prefixes_and_datacenters() {
+        let naming = ClusterNaming::new("consul-{service}@{dc}").expect("valid");
+        assert_eq!(
+            naming.parse("consul-web@dc2"),
+            target("web", None, Some("dc2"))
+        );
+        assert_eq!(
+            naming.parse("consul-web.v2@dc1"),
+            target("web", Some("v2"), Some("dc1"))
+        );
+        assert_eq!(naming.parse("web@dc2"), None);
+    }
+
+    #[test]
+    fn template_literals_are_not_patterns() {
+        let naming = ClusterNaming::new("svc.{service}").expect("valid");
+        assert_eq!(naming.parse("svcXweb"), None);
+        assert_eq!(naming.parse("svc.web"), target("web", None, None));
+    }
+
+    #[test]
+    fn invalid_templates_are_named() {
+        let error = ClusterNaming::new("static").expect_err("no service");
+        assert!(error.to_string().contains("`static`"), "{error}");
+        assert!(ClusterNaming::new("{service}-{service}").is_err());
+        assert!(ClusterNaming::new("{service}.{dc}.{dc}").is_err());
+    }
+}
