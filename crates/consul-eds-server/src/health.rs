@@ -38,8 +38,12 @@ pub struct HealthPolicy {
 }
 
 impl HealthPolicy {
-    /// The endpoint Envoy gets for `instance`, or `None` if it is left out.
-    pub fn endpoint(&self, instance: &ServiceInstance, priority: u32) -> Option<Endpoint> {
+    /// The endpoint Envoy gets for `instance`, or why it is left out.
+    pub fn endpoint(
+        &self,
+        instance: &ServiceInstance,
+        priority: u32,
+    ) -> Result<Endpoint, &'static str> {
         let (health, weight, reason) = if instance.maintenance {
             // Checked first: an instance in maintenance usually also has a
             // critical maintenance check, and draining is what lets Envoy
@@ -53,7 +57,7 @@ impl HealthPolicy {
             match instance.checks {
                 CheckState::Passing => {
                     if instance.weights.passing == 0 {
-                        return None;
+                        return Err("Weights.Passing is 0");
                     }
                     (
                         EndpointHealth::Healthy,
@@ -62,9 +66,11 @@ impl HealthPolicy {
                     )
                 }
                 CheckState::Warning => match self.warning {
-                    WarningPolicy::Exclude => return None,
+                    WarningPolicy::Exclude => return Err("check warning (--warning exclude)"),
                     // Consul's Weights.Warning = 0 means "send nothing".
-                    _ if instance.weights.warning == 0 => return None,
+                    _ if instance.weights.warning == 0 => {
+                        return Err("check warning and Weights.Warning is 0");
+                    }
                     WarningPolicy::Healthy => (
                         EndpointHealth::Healthy,
                         instance.weights.warning,
@@ -77,7 +83,7 @@ impl HealthPolicy {
                     ),
                 },
                 CheckState::Critical => match self.critical {
-                    CriticalPolicy::Remove => return None,
+                    CriticalPolicy::Remove => return Err("check critical"),
                     CriticalPolicy::Unhealthy => (
                         EndpointHealth::Unhealthy,
                         instance.weights.passing,
@@ -86,7 +92,7 @@ impl HealthPolicy {
                 },
             }
         };
-        Some(Endpoint {
+        Ok(Endpoint {
             instance_id: instance.id.clone(),
             node: instance.node.clone(),
             address: instance.address.clone(),
@@ -150,20 +156,20 @@ mod tests {
             degraded
                 .endpoint(&instance(CheckState::Warning), 0)
                 .map(|e| e.health),
-            Some(EndpointHealth::Degraded)
+            Ok(EndpointHealth::Degraded)
         );
         let exclude = HealthPolicy {
             warning: WarningPolicy::Exclude,
             ..Default::default()
         };
-        assert_eq!(exclude.endpoint(&instance(CheckState::Warning), 0), None);
+        assert!(exclude.endpoint(&instance(CheckState::Warning), 0).is_err());
     }
 
     #[test]
     fn critical_is_removed_unless_asked_to_serve_it_unhealthy() {
         assert_eq!(
             HealthPolicy::default().endpoint(&instance(CheckState::Critical), 0),
-            None
+            Err("check critical")
         );
         let unhealthy = HealthPolicy {
             critical: CriticalPolicy::Unhealthy,
@@ -173,7 +179,7 @@ mod tests {
             unhealthy
                 .endpoint(&instance(CheckState::Critical), 0)
                 .map(|e| e.health),
-            Some(EndpointHealth::Unhealthy)
+            Ok(EndpointHealth::Unhealthy)
         );
     }
 
@@ -193,13 +199,13 @@ mod tests {
         no_warning_traffic.weights.warning = 0;
         assert_eq!(
             HealthPolicy::default().endpoint(&no_warning_traffic, 0),
-            None
+            Err("check warning and Weights.Warning is 0")
         );
         let mut no_passing_traffic = instance(CheckState::Passing);
         no_passing_traffic.weights.passing = 0;
         assert_eq!(
             HealthPolicy::default().endpoint(&no_passing_traffic, 0),
-            None
+            Err("Weights.Passing is 0")
         );
         let mut draining = instance(CheckState::Passing);
         draining.maintenance = true;
@@ -208,7 +214,7 @@ mod tests {
             HealthPolicy::default()
                 .endpoint(&draining, 0)
                 .map(|e| e.weight),
-            Some(1)
+            Ok(1)
         );
     }
 }

@@ -4,7 +4,9 @@
 //! -> Envoy resources (`translate`) -> xDS streams (`xds-core`).
 
 pub mod config;
+pub mod engine;
 pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod naming;
 pub mod state;

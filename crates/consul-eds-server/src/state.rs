@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -83,21 +82,6 @@ impl ServedState {
         });
     }
 
-    /// Marks a cluster degraded, keeping its endpoints.
-    pub fn mark_degraded(&self, cluster: &str, error: String) {
-        let since_unix = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        self.write(|inner| {
-            if let Some(view) = inner.clusters.get_mut(cluster)
-                && !matches!(view.freshness, Freshness::Degraded { .. })
-            {
-                view.freshness = Freshness::Degraded { error, since_unix };
-            }
-        });
-    }
-
     pub fn remove(&self, cluster: &str) {
         self.write(|inner| {
             inner.clusters.remove(cluster);
@@ -172,7 +156,13 @@ mod tests {
         let state = ServedState::default();
         state.mark_first_sync_done();
         state.upsert(view("web", Freshness::Synced { index: 3 }));
-        state.mark_degraded("web", "connection refused".to_owned());
+        state.upsert(view(
+            "web",
+            Freshness::Degraded {
+                error: "connection refused".to_owned(),
+                since_unix: 0,
+            },
+        ));
         assert_eq!(
             state.readiness(),
             Readiness::Degraded {
