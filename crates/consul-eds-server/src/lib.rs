@@ -3,6 +3,7 @@
 //! Data flows one way: Consul (`source`) -> domain model (`model`, `health`)
 //! -> Envoy resources (`translate`) -> xDS streams (`xds-core`).
 
+pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod health;
