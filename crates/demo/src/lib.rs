@@ -2,6 +2,7 @@
 //! generator that tells its deliberate failures from real ones.
 
 pub mod backend;
+pub mod churn;
 pub mod load;
 
 /// Header a backend sets on a 500 it returns on purpose, so load results can
