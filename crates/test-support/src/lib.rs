@@ -10,11 +10,13 @@
 //! `CONTROL_PLANE_TOOLS` to use another directory.
 
 mod backend;
+pub mod bootstrap;
 mod consul;
 mod envoy;
 mod error;
 mod http;
 mod knot;
+pub mod nomad;
 mod pebble;
 mod process;
 mod tls;

@@ -187,3 +187,32 @@ async fn knot_accepts_a_tsig_signed_update() {
         "an update with a wrong TSIG key was accepted"
     );
 }
+
+#[test]
+fn gateway_bootstraps_pass_envoys_own_validation() {
+    use test_support::bootstrap::{EdsTransport, GatewayBootstrap};
+    for transport in [EdsTransport::Grpc, EdsTransport::Ads] {
+        let yaml = GatewayBootstrap {
+            node_id: "validate".to_owned(),
+            xds: "127.0.0.1:15000".parse().expect("addr"),
+            transport,
+            clusters: vec!["web".to_owned(), "api".to_owned()],
+            listener_port: 10000,
+            retries: true,
+        }
+        .yaml();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bootstrap.yaml");
+        std::fs::write(&path, &yaml).expect("write");
+        let output = std::process::Command::new(test_support::tool("envoy").expect("envoy"))
+            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+            .arg(&path)
+            .output()
+            .expect("envoy runs");
+        assert!(
+            output.status.success(),
+            "{transport:?} bootstrap rejected: {}\n{yaml}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
