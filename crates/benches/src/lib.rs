@@ -1,0 +1,7 @@
+//! Shared pieces of the benchmark programs in `src/bin/`.
+//!
+//! Benchmarks print figures, ideally beside a baseline measured in the same
+//! run; they never fail on timing.
+
+pub mod nginx;
+pub mod stats;
