@@ -1,1 +1,70 @@
-//! Async Consul HTTP API client.
+//! An async client for the parts of Consul's HTTP API this project uses,
+//! built on tokio, hyper 1 and rustls.
+//!
+//! Its centre is the blocking-query [`watch`]: a `Stream` that follows
+//! Consul's index rules, rate-limits itself, backs off on errors and keeps
+//! the last good value while Consul fails, saying so instead of yielding
+//! nothing.
+//!
+//! Around it:
+//! - [`ClientConfig`]: `http://`, `https://` (custom CA, client certificate)
+//!   and `unix://` addresses, read from Consul's own `CONSUL_*` variables by
+//!   [`ClientConfig::from_env`]. The ACL [`Token`] travels only in the
+//!   `X-Consul-Token` header and is redacted from every `Debug`.
+//! - A per-agent request budget: at most `max_blocking_queries` blocking
+//!   queries in flight (FIFO queue for the rest), a separate budget for
+//!   other requests, and HTTP/2 over TLS so queries share connections.
+//! - The endpoints, as methods of [`Client`] grouped by module in [`api`]:
+//!   catalog, health, KV, sessions and [`Lock`], transactions, agent.
+//! - [`Error`], one enum naming the endpoint, telling ACL denials, missing
+//!   objects, other statuses, timeouts, broken connections and malformed
+//!   answers apart.
+//! - [`ClientMetrics`], to register into a `prometheus-client` registry.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use consul_client::{Client, HealthFilter, QueryOptions};
+//!
+//! let client = Client::from_env()?;
+//! let web = client.health_service("web", HealthFilter::PassingOnly, &QueryOptions::default()).await?;
+//! for instance in &web.value {
+//!     println!("{}:{}", instance.address(), instance.service.port);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod api;
+mod budget;
+mod client;
+mod codec;
+pub mod config;
+mod endpoint;
+mod error;
+mod metrics;
+mod query;
+mod tls;
+mod transport;
+pub mod watch;
+
+pub use api::agent::{AgentCheck, AgentSelf, AgentServiceRegistration, Maintenance};
+pub use api::catalog::{
+    CatalogCheck, CatalogDeregistration, CatalogRegistration, CatalogService, ServiceTags,
+};
+pub use api::health::{
+    CheckStatus, HealthCheck, HealthFilter, HealthState, Node, Service, ServiceAddress,
+    ServiceEntry, Weights,
+};
+pub use api::kv::{KvCondition, KvPair, KvWrite};
+pub use api::lock::Lock;
+pub use api::session::{SessionBehavior, SessionId, SessionInfo, SessionRequest};
+pub use api::txn::{TxnOp, TxnOpError, TxnOutcome};
+pub use budget::RequestClass;
+pub use client::Client;
+pub use config::{Address, ClientConfig, ConfigError, Token};
+pub use endpoint::EndpointKind;
+pub use error::{Error, ErrorKind};
+pub use metrics::ClientMetrics;
+pub use query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, QueryResponse};
+pub use tls::{TlsConfig, TlsError};
+pub use watch::{Backoff, Watch, WatchConfig, WatchEvent};

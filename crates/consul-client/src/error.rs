@@ -1,0 +1,145 @@
+//! The one error type of every request this crate makes.
+//!
+//! Variants tell apart what a caller reacts to differently: an ACL refusal
+//! (fix the token), a missing object, another HTTP status, no answer in time,
+//! a broken connection, and an answer that is not what Consul documents.
+//! Every variant names the endpoint (`METHOD /path`, never the query string,
+//! so never a token) so a log line alone says which call failed.
+
+use std::time::Duration;
+
+/// Why a request to Consul failed.
+///
+/// `Clone` so a watch can hand the same error to its consumer and keep
+/// retrying; every field is plain data for that reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// HTTP 403: the ACL token is missing, unknown, or lacks a permission.
+    #[error("{endpoint}: permission denied by Consul's ACLs: {message}")]
+    PermissionDenied { endpoint: String, message: String },
+
+    /// HTTP 404 where the endpoint has no "absent" answer of its own.
+    #[error("{endpoint}: not found: {message}")]
+    NotFound { endpoint: String, message: String },
+
+    /// Any other non-success HTTP status.
+    #[error("{endpoint}: HTTP {status}: {body}")]
+    Status {
+        endpoint: String,
+        status: u16,
+        body: String,
+    },
+
+    /// No complete answer within the request's deadline.
+    #[error("{endpoint}: no answer within {after:?}")]
+    Timeout { endpoint: String, after: Duration },
+
+    /// The connection failed: refused, reset, TLS handshake, broken body.
+    #[error("{endpoint}: connection failed: {reason}")]
+    Transport { endpoint: String, reason: String },
+
+    /// The body (or a header) is not what Consul documents; `path` says where,
+    /// e.g. `[0].Service.Port` or `header X-Consul-Index`.
+    #[error("{endpoint}: malformed answer at `{path}`: {message}")]
+    Decode {
+        endpoint: String,
+        path: String,
+        message: String,
+    },
+
+    /// Well-formed but meaningless, e.g. `false` to an unconditional write.
+    #[error("{endpoint}: unexpected answer: {reason}")]
+    UnexpectedResponse { endpoint: String, reason: String },
+
+    /// The request could not be built (a name that cannot be put in a URL).
+    #[error("{endpoint}: invalid request: {reason}")]
+    InvalidRequest { endpoint: String, reason: String },
+}
+
+/// The variant of an [`Error`] without its data: a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    PermissionDenied,
+    NotFound,
+    Status,
+    Timeout,
+    Transport,
+    Decode,
+    UnexpectedResponse,
+    InvalidRequest,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PermissionDenied => "permission_denied",
+            Self::NotFound => "not_found",
+            Self::Status => "status",
+            Self::Timeout => "timeout",
+            Self::Transport => "transport",
+            Self::Decode => "decode",
+            Self::UnexpectedResponse => "unexpected_response",
+            Self::InvalidRequest => "invalid_request",
+        }
+    }
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::Status { .. } => ErrorKind::Status,
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Transport { .. } => ErrorKind::Transport,
+            Self::Decode { .. } => ErrorKind::Decode,
+            Self::UnexpectedResponse { .. } => ErrorKind::UnexpectedResponse,
+            Self::InvalidRequest { .. } => ErrorKind::InvalidRequest,
+        }
+    }
+
+    /// `METHOD /path` of the failed request.
+    pub fn endpoint(&self) -> &str {
+        match self {
+            Self::PermissionDenied { endpoint, .. }
+            | Self::NotFound { endpoint, .. }
+            | Self::Status { endpoint, .. }
+            | Self::Timeout { endpoint, .. }
+            | Self::Transport { endpoint, .. }
+            | Self::Decode { endpoint, .. }
+            | Self::UnexpectedResponse { endpoint, .. }
+            | Self::InvalidRequest { endpoint, .. } => endpoint,
+        }
+    }
+
+    /// The HTTP status Consul answered with, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::PermissionDenied { .. } => Some(403),
+            Self::NotFound { .. } => Some(404),
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+}
+
+/// Renders an error with its whole `source()` chain: hyper's top-level
+/// messages ("client error (Connect)") say little without their causes.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

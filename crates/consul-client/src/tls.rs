@@ -1,0 +1,231 @@
+//! The rustls client configuration for `https` agents: which roots to trust
+//! and which certificate to present (Consul's `verify_incoming`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// TLS settings, named after Consul's CLI variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `CONSUL_CACERT`: PEM file of the CA(s) to trust. With neither this nor
+    /// `ca_path`, the system's roots are trusted.
+    pub ca_cert: Option<PathBuf>,
+    /// `CONSUL_CAPATH`: a directory of PEM CA files.
+    pub ca_path: Option<PathBuf>,
+    /// `CONSUL_CLIENT_CERT`: PEM certificate chain presented to the agent.
+    pub client_cert: Option<PathBuf>,
+    /// `CONSUL_CLIENT_KEY`: its PEM private key.
+    pub client_key: Option<PathBuf>,
+    /// `CONSUL_TLS_SERVER_NAME`: the name to verify instead of the address's host.
+    pub server_name: Option<String>,
+}
+
+/// Why the TLS configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("reading {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path}: {reason}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{what} {path} holds no certificate")]
+    NoCertificate { what: &'static str, path: PathBuf },
+    #[error(
+        "a client certificate needs its key and a key its certificate (CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY)"
+    )]
+    IncompleteClientIdentity,
+    #[error("no trusted root certificate could be loaded: {reason}")]
+    NoRoots { reason: String },
+    #[error("`{name}` is not a valid TLS server name")]
+    ServerName { name: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsConfig {
+    pub(crate) fn server_name(
+        &self,
+    ) -> Result<Option<rustls_pki_types::ServerName<'static>>, TlsError> {
+        self.server_name
+            .as_ref()
+            .map(|name| {
+                rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| TlsError::ServerName { name: name.clone() })
+            })
+            .transpose()
+    }
+
+    /// A rustls configuration (ring provider, TLS 1.2 and 1.3). ALPN is left
+    /// to the connector, which offers `h2` and `http/1.1`.
+    pub(crate) fn rustls_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(TlsError::IncompleteClientIdentity);
+        }
+        let roots = self.roots()?;
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certificates("client certificate", cert)?;
+                let key = read_private_key(key)?;
+                Ok(builder.with_client_auth_cert(chain, key)?)
+            }
+            _ => Ok(builder.with_no_client_auth()),
+        }
+    }
+
+    fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        if self.ca_cert.is_none() && self.ca_path.is_none() {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(TlsError::NoRoots {
+                    reason: native
+                        .errors
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| {
+                            "the system store is empty; set CONSUL_CACERT".to_owned()
+                        }),
+                });
+            }
+            return Ok(roots);
+        }
+        if let Some(file) = &self.ca_cert {
+            add_roots(&mut roots, "CA certificate", file)?;
+        }
+        if let Some(dir) = &self.ca_path {
+            let entries = std::fs::read_dir(dir).map_err(|source| TlsError::Read {
+                what: "CA directory",
+                path: dir.clone(),
+                source,
+            })?;
+            for entry in entries {
+                let path = entry
+                    .map_err(|source| TlsError::Read {
+                        what: "CA directory",
+                        path: dir.clone(),
+                        source,
+                    })?
+                    .path();
+                if path.is_file() {
+                    add_roots(&mut roots, "CA certificate", &path)?;
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err(TlsError::NoRoots {
+                reason: "the CA file or directory holds no certificate".to_owned(),
+            });
+        }
+        Ok(roots)
+    }
+}
+
+fn add_roots(roots: &mut RootCertStore, what: &'static str, path: &Path) -> Result<(), TlsError> {
+    for cert in read_certificates(what, path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+fn read_certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        what: "client key",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem {
+        what: "client key",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused() {
+        let config = TlsConfig {
+            client_cert: Some(PathBuf::from("/etc/consul/cli.pem")),
+            ..TlsConfig::default()
+        };
+        assert!(matches!(
+            config.rustls_config(),
+            Err(TlsError::IncompleteClientIdentity)
+        ));
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").expect("write");
+        let config = TlsConfig {
+            ca_cert: Some(ca),
+            ..TlsConfig::default()
+        };
+        assert!(matches!(
+            config.rustls_config(),
+            Err(TlsError::NoCertificate { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let config = TlsConfig {
+            ca_cert: Some(PathBuf::from("/nonexistent/ca.pem")),
+            ..TlsConfig::default()
+        };
+        let error = config.rustls_config().expect_err("missing CA file");
+        assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+    }
+}
