@@ -106,6 +106,17 @@ pub struct Config {
     #[arg(long, env = "CONSUL_EDS_MAX_BLOCKING_QUERIES", default_value_t = 64)]
     pub max_blocking_queries: usize,
 
+    /// In the DC-wide mode (services beyond the blocking-query budget), how
+    /// often at most all covered services are re-read to catch instances
+    /// registered without checks.
+    #[arg(long, env = "CONSUL_EDS_DC_WIDE_SWEEP", value_parser = humantime_ms, default_value = "10s")]
+    pub dc_wide_sweep: Duration,
+
+    /// After Consul's index goes backwards (a restored or restarted server),
+    /// how long an empty answer is not believed while the agents re-register.
+    #[arg(long, env = "CONSUL_EDS_RESET_GRACE", value_parser = humantime_ms, default_value = "30s")]
+    pub reset_grace: Duration,
+
     /// How long bursts of changes are gathered before one push.
     #[arg(long, env = "CONSUL_EDS_COALESCE", value_parser = humantime_ms, default_value = "5ms")]
     pub coalesce: Duration,
@@ -134,6 +145,15 @@ pub enum AddressSource {
 }
 
 impl Config {
+    /// Services watched one blocking query each; the rest share the DC-wide
+    /// view, whose two queries per datacenter (and a spare for other reads)
+    /// come out of the same budget.
+    pub fn per_service_watch_limit(&self) -> usize {
+        let datacenters = 1 + self.failover_dcs.len();
+        self.max_blocking_queries
+            .saturating_sub(2 * datacenters + 1)
+    }
+
     pub fn health_policy(&self) -> HealthPolicy {
         HealthPolicy {
             warning: self.warning,

@@ -10,5 +10,6 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod naming;
+pub mod source;
 pub mod state;
 pub mod translate;

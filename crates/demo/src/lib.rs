@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod churn;
+pub mod consul;
 pub mod load;
 
 /// Header a backend sets on a 500 it returns on purpose, so load results can

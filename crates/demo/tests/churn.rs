@@ -50,7 +50,11 @@ async fn churn_stays_in_bounds_and_drains_removed_instances() {
         churner.step().await.expect("step");
         let after: BTreeSet<SocketAddr> = churner.live().iter().map(|i| i.addr).collect();
         assert!((2..=4).contains(&after.len()), "{} instances", after.len());
-        assert_eq!(after, churner.registrar_mut().registered, "registrar out of sync");
+        assert_eq!(
+            after,
+            churner.registrar_mut().registered,
+            "registrar out of sync"
+        );
         if removed_addr.is_none() {
             removed_addr = before.difference(&after).next().copied();
         }
