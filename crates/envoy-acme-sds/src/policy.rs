@@ -1,0 +1,437 @@
+//! When to renew, when to retry, and when to refuse to order: pure functions of
+//! the certificate's dates, the CA's hints and the clock.
+//!
+//! Nothing here reads the clock or a random source: callers pass `now` and
+//! the random draws, so every rule is unit-tested with exact numbers.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::certificate::CertificateMetadata;
+
+/// Certificates shorter-lived than this renew at half their lifetime rather
+/// than at two thirds: a 6-day certificate then still has 3 days of retries.
+pub const SHORT_LIVED: time::Duration = time::Duration::days(10);
+
+/// How often the CA's renewal information (RFC 9773) is fetched.
+pub const ARI_CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
+
+/// Bounds applied to any `Retry-After` a CA sends.
+pub const RETRY_AFTER_MIN: Duration = Duration::from_secs(60);
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Consecutive failures back off along this ladder, then stay on its last step.
+pub const BACKOFF_STEPS: [Duration; 4] = [
+    Duration::from_secs(60),
+    Duration::from_secs(10 * 60),
+    Duration::from_secs(100 * 60),
+    Duration::from_secs(24 * 3600),
+];
+
+/// Relative jitter applied to backoff delays (±10 %), so replicas and
+/// certificates that failed together do not retry together.
+pub const BACKOFF_JITTER: f64 = 0.1;
+
+/// Orders allowed per identical name set in [`ORDER_WINDOW`]; Let's Encrypt
+/// refuses the sixth duplicate certificate in a week.
+pub const ORDER_LIMIT: usize = 5;
+pub const ORDER_WINDOW: time::Duration = time::Duration::days(7);
+
+/// When a certificate is due for renewal without ARI: once less than a third
+/// of its lifetime remains (a half for certificates shorter than 10 days).
+pub fn default_renewal_time(metadata: &CertificateMetadata) -> OffsetDateTime {
+    let lifetime = metadata.lifetime();
+    let remaining = if lifetime < SHORT_LIVED {
+        lifetime / 2
+    } else {
+        lifetime / 3
+    };
+    metadata.not_after - remaining
+}
+
+/// The renewal window a CA suggested through ARI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AriWindow {
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+}
+
+impl AriWindow {
+    /// A uniformly random point of the window (RFC 9773 §4.2), `draw` in
+    /// `[0, 1)`. A window whose end is before its start collapses to its start.
+    pub fn pick(&self, draw: f64) -> OffsetDateTime {
+        let span = self.end - self.start;
+        if span <= time::Duration::ZERO {
+            return self.start;
+        }
+        let draw = if draw.is_finite() {
+            draw.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.start + span * draw
+    }
+}
+
+/// Why a certificate must be ordered now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewReason {
+    /// Nothing usable is stored.
+    Missing,
+    /// The stored certificate was ordered for other names, key type or profile.
+    ConfigurationChanged,
+    /// The stored certificate has expired (or is not valid yet).
+    NotValid,
+    /// Its renewal time (lifetime rule or ARI) has come.
+    Due,
+}
+
+/// The outcome of the renewal rule for one certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalDecision {
+    RenewNow(RenewReason),
+    /// Keep the current certificate; renew at this time.
+    RenewAt(OffsetDateTime),
+}
+
+/// The renewal rule. `ari_time` is the point already picked in the CA's
+/// window, if the CA offers ARI: the CA knows about revocations and incidents,
+/// so its window takes precedence over the lifetime rule.
+pub fn decide(
+    stored: Option<&CertificateMetadata>,
+    matches_configuration: bool,
+    ari_time: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> RenewalDecision {
+    let Some(metadata) = stored else {
+        return RenewalDecision::RenewNow(RenewReason::Missing);
+    };
+    if !matches_configuration {
+        return RenewalDecision::RenewNow(RenewReason::ConfigurationChanged);
+    }
+    if !metadata.is_valid_at(now) {
+        return RenewalDecision::RenewNow(RenewReason::NotValid);
+    }
+    let at = ari_time.unwrap_or_else(|| default_renewal_time(metadata));
+    if at <= now {
+        RenewalDecision::RenewNow(RenewReason::Due)
+    } else {
+        RenewalDecision::RenewAt(at)
+    }
+}
+
+/// `Retry-After` bounded to [1 minute, 1 day]: a CA's hint is honoured, but a
+/// zero would turn into a hot loop and a week into a missed renewal.
+pub fn clamp_retry_after(retry_after: Duration) -> Duration {
+    retry_after.clamp(RETRY_AFTER_MIN, RETRY_AFTER_MAX)
+}
+
+/// The delay before the next attempt after `consecutive_failures` (≥ 1)
+/// failed ones: 1 m, 10 m, 100 m, then daily, times `1 ± 10 %` from `jitter`
+/// in `[-1, 1]`. A CA's `Retry-After` is honoured: the attempt never comes
+/// before it (clamped), nor sooner than the backoff step.
+pub fn failure_delay(
+    consecutive_failures: u32,
+    jitter: f64,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let step = usize::try_from(consecutive_failures.saturating_sub(1))
+        .unwrap_or(usize::MAX)
+        .min(BACKOFF_STEPS.len() - 1);
+    let base = BACKOFF_STEPS[step];
+    let jittered = base.mul_f64(1.0 + BACKOFF_JITTER * jitter.clamp(-1.0, 1.0));
+    match retry_after {
+        Some(hint) => jittered.max(clamp_retry_after(hint)),
+        None => jittered,
+    }
+}
+
+/// When to fetch the ARI window again: twice a day, or sooner if the CA's
+/// `Retry-After` on the renewal-info response asks for it (clamped).
+pub fn next_ari_check(retry_after: Option<Duration>) -> Duration {
+    retry_after
+        .map(clamp_retry_after)
+        .map_or(ARI_CHECK_INTERVAL, |hint| hint.min(ARI_CHECK_INTERVAL))
+}
+
+/// Refusal to place another order for a name set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{count} orders for this exact set of names in the last 7 days (limit {limit}); \
+     not ordering again before {next_allowed}"
+)]
+pub struct OrderBudgetExhausted {
+    pub count: usize,
+    pub limit: usize,
+    pub next_allowed: OffsetDateTime,
+}
+
+/// When orders were placed, and for which exact set of names: persisted with
+/// the certificate so restarts and replicas count them too. Only orders for
+/// the same set count against each other, as at the CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderHistory {
+    #[serde(default)]
+    orders: Vec<Order>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Order {
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    /// [`crate::domain::NameSet::canonical_key`] of the order.
+    names: String,
+}
+
+impl OrderHistory {
+    /// Whether one more order for the name set `names` is allowed at `now`.
+    pub fn check(&self, names: &str, now: OffsetDateTime) -> Result<(), OrderBudgetExhausted> {
+        let recent: Vec<OffsetDateTime> = self
+            .orders
+            .iter()
+            .filter(|order| order.names == names)
+            .map(|order| order.at)
+            .filter(|at| *at > now - ORDER_WINDOW)
+            .collect();
+        if recent.len() < ORDER_LIMIT {
+            return Ok(());
+        }
+        // The oldest order in the window must leave it before another fits.
+        let oldest = recent.iter().copied().min().unwrap_or(now);
+        Err(OrderBudgetExhausted {
+            count: recent.len(),
+            limit: ORDER_LIMIT,
+            next_allowed: oldest + ORDER_WINDOW,
+        })
+    }
+
+    /// Records an order for `names` placed at `now`, forgetting those out of the window.
+    pub fn record(&mut self, names: &str, now: OffsetDateTime) {
+        self.orders.retain(|order| order.at > now - ORDER_WINDOW);
+        self.orders.push(Order {
+            at: now,
+            names: names.to_owned(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.orders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn metadata(not_before: OffsetDateTime, lifetime: time::Duration) -> CertificateMetadata {
+        CertificateMetadata {
+            names: Vec::new(),
+            not_before,
+            not_after: not_before + lifetime,
+            serial: "01".to_owned(),
+            issued_at: not_before,
+            ari_cert_id: None,
+            key_type: None,
+            profile: None,
+        }
+    }
+
+    const START: OffsetDateTime = datetime!(2025-03-01 00:00 UTC);
+    const NAMES: &str = "*.example.com,example.com";
+
+    #[test]
+    fn ninety_day_certificate_renews_with_a_third_left() {
+        let meta = metadata(START, time::Duration::days(90));
+        assert_eq!(
+            default_renewal_time(&meta),
+            START + time::Duration::days(60)
+        );
+        assert_eq!(
+            decide(Some(&meta), true, None, START + time::Duration::days(59)),
+            RenewalDecision::RenewAt(START + time::Duration::days(60))
+        );
+        assert_eq!(
+            decide(Some(&meta), true, None, START + time::Duration::days(60)),
+            RenewalDecision::RenewNow(RenewReason::Due)
+        );
+    }
+
+    #[test]
+    fn six_day_certificate_renews_at_half_life() {
+        let meta = metadata(START, time::Duration::days(6));
+        assert_eq!(default_renewal_time(&meta), START + time::Duration::days(3));
+        // A 45-day `tlsserver` certificate is not short-lived: a third remains.
+        let meta45 = metadata(START, time::Duration::days(45));
+        assert_eq!(
+            default_renewal_time(&meta45),
+            START + time::Duration::days(30)
+        );
+        // Just under the threshold is short-lived.
+        let meta9 = metadata(START, time::Duration::days(9));
+        assert_eq!(
+            default_renewal_time(&meta9),
+            START + time::Duration::hours(108)
+        );
+    }
+
+    #[test]
+    fn ari_window_takes_precedence_and_is_sampled_uniformly() {
+        let meta = metadata(START, time::Duration::days(90));
+        let window = AriWindow {
+            start: START + time::Duration::days(10),
+            end: START + time::Duration::days(12),
+        };
+        assert_eq!(window.pick(0.0), window.start);
+        assert_eq!(window.pick(0.5), START + time::Duration::days(11));
+        assert!(window.pick(0.999_999) < window.end);
+        // An early window (e.g. revocation announced) overrides the 60-day rule.
+        let at = window.pick(0.25);
+        assert_eq!(
+            decide(Some(&meta), true, Some(at), START + time::Duration::days(1)),
+            RenewalDecision::RenewAt(START + time::Duration::hours(10 * 24 + 12))
+        );
+        // A window in the past means now.
+        assert_eq!(
+            decide(
+                Some(&meta),
+                true,
+                Some(at),
+                START + time::Duration::days(13)
+            ),
+            RenewalDecision::RenewNow(RenewReason::Due)
+        );
+        let inverted = AriWindow {
+            start: window.end,
+            end: window.start,
+        };
+        assert_eq!(inverted.pick(0.7), window.end);
+        assert_eq!(window.pick(f64::NAN), window.start);
+    }
+
+    #[test]
+    fn missing_changed_or_expired_certificates_renew_now() {
+        let meta = metadata(START, time::Duration::days(90));
+        assert_eq!(
+            decide(None, true, None, START),
+            RenewalDecision::RenewNow(RenewReason::Missing)
+        );
+        assert_eq!(
+            decide(Some(&meta), false, None, START + time::Duration::days(1)),
+            RenewalDecision::RenewNow(RenewReason::ConfigurationChanged)
+        );
+        assert_eq!(
+            decide(Some(&meta), true, None, START + time::Duration::days(91)),
+            RenewalDecision::RenewNow(RenewReason::NotValid)
+        );
+    }
+
+    #[test]
+    fn backoff_ladder_is_1m_10m_100m_then_daily() {
+        let minutes = |n: u64| Duration::from_secs(n * 60);
+        assert_eq!(failure_delay(1, 0.0, None), minutes(1));
+        assert_eq!(failure_delay(2, 0.0, None), minutes(10));
+        assert_eq!(failure_delay(3, 0.0, None), minutes(100));
+        assert_eq!(failure_delay(4, 0.0, None), minutes(24 * 60));
+        assert_eq!(failure_delay(40, 0.0, None), minutes(24 * 60));
+        // Zero failures is treated as the first.
+        assert_eq!(failure_delay(0, 0.0, None), minutes(1));
+    }
+
+    #[test]
+    fn backoff_jitter_stays_within_ten_percent() {
+        assert_eq!(failure_delay(2, 1.0, None), Duration::from_secs(660));
+        assert_eq!(failure_delay(2, -1.0, None), Duration::from_secs(540));
+        assert_eq!(failure_delay(2, 7.0, None), Duration::from_secs(660));
+    }
+
+    #[test]
+    fn retry_after_is_clamped_and_honoured() {
+        assert_eq!(clamp_retry_after(Duration::ZERO), Duration::from_secs(60));
+        assert_eq!(
+            clamp_retry_after(Duration::from_secs(90)),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            clamp_retry_after(Duration::from_secs(30 * 24 * 3600)),
+            Duration::from_secs(24 * 3600)
+        );
+        // A longer Retry-After than the backoff step wins...
+        assert_eq!(
+            failure_delay(1, 0.0, Some(Duration::from_secs(3 * 3600))),
+            Duration::from_secs(3 * 3600)
+        );
+        // ...a shorter one does not make the retry hotter than the ladder...
+        assert_eq!(
+            failure_delay(3, 0.0, Some(Duration::from_secs(5))),
+            Duration::from_secs(100 * 60)
+        );
+        // ...and a week-long one is cut to a day.
+        assert_eq!(
+            failure_delay(1, 0.0, Some(Duration::from_secs(7 * 24 * 3600))),
+            Duration::from_secs(24 * 3600)
+        );
+    }
+
+    #[test]
+    fn ari_is_checked_twice_a_day_or_when_the_ca_asks() {
+        assert_eq!(next_ari_check(None), Duration::from_secs(12 * 3600));
+        assert_eq!(
+            next_ari_check(Some(Duration::from_secs(3600))),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            next_ari_check(Some(Duration::ZERO)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            next_ari_check(Some(Duration::from_secs(5 * 24 * 3600))),
+            Duration::from_secs(12 * 3600)
+        );
+    }
+
+    #[test]
+    fn sixth_order_in_a_week_is_refused_until_the_first_ages_out() {
+        let mut history = OrderHistory::default();
+        for day in 0..5 {
+            let at = START + time::Duration::days(day);
+            history.check(NAMES, at).expect("within budget");
+            history.record(NAMES, at);
+        }
+        // Another name set has its own budget.
+        history
+            .check("other.example", START + time::Duration::days(5))
+            .expect("other names unaffected");
+        let refused = history
+            .check(NAMES, START + time::Duration::days(5))
+            .expect_err("sixth order refused");
+        assert_eq!(refused.count, 5);
+        assert_eq!(refused.next_allowed, START + time::Duration::days(7));
+        assert!(refused.to_string().contains("limit 5"));
+        history
+            .check(
+                NAMES,
+                START + time::Duration::days(7) + time::Duration::seconds(1),
+            )
+            .expect("first order left the window");
+        history.record(NAMES, START + time::Duration::days(8));
+        assert_eq!(history.len(), 4, "orders older than a week are forgotten");
+    }
+
+    #[test]
+    fn order_history_round_trips_through_json() {
+        let mut history = OrderHistory::default();
+        history.record(NAMES, START);
+        let json = serde_json::to_string(&history).expect("serialize");
+        let back: OrderHistory = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, history);
+    }
+}

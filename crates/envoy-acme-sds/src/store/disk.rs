@@ -1,0 +1,354 @@
+//! The on-disk [`CertificateStore`] (`--storage disk:<dir>`).
+//!
+//! Layout, one JSON file per item (see [`super::codec`]):
+//!
+//! ```text
+//! <dir>/                      0700
+//!   certificates/<name>.json  0600  chain, key (sealed if configured), metadata
+//!   orders/<name>.json        0600  order history of that certificate
+//!   accounts/<directory>.json 0600  ACME account credentials
+//! ```
+//!
+//! Writes are atomic: a temporary file in the same directory, fsynced,
+//! renamed over the item, then the directory fsynced so the rename survives
+//! a power loss. Readers see the old item or the new one, never a torn one.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rand::Rng;
+use zeroize::Zeroizing;
+
+use super::codec::{Codec, account_item, certificate_item, order_history_item};
+use super::encryption::KeyEncryption;
+use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
+use crate::certificate::CertificateBundle;
+use crate::policy::OrderHistory;
+
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+
+/// Certificates, order histories and accounts as files under one directory.
+#[derive(Debug, Clone)]
+pub struct DiskStore {
+    root: PathBuf,
+    codec: Codec,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) the store at `root`. Directories are made
+    /// 0700; an existing root with wider permissions is tightened.
+    pub fn open(
+        root: impl Into<PathBuf>,
+        encryption: Option<Arc<KeyEncryption>>,
+    ) -> Result<Self, StoreError> {
+        let root = root.into();
+        for dir in [
+            root.clone(),
+            root.join("certificates"),
+            root.join("orders"),
+            root.join("accounts"),
+        ] {
+            ensure_private_dir(&dir)?;
+        }
+        Ok(Self {
+            root,
+            codec: Codec::new(encryption),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file an item lives in.
+    pub fn item_path(&self, item: &str) -> PathBuf {
+        self.root.join(format!("{item}.json"))
+    }
+
+    async fn read(&self, item: String) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let path = self.item_path(&item);
+        blocking(move || match fs::read(&path) {
+            Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                operation: "reading",
+                item: path.display().to_string(),
+                source,
+            }),
+        })
+        .await
+    }
+
+    async fn write(&self, item: String, bytes: Zeroizing<Vec<u8>>) -> Result<(), StoreError> {
+        let path = self.item_path(&item);
+        blocking(move || write_atomically(&path, &bytes)).await
+    }
+}
+
+#[async_trait]
+impl CertificateStore for DiskStore {
+    async fn load_certificate(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<CertificateBundle>, StoreError> {
+        match self.read(certificate_item(name)).await? {
+            Some(bytes) => self.codec.decode_certificate(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_certificate(
+        &self,
+        name: &SecretName,
+        bundle: &CertificateBundle,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_certificate(name, bundle)?;
+        self.write(certificate_item(name), bytes).await
+    }
+
+    async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
+        match self.read(order_history_item(name)).await? {
+            Some(bytes) => self.codec.decode_order_history(name, &bytes),
+            None => Ok(OrderHistory::default()),
+        }
+    }
+
+    async fn save_order_history(
+        &self,
+        name: &SecretName,
+        history: &OrderHistory,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_order_history(name, history)?;
+        self.write(order_history_item(name), bytes).await
+    }
+
+    async fn load_account(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
+        match self.read(account_item(id)).await? {
+            Some(bytes) => self.codec.decode_account(id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_account(
+        &self,
+        id: &AccountId,
+        account: &StoredAccount,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_account(id, account)?;
+        self.write(account_item(id), bytes).await
+    }
+}
+
+fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let io_error = |operation, source| StoreError::Io {
+        operation,
+        item: dir.display().to_string(),
+        source,
+    };
+    match DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(io_error("creating directory", e)),
+    }
+    // `mode` only applies to directories created now, and is subject to umask.
+    let mode = fs::metadata(dir)
+        .map_err(|e| io_error("inspecting directory", e))?
+        .permissions()
+        .mode();
+    if mode & 0o777 != DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| io_error("restricting directory permissions of", e))?;
+    }
+    Ok(())
+}
+
+/// Temp file (0600, same directory) + fsync + rename + fsync of the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io_error = |operation, source| StoreError::Io {
+        operation,
+        item: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .ok_or_else(|| io_error("writing", std::io::Error::other("item path has no parent")))?;
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let suffix: u64 = rand::rng().random();
+    let temp = dir.join(format!(".{file_name}.{suffix:016x}.tmp"));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&temp)
+            .map_err(|e| io_error("creating temporary file for", e))?;
+        file.write_all(bytes)
+            .map_err(|e| io_error("writing temporary file for", e))?;
+        file.sync_all()
+            .map_err(|e| io_error("syncing temporary file for", e))?;
+        fs::rename(&temp, path).map_err(|e| io_error("renaming temporary file onto", e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("syncing directory of", e))
+    })();
+    if result.is_err() {
+        // Best effort: a leftover temp file is harmless but untidy.
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificate::IssuanceFacts;
+    use crate::certificate::tests::issue_test_certificate;
+    use crate::secret::Secret;
+    use time::OffsetDateTime;
+
+    fn bundle(names: &[&str]) -> CertificateBundle {
+        let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
+            .expect("now");
+        let (chain, key) = issue_test_certificate(names, now, time::Duration::days(90));
+        CertificateBundle::from_issued(chain, key, now, IssuanceFacts::default()).expect("bundle")
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn items_round_trip_with_private_permissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("store");
+        let store = DiskStore::open(&root, None).expect("open");
+        let name = SecretName::new("*.example.com").expect("name");
+        assert!(store.load_certificate(&name).await.expect("load").is_none());
+
+        let bundle = bundle(&["*.example.com", "example.com"]);
+        store.save_certificate(&name, &bundle).await.expect("save");
+        let loaded = store
+            .load_certificate(&name)
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(loaded.metadata(), bundle.metadata());
+
+        let mut history = OrderHistory::default();
+        history.record("example.com", OffsetDateTime::now_utc());
+        store
+            .save_order_history(&name, &history)
+            .await
+            .expect("save");
+        assert_eq!(
+            store.load_order_history(&name).await.expect("load"),
+            history
+        );
+
+        let id = AccountId::for_directory("https://ca.example/dir");
+        let account = StoredAccount {
+            directory_url: "https://ca.example/dir".to_owned(),
+            contact: Vec::new(),
+            credentials_json: Secret::new("{}".to_owned()),
+        };
+        store.save_account(&id, &account).await.expect("save");
+        let loaded = store
+            .load_account(&id)
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(loaded.directory_url, account.directory_url);
+
+        for sub in ["", "certificates", "orders", "accounts"] {
+            assert_eq!(mode(&root.join(sub)), 0o700, "directory {sub:?}");
+        }
+        let cert_file = store.item_path(&certificate_item(&name));
+        assert!(cert_file.ends_with("certificates/%2A.example.com.json"));
+        assert_eq!(mode(&cert_file), 0o600);
+        assert_eq!(mode(&store.item_path(&account_item(&id))), 0o600);
+        assert_eq!(mode(&store.item_path(&order_history_item(&name))), 0o600);
+        let leftovers: Vec<_> = fs::read_dir(root.join("certificates"))
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn overwrite_replaces_the_whole_item() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path(), None).expect("open");
+        let name = SecretName::new("example.com").expect("name");
+        let first = bundle(&["example.com"]);
+        let second = bundle(&["example.com"]);
+        store.save_certificate(&name, &first).await.expect("save");
+        store.save_certificate(&name, &second).await.expect("save");
+        let loaded = store
+            .load_certificate(&name)
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(loaded.key_pem(), second.key_pem());
+    }
+
+    #[tokio::test]
+    async fn existing_loose_root_is_tightened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        DiskStore::open(dir.path(), None).expect("open");
+        assert_eq!(mode(dir.path()), 0o700);
+    }
+
+    #[tokio::test]
+    async fn corrupt_file_is_reported_with_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path(), None).expect("open");
+        let name = SecretName::new("example.com").expect("name");
+        let path = store.item_path(&certificate_item(&name));
+        fs::write(&path, b"{\"version\": 1, \"metadata\": ").expect("write");
+        let err = store.load_certificate(&name).await.expect_err("corrupt");
+        assert!(
+            err.to_string().contains("certificates/example.com"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn encryption_round_trip_and_wrong_key_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |b| Some(Arc::new(KeyEncryption::from_bytes(&[b; 32]).expect("key")));
+        let store = DiskStore::open(dir.path(), key(1)).expect("open");
+        let name = SecretName::new("example.com").expect("name");
+        let bundle = bundle(&["example.com"]);
+        store.save_certificate(&name, &bundle).await.expect("save");
+        let raw = fs::read_to_string(store.item_path(&certificate_item(&name))).expect("read");
+        assert!(!raw.contains("PRIVATE KEY"), "private key stored in clear");
+        assert!(raw.contains("AES-256-GCM"));
+        let loaded = store
+            .load_certificate(&name)
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(loaded.key_pem(), bundle.key_pem());
+
+        let wrong = DiskStore::open(dir.path(), key(2)).expect("open");
+        let err = wrong.load_certificate(&name).await.expect_err("wrong key");
+        assert!(err.to_string().contains("wrong encryption key"), "{err}");
+    }
+}

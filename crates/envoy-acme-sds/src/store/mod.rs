@@ -1,0 +1,221 @@
+//! Persistence of certificates, order history and ACME accounts.
+//!
+//! [`CertificateStore`] is the seam between the certificate logic and where
+//! things live: the disk here ([`disk::DiskStore`]), Consul KV for replicas.
+//! Each item is one key (one file, one KV entry) written atomically, so a
+//! reader sees either the old or the new certificate with its key, never a mix.
+//!
+//! Item encoding (and encryption of private keys at rest) is shared by all
+//! backends in [`codec`], so a certificate can move between them.
+//!
+//! # Fenced writes
+//!
+//! With replicas, only the holder of the leader lock may write. A backend that
+//! is shared between replicas is constructed with whatever proves leadership
+//! (a Consul session, a lock index) and conditions every write on it; when the
+//! condition fails it returns [`StoreError::Fenced`] and writes nothing. The
+//! certificate manager treats that like any failed write: the new certificate
+//! is neither stored nor published, and the old one stays.
+
+pub mod codec;
+pub mod disk;
+pub mod encryption;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::certificate::CertificateBundle;
+use crate::policy::OrderHistory;
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The item exists but cannot be used; the message names what is wrong.
+    #[error("stored {item} is unusable: {reason}")]
+    Corrupt { item: String, reason: String },
+    #[error("stored {item}: {source}")]
+    Encryption {
+        item: String,
+        #[source]
+        source: encryption::EncryptionError,
+    },
+    #[error("{operation} {item}: {source}")]
+    Io {
+        operation: &'static str,
+        item: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The write was refused because this process no longer holds the lock
+    /// that entitles it to write.
+    #[error("write of {item} refused: {reason}")]
+    Fenced { item: String, reason: String },
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// Why a name cannot be used to key a stored certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid secret name `{0}`: 1 to 253 characters from a-z, A-Z, 0-9, `.`, `-`, `_`, `*`")]
+pub struct InvalidSecretName(String);
+
+/// The name a certificate is stored and served (as an SDS secret) under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SecretName(String);
+
+impl SecretName {
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidSecretName> {
+        let name = name.into();
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'*'));
+        if valid {
+            Ok(Self(name))
+        } else {
+            Err(InvalidSecretName(name))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A spelling safe as a file name or KV path segment: `*` becomes `%2A`
+    /// (`%` cannot occur in a secret name, so this is reversible and unique).
+    pub fn path_segment(&self) -> String {
+        self.0.replace('*', "%2A")
+    }
+}
+
+impl fmt::Display for SecretName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for SecretName {
+    type Error = InvalidSecretName;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<SecretName> for String {
+    fn from(name: SecretName) -> Self {
+        name.0
+    }
+}
+
+/// Identifies the ACME account of one directory: switching from staging to
+/// production uses (and creates) another account rather than sending staging
+/// credentials to production.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub fn for_directory(directory_url: &str) -> Self {
+        let without_scheme = directory_url
+            .split_once("://")
+            .map_or(directory_url, |(_, rest)| rest);
+        let id: String = without_scheme
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Self(id.trim_matches('_').to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// ACME account credentials as stored: shared by replicas, so they all act
+/// as one account.
+#[derive(Debug, Clone)]
+pub struct StoredAccount {
+    pub directory_url: String,
+    pub contact: Vec<String>,
+    /// The ACME client's serialized credentials (account URL and private key).
+    pub credentials_json: Secret<String>,
+}
+
+/// Loads and saves certificates, their order history and ACME accounts.
+///
+/// `load_*` return `Ok(None)` for an absent item and [`StoreError::Corrupt`]
+/// (or `Encryption`) for one that exists but cannot be used, naming the item
+/// and the fault; callers keep serving what they have in that case.
+#[async_trait]
+pub trait CertificateStore: Send + Sync + fmt::Debug {
+    async fn load_certificate(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<CertificateBundle>, StoreError>;
+
+    async fn save_certificate(
+        &self,
+        name: &SecretName,
+        bundle: &CertificateBundle,
+    ) -> Result<(), StoreError>;
+
+    /// Orders placed for the certificate; empty when none were recorded.
+    async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError>;
+
+    async fn save_order_history(
+        &self,
+        name: &SecretName,
+        history: &OrderHistory,
+    ) -> Result<(), StoreError>;
+
+    async fn load_account(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError>;
+
+    async fn save_account(&self, id: &AccountId, account: &StoredAccount)
+    -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_names_are_restricted_and_map_to_safe_segments() {
+        let wildcard = SecretName::new("*.example.com").expect("valid");
+        assert_eq!(wildcard.path_segment(), "%2A.example.com");
+        for bad in ["", ".", "..", "a/b", "a b", "100%"] {
+            assert!(SecretName::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn account_ids_differ_per_directory_and_are_path_safe() {
+        let staging =
+            AccountId::for_directory("https://acme-staging-v02.api.letsencrypt.org/directory");
+        let production = AccountId::for_directory("https://acme-v02.api.letsencrypt.org/directory");
+        assert_ne!(staging, production);
+        assert_eq!(
+            staging.as_str(),
+            "acme-staging-v02.api.letsencrypt.org_directory"
+        );
+        let local = AccountId::for_directory("https://localhost:14000/dir");
+        assert_eq!(local.as_str(), "localhost_14000_dir");
+    }
+}

@@ -1,0 +1,437 @@
+//! End-to-end issuance against a real pebble CA, with DNS-01 records
+//! published in a real knot server through TSIG-signed RFC 2136 updates.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{
+    ZONE, account_file, acme_config, apex_and_wildcard, dns01_solver, mode, names, start_pebble,
+    tsig_key, verify_chain,
+};
+use envoy_acme_sds::acme::AcmeClient;
+use envoy_acme_sds::certificate::{CertificateBundle, IssuanceFacts};
+use envoy_acme_sds::challenge::dns01::TsigKey;
+use envoy_acme_sds::challenge::exec::{ExecHookConfig, ExecHookSolver};
+use envoy_acme_sds::challenge::http01::{Http01Server, Http01Solver, MemoryTokenStore, TokenStore};
+use envoy_acme_sds::domain::NameSet;
+use envoy_acme_sds::keys::KeyType;
+use envoy_acme_sds::manager::{CertManager, CertificateSpec, ManagerError, Outcome};
+use envoy_acme_sds::policy::{OrderHistory, default_renewal_time};
+use envoy_acme_sds::secret::Secret;
+use envoy_acme_sds::store::disk::DiskStore;
+use envoy_acme_sds::store::{CertificateStore, SecretName};
+use test_support::{Knot, PebbleOptions};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn dns01_apex_and_wildcard_through_knot() {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot, PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path().join("store"), None).expect("store"));
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let mut manager = CertManager::new(
+        apex_and_wildcard(),
+        Arc::clone(&acme),
+        dns01_solver(&knot, tsig_key(&knot)),
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+    );
+    let mut published = manager.subscribe();
+    assert!(published.borrow().is_none());
+
+    let started = Instant::now();
+    let now = OffsetDateTime::now_utc();
+    let outcome = manager.reconcile(now).await;
+    let elapsed = started.elapsed();
+    println!("issuance of apex + wildcard via DNS-01 (pebble + knot): {elapsed:?}");
+    let Outcome::Issued { serial, next_check } = &outcome else {
+        panic!("expected a certificate, got {outcome:?}");
+    };
+    // Whether the CA offers ARI is learnt within half a day of issuance.
+    assert!(
+        *next_check <= now + time::Duration::hours(12),
+        "{next_check}"
+    );
+
+    published.changed().await.expect("published");
+    let bundle = published.borrow().clone().expect("bundle published");
+    assert_eq!(&bundle.metadata().serial, serial);
+    assert_eq!(
+        names(bundle.metadata()),
+        vec!["*.example.test", "example.test"]
+    );
+    let root = pebble.issuing_root_pem().await.expect("pebble root");
+    verify_chain(&bundle, &root, "example.test");
+    verify_chain(&bundle, &root, "www.example.test");
+
+    // Stored, 0600 in 0700 directories, and read back identical.
+    let item = store.item_path("certificates/example.test");
+    assert_eq!(mode(&item), 0o600);
+    assert_eq!(mode(item.parent().expect("dir")), 0o700);
+    assert_eq!(mode(store.root()), 0o700);
+    assert_eq!(mode(&account_file(&store, &pebble)), 0o600);
+    let stored = store
+        .load_certificate(&SecretName::new("example.test").expect("name"))
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(stored.metadata(), bundle.metadata());
+
+    // Nothing to do right after issuance: no second order.
+    let again = manager.reconcile(OffsetDateTime::now_utc()).await;
+    // pebble offers no ARI, so the lifetime rule schedules the renewal.
+    let Outcome::Unchanged { next_check } = again else {
+        panic!("expected no order right after issuance, got {again:?}");
+    };
+    assert_eq!(next_check, default_renewal_time(bundle.metadata()));
+    let history = store
+        .load_order_history(&SecretName::new("example.test").expect("name"))
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1);
+}
+
+#[tokio::test]
+async fn http01_answered_by_our_listener() {
+    // pebble resolves the name through knot to 127.0.0.1 and connects to the
+    // port our listener bound.
+    let knot = Knot::start(ZONE, &["www A 127.0.0.1"])
+        .await
+        .expect("knot starts");
+    let tokens: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let server = Http01Server::bind("127.0.0.1:0".parse().expect("addr"), Arc::clone(&tokens))
+        .await
+        .expect("bind");
+    let port = server.local_addr().expect("addr").port();
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server.serve(shutdown.clone()));
+    let pebble = start_pebble(
+        &knot,
+        PebbleOptions {
+            http01_port: Some(port),
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let spec =
+        CertificateSpec::new(NameSet::parse(&["www.example.test"]).expect("names")).expect("spec");
+    let mut manager = CertManager::new(
+        spec,
+        acme,
+        Arc::new(Http01Solver::new(Arc::clone(&tokens))),
+        store,
+    );
+
+    let outcome = manager.reconcile(OffsetDateTime::now_utc()).await;
+    assert!(matches!(outcome, Outcome::Issued { .. }), "{outcome:?}");
+    let bundle = manager.current().expect("published");
+    assert_eq!(names(bundle.metadata()), vec!["www.example.test"]);
+    verify_chain(
+        &bundle,
+        &pebble.issuing_root_pem().await.expect("root"),
+        "www.example.test",
+    );
+
+    shutdown.cancel();
+    serving.await.expect("listener task");
+}
+
+#[tokio::test]
+async fn bad_nonces_are_retried_until_the_order_succeeds() {
+    // At 60 % rejection a ~15-request order survives the ACME library's own
+    // three attempts per request about 3 % of the time; it needs our retries.
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(
+        &knot,
+        PebbleOptions {
+            nonce_reject_percent: Some(60),
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account despite bad nonces"),
+    );
+    let mut manager = CertManager::new(
+        apex_and_wildcard(),
+        acme,
+        dns01_solver(&knot, tsig_key(&knot)),
+        store,
+    );
+    let outcome = manager.reconcile(OffsetDateTime::now_utc()).await;
+    assert!(matches!(outcome, Outcome::Issued { .. }), "{outcome:?}");
+}
+
+/// A certificate for the apex and wildcard, issued 80 of its 90 days ago by a
+/// throw-away CA: valid, but due for renewal.
+fn due_certificate() -> CertificateBundle {
+    let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
+        .expect("now");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec![ZONE.to_owned(), "*.example.test".to_owned()])
+            .expect("params");
+    params.not_before = now - time::Duration::days(80);
+    params.not_after = now + time::Duration::days(10);
+    let leaf = params.signed_by(&key, &issuer).expect("leaf");
+    CertificateBundle::from_issued(
+        format!("{}{}", leaf.pem(), ca.pem()),
+        Secret::new(key.serialize_pem()),
+        now - time::Duration::days(80),
+        IssuanceFacts {
+            key_type: Some(KeyType::EcdsaP256),
+            profile: None,
+        },
+    )
+    .expect("bundle")
+}
+
+#[tokio::test]
+async fn refused_dns_update_backs_off_and_keeps_the_old_certificate() {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot, PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+    let secret_name = SecretName::new(ZONE).expect("name");
+    let old = due_certificate();
+    store
+        .save_certificate(&secret_name, &old)
+        .await
+        .expect("seed");
+
+    let tsig = knot.tsig();
+    let wrong_key = TsigKey::new(
+        &tsig.name,
+        &tsig.algorithm,
+        "d3JvbmcgdHNpZyBzZWNyZXQgb2YgMzIgYnl0ZXMhIQ==",
+    )
+    .expect("well-formed key");
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let mut manager = CertManager::new(
+        apex_and_wildcard(),
+        acme,
+        dns01_solver(&knot, wrong_key),
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+    );
+
+    let now = OffsetDateTime::now_utc();
+    let outcome = manager.reconcile(now).await;
+    let Outcome::Failed {
+        error,
+        consecutive_failures,
+        retry_at,
+    } = outcome
+    else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    let message = error.to_string();
+    assert!(matches!(error, ManagerError::Acme(_)), "{message}");
+    assert!(message.contains("RFC 2136"), "{message}");
+    assert!(message.contains("TSIG error BadSig"), "{message}");
+    assert_eq!(consecutive_failures, 1);
+    // First backoff step: 1 minute ± 10 % jitter.
+    let delay = retry_at - now;
+    assert!(
+        (time::Duration::seconds(54)..=time::Duration::seconds(66)).contains(&delay),
+        "retry in {delay}"
+    );
+
+    // The old certificate stays in service and on disk.
+    let serving = manager.current().expect("old certificate published");
+    assert_eq!(serving.metadata(), old.metadata());
+    let on_disk = store
+        .load_certificate(&secret_name)
+        .await
+        .expect("load")
+        .expect("still stored");
+    assert_eq!(on_disk.metadata(), old.metadata());
+    assert_eq!(on_disk.key_pem(), old.key_pem());
+
+    // The next failure backs off further: 10 minutes ± 10 %.
+    let now = OffsetDateTime::now_utc();
+    let Outcome::Failed {
+        consecutive_failures,
+        retry_at,
+        ..
+    } = manager.reconcile(now).await
+    else {
+        panic!("expected a second failure");
+    };
+    assert_eq!(consecutive_failures, 2);
+    let delay = retry_at - now;
+    assert!(
+        (time::Duration::seconds(540)..=time::Duration::seconds(660)).contains(&delay),
+        "retry in {delay}"
+    );
+}
+
+#[tokio::test]
+async fn sixth_order_in_a_week_is_refused_without_asking_the_ca() {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot, PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+    let secret_name = SecretName::new(ZONE).expect("name");
+    let spec = apex_and_wildcard();
+    let now = OffsetDateTime::now_utc();
+    let mut history = OrderHistory::default();
+    for hours_ago in [100, 80, 60, 40, 20] {
+        history.record(
+            &spec.names.canonical_key(),
+            now - time::Duration::hours(hours_ago),
+        );
+    }
+    store
+        .save_order_history(&secret_name, &history)
+        .await
+        .expect("seed");
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let mut manager = CertManager::new(
+        spec,
+        acme,
+        dns01_solver(&knot, tsig_key(&knot)),
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+    );
+
+    let outcome = manager.reconcile(now).await;
+    let Outcome::Failed {
+        error, retry_at, ..
+    } = outcome
+    else {
+        panic!("expected a refusal, got {outcome:?}");
+    };
+    assert!(matches!(error, ManagerError::Budget(_)), "{error}");
+    assert!(error.to_string().contains("limit 5"), "{error}");
+    assert!(retry_at >= now - time::Duration::hours(100) + time::Duration::days(7));
+    assert!(manager.current().is_none());
+    let history = store
+        .load_order_history(&secret_name)
+        .await
+        .expect("history");
+    assert_eq!(
+        history.len(),
+        5,
+        "no order was recorded, so none was placed"
+    );
+}
+
+#[tokio::test]
+async fn exec_hook_publishes_records_with_knsupdate() {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot, PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let knsupdate = test_support::tool("knsupdate").expect("knsupdate installed");
+    let hook = dir.path().join("hook.sh");
+    let mut script = std::fs::File::create(&hook).expect("hook");
+    write!(
+        script,
+        r#"#!/bin/sh
+set -e
+case "$ACME_ACTION" in present) verb=add ;; cleanup) verb=del ;; *) exit 2 ;; esac
+printf 'server {ip} {port}\nzone {zone}\nupdate %s %s. 60 TXT "%s"\nsend\n' \
+    "$verb" "$ACME_RECORD_NAME" "$ACME_VALUE" | {knsupdate} -y "$TSIG"
+"#,
+        ip = knot.addr().ip(),
+        port = knot.addr().port(),
+        zone = ZONE,
+        knsupdate = knsupdate.display(),
+    )
+    .expect("write hook");
+    drop(script);
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+
+    // The hook gets the provider credential from its own environment.
+    let mut config = ExecHookConfig::new("/usr/bin/env");
+    config.args = vec![
+        format!("TSIG={}", knot.tsig().knsupdate_arg()),
+        hook.display().to_string(),
+    ];
+    let solver = Arc::new(ExecHookSolver::new(config));
+    let store = Arc::new(DiskStore::open(dir.path().join("store"), None).expect("store"));
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let mut manager = CertManager::new(apex_and_wildcard(), acme, solver, store);
+    let outcome = manager.reconcile(OffsetDateTime::now_utc()).await;
+    assert!(matches!(outcome, Outcome::Issued { .. }), "{outcome:?}");
+    let bundle = manager.current().expect("published");
+    assert_eq!(
+        names(bundle.metadata()),
+        vec!["*.example.test", "example.test"]
+    );
+}
+
+#[tokio::test]
+async fn rsa_certificate_through_the_run_loop() {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot, PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let mut spec = apex_and_wildcard();
+    spec.key_type = KeyType::Rsa2048;
+    let manager = CertManager::new(spec, acme, dns01_solver(&knot, tsig_key(&knot)), store);
+    let mut published = manager.subscribe();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(manager.run(shutdown.clone()));
+
+    published
+        .changed()
+        .await
+        .expect("a certificate is published");
+    let bundle = published.borrow().clone().expect("bundle");
+    assert_eq!(bundle.metadata().key_type, Some(KeyType::Rsa2048));
+    assert!(
+        bundle
+            .key_pem()
+            .expose()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    verify_chain(
+        &bundle,
+        &pebble.issuing_root_pem().await.expect("root"),
+        "example.test",
+    );
+
+    shutdown.cancel();
+    running.await.expect("run loop ends on shutdown");
+}
