@@ -30,10 +30,13 @@ pub enum WatchEvent<T> {
         retry_in: Duration,
     },
     Recovered {
-        /// The current value: the new one if `changed`, else the last good one.
+        /// The value read on recovery. Always the fresh answer: after
+        /// failures, an unchanged index does not prove unchanged data (the
+        /// agent may have been replaced).
         value: Arc<T>,
         index: u64,
         meta: QueryMeta,
+        /// Whether the index moved since the last good answer.
         changed: bool,
     },
 }
