@@ -26,6 +26,8 @@ pub enum HarnessError {
     },
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout { what: String, after: Duration },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
     #[error("HTTP request to {url}: {reason}")]
     Http { url: String, reason: String },
     #[error("generating test certificates: {0}")]

@@ -58,10 +58,13 @@ where
         .await
         .map_err(|e| http_error(url, e))?;
     tokio::spawn(connection);
-    let mut request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host);
+    let mut request = hyper::Request::builder().method(method).uri(path);
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request = request.header("host", host);
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

@@ -31,8 +31,8 @@ impl TaskArgs {
 /// Parses a job file; an HCL error names the file and the position.
 pub fn parse_job(path: &Path) -> Result<Body> {
     let text = std::fs::read_to_string(path).map_err(HarnessError::io(path))?;
-    hcl::parse(&text).map_err(|e| HarnessError::Http {
-        url: path.display().to_string(),
+    hcl::parse(&text).map_err(|e| HarnessError::Parse {
+        path: path.to_owned(),
         reason: format!("invalid HCL: {e}"),
     })
 }
