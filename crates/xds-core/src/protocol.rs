@@ -1,0 +1,168 @@
+//! What the two xDS protocol variants share: the stream's context and the
+//! interface the stream driver calls.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use prost::Message;
+use tonic::Status;
+
+use crate::cache::Snapshot;
+use crate::codec::EncodeMessage;
+use crate::metrics::Metrics;
+use crate::resource::ResourceType;
+use crate::status::StatusHandle;
+use crate::subscription::SubscriptionRegistry;
+
+/// One protocol variant's state machine for one stream.
+///
+/// The driver feeds it requests and snapshots and asks it, whenever it is
+/// free to send, for the next response. Responses come out in push order
+/// (clusters, endpoints, listeners, routes, secrets) and are computed at
+/// the moment they can be sent, so a burst of cache writes collapses into
+/// one response carrying the latest state.
+pub(crate) trait Protocol: Send + 'static {
+    type Request: Message + Default + Send + 'static;
+    type Response: EncodeMessage + Send + 'static;
+
+    /// `sotw` or `delta`, for logs and metrics.
+    const NAME: &'static str;
+
+    fn node(request: &Self::Request) -> Option<&Node>;
+
+    /// Applies a request; an error ends the stream with that status.
+    fn on_request(&mut self, request: Self::Request, snapshot: &Snapshot) -> Result<(), Status>;
+
+    /// The next response due, if any.
+    fn next_response(&mut self, snapshot: &Snapshot) -> Option<Self::Response>;
+}
+
+/// What a protocol state machine needs from the server.
+#[derive(Debug)]
+pub(crate) struct StreamContext {
+    /// The type of a per-type service (EDS...); `None` on ADS.
+    pub(crate) service_type: Option<ResourceType>,
+    pub(crate) subscriptions: SubscriptionRegistry,
+    pub(crate) metrics: Metrics,
+    pub(crate) status: Arc<StatusHandle>,
+    next_nonce: u64,
+}
+
+impl StreamContext {
+    pub(crate) fn new(
+        service_type: Option<ResourceType>,
+        subscriptions: SubscriptionRegistry,
+        metrics: Metrics,
+        status: Arc<StatusHandle>,
+    ) -> Self {
+        Self {
+            service_type,
+            subscriptions,
+            metrics,
+            status,
+            next_nonce: 0,
+        }
+    }
+
+    /// The type a request is about. `Ok(None)` for a type this server does
+    /// not serve on ADS (ignored: Envoy may ask for types another control
+    /// plane could answer, and that must not cost it the others).
+    pub(crate) fn request_type(&self, type_url: &str) -> Result<Option<ResourceType>, Status> {
+        match (self.service_type, ResourceType::from_type_url(type_url)) {
+            (Some(service_type), _) if type_url.is_empty() => Ok(Some(service_type)),
+            (Some(service_type), Some(requested)) if requested == service_type => {
+                Ok(Some(service_type))
+            }
+            (Some(service_type), _) => Err(Status::invalid_argument(format!(
+                "this service serves {}, not `{type_url}`",
+                service_type.type_url()
+            ))),
+            (None, _) if type_url.is_empty() => Err(Status::invalid_argument(
+                "requests on the aggregated service must carry a type_url",
+            )),
+            (None, requested) => Ok(requested),
+        }
+    }
+
+    /// A nonce unique within the stream, which is all the protocol needs.
+    pub(crate) fn nonce(&mut self) -> String {
+        self.next_nonce += 1;
+        self.next_nonce.to_string()
+    }
+}
+
+/// Counts a stream as watching a type for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct TypeWatch {
+    metrics: Metrics,
+    resource_type: ResourceType,
+}
+
+impl TypeWatch {
+    pub(crate) fn new(metrics: &Metrics, resource_type: ResourceType) -> Self {
+        metrics.type_watched(resource_type);
+        Self {
+            metrics: metrics.clone(),
+            resource_type,
+        }
+    }
+}
+
+impl Drop for TypeWatch {
+    fn drop(&mut self) {
+        self.metrics.type_unwatched(self.resource_type);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::ConnectedClients;
+
+    fn context(service_type: Option<ResourceType>) -> StreamContext {
+        StreamContext::new(
+            service_type,
+            SubscriptionRegistry::new(),
+            Metrics::default(),
+            Arc::new(ConnectedClients::default().register("test", "sotw", None)),
+        )
+    }
+
+    #[test]
+    fn per_type_services_accept_their_type_implicitly_or_explicitly() {
+        let eds = context(Some(ResourceType::Endpoint));
+        assert_eq!(
+            eds.request_type("").ok(),
+            Some(Some(ResourceType::Endpoint))
+        );
+        assert_eq!(
+            eds.request_type(ResourceType::Endpoint.type_url()).ok(),
+            Some(Some(ResourceType::Endpoint))
+        );
+        assert!(eds.request_type(ResourceType::Cluster.type_url()).is_err());
+    }
+
+    #[test]
+    fn ads_needs_a_type_and_ignores_unknown_ones() {
+        let ads = context(None);
+        assert!(ads.request_type("").is_err());
+        assert_eq!(
+            ads.request_type("type.googleapis.com/envoy.service.runtime.v3.Runtime")
+                .ok(),
+            Some(None)
+        );
+        assert_eq!(
+            ads.request_type(ResourceType::Secret.type_url()).ok(),
+            Some(Some(ResourceType::Secret))
+        );
+    }
+
+    #[test]
+    fn nonces_never_repeat_on_a_stream() {
+        let mut ctx = context(None);
+        let a = ctx.nonce();
+        let b = ctx.nonce();
+        assert_ne!(a, b);
+        assert!(!a.is_empty());
+    }
+}

@@ -1,0 +1,218 @@
+//! The state-of-the-world protocol for one stream.
+//!
+//! Per type: the client's subscription, what it holds (the tracker), and
+//! the nonce of the latest response. The rules:
+//! - Every response carries a fresh nonce. A request quoting any other
+//!   nonce answers a superseded response and is ignored entirely: its
+//!   resource list may predate what we sent since, and the client will send
+//!   an up-to-date one with its next ACK.
+//! - One response per type is in flight at a time: the next one waits for
+//!   the ACK or NACK of the previous (and so carries everything that changed
+//!   meanwhile). Every rejection is therefore seen, logged and counted.
+//! - An ACK records the version the client now runs. A NACK is logged with
+//!   Envoy's message and counted; what was rejected is not sent again until
+//!   the application changes it.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use tonic::Status;
+
+use crate::cache::Snapshot;
+use crate::codec::SotwResponse;
+use crate::protocol::{Protocol, StreamContext, TypeWatch};
+use crate::resource::ResourceType;
+use crate::status::Rejection;
+use crate::subscription::Subscription;
+use crate::tracker::{Mode, Tracker};
+
+#[derive(Debug)]
+pub(crate) struct Sotw {
+    ctx: StreamContext,
+    /// Ordered by type, which is the push order.
+    types: BTreeMap<ResourceType, SotwType>,
+}
+
+#[derive(Debug)]
+struct SotwType {
+    subscription: Subscription,
+    tracker: Tracker,
+    last_nonce: Option<String>,
+    sent_version: String,
+    awaiting_reply: bool,
+    _watch: TypeWatch,
+}
+
+impl Sotw {
+    pub(crate) fn new(ctx: StreamContext) -> Self {
+        Self {
+            ctx,
+            types: BTreeMap::new(),
+        }
+    }
+}
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+    const NAME: &'static str = "sotw";
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn on_request(&mut self, request: DiscoveryRequest, snapshot: &Snapshot) -> Result<(), Status> {
+        let Some(resource_type) = self.ctx.request_type(&request.type_url)? else {
+            tracing::warn!(type_url = %request.type_url, "ignoring a request for a type this server does not serve");
+            return Ok(());
+        };
+        let type_snapshot = snapshot.of_type(resource_type);
+        let Some(state) = self.types.get_mut(&resource_type) else {
+            let mut subscription = Subscription::new(self.ctx.subscriptions.clone(), resource_type);
+            subscription.replace(&request.resource_names);
+            let mut tracker = Tracker::new(resource_type, Mode::sotw(resource_type));
+            tracker.start_sotw(&request.version_info, type_snapshot, &subscription);
+            tracing::debug!(
+                %resource_type,
+                names = request.resource_names.len(),
+                wildcard = subscription.is_wildcard(),
+                resuming_version = %request.version_info,
+                "subscribed"
+            );
+            self.ctx.status.update_type(resource_type, |status| {
+                status.wildcard = subscription.is_wildcard();
+                status.subscribed = subscription.names().count();
+                if !request.version_info.is_empty() {
+                    status.acked_version = Some(request.version_info.clone());
+                }
+            });
+            self.types.insert(
+                resource_type,
+                SotwType {
+                    subscription,
+                    tracker,
+                    last_nonce: None,
+                    sent_version: String::new(),
+                    awaiting_reply: false,
+                    _watch: TypeWatch::new(&self.ctx.metrics, resource_type),
+                },
+            );
+            return Ok(());
+        };
+
+        match &state.last_nonce {
+            Some(last) if *last == request.response_nonce => {
+                state.awaiting_reply = false;
+                if let Some(error) = &request.error_detail {
+                    tracing::warn!(
+                        %resource_type,
+                        rejected_version = %state.sent_version,
+                        running_version = %request.version_info,
+                        error = %error.message,
+                        "Envoy rejected a response"
+                    );
+                    self.ctx.metrics.nacked(resource_type);
+                    let rejection = Rejection {
+                        version: state.sent_version.clone(),
+                        message: error.message.clone(),
+                    };
+                    self.ctx.status.update_type(resource_type, |status| {
+                        status.nacks += 1;
+                        status.last_rejection = Some(rejection);
+                    });
+                } else {
+                    tracing::debug!(%resource_type, version = %request.version_info, "acknowledged");
+                    self.ctx.metrics.acked(resource_type);
+                    self.ctx.status.update_type(resource_type, |status| {
+                        status.acks += 1;
+                        status.acked_version = Some(request.version_info.clone());
+                    });
+                }
+            }
+            Some(last) => {
+                tracing::debug!(
+                    %resource_type,
+                    stale_nonce = %request.response_nonce,
+                    current_nonce = %last,
+                    "ignoring a request answering a superseded response"
+                );
+                self.ctx.metrics.stale_request(resource_type);
+                return Ok(());
+            }
+            // Nothing sent yet: a request that only updates the names.
+            None => {}
+        }
+
+        let change = state.subscription.replace(&request.resource_names);
+        if !change.is_empty() {
+            state.tracker.unsubscribed(&change.removed);
+            state.tracker.subscribed(&change.added);
+            if change.wildcard_changed {
+                state.tracker.resync();
+            }
+            tracing::debug!(
+                %resource_type,
+                added = change.added.len(),
+                removed = change.removed.len(),
+                wildcard = state.subscription.is_wildcard(),
+                "subscription changed"
+            );
+            let (wildcard, subscribed) = (
+                state.subscription.is_wildcard(),
+                state.subscription.names().count(),
+            );
+            self.ctx.status.update_type(resource_type, |status| {
+                status.wildcard = wildcard;
+                status.subscribed = subscribed;
+            });
+        }
+        Ok(())
+    }
+
+    fn next_response(&mut self, snapshot: &Snapshot) -> Option<SotwResponse> {
+        for (resource_type, state) in &mut self.types {
+            if state.awaiting_reply {
+                continue;
+            }
+            let type_snapshot = snapshot.of_type(*resource_type);
+            let Some(plan) = state.tracker.plan(type_snapshot, &state.subscription) else {
+                continue;
+            };
+            let resources = if resource_type.is_full_state() {
+                let all = Tracker::full_state(type_snapshot, &state.subscription);
+                state.tracker.record_full_state(&all);
+                all
+            } else {
+                state.tracker.record(&plan);
+                plan.upserts
+            };
+            let nonce = self.ctx.nonce();
+            let version = type_snapshot.version.to_string();
+            state.last_nonce = Some(nonce.clone());
+            state.sent_version.clone_from(&version);
+            state.awaiting_reply = true;
+            self.ctx
+                .metrics
+                .pushed(*resource_type, resources.len(), plan.after_write);
+            self.ctx.status.update_type(*resource_type, |status| {
+                status.pushes += 1;
+                status.sent_version = Some(version.clone());
+            });
+            tracing::debug!(
+                resource_type = %resource_type,
+                %version,
+                %nonce,
+                resources = resources.len(),
+                "sending"
+            );
+            return Some(SotwResponse {
+                version_info: version,
+                resources,
+                type_url: resource_type.type_url(),
+                nonce,
+            });
+        }
+        None
+    }
+}
