@@ -65,6 +65,18 @@ pub struct Config {
     #[arg(long, env = "CONSUL_EDS_XDS_LISTEN", default_value = "127.0.0.1:15000")]
     pub xds_listen: String,
 
+    /// PEM certificate chain for TLS on the xDS listener (with --xds-tls-key).
+    #[arg(long, env = "CONSUL_EDS_XDS_TLS_CERT", requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --xds-tls-cert.
+    #[arg(long, env = "CONSUL_EDS_XDS_TLS_KEY", requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+
+    /// PEM CA that Envoys' client certificates must chain to (mTLS).
+    #[arg(long, env = "CONSUL_EDS_XDS_TLS_CLIENT_CA", requires = "xds_tls_cert")]
+    pub xds_tls_client_ca: Option<PathBuf>,
+
     /// Admin HTTP listener (/metrics, /healthz, /readyz, /debug/snapshot).
     #[arg(
         long,

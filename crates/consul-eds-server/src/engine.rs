@@ -323,6 +323,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                 index,
                 after_reset,
             } => {
+                tracing::debug!(service = %key.service, instances = instances.len(), index, after_reset, "instances read");
                 let had_endpoints = watch.instances.as_ref().is_some_and(|i| !i.is_empty());
                 let holding = watch.held_empty.is_some();
                 if instances.is_empty() && had_endpoints && (after_reset || holding) {
@@ -401,6 +402,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
     fn flush(&mut self) {
         self.flush_at = None;
         let dirty = std::mem::take(&mut self.dirty);
+        tracing::debug!(clusters = dirty.len(), "flushing");
         let mut batch = Vec::new();
         for cluster in dirty {
             let Some(plan) = self.plans.get(&cluster) else {
@@ -422,6 +424,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             }
         }
         if !batch.is_empty() {
+            tracing::debug!(clusters = batch.len(), "pushing changed clusters");
             self.metrics.pushes.inc();
             self.metrics.cluster_updates.inc_by(batch.len() as u64);
             self.sink.publish(batch);

@@ -10,6 +10,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod naming;
+pub mod sink;
 pub mod source;
 pub mod state;
 pub mod translate;

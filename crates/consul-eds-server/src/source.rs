@@ -133,10 +133,14 @@ impl ConsulSource {
                 // The guard lives as long as the stream: dropping the watch
                 // frees its per-service slot.
                 let _slot = &slot;
+                let recovered = matches!(event, WatchEvent::Recovered { .. });
                 match event {
                     WatchEvent::Changed { value, index, .. }
                     | WatchEvent::Recovered { value, index, .. } => {
-                        let after_reset = last_index.is_some_and(|last| index < last);
+                        // The first answer after an outage may come from a
+                        // replaced, still empty server even when its index
+                        // did not go backwards: treat it like a reset.
+                        let after_reset = recovered || last_index.is_some_and(|last| index < last);
                         last_index = Some(index);
                         SourceEvent::Instances {
                             instances: value.iter().map(|e| reader.instance(e)).collect(),
@@ -229,6 +233,7 @@ impl DcWideView {
                 nodes_of: HashMap::new(),
                 catalog: None,
                 last_index: HashMap::new(),
+                failed: BTreeSet::new(),
             }
             .run(requests),
         );
@@ -261,6 +266,8 @@ struct DcWideTask {
     nodes_of: HashMap<String, BTreeSet<String>>,
     catalog: Option<BTreeMap<String, Vec<String>>>,
     last_index: HashMap<String, u64>,
+    /// Services whose last read failed: their next answer counts as after a reset.
+    failed: BTreeSet<String>,
 }
 
 impl DcWideTask {
@@ -429,6 +436,7 @@ impl DcWideTask {
             Ok(response) => {
                 let index = response.meta.index.unwrap_or(1).max(1);
                 let previous = self.last_index.insert(service.to_owned(), index);
+                let recovered = self.failed.remove(service);
                 self.nodes_of.insert(
                     service.to_owned(),
                     response.value.iter().map(|e| e.node.node.clone()).collect(),
@@ -440,12 +448,15 @@ impl DcWideTask {
                         .map(|e| self.reader.instance(e))
                         .collect(),
                     index,
-                    after_reset: previous.is_some_and(|p| index < p),
+                    after_reset: recovered || previous.is_some_and(|p| index < p),
                 }
             }
-            Err(error) => SourceEvent::Failing {
-                error: error.to_string(),
-            },
+            Err(error) => {
+                self.failed.insert(service.to_owned());
+                SourceEvent::Failing {
+                    error: error.to_string(),
+                }
+            }
         };
         if let Some(senders) = self.subscribers.get(service) {
             for sender in senders {
@@ -454,7 +465,8 @@ impl DcWideTask {
         }
     }
 
-    fn fail_all(&self, error: &str) {
+    fn fail_all(&mut self, error: &str) {
+        self.failed.extend(self.subscribers.keys().cloned());
         for senders in self.subscribers.values() {
             for sender in senders {
                 let _ = sender.send(SourceEvent::Failing {

@@ -1,0 +1,544 @@
+//! `cargo xtask bench eds`: consul-eds-server against real Consul and Envoy.
+//!
+//! 1. convergence: a Consul health change until Envoy's admin API shows it,
+//!    beside the floor: the same change seen by a raw blocking query.
+//! 2. scale: many services x instances; initial sync, memory, CPU during a
+//!    change storm, and whether any change was lost.
+//! 3. reload: the churn scenario through Envoy + EDS and through nginx
+//!    reloaded on every change, same load, same run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use benches::nginx::NginxGateway;
+use benches::stats::{cpu_time, quantile, rss_kib};
+use consul_client::config::Address;
+use consul_client::{
+    AgentCheck, AgentServiceRegistration, CatalogCheck, CatalogRegistration, CatalogService,
+    CheckStatus, Client, ClientConfig, HealthFilter, QueryOptions,
+};
+use demo::backend::Behaviour;
+use demo::churn::{ChurnPlan, Churner};
+use demo::consul::ConsulRegistrar;
+use demo::load::{LoadPlan, LoadReport, run as run_load};
+use futures::StreamExt;
+use serde_json::Value;
+use test_support::bootstrap::{EdsTransport, GatewayBootstrap};
+use test_support::{ConsulAgent, Envoy, ManagedProcess, eventually, free_port, http_get};
+
+struct Args {
+    eds_binary: PathBuf,
+    parts: Vec<String>,
+    changes: usize,
+    services: usize,
+    instances: usize,
+    storm_seconds: u64,
+    churn_seconds: u64,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        eds_binary: PathBuf::new(),
+        parts: vec![],
+        changes: 200,
+        services: 5_000,
+        instances: 20,
+        storm_seconds: 20,
+        churn_seconds: 60,
+    };
+    let mut raw = std::env::args().skip(1);
+    while let Some(arg) = raw.next() {
+        let mut value = || raw.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--eds-binary" => args.eds_binary = value()?.into(),
+            "--changes" => args.changes = value()?.parse()?,
+            "--services" => args.services = value()?.parse()?,
+            "--instances" => args.instances = value()?.parse()?,
+            "--storm-seconds" => args.storm_seconds = value()?.parse()?,
+            "--churn-seconds" => args.churn_seconds = value()?.parse()?,
+            "convergence" | "scale" | "reload" => args.parts.push(arg),
+            other => bail!("unknown argument `{other}` (parts: convergence, scale, reload)"),
+        }
+    }
+    ensure!(
+        args.eds_binary.exists(),
+        "--eds-binary must name the built consul-eds-server"
+    );
+    if args.parts.is_empty() {
+        args.parts = vec!["convergence".into(), "scale".into(), "reload".into()];
+    }
+    Ok(args)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    for part in &args.parts {
+        match part.as_str() {
+            "convergence" => convergence(&args).await?,
+            "scale" => scale(&args).await?,
+            "reload" => reload(&args).await?,
+            _ => unreachable!("parsed above"),
+        }
+    }
+    Ok(())
+}
+
+struct Eds {
+    process: ManagedProcess,
+    xds: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_eds(args: &Args, consul: &ConsulAgent, extra: &[&str]) -> Result<Eds> {
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir()?;
+    let mut argv = vec![
+        "--consul-addr".to_owned(),
+        consul.http_url(),
+        "--xds-listen".to_owned(),
+        xds.to_string(),
+        "--admin-listen".to_owned(),
+        admin.to_string(),
+        "--log-format".to_owned(),
+        "json".to_owned(),
+    ];
+    argv.extend(extra.iter().map(|s| (*s).to_owned()));
+    let process = ManagedProcess::spawn(
+        "consul-eds-server",
+        &args.eds_binary,
+        &argv,
+        &[("RUST_LOG".to_owned(), "warn".to_owned())],
+        &dir.path().join("eds.log"),
+    )?;
+    eventually(
+        "eds admin",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            http_get(admin, "/healthz")
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
+    .await?;
+    Ok(Eds {
+        process,
+        xds,
+        _dir: dir,
+    })
+}
+
+fn client_for(consul: &ConsulAgent, max_blocking: usize) -> Result<Client> {
+    let address: Address = consul.http_url().parse()?;
+    let mut config = ClientConfig::new(address);
+    config.max_blocking_queries = max_blocking;
+    config.max_concurrent_requests = 64;
+    Ok(Client::new(config)?)
+}
+
+async fn gateway(xds: SocketAddr, clusters: Vec<String>) -> Result<(Envoy, SocketAddr)> {
+    let listener_port = free_port();
+    let yaml = GatewayBootstrap {
+        node_id: "bench".to_owned(),
+        xds,
+        transport: EdsTransport::Grpc,
+        clusters,
+        listener_port,
+        retries: true,
+    }
+    .yaml();
+    let envoy = Envoy::start(&yaml).await?;
+    Ok((envoy, SocketAddr::from(([127, 0, 0, 1], listener_port))))
+}
+
+/// `(hostname, eds health)` of a cluster's hosts in Envoy.
+async fn envoy_hosts(envoy: &Envoy, cluster: &str) -> Result<Vec<(String, String)>> {
+    let json: Value = serde_json::from_str(&envoy.admin_get("/clusters?format=json").await?)?;
+    let mut hosts = Vec::new();
+    for status in json["cluster_statuses"].as_array().into_iter().flatten() {
+        if status["name"] == cluster {
+            for host in status["host_statuses"].as_array().into_iter().flatten() {
+                hosts.push((
+                    host["hostname"].as_str().unwrap_or_default().to_owned(),
+                    host["health_status"]["eds_health_status"]
+                        .as_str()
+                        .unwrap_or("HEALTHY")
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(hosts)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn convergence(args: &Args) -> Result<()> {
+    println!("== eds convergence: {} health changes", args.changes);
+    let consul = ConsulAgent::start().await?;
+    let client = client_for(&consul, 64)?;
+    for i in 0..5u16 {
+        client
+            .agent_service_register(&AgentServiceRegistration {
+                id: Some(format!("web-{i}")),
+                name: "web".to_owned(),
+                address: "127.0.0.1".to_owned(),
+                port: 20_000 + i,
+                checks: vec![
+                    AgentCheck::ttl("ttl", Duration::from_secs(3600))
+                        .with_id(format!("ttl:web-{i}"))
+                        .with_initial_status(CheckStatus::Passing),
+                ],
+                ..AgentServiceRegistration::default()
+            })
+            .await?;
+    }
+    let eds = start_eds(args, &consul, &[]).await?;
+    let (envoy, _) = gateway(eds.xds, vec!["web".to_owned()]).await?;
+    eventually(
+        "5 hosts",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async {
+            envoy_hosts(&envoy, "web")
+                .await
+                .ok()
+                .filter(|h| h.len() == 5)
+        },
+    )
+    .await?;
+
+    let mut floor = Vec::new();
+    let mut envoy_seen = Vec::new();
+    for n in 0..args.changes {
+        let fail = n.is_multiple_of(2);
+        let check = "ttl:web-0";
+        // The floor: a blocking query already waiting when the change lands.
+        let index = client
+            .health_service("web", HealthFilter::All, &QueryOptions::default())
+            .await?
+            .meta
+            .index
+            .unwrap_or(1);
+        let blocking_client = client.clone();
+        let blocking = tokio::spawn(async move {
+            let options = QueryOptions {
+                index,
+                wait: Some(Duration::from_secs(30)),
+                ..QueryOptions::default()
+            };
+            blocking_client
+                .health_service("web", HealthFilter::All, &options)
+                .await
+                .map(|_| Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let changed = Instant::now();
+        if fail {
+            client.agent_check_fail(check, "bench").await?;
+        } else {
+            client.agent_check_pass(check, "bench").await?;
+        }
+        let want = if fail { 4 } else { 5 };
+        let seen = eventually(
+            "Envoy to converge",
+            Duration::from_secs(10),
+            Duration::from_millis(1),
+            || async {
+                envoy_hosts(&envoy, "web")
+                    .await
+                    .ok()
+                    .filter(|h| h.len() == want)
+                    .map(|_| Instant::now())
+            },
+        )
+        .await?;
+        let blocking_returned = blocking.await??;
+        floor.push(blocking_returned.saturating_duration_since(changed));
+        envoy_seen.push(seen.saturating_duration_since(changed));
+    }
+    floor.sort();
+    envoy_seen.sort();
+    let (f50, f99) = (quantile(&floor, 0.5), quantile(&floor, 0.99));
+    let (e50, e99) = (quantile(&envoy_seen, 0.5), quantile(&envoy_seen, 0.99));
+    println!(
+        "  raw blocking query (floor)   p50 {}  p99 {}",
+        ms(f50),
+        ms(f99)
+    );
+    println!(
+        "  Envoy admin shows the change p50 {}  p99 {}",
+        ms(e50),
+        ms(e99)
+    );
+    println!(
+        "  overhead over the floor      p50 {}  p99 {}  (target: p99 within 50 ms)",
+        ms(e50.saturating_sub(f50)),
+        ms(e99.saturating_sub(f99))
+    );
+    println!("  (Envoy's admin is polled every 1 ms; the figure includes that poll)");
+    Ok(())
+}
+
+async fn scale(args: &Args) -> Result<()> {
+    let total = args.services * args.instances;
+    println!(
+        "== eds scale: {} services x {} instances = {total} instances, default agent limits",
+        args.services, args.instances
+    );
+    let consul = ConsulAgent::start().await?;
+    let client = client_for(&consul, 64)?;
+    let nodes = 500.max(args.instances);
+    let started = Instant::now();
+    let registrations = (0..args.services).flat_map(|s| (0..args.instances).map(move |i| (s, i)));
+    let results: Vec<Result<(), consul_client::Error>> = futures::stream::iter(registrations)
+        .map(|(s, i)| {
+            let client = client.clone();
+            async move {
+                let node = (s * args.instances + i) % nodes;
+                let id = format!("svc-{s}-{i}");
+                client
+                    .catalog_register(&CatalogRegistration {
+                        node: format!("node-{node}"),
+                        address: format!(
+                            "10.{}.{}.{}",
+                            node / 65536,
+                            (node / 256) % 256,
+                            node % 256
+                        ),
+                        service: Some(CatalogService {
+                            id: id.clone(),
+                            service: format!("svc-{s}"),
+                            port: 8080,
+                            ..CatalogService::default()
+                        }),
+                        check: Some(check(&id, CheckStatus::Passing)),
+                        ..CatalogRegistration::default()
+                    })
+                    .await
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let failures = results.iter().filter(|r| r.is_err()).count();
+    ensure!(
+        failures == 0,
+        "{failures} catalog registrations failed: {:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    println!("  registered in {:.1} s", started.elapsed().as_secs_f64());
+
+    let clusters: Vec<String> = (0..args.services).map(|s| format!("svc-{s}")).collect();
+    let eds = start_eds(args, &consul, &[]).await?;
+    let sync_started = Instant::now();
+    let (envoy, _) = gateway(eds.xds, clusters).await?;
+    let expected = total as u64;
+    eventually(
+        "Envoy to have every instance",
+        Duration::from_secs(600),
+        Duration::from_millis(200),
+        || async {
+            membership(&envoy, "membership_total")
+                .await
+                .ok()
+                .filter(|n| *n == expected)
+        },
+    )
+    .await?;
+    let sync = sync_started.elapsed();
+    let pid = eds.process.pid();
+    println!(
+        "  initial sync (Envoy start -> all {total} endpoints in Envoy): {:.1} s",
+        sync.as_secs_f64()
+    );
+    println!(
+        "  consul-eds-server RSS after sync: {} MiB",
+        rss_kib(pid).unwrap_or(0) / 1024
+    );
+
+    // The storm: 100 health changes per second, spread over services.
+    let cpu_before = cpu_time(pid).unwrap_or_default();
+    let storm_started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let mut critical = std::collections::BTreeSet::new();
+    let mut peak_rss = 0;
+    let mut n = 0usize;
+    while storm_started.elapsed() < Duration::from_secs(args.storm_seconds) {
+        ticker.tick().await;
+        let s = (n * 7919) % args.services;
+        let i = n % args.instances;
+        n += 1;
+        let id = format!("svc-{s}-{i}");
+        let node = (s * args.instances + i) % nodes;
+        let status = if critical.contains(&id) {
+            critical.remove(&id);
+            CheckStatus::Passing
+        } else {
+            critical.insert(id.clone());
+            CheckStatus::Critical
+        };
+        client
+            .catalog_register(&CatalogRegistration {
+                node: format!("node-{node}"),
+                address: format!("10.{}.{}.{}", node / 65536, (node / 256) % 256, node % 256),
+                service: Some(CatalogService {
+                    id: id.clone(),
+                    service: format!("svc-{s}"),
+                    port: 8080,
+                    ..CatalogService::default()
+                }),
+                check: Some(check(&id, status)),
+                ..CatalogRegistration::default()
+            })
+            .await?;
+        if n.is_multiple_of(100) {
+            peak_rss = peak_rss.max(rss_kib(pid).unwrap_or(0));
+        }
+    }
+    let storm = storm_started.elapsed();
+    let cpu = cpu_time(pid).unwrap_or_default().saturating_sub(cpu_before);
+    let expected_healthy = expected - critical.len() as u64;
+    let converged = eventually(
+        "Envoy to converge after the storm",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || async {
+            membership(&envoy, "membership_total")
+                .await
+                .ok()
+                .filter(|n| *n == expected_healthy)
+        },
+    )
+    .await;
+    println!(
+        "  storm: {n} changes in {:.1} s ({:.0}/s); consul-eds-server CPU {:.0} % of one core, peak RSS {} MiB",
+        storm.as_secs_f64(),
+        n as f64 / storm.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / storm.as_secs_f64(),
+        peak_rss / 1024
+    );
+    match converged {
+        Ok(_) => {
+            println!("  no change lost: Envoy has exactly the {expected_healthy} passing instances")
+        }
+        Err(_) => println!(
+            "  CHANGES LOST: Envoy has {} endpoints, Consul {expected_healthy} passing",
+            membership(&envoy, "membership_total").await.unwrap_or(0)
+        ),
+    }
+    Ok(())
+}
+
+fn check(service_id: &str, status: CheckStatus) -> CatalogCheck {
+    CatalogCheck {
+        check_id: format!("check:{service_id}"),
+        name: "bench".to_owned(),
+        status,
+        service_id: service_id.to_owned(),
+        output: String::new(),
+    }
+}
+
+/// The sum of one `cluster.*.<stat>` over every cluster but the xDS one.
+async fn membership(envoy: &Envoy, stat: &str) -> Result<u64> {
+    let body = envoy
+        .admin_get(&format!("/stats?filter=^cluster\\.svc-.*\\.{stat}$"))
+        .await?;
+    Ok(body
+        .lines()
+        .filter_map(|line| {
+            line.rsplit_once(": ")
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        })
+        .sum())
+}
+
+async fn reload(args: &Args) -> Result<()> {
+    println!(
+        "== eds vs reload: one backend added or removed per second for {} s, 100 req/s, 2 % deliberate 500s",
+        args.churn_seconds
+    );
+    let plan = ChurnPlan {
+        id_prefix: "web".to_owned(),
+        ip: "127.0.0.1".parse()?,
+        min_instances: 2,
+        max_instances: 6,
+        behaviour: Behaviour {
+            error_ratio: 0.02,
+            slow_ratio: 0.05,
+            slow_delay: Duration::from_millis(100),
+        },
+        drain: Duration::from_secs(2),
+    };
+
+    // Envoy + consul-eds-server.
+    let consul = ConsulAgent::start().await?;
+    let eds = start_eds(args, &consul, &[]).await?;
+    let mut churner = Churner::new(
+        plan.clone(),
+        ConsulRegistrar::new(client_for(&consul, 64)?, "web"),
+    );
+    churner.start().await?;
+    let (_envoy, listener) = gateway(eds.xds, vec!["web".to_owned()]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let envoy_report = churn_under_load(&mut churner, listener, args.churn_seconds).await?;
+    churner.shutdown().await;
+    let eds_cpu = cpu_time(eds.process.pid()).unwrap_or_default();
+
+    // nginx, its upstreams rewritten and reloaded on every change.
+    let nginx_listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let first = demo::backend::Instance::start("seed".into(), plan.ip, plan.behaviour).await?;
+    let nginx = NginxGateway::start(nginx_listen, vec![first.addr]).await?;
+    let mut churner = Churner::new(plan, nginx);
+    churner.start().await?;
+    // The seed upstream goes once the churner's instances are in.
+    let upstreams: Vec<SocketAddr> = churner.live().iter().map(|i| i.addr).collect();
+    churner.registrar_mut().set_upstreams(upstreams)?;
+    first.stop(Duration::from_secs(1)).await;
+    let nginx_report = churn_under_load(&mut churner, nginx_listen, args.churn_seconds).await?;
+    let reloads = churner.registrar_mut().reloads;
+    churner.shutdown().await;
+
+    println!("  Envoy + EDS : {}", envoy_report.summary());
+    println!(
+        "  nginx+reload: {} ({reloads} reloads)",
+        nginx_report.summary()
+    );
+    println!(
+        "  consul-eds-server CPU over the whole run: {:.2} s",
+        eds_cpu.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn churn_under_load<R: demo::churn::Registrar>(
+    churner: &mut Churner<R>,
+    target: SocketAddr,
+    seconds: u64,
+) -> Result<LoadReport> {
+    let load = tokio::spawn(run_load(LoadPlan {
+        url: format!("http://{target}/").parse()?,
+        requests_per_second: 100,
+        duration: Duration::from_secs(seconds),
+        max_in_flight: 64,
+        timeout: Duration::from_secs(5),
+    }));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    for _ in 0..seconds {
+        ticker.tick().await;
+        churner
+            .step()
+            .await
+            .map_err(|e| anyhow::anyhow!("churn step: {e}"))?;
+    }
+    Ok(load.await?)
+}
