@@ -152,6 +152,8 @@ pub struct AcmeConfig {
     pub validation_timeout: Duration,
     /// How long to wait for the certificate after finalizing.
     pub issuance_timeout: Duration,
+    /// Where the time to each response from the CA is recorded.
+    pub request_duration: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl AcmeConfig {
@@ -163,6 +165,7 @@ impl AcmeConfig {
             ca_root_pem: None,
             validation_timeout: Duration::from_secs(300),
             issuance_timeout: Duration::from_secs(300),
+            request_duration: None,
         }
     }
 
@@ -254,7 +257,7 @@ impl AcmeClient {
                             reason: format!("credentials JSON invalid ({:?})", e.classify()),
                         }
                     })?;
-                let http = AcmeHttpClient::new(config.ca_root_pem.as_deref(), &retry_after)?;
+                let http = AcmeHttpClient::new(&config, &retry_after)?;
                 let account = Account::builder_with_http(Box::new(http))
                     .from_credentials(credentials)
                     .await
@@ -275,7 +278,7 @@ impl AcmeClient {
                     .as_ref()
                     .map(|eab| ExternalAccountKey::new(eab.key_id.clone(), eab.hmac_key.expose()));
                 let (account, credentials) = retry_bad_nonce!(async {
-                    let http = AcmeHttpClient::new(config.ca_root_pem.as_deref(), &retry_after)?;
+                    let http = AcmeHttpClient::new(&config, &retry_after)?;
                     Account::builder_with_http(Box::new(http))
                         .create(&new_account, directory.clone(), eab.as_ref())
                         .await
@@ -582,15 +585,16 @@ fn is_bad_nonce(error: &AcmeError) -> bool {
 struct AcmeHttpClient {
     inner: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
     retry_after: Arc<Mutex<Option<SystemTime>>>,
+    request_duration: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl AcmeHttpClient {
     fn new(
-        ca_root_pem: Option<&str>,
+        config: &AcmeConfig,
         retry_after: &Arc<Mutex<Option<SystemTime>>>,
     ) -> Result<Self, AcmeError> {
         let mut roots = rustls::RootCertStore::empty();
-        match ca_root_pem {
+        match config.ca_root_pem.as_deref() {
             Some(pem) => {
                 let certificates = parse_certificate_chain(pem)
                     .map_err(|e| AcmeError::HttpClient(format!("CA root PEM: {e}")))?;
@@ -629,6 +633,7 @@ impl AcmeHttpClient {
         Ok(Self {
             inner: HyperClient::builder(TokioExecutor::new()).build(connector),
             retry_after: Arc::clone(retry_after),
+            request_duration: config.request_duration.clone(),
         })
     }
 }
@@ -640,11 +645,16 @@ impl HttpClient for AcmeHttpClient {
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
         let response = self.inner.request(request);
         let retry_after = Arc::clone(&self.retry_after);
+        let request_duration = self.request_duration.clone();
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let response = tokio::time::timeout(HTTP_TIMEOUT, response)
                 .await
                 .map_err(|_| instant_acme::Error::Str("ACME server did not answer within 30 s"))?
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+            if let Some(histogram) = &request_duration {
+                histogram.observe(started.elapsed().as_secs_f64());
+            }
             if is_throttling(response.status())
                 && let Some(at) = parse_retry_after(response.headers(), SystemTime::now())
                 && let Ok(mut slot) = retry_after.lock()

@@ -9,17 +9,31 @@
 //! | [`policy`] | when to renew, back off, or refuse to order (pure) |
 //! | [`challenge`] | the [`ChallengeSolver`](challenge::ChallengeSolver) trait: DNS-01 (RFC 2136), HTTP-01, exec hook |
 //! | [`acme`] | the ACME account and one order, via `instant-acme` |
-//! | [`store`] | the [`CertificateStore`](store::CertificateStore) trait, item codec, encryption at rest, disk backend |
+//! | [`store`] | the [`CertificateStore`](store::CertificateStore) trait, item codec, encryption at rest, disk and Consul KV backends |
 //! | [`manager`] | one certificate's lifecycle, published on a watch channel |
 //! | [`secret`] | key material that never prints |
+//! | [`election`] | the Consul session lock choosing the replica that renews |
+//! | [`renewer`] | runs the managers while this replica may renew |
+//! | [`kv_watch`] | every replica follows the Consul prefix and serves what it holds |
+//! | [`sds`] | certificates in service, as Envoy SDS secrets in the xDS cache |
+//! | [`metrics`] | Prometheus metrics of certificates, renewals, the ACME client and the lock |
+//! | [`admin`] | `/readyz` and `/debug/certificates` for the admin server |
+//! | [`config`] | command line, environment and TOML file, resolved into [`config::Settings`] |
 
 pub mod acme;
+pub mod admin;
 pub mod certificate;
 pub mod challenge;
+pub mod config;
 pub mod domain;
+pub mod election;
 pub mod keys;
+pub mod kv_watch;
 pub mod manager;
+pub mod metrics;
 pub mod pem;
 pub mod policy;
+pub mod renewer;
+pub mod sds;
 pub mod secret;
 pub mod store;

@@ -1,1 +1,344 @@
-fn main() {}
+//! `envoy-acme-sds`: wiring only; every piece lives in the library.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use consul_client::{Client, ClientMetrics};
+use prometheus_client::registry::Registry;
+use service_support::admin::AdminServer;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use xds_core::{ServerOptions, SharedKey, SnapshotCache, XdsServer};
+
+use envoy_acme_sds::admin::SdsAdmin;
+use envoy_acme_sds::challenge::ChallengeSolver;
+use envoy_acme_sds::challenge::consul_tokens::ConsulTokenStore;
+use envoy_acme_sds::challenge::dns01::{Rfc2136Config, Rfc2136Solver};
+use envoy_acme_sds::challenge::exec::{ExecHookConfig, ExecHookSolver};
+use envoy_acme_sds::challenge::http01::{Http01Server, Http01Solver, MemoryTokenStore, TokenStore};
+use envoy_acme_sds::config::{
+    ChallengeSettings, Cli, Command, RenewArgs, RunArgs, Settings, StorageLocation,
+};
+use envoy_acme_sds::election::{Election, ElectionConfig};
+use envoy_acme_sds::kv_watch::KvFollower;
+use envoy_acme_sds::metrics::ServiceMetrics;
+use envoy_acme_sds::renewer::{ManagedCertificate, Renewer};
+use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
+use envoy_acme_sds::store::CertificateStore;
+use envoy_acme_sds::store::consul::ConsulStore;
+use envoy_acme_sds::store::disk::DiskStore;
+
+/// Every Envoy gets the same secrets: one snapshot under one key.
+const NODE_KEY: &str = "envoy-acme-sds";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // One TLS provider for every client and server in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Some(Command::Renew(args)) => renew(args).await,
+        None => serve(cli.run).await,
+    }
+}
+
+async fn serve(args: RunArgs) -> Result<()> {
+    service_support::logging::init(args.log_format.unwrap_or_default());
+    let settings = args.resolve().context("invalid configuration")?;
+    let shutdown = service_support::shutdown::on_signal();
+
+    let mut registry = Registry::default();
+    let metrics = ServiceMetrics::new(&mut registry);
+    let xds_metrics = xds_core::Metrics::new(&mut registry);
+    let consul = match &settings.storage.consul {
+        Some(config) => {
+            let client_metrics = ClientMetrics::new();
+            client_metrics.register(&mut registry);
+            Some(Client::with_metrics(config.clone(), client_metrics).context("Consul client")?)
+        }
+        None => None,
+    };
+
+    let (wake, wake_receiver) = watch::channel(());
+    let mut tasks = JoinSet::new();
+    tasks.spawn(reconcile_on_sighup(wake.clone(), shutdown.clone()));
+
+    let certificates =
+        managed_certificates(&settings, consul.as_ref(), &mut tasks, &shutdown).await?;
+    let mut acme = settings.acme.clone();
+    acme.request_duration = Some(metrics.acme_request_duration());
+    let observer: Arc<dyn envoy_acme_sds::manager::RenewalObserver> = Arc::new(metrics.clone());
+    let renewer = Renewer::new(certificates, acme, wake_receiver).with_observer(observer);
+
+    let cache = SnapshotCache::new(SharedKey(NODE_KEY.to_owned()));
+    let wanted = settings
+        .certificates
+        .iter()
+        .map(|c| ServedSecret {
+            name: c.spec.secret_name.clone(),
+            validation_context: c.validation_context.clone(),
+        })
+        .collect();
+    let publisher = Arc::new(
+        SecretPublisher::new(
+            cache.clone(),
+            NODE_KEY,
+            wanted,
+            settings.storage.location.to_string(),
+        )
+        .with_metrics(metrics.clone()),
+    );
+    tasks.spawn(announce_when_complete(
+        Arc::clone(&publisher),
+        shutdown.clone(),
+    ));
+
+    let xds = XdsServer::new(cache)
+        .with_metrics(xds_metrics)
+        .with_options(ServerOptions {
+            tls: settings.sds_tls.clone(),
+            drain_timeout: settings.shutdown_grace,
+            ..ServerOptions::default()
+        })
+        .bind(settings.sds_listen.clone())
+        .await
+        .context("SDS listener")?;
+    let admin = AdminServer::bind(settings.admin_listen)
+        .await
+        .context("admin listener")?;
+    info!(sds = ?settings.sds_listen, admin = %settings.admin_listen, storage = %settings.storage.location, "envoy-acme-sds starting");
+
+    let leadership = match &settings.storage.location {
+        StorageLocation::Disk(dir) => {
+            let store = Arc::new(
+                DiskStore::open(dir, settings.storage.encryption.clone())
+                    .with_context(|| format!("opening {}", settings.storage.location))?,
+            );
+            serve_stored(store.as_ref(), &publisher).await;
+            metrics.set_lock_holder(true);
+            let publisher = Arc::clone(&publisher);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                renewer
+                    .run(
+                        store as Arc<dyn CertificateStore>,
+                        shutdown,
+                        Some(publisher),
+                    )
+                    .await;
+            });
+            None
+        }
+        StorageLocation::Consul { prefix } => {
+            let client = consul.clone().context("Consul storage without a client")?;
+            let store =
+                ConsulStore::new(client.clone(), prefix, settings.storage.encryption.clone())?;
+            let mut election_config =
+                ElectionConfig::new(store.lock_key(), settings.instance_name.clone());
+            election_config.session_ttl = settings.session_ttl;
+            election_config.lock_delay = settings.lock_delay;
+            let election = Election::new(client, election_config);
+            let leadership = election.subscribe();
+            tasks.spawn(election.run(shutdown.clone()));
+            tasks.spawn(
+                KvFollower::new(store.clone(), Arc::clone(&publisher), wake.clone())
+                    .run(shutdown.clone()),
+            );
+            let metrics = metrics.clone();
+            let shutdown_for_renewer = shutdown.clone();
+            let leading = leadership.clone();
+            tasks.spawn(async move {
+                renewer
+                    .run_while_leading(store, leading, metrics, shutdown_for_renewer)
+                    .await;
+            });
+            Some(leadership)
+        }
+    };
+
+    let routes = Arc::new(SdsAdmin::new(
+        Arc::clone(&publisher),
+        leadership,
+        settings.instance_name.clone(),
+    ));
+    tasks.spawn(admin.serve(Arc::new(registry), routes, shutdown.clone()));
+    let xds_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(error) = xds.serve(xds_shutdown.cancelled_owned()).await {
+            error!(error = %error, "SDS server failed");
+        }
+    });
+
+    shutdown.cancelled().await;
+    // The SDS drain has its own deadline; the rest (releasing the lock) is quick.
+    let deadline = settings.shutdown_grace + Duration::from_secs(5);
+    let drained = tokio::time::timeout(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            ?deadline,
+            "tasks still running after the shutdown deadline; exiting anyway"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// The solver of each certificate; starts the HTTP-01 listener if needed.
+async fn managed_certificates(
+    settings: &Settings,
+    consul: Option<&Client>,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<ManagedCertificate>> {
+    let mut by_zone: BTreeMap<String, Arc<dyn ChallengeSolver>> = BTreeMap::new();
+    let shared: Option<Arc<dyn ChallengeSolver>> = match &settings.challenge {
+        ChallengeSettings::Rfc2136 { .. } => None,
+        ChallengeSettings::Http01 { listen } => {
+            let tokens: Arc<dyn TokenStore> = match (&settings.storage.location, consul) {
+                (StorageLocation::Consul { prefix }, Some(client)) => {
+                    Arc::new(ConsulTokenStore::new(client.clone(), prefix))
+                }
+                _ => Arc::new(MemoryTokenStore::new()),
+            };
+            let server = Http01Server::bind(*listen, Arc::clone(&tokens))
+                .await
+                .context("HTTP-01 listener")?;
+            tasks.spawn(server.serve(shutdown.clone()));
+            Some(Arc::new(Http01Solver::new(tokens)))
+        }
+        ChallengeSettings::Exec { program, kind } => {
+            let mut config = ExecHookConfig::new(program.clone());
+            config.kind = *kind;
+            Some(Arc::new(ExecHookSolver::new(config)))
+        }
+    };
+    let mut certificates = Vec::new();
+    for certificate in &settings.certificates {
+        let solver = match (&shared, &settings.challenge) {
+            (Some(solver), _) => Arc::clone(solver),
+            (None, ChallengeSettings::Rfc2136 { server, tsig }) => {
+                match by_zone.get(&certificate.zone) {
+                    Some(solver) => Arc::clone(solver),
+                    None => {
+                        let solver: Arc<dyn ChallengeSolver> = Arc::new(
+                            Rfc2136Solver::new(Rfc2136Config::new(
+                                *server,
+                                certificate.zone.clone(),
+                                tsig.clone(),
+                            ))
+                            .with_context(|| {
+                                format!("RFC 2136 solver for zone {}", certificate.zone)
+                            })?,
+                        );
+                        by_zone.insert(certificate.zone.clone(), Arc::clone(&solver));
+                        solver
+                    }
+                }
+            }
+            (None, _) => anyhow::bail!("no challenge solver configured"),
+        };
+        certificates.push(ManagedCertificate {
+            spec: certificate.spec.clone(),
+            solver,
+        });
+    }
+    Ok(certificates)
+}
+
+/// Serves what is on disk at once, before any ACME traffic: a CA outage at
+/// start must not keep valid certificates from Envoy.
+async fn serve_stored(store: &DiskStore, publisher: &SecretPublisher) {
+    for spec in publisher.wanted() {
+        match store.load_certificate(&spec.name).await {
+            Ok(Some(bundle)) => {
+                if let Err(error) = publisher.offer(&spec.name, Arc::new(bundle)) {
+                    error!(secret = %spec.name, %error, "cannot serve the stored certificate");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                error!(secret = %spec.name, %error, "stored certificate unusable");
+            }
+        }
+    }
+}
+
+async fn announce_when_complete(publisher: Arc<SecretPublisher>, shutdown: CancellationToken) {
+    let mut complete = publisher.subscribe_complete();
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        done = complete.wait_for(|complete| *complete) => {
+            if done.is_ok() {
+                info!("every configured certificate is served; ready");
+            }
+        }
+    }
+}
+
+/// SIGHUP: every manager reconciles now (picks up `renew` requests on disk).
+async fn reconcile_on_sighup(wake: watch::Sender<()>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                info!("SIGHUP: reconciling every certificate now");
+                wake.send_replace(());
+            }
+        }
+    }
+}
+
+/// `envoy-acme-sds renew`: records renewal requests in the store.
+async fn renew(args: RenewArgs) -> Result<()> {
+    service_support::logging::init(service_support::logging::LogFormat::Pretty);
+    let (storage, names) = args.resolve().context("invalid configuration")?;
+    let store: Arc<dyn CertificateStore> = match &storage.location {
+        StorageLocation::Disk(dir) => Arc::new(
+            DiskStore::open(dir, storage.encryption.clone())
+                .with_context(|| format!("opening {}", storage.location))?,
+        ),
+        StorageLocation::Consul { prefix } => {
+            let config = storage
+                .consul
+                .clone()
+                .context("Consul storage without a client")?;
+            Arc::new(ConsulStore::new(
+                Client::new(config)?,
+                prefix,
+                storage.encryption.clone(),
+            )?)
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    for name in &names {
+        store
+            .request_renewal(name, now)
+            .await
+            .with_context(|| format!("requesting the renewal of {name}"))?;
+        println!("renewal of {name} requested");
+    }
+    if matches!(storage.location, StorageLocation::Disk(_)) {
+        println!("send SIGHUP to the running envoy-acme-sds to renew now");
+    }
+    Ok(())
+}

@@ -123,6 +123,12 @@ enum AriState {
     },
 }
 
+/// Told the outcome of every reconciliation [`CertManager::run`] makes
+/// (metrics, status pages).
+pub trait RenewalObserver: Send + Sync + std::fmt::Debug {
+    fn observe(&self, name: &SecretName, outcome: &Outcome);
+}
+
 /// Keeps one certificate valid.
 #[derive(Debug)]
 pub struct CertManager {
@@ -133,6 +139,8 @@ pub struct CertManager {
     published: watch::Sender<Option<Arc<CertificateBundle>>>,
     consecutive_failures: u32,
     ari: AriState,
+    wake: Option<watch::Receiver<()>>,
+    observer: Option<Arc<dyn RenewalObserver>>,
 }
 
 impl CertManager {
@@ -150,7 +158,24 @@ impl CertManager {
             published: watch::Sender::new(None),
             consecutive_failures: 0,
             ari: AriState::Unknown,
+            wake: None,
+            observer: None,
         }
+    }
+
+    /// Reconcile at once, instead of sleeping on, whenever `wake` is
+    /// marked changed: an operator's renewal request, a SIGHUP.
+    #[must_use]
+    pub fn with_wake(mut self, mut wake: watch::Receiver<()>) -> Self {
+        wake.mark_unchanged();
+        self.wake = Some(wake);
+        self
+    }
+
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn RenewalObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn spec(&self) -> &CertificateSpec {
@@ -173,10 +198,25 @@ impl CertManager {
                 () = shutdown.cancelled() => return,
                 outcome = self.reconcile(OffsetDateTime::now_utc()) => outcome,
             };
+            if let Some(observer) = &self.observer {
+                observer.observe(&self.spec.secret_name, &outcome);
+            }
             let wait = duration_until(outcome.next_attempt(), OffsetDateTime::now_utc());
+            let woken = async {
+                match self.wake.as_mut() {
+                    // A dropped sender wakes nobody ever again.
+                    Some(wake) => {
+                        if wake.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
+                () = woken => {}
             }
         }
     }
@@ -205,14 +245,26 @@ impl CertManager {
             AriState::Known { renew_at, .. } => *renew_at,
             _ => None,
         };
-        let decision = policy::decide(
-            current.as_deref().map(CertificateBundle::metadata),
-            current
-                .as_deref()
-                .is_some_and(|b| self.spec.is_met_by(b.metadata())),
-            ari_time,
-            now,
-        );
+        let requested_at = match self.store.load_renewal_request(&name).await {
+            Ok(at) => at,
+            Err(error) => {
+                warn!(secret = %name, %error, "renewal request unreadable; ignoring it");
+                None
+            }
+        };
+        let decision = match current.as_deref() {
+            Some(bundle) if policy::renewal_requested(bundle.metadata(), requested_at) => {
+                RenewalDecision::RenewNow(RenewReason::Requested)
+            }
+            _ => policy::decide(
+                current.as_deref().map(CertificateBundle::metadata),
+                current
+                    .as_deref()
+                    .is_some_and(|b| self.spec.is_met_by(b.metadata())),
+                ari_time,
+                now,
+            ),
+        };
         match decision {
             RenewalDecision::RenewAt(at) => {
                 self.consecutive_failures = 0;

@@ -32,6 +32,19 @@ pub fn parse_certificate_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>
     Ok(chain)
 }
 
+/// One certificate as PEM, 64 base64 characters a line (RFC 7468).
+pub fn encode_certificate_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
 /// The first private key in `pem`.
 pub fn parse_private_key(pem: &str) -> Result<PrivateKeyDer<'static>, PemError> {
     match PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
@@ -60,6 +73,11 @@ mod tests {
         let chain = parse_certificate_chain(&pem).expect("parses");
         assert_eq!(chain.len(), 2);
         assert_eq!(chain[0].as_ref(), a.der().as_ref());
+        let reencoded: String = chain
+            .iter()
+            .map(|der| encode_certificate_pem(der.as_ref()))
+            .collect();
+        assert_eq!(reencoded, pem);
         assert!(matches!(
             parse_certificate_chain("nothing here"),
             Err(PemError::NoCertificate)

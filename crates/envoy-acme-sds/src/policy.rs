@@ -88,6 +88,8 @@ pub enum RenewReason {
     NotValid,
     /// Its renewal time (lifetime rule or ARI) has come.
     Due,
+    /// An operator asked for a new certificate (`envoy-acme-sds renew`).
+    Requested,
 }
 
 /// The outcome of the renewal rule for one certificate.
@@ -122,6 +124,17 @@ pub fn decide(
     } else {
         RenewalDecision::RenewAt(at)
     }
+}
+
+/// Whether an operator's renewal request, made at `requested_at`, is still
+/// open: the stored certificate was received before it. A request is thus
+/// satisfied by the first certificate issued after it, by any replica, and
+/// never needs deleting.
+pub fn renewal_requested(
+    stored: &CertificateMetadata,
+    requested_at: Option<OffsetDateTime>,
+) -> bool {
+    requested_at.is_some_and(|at| stored.issued_at < at)
 }
 
 /// `Retry-After` bounded to [1 minute, 1 day]: a CA's hint is honoured, but a
@@ -332,6 +345,21 @@ mod tests {
             decide(Some(&meta), true, None, START + time::Duration::days(91)),
             RenewalDecision::RenewNow(RenewReason::NotValid)
         );
+    }
+
+    #[test]
+    fn a_renewal_request_holds_until_a_newer_certificate_is_issued() {
+        let meta = metadata(START, time::Duration::days(90));
+        assert!(!renewal_requested(&meta, None));
+        assert!(renewal_requested(
+            &meta,
+            Some(START + time::Duration::days(1))
+        ));
+        // Issued after the request: satisfied.
+        assert!(!renewal_requested(
+            &meta,
+            Some(START - time::Duration::seconds(1))
+        ));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   with TSIG, for any authoritative server that accepts them (BIND, knot,
 //!   PowerDNS...). The only way to get wildcard certificates.
 //! - [`http01::Http01Solver`]: HTTP-01, answered by this service's own listener
-//!   from a [`http01::TokenStore`].
+//!   from a [`http01::TokenStore`]; [`consul_tokens::ConsulTokenStore`]
+//!   shares the tokens between replicas.
 //! - [`exec::ExecHookSolver`]: a `present`/`cleanup` program, for DNS providers
 //!   that only have an HTTP API.
 //!
@@ -13,9 +14,11 @@
 //! them: an apex and its wildcard share one TXT record name, and one UPDATE
 //! for both avoids a second round trip and a second zone-serial bump.
 
+pub mod consul_tokens;
 pub mod dns01;
 pub mod exec;
 pub mod http01;
+pub mod tsig_file;
 
 use std::fmt;
 

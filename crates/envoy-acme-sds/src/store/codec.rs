@@ -14,6 +14,8 @@ use zeroize::Zeroizing;
 
 use super::encryption::{EncryptionError, KeyEncryption, Sealed};
 use super::{AccountId, SecretName, StoreError, StoredAccount};
+use time::OffsetDateTime;
+
 use crate::certificate::{CertificateBundle, CertificateMetadata};
 use crate::policy::OrderHistory;
 use crate::secret::Secret;
@@ -33,6 +35,18 @@ pub fn order_history_item(name: &SecretName) -> String {
 /// The key an ACME account is stored under: `accounts/<directory id>`.
 pub fn account_item(id: &AccountId) -> String {
     format!("accounts/{id}")
+}
+
+/// The key an operator's renewal request is stored under: `renewals/<secret name>`.
+pub fn renewal_request_item(name: &SecretName) -> String {
+    format!("renewals/{}", name.path_segment())
+}
+
+/// An operator's request to renew a certificate now.
+#[derive(Serialize, Deserialize)]
+struct RenewalRequestDocument {
+    #[serde(with = "time::serde::rfc3339")]
+    requested_at: OffsetDateTime,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -149,6 +163,26 @@ impl Codec {
         })
     }
 
+    pub fn encode_renewal_request(
+        &self,
+        name: &SecretName,
+        requested_at: OffsetDateTime,
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        to_json(
+            &renewal_request_item(name),
+            &RenewalRequestDocument { requested_at },
+        )
+    }
+
+    pub fn decode_renewal_request(
+        &self,
+        name: &SecretName,
+        bytes: &[u8],
+    ) -> Result<OffsetDateTime, StoreError> {
+        from_json::<RenewalRequestDocument>(&renewal_request_item(name), bytes)
+            .map(|document| document.requested_at)
+    }
+
     fn seal(&self, item: &str, secret: &str) -> Result<SecretField, StoreError> {
         match &self.encryption {
             Some(encryption) => encryption
@@ -238,7 +272,6 @@ mod tests {
     use super::*;
     use crate::certificate::IssuanceFacts;
     use crate::certificate::tests::issue_test_certificate;
-    use time::OffsetDateTime;
 
     fn bundle() -> CertificateBundle {
         let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())

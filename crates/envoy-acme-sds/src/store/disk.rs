@@ -7,6 +7,7 @@
 //!   certificates/<name>.json  0600  chain, key (sealed if configured), metadata
 //!   orders/<name>.json        0600  order history of that certificate
 //!   accounts/<directory>.json 0600  ACME account credentials
+//!   renewals/<name>.json      0600  an operator's renewal request
 //! ```
 //!
 //! Writes are atomic: a temporary file in the same directory, fsynced,
@@ -23,7 +24,11 @@ use async_trait::async_trait;
 use rand::Rng;
 use zeroize::Zeroizing;
 
-use super::codec::{Codec, account_item, certificate_item, order_history_item};
+use time::OffsetDateTime;
+
+use super::codec::{
+    Codec, account_item, certificate_item, order_history_item, renewal_request_item,
+};
 use super::encryption::KeyEncryption;
 use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
 use crate::certificate::CertificateBundle;
@@ -52,6 +57,7 @@ impl DiskStore {
             root.join("certificates"),
             root.join("orders"),
             root.join("accounts"),
+            root.join("renewals"),
         ] {
             ensure_private_dir(&dir)?;
         }
@@ -142,6 +148,25 @@ impl CertificateStore for DiskStore {
         let bytes = self.codec.encode_account(id, account)?;
         self.write(account_item(id), bytes).await
     }
+
+    async fn load_renewal_request(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        match self.read(renewal_request_item(name)).await? {
+            Some(bytes) => self.codec.decode_renewal_request(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn request_renewal(
+        &self,
+        name: &SecretName,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_renewal_request(name, at)?;
+        self.write(renewal_request_item(name), bytes).await
+    }
 }
 
 fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
@@ -219,7 +244,6 @@ mod tests {
     use crate::certificate::IssuanceFacts;
     use crate::certificate::tests::issue_test_certificate;
     use crate::secret::Secret;
-    use time::OffsetDateTime;
 
     fn bundle(names: &[&str]) -> CertificateBundle {
         let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
@@ -274,7 +298,7 @@ mod tests {
             .expect("present");
         assert_eq!(loaded.directory_url, account.directory_url);
 
-        for sub in ["", "certificates", "orders", "accounts"] {
+        for sub in ["", "certificates", "orders", "accounts", "renewals"] {
             assert_eq!(mode(&root.join(sub)), 0o700, "directory {sub:?}");
         }
         let cert_file = store.item_path(&certificate_item(&name));

@@ -8,6 +8,9 @@
 //! Item encoding (and encryption of private keys at rest) is shared by all
 //! backends in [`codec`], so a certificate can move between them.
 //!
+//! Backends: [`disk::DiskStore`] for one instance, [`consul::ConsulStore`]
+//! for replicas sharing a KV prefix.
+//!
 //! # Fenced writes
 //!
 //! With replicas, only the holder of the leader lock may write. A backend that
@@ -18,6 +21,7 @@
 //! is neither stored nor published, and the old one stays.
 
 pub mod codec;
+pub mod consul;
 pub mod disk;
 pub mod encryption;
 
@@ -25,6 +29,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+use time::OffsetDateTime;
 
 use crate::certificate::CertificateBundle;
 use crate::policy::OrderHistory;
@@ -91,6 +97,11 @@ impl SecretName {
     /// (`%` cannot occur in a secret name, so this is reversible and unique).
     pub fn path_segment(&self) -> String {
         self.0.replace('*', "%2A")
+    }
+
+    /// The inverse of [`path_segment`](Self::path_segment).
+    pub fn from_path_segment(segment: &str) -> Result<Self, InvalidSecretName> {
+        Self::new(segment.replace("%2A", "*"))
     }
 }
 
@@ -190,6 +201,21 @@ pub trait CertificateStore: Send + Sync + fmt::Debug {
 
     async fn save_account(&self, id: &AccountId, account: &StoredAccount)
     -> Result<(), StoreError>;
+
+    /// When an operator last asked for the certificate to be renewed
+    /// (`envoy-acme-sds renew`); `None` if never.
+    async fn load_renewal_request(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Records an operator's renewal request. Not fenced: it is input for
+    /// whichever replica holds the lock, written from outside any replica.
+    async fn request_renewal(
+        &self,
+        name: &SecretName,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
@@ -203,6 +229,16 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", "100%"] {
             assert!(SecretName::new(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn path_segments_map_back_to_the_name() {
+        let wildcard = SecretName::new("*.example.com").expect("valid");
+        assert_eq!(
+            SecretName::from_path_segment(&wildcard.path_segment()).expect("valid"),
+            wildcard
+        );
+        assert!(SecretName::from_path_segment("a%2Fb").is_err());
     }
 
     #[test]

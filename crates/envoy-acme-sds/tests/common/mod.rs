@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses a subset.
 
+pub mod service;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -96,4 +98,28 @@ pub fn account_file(store: &DiskStore, pebble: &Pebble) -> std::path::PathBuf {
         "accounts/{}",
         AccountId::for_directory(&pebble.directory_url())
     ))
+}
+
+/// Writes knot's TSIG key as a BIND-style key file, as an operator would.
+pub fn tsig_key_file(knot: &Knot, dir: &Path) -> std::path::PathBuf {
+    let tsig = knot.tsig();
+    let path = dir.join("tsig.key");
+    std::fs::write(
+        &path,
+        format!(
+            "key \"{}\" {{\n  algorithm {};\n  secret \"{}\";\n}};\n",
+            tsig.name.trim_end_matches('.'),
+            tsig.algorithm,
+            tsig.secret_base64
+        ),
+    )
+    .expect("write TSIG key file");
+    path
+}
+
+/// pebble's HTTPS listener root, written for `--acme-ca-file`.
+pub fn acme_ca_file(pebble: &Pebble, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("pebble-listener-ca.pem");
+    std::fs::write(&path, pebble.listener_ca_pem()).expect("write CA file");
+    path
 }

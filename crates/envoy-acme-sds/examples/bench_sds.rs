@@ -1,0 +1,404 @@
+//! `cargo xtask bench sds`: how fast certificates are issued and how fast a
+//! renewed one reaches every Envoy.
+//!
+//! 1. Issuance: an apex + wildcard certificate via DNS-01, pebble + knot,
+//!    `--runs` times (fresh store each time, authorization reuse off, so
+//!    every order proves both names).
+//! 2. Propagation: two replicas of the binary on one Consul prefix, one
+//!    Envoy each. A renewal is requested `--rotations` times; measured from
+//!    the moment the new certificate is in Consul KV (seen by a blocking
+//!    query) to the moment both Envoys present it to a new connection.
+//!
+//! Prints the figures; never fails on timing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consul_client::{Address, Client, ClientConfig, QueryOptions};
+use envoy_acme_sds::acme::{AcmeClient, AcmeConfig};
+use envoy_acme_sds::challenge::dns01::{Rfc2136Config, Rfc2136Solver, TsigKey};
+use envoy_acme_sds::domain::NameSet;
+use envoy_acme_sds::manager::{CertManager, CertificateSpec, Outcome};
+use envoy_acme_sds::store::consul::ConsulStore;
+use envoy_acme_sds::store::disk::DiskStore;
+use envoy_acme_sds::store::{CertificateStore, SecretName};
+use test_support::{
+    ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, free_port, http_get, https_get,
+};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+const ZONE: &str = "example.test";
+const PREFIX: &str = "bench-sds";
+
+struct Options {
+    binary: PathBuf,
+    runs: usize,
+    rotations: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let mut binary = None;
+    let mut runs = 10;
+    let mut rotations = 20;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--binary" => binary = Some(PathBuf::from(value("--binary")?)),
+            "--runs" => runs = value("--runs")?.parse().map_err(|_| "--runs: a number")?,
+            "--rotations" => {
+                rotations = value("--rotations")?
+                    .parse()
+                    .map_err(|_| "--rotations: a number")?;
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(Options {
+        binary: binary.ok_or("--binary <path of envoy-acme-sds> is required")?,
+        runs,
+        rotations,
+    })
+}
+
+/// Nearest-rank quantile of sorted durations.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    sorted[rank]
+}
+
+fn report(what: &str, mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "| {what} | {} | {:.0} ms | {:.0} ms | {:.0} ms |",
+        samples.len(),
+        ms(quantile(&samples, 0.5)),
+        ms(quantile(&samples, 0.99)),
+        ms(samples.last().copied().unwrap_or_default()),
+    )
+}
+
+fn tsig(knot: &Knot) -> TsigKey {
+    let key = knot.tsig();
+    TsigKey::new(&key.name, &key.algorithm, &key.secret_base64).expect("knot's key")
+}
+
+async fn start_pebble(knot: &Knot) -> Pebble {
+    Pebble::start(PebbleOptions {
+        dns_server: Some(knot.addr()),
+        extra_env: vec![("PEBBLE_AUTHZREUSE".to_owned(), "0".to_owned())],
+        ..PebbleOptions::default()
+    })
+    .await
+    .expect("pebble starts")
+}
+
+async fn issuance(runs: usize) -> Vec<Duration> {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot).await;
+    let mut config = AcmeConfig::new(pebble.directory_url());
+    config.ca_root_pem = Some(pebble.listener_ca_pem().to_owned());
+    let account_dir = tempfile::tempdir().expect("tempdir");
+    let account_store = DiskStore::open(account_dir.path(), None).expect("store");
+    let acme = Arc::new(
+        AcmeClient::connect(config, &account_store)
+            .await
+            .expect("account"),
+    );
+    let solver = Arc::new(
+        Rfc2136Solver::new(Rfc2136Config::new(knot.addr(), ZONE, tsig(&knot))).expect("solver"),
+    );
+    let mut samples = Vec::new();
+    for run in 0..runs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+        let spec = CertificateSpec::new(NameSet::parse(&[ZONE, "*.example.test"]).expect("names"))
+            .expect("spec");
+        let mut manager = CertManager::new(spec, Arc::clone(&acme), solver.clone(), store);
+        let started = Instant::now();
+        let outcome = manager.reconcile(OffsetDateTime::now_utc()).await;
+        let elapsed = started.elapsed();
+        match outcome {
+            Outcome::Issued { .. } => samples.push(elapsed),
+            other => eprintln!("run {run}: not issued: {other:?}"),
+        }
+    }
+    samples
+}
+
+fn serial_of(der: &[u8]) -> String {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_default()
+}
+
+async fn presented_serial(listener: SocketAddr, root: &str) -> Option<String> {
+    let (response, der) = https_get(listener, ZONE, root, "/").await.ok()?;
+    (response.status == 200).then(|| serial_of(&der))
+}
+
+fn envoy_bootstrap(node: &str, port: u16, sds: SocketAddr) -> String {
+    format!(
+        r#"node: {{ id: {node}, cluster: bench }}
+static_resources:
+  listeners:
+  - name: https
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: "{ZONE}"
+              sds_config: {{ resource_api_version: V3, api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: sds }} }}] }} }}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: https
+          route_config:
+            virtual_hosts:
+            - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }} }}] }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: sds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: sds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {sds_port} }} }} }}
+"#,
+        sds_port = sds.port()
+    )
+}
+
+async fn wait_ready(admin: SocketAddr, replica: &mut ManagedProcess) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if http_get(admin, "/readyz")
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            return;
+        }
+        assert!(
+            replica.is_running(),
+            "replica exited:\n{}",
+            replica.log_tail()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "replica not ready:\n{}",
+            replica.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn propagation(binary: &std::path::Path, rotations: usize) -> Vec<Duration> {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot).await;
+    let consul = ConsulAgent::start().await.expect("consul starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, pebble.listener_ca_pem()).expect("ca file");
+    let tsig_file = dir.path().join("tsig.key");
+    std::fs::write(&tsig_file, knot.tsig().knsupdate_arg()).expect("tsig file");
+
+    let mut replicas = Vec::new();
+    for index in 0..2 {
+        let sds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let args: Vec<String> = [
+            "--acme-directory",
+            &pebble.directory_url(),
+            "--acme-ca-file",
+            &ca_file.display().to_string(),
+            "--cert",
+            "example.test,*.example.test",
+            "--rfc2136-server",
+            &knot.addr().to_string(),
+            "--tsig-key-file",
+            &tsig_file.display().to_string(),
+            "--storage",
+            &format!("consul:{PREFIX}"),
+            "--consul-addr",
+            &consul.http_url(),
+            "--lock-delay",
+            "0s",
+            "--instance-name",
+            &format!("replica-{index}"),
+            "--sds-listen",
+            &sds.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let log = dir.path().join(format!("replica-{index}.log"));
+        let process = ManagedProcess::spawn("envoy-acme-sds", binary, &args, &[], &log)
+            .expect("replica starts");
+        replicas.push((process, sds, admin));
+    }
+    for (process, _, admin) in &mut replicas {
+        wait_ready(*admin, process).await;
+    }
+    let root = pebble.issuing_root_pem().await.expect("root");
+    let mut envoys = Vec::new();
+    for (index, (_, sds, _)) in replicas.iter().enumerate() {
+        let port = free_port();
+        let envoy = Envoy::start(&envoy_bootstrap(&format!("bench-{index}"), port, *sds))
+            .await
+            .expect("envoy starts");
+        envoys.push((envoy, SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+
+    let client = Client::new(ClientConfig::new(
+        consul.http_url().parse::<Address>().expect("address"),
+    ))
+    .expect("client");
+    let store = ConsulStore::new(client.clone(), PREFIX, None).expect("store");
+    let name = SecretName::new(ZONE).expect("name");
+    let certificate_key = store.key("certificates/example.test");
+    let mut samples = Vec::new();
+    for rotation in 0..rotations {
+        let current = client
+            .kv_get(&certificate_key, &QueryOptions::default())
+            .await
+            .expect("kv")
+            .value
+            .expect("stored");
+        let old = store
+            .load_certificate(&name)
+            .await
+            .expect("load")
+            .expect("stored");
+        let old_serial = old.metadata().serial.clone();
+        // Bench only: forget past orders, or the weekly budget (5) stops the run.
+        client
+            .kv_delete(&store.key("orders/example.test"))
+            .await
+            .expect("reset history");
+        store
+            .request_renewal(&name, OffsetDateTime::now_utc())
+            .await
+            .expect("request");
+
+        let written = {
+            let client = client.clone();
+            let key = certificate_key.clone();
+            let index = current.modify_index;
+            tokio::spawn(async move {
+                loop {
+                    let options = QueryOptions::default().blocking(index, Duration::from_secs(60));
+                    let response = client.kv_get(&key, &options).await.expect("blocking read");
+                    if response
+                        .value
+                        .as_ref()
+                        .is_some_and(|p| p.modify_index > index)
+                    {
+                        return Instant::now();
+                    }
+                }
+            })
+        };
+        let mut pollers = Vec::new();
+        for (_, listener) in &envoys {
+            let listener = *listener;
+            let root = root.clone();
+            let old_serial = old_serial.clone();
+            pollers.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    if let Some(serial) = presented_serial(listener, &root).await
+                        && serial != old_serial
+                    {
+                        return Some((Instant::now(), serial));
+                    }
+                    if Instant::now() > deadline {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+        let written_at = written.await.expect("watch task");
+        let new_serial = store
+            .load_certificate(&name)
+            .await
+            .expect("load")
+            .expect("stored")
+            .metadata()
+            .serial
+            .clone();
+        let mut last_seen = written_at;
+        let mut complete = true;
+        for poller in pollers {
+            match poller.await.expect("poller") {
+                Some((at, serial)) if serial == new_serial => last_seen = last_seen.max(at),
+                other => {
+                    eprintln!(
+                        "rotation {rotation}: an Envoy presented {other:?}, expected {new_serial}"
+                    );
+                    complete = false;
+                }
+            }
+        }
+        if complete {
+            samples.push(last_seen.saturating_duration_since(written_at));
+        }
+    }
+    drop(envoys);
+    drop(replicas);
+    samples
+}
+
+#[tokio::main]
+async fn main() {
+    let options = match options() {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("bench_sds: {error}");
+            std::process::exit(2);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    eprintln!("issuance: {} runs ...", options.runs);
+    let issued = issuance(options.runs).await;
+    eprintln!("propagation: {} rotations ...", options.rotations);
+    let propagated = propagation(&options.binary, options.rotations).await;
+    println!("| measurement | samples | p50 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "{}",
+        report(
+            "issuance, apex + wildcard via DNS-01 (pebble + knot)",
+            issued
+        )
+    );
+    println!(
+        "{}",
+        report(
+            "renewed certificate in KV -> presented by both replicas' Envoys",
+            propagated
+        )
+    );
+}

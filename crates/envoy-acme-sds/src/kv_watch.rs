@@ -1,0 +1,134 @@
+//! Every replica follows the Consul prefix with one blocking query and
+//! serves what it holds; the store, not the renewing replica, is the source
+//! of truth, so leader and followers push a renewed certificate the same way.
+//!
+//! Each certificate entry is decoded once per KV modify index. An entry that
+//! cannot be used (corrupt, written half by hand, sealed with another key)
+//! is reported once and skipped: the last good certificate stays served.
+//! New renewal requests (`renewals/<name>`) wake the renewing replica's
+//! managers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consul_client::{KvPair, WatchConfig, WatchEvent};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::sds::SecretPublisher;
+use crate::store::SecretName;
+use crate::store::consul::ConsulStore;
+
+/// Follows `<prefix>/` and feeds the [`SecretPublisher`].
+#[derive(Debug)]
+pub struct KvFollower {
+    store: ConsulStore,
+    publisher: Arc<SecretPublisher>,
+    wake: watch::Sender<()>,
+    /// Modify index of each certificate entry last looked at.
+    certificates_seen: HashMap<SecretName, u64>,
+    renewals_seen: HashMap<SecretName, u64>,
+}
+
+impl KvFollower {
+    /// `wake` is marked changed when a new renewal request appears.
+    pub fn new(
+        store: ConsulStore,
+        publisher: Arc<SecretPublisher>,
+        wake: watch::Sender<()>,
+    ) -> Self {
+        Self {
+            store,
+            publisher,
+            wake,
+            certificates_seen: HashMap::new(),
+            renewals_seen: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let prefix = format!("{}/", self.store.prefix());
+        let mut watch = self.store.client().watch_kv_prefix(
+            prefix.clone(),
+            WatchConfig {
+                wait: Duration::from_secs(300),
+                ..WatchConfig::default()
+            },
+        );
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => return,
+                event = watch.next() => event,
+            };
+            match event {
+                Some(WatchEvent::Changed { value, .. }) => self.apply(&value),
+                Some(WatchEvent::Recovered { value, .. }) => {
+                    info!(%prefix, "Consul answers again; following the certificates");
+                    self.apply(&value);
+                }
+                Some(WatchEvent::Degraded {
+                    error,
+                    failures,
+                    retry_in,
+                    ..
+                }) => {
+                    if failures == 1 {
+                        warn!(%prefix, %error, ?retry_in, "cannot read Consul; the certificates in service stay");
+                    }
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Takes in one listing of the prefix.
+    pub fn apply(&mut self, pairs: &[KvPair]) {
+        let changed: Vec<KvPair> = pairs
+            .iter()
+            .filter(|pair| self.is_new_certificate_entry(pair))
+            .cloned()
+            .collect();
+        for (name, decoded) in self.store.decode_certificates(&changed) {
+            match decoded {
+                Ok(bundle) => {
+                    if let Err(error) = self.publisher.offer(&name, Arc::new(bundle)) {
+                        error!(secret = %name, %error, "cannot serve the stored certificate");
+                    }
+                }
+                Err(error) => error!(
+                    secret = %name,
+                    %error,
+                    "stored certificate unusable; the last good one stays in service"
+                ),
+            }
+        }
+        for pair in &changed {
+            if let Some(name) = self.certificate_name(pair) {
+                self.certificates_seen.insert(name, pair.modify_index);
+            }
+        }
+
+        let mut new_request = false;
+        for (name, index) in self.store.renewal_requests_in(pairs) {
+            if self.renewals_seen.insert(name, index) != Some(index) {
+                new_request = true;
+            }
+        }
+        if new_request {
+            self.wake.send_replace(());
+        }
+    }
+
+    fn certificate_name(&self, pair: &KvPair) -> Option<SecretName> {
+        let dir = self.store.key(crate::store::consul::CERTIFICATES_DIR);
+        SecretName::from_path_segment(pair.key.strip_prefix(&dir)?).ok()
+    }
+
+    fn is_new_certificate_entry(&self, pair: &KvPair) -> bool {
+        self.certificate_name(pair)
+            .is_some_and(|name| self.certificates_seen.get(&name) != Some(&pair.modify_index))
+    }
+}

@@ -1,0 +1,249 @@
+//! The service's own Prometheus metrics (xds-core and consul-client
+//! register theirs beside them).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `envoy_acme_sds_certificate_not_after_timestamp_seconds` | gauge | `secret` |
+//! | `envoy_acme_sds_certificate_renewal_in_seconds` | gauge (negative when overdue) | `secret` |
+//! | `envoy_acme_sds_renewals_total` | counter | `secret`, `result` = `ok`/`failed` |
+//! | `envoy_acme_sds_acme_request_duration_seconds` | histogram | |
+//! | `envoy_acme_sds_lock_holder` | gauge, 1 while this replica holds the renewal lock | |
+//!
+//! The certificate gauges are computed at scrape time from what is served,
+//! so "seconds to renewal" counts down without anything updating it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
+
+use crate::certificate::CertificateMetadata;
+use crate::manager::{Outcome, RenewalObserver};
+use crate::policy::default_renewal_time;
+use crate::store::SecretName;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecretLabel {
+    secret: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RenewalLabels {
+    secret: String,
+    result: &'static str,
+}
+
+/// Handles to every metric; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    certificates: Arc<CertificateDates>,
+    renewals: Family<RenewalLabels, Counter>,
+    acme_request_duration: Histogram,
+    lock_holder: Gauge,
+}
+
+impl ServiceMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            certificates: Arc::new(CertificateDates::default()),
+            renewals: Family::default(),
+            // 5 ms .. ~40 s.
+            acme_request_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            lock_holder: Gauge::default(),
+        };
+        registry.register_collector(Box::new(Arc::clone(&metrics.certificates)));
+        registry.register(
+            "envoy_acme_sds_renewals",
+            "Certificate renewals (orders) by outcome",
+            metrics.renewals.clone(),
+        );
+        registry.register(
+            "envoy_acme_sds_acme_request_duration_seconds",
+            "Time to the ACME server's response headers, per HTTP request",
+            metrics.acme_request_duration.clone(),
+        );
+        registry.register(
+            "envoy_acme_sds_lock_holder",
+            "1 while this replica holds the renewal lock (always 1 with disk storage)",
+            metrics.lock_holder.clone(),
+        );
+        metrics
+    }
+
+    /// The histogram the ACME client times its requests into.
+    pub fn acme_request_duration(&self) -> Histogram {
+        self.acme_request_duration.clone()
+    }
+
+    pub fn set_lock_holder(&self, holds: bool) {
+        self.lock_holder.set(i64::from(holds));
+    }
+
+    /// Records the dates of the certificate now served under `name`.
+    pub fn certificate_served(&self, name: &SecretName, metadata: &CertificateMetadata) {
+        self.certificates.set(
+            name.as_str(),
+            metadata.not_after,
+            default_renewal_time(metadata),
+        );
+    }
+
+    pub fn renewals(&self, name: &SecretName, result: &'static str) -> u64 {
+        self.renewals
+            .get_or_create(&RenewalLabels {
+                secret: name.as_str().to_owned(),
+                result,
+            })
+            .get()
+    }
+}
+
+impl RenewalObserver for ServiceMetrics {
+    fn observe(&self, name: &SecretName, outcome: &Outcome) {
+        let result = match outcome {
+            Outcome::Issued { .. } => "ok",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Unchanged { .. } => return,
+        };
+        self.renewals
+            .get_or_create(&RenewalLabels {
+                secret: name.as_str().to_owned(),
+                result,
+            })
+            .inc();
+    }
+}
+
+/// Not-after and renewal time per served secret, turned into gauges at scrape time.
+#[derive(Debug, Default)]
+struct CertificateDates {
+    dates: Mutex<BTreeMap<String, (OffsetDateTime, OffsetDateTime)>>,
+}
+
+impl CertificateDates {
+    fn set(&self, name: &str, not_after: OffsetDateTime, renew_at: OffsetDateTime) {
+        self.dates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), (not_after, renew_at));
+    }
+}
+
+impl Collector for CertificateDates {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let not_after = Family::<SecretLabel, Gauge>::default();
+        let renewal_in = Family::<SecretLabel, Gauge>::default();
+        let now = OffsetDateTime::now_utc();
+        {
+            let dates = self.dates.lock().unwrap_or_else(PoisonError::into_inner);
+            for (name, (expires, renew_at)) in dates.iter() {
+                let label = SecretLabel {
+                    secret: name.clone(),
+                };
+                not_after
+                    .get_or_create(&label)
+                    .set(expires.unix_timestamp());
+                renewal_in
+                    .get_or_create(&label)
+                    .set((*renew_at - now).whole_seconds());
+            }
+        }
+        not_after.encode(encoder.encode_descriptor(
+            "envoy_acme_sds_certificate_not_after_timestamp_seconds",
+            "Expiry (Unix time) of the certificate served under each secret name",
+            None,
+            not_after.metric_type(),
+        )?)?;
+        renewal_in.encode(encoder.encode_descriptor(
+            "envoy_acme_sds_certificate_renewal_in_seconds",
+            "Seconds until the served certificate is due for renewal (negative: overdue)",
+            None,
+            renewal_in.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::ManagerError;
+    use crate::store::StoreError;
+
+    #[test]
+    fn exposition_carries_dates_renewals_and_the_lock() {
+        let mut registry = Registry::default();
+        let metrics = ServiceMetrics::new(&mut registry);
+        let name = SecretName::new("example.com").expect("name");
+        let now = OffsetDateTime::now_utc();
+        let metadata = CertificateMetadata {
+            names: Vec::new(),
+            not_before: now - time::Duration::days(10),
+            not_after: now + time::Duration::days(80),
+            serial: "01".to_owned(),
+            issued_at: now,
+            ari_cert_id: None,
+            key_type: None,
+            profile: None,
+        };
+        metrics.certificate_served(&name, &metadata);
+        metrics.observe(
+            &name,
+            &Outcome::Issued {
+                serial: "01".to_owned(),
+                next_check: now,
+            },
+        );
+        metrics.observe(
+            &name,
+            &Outcome::Failed {
+                error: ManagerError::Store(StoreError::Backend("down".to_owned())),
+                consecutive_failures: 1,
+                retry_at: now,
+            },
+        );
+        metrics.set_lock_holder(true);
+        metrics.acme_request_duration().observe(0.02);
+
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let expiry = format!(
+            "envoy_acme_sds_certificate_not_after_timestamp_seconds{{secret=\"example.com\"}} {}",
+            metadata.not_after.unix_timestamp()
+        );
+        assert!(text.contains(&expiry), "{text}");
+        // Renewal at 60 of 90 days, i.e. in 50 days (give or take the test's runtime).
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("envoy_acme_sds_certificate_renewal_in_seconds{"))
+            .expect("renewal gauge");
+        let seconds: i64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
+        assert!((50 * 86400 - 5..=50 * 86400).contains(&seconds), "{line}");
+        assert!(
+            text.contains("envoy_acme_sds_renewals_total{secret=\"example.com\",result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "envoy_acme_sds_renewals_total{secret=\"example.com\",result=\"failed\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("envoy_acme_sds_lock_holder 1"), "{text}");
+        assert!(
+            text.contains("envoy_acme_sds_acme_request_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
+}

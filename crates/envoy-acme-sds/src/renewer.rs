@@ -1,0 +1,189 @@
+//! Runs one [`CertManager`] per certificate while this replica may renew:
+//! for good with disk storage, for the length of each [`Term`] with Consul.
+//!
+//! Only the lock holder runs managers, since anyone running them places
+//! orders. When a term ends its token is cancelled and every manager stops
+//! at once, mid-order if need be (an order left pending at the CA expires
+//! there; its writes would be fenced anyway).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::acme::{AcmeClient, AcmeConfig};
+use crate::challenge::ChallengeSolver;
+use crate::election::{Leadership, Term};
+use crate::manager::{CertManager, CertificateSpec, RenewalObserver};
+use crate::metrics::ServiceMetrics;
+use crate::sds::SecretPublisher;
+use crate::store::CertificateStore;
+use crate::store::consul::ConsulStore;
+
+/// Delay between attempts to reach the CA for the account.
+const ACCOUNT_RETRY: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(10),
+    Duration::from_secs(60),
+    Duration::from_secs(600),
+];
+
+/// A certificate to keep valid and how its names are proven.
+#[derive(Debug, Clone)]
+pub struct ManagedCertificate {
+    pub spec: CertificateSpec,
+    pub solver: Arc<dyn ChallengeSolver>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Renewer {
+    certificates: Vec<ManagedCertificate>,
+    acme: AcmeConfig,
+    wake: watch::Receiver<()>,
+    observer: Option<Arc<dyn RenewalObserver>>,
+}
+
+impl Renewer {
+    /// `wake` makes every manager reconcile at once (renewal requests, SIGHUP).
+    pub fn new(
+        certificates: Vec<ManagedCertificate>,
+        acme: AcmeConfig,
+        wake: watch::Receiver<()>,
+    ) -> Self {
+        Self {
+            certificates,
+            acme,
+            wake,
+            observer: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn RenewalObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Connects the ACME account through `store`, then runs the managers
+    /// against it until `until` is cancelled. With a `publisher`, every
+    /// certificate a manager puts in service is served directly (disk
+    /// storage); with Consul the KV watch serves what the managers store.
+    pub async fn run(
+        &self,
+        store: Arc<dyn CertificateStore>,
+        until: CancellationToken,
+        publisher: Option<Arc<SecretPublisher>>,
+    ) {
+        let Some(acme) = self.connect(store.as_ref(), &until).await else {
+            return;
+        };
+        let mut tasks = JoinSet::new();
+        for certificate in &self.certificates {
+            let mut manager = CertManager::new(
+                certificate.spec.clone(),
+                Arc::clone(&acme),
+                Arc::clone(&certificate.solver),
+                Arc::clone(&store),
+            )
+            .with_wake(self.wake.clone());
+            if let Some(observer) = &self.observer {
+                manager = manager.with_observer(Arc::clone(observer));
+            }
+            if let Some(publisher) = &publisher {
+                let name = certificate.spec.secret_name.clone();
+                let mut published = manager.subscribe();
+                let publisher = Arc::clone(publisher);
+                let until = until.clone();
+                tasks.spawn(async move {
+                    loop {
+                        let bundle = published.borrow_and_update().clone();
+                        if let Some(bundle) = bundle
+                            && let Err(error) = publisher.offer(&name, bundle)
+                        {
+                            error!(secret = %name, %error, "cannot serve the certificate");
+                        }
+                        tokio::select! {
+                            () = until.cancelled() => return,
+                            changed = published.changed() => if changed.is_err() { return },
+                        }
+                    }
+                });
+            }
+            tasks.spawn(manager.run(until.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// The ACME account, retried with backoff until `until`.
+    async fn connect(
+        &self,
+        store: &dyn CertificateStore,
+        until: &CancellationToken,
+    ) -> Option<Arc<AcmeClient>> {
+        let mut attempt = 0;
+        loop {
+            let connected = tokio::select! {
+                () = until.cancelled() => return None,
+                connected = AcmeClient::connect(self.acme.clone(), store) => connected,
+            };
+            match connected {
+                Ok(client) => {
+                    info!(
+                        account = client.account_id(),
+                        directory = client.directory_url(),
+                        "ACME account ready"
+                    );
+                    return Some(Arc::new(client));
+                }
+                Err(error) => {
+                    let delay = ACCOUNT_RETRY[attempt.min(ACCOUNT_RETRY.len() - 1)];
+                    attempt += 1;
+                    error!(%error, retry_in = ?delay, "cannot reach the ACME account; nothing is renewed meanwhile");
+                    tokio::select! {
+                        () = until.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the managers for each term this replica holds the lock in,
+    /// against `store` fenced with the term's session, until `shutdown`.
+    pub async fn run_while_leading(
+        &self,
+        store: ConsulStore,
+        mut leadership: watch::Receiver<Leadership>,
+        metrics: ServiceMetrics,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let term: Term = loop {
+                let current = leadership.borrow_and_update().clone();
+                if let Leadership::Leader(term) = current
+                    && !term.ended.is_cancelled()
+                {
+                    break term;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = leadership.changed() => if changed.is_err() { return },
+                }
+            };
+            metrics.set_lock_holder(true);
+            let fenced: Arc<dyn CertificateStore> = Arc::new(store.fenced(term.session.clone()));
+            let until = term.ended.clone();
+            tokio::select! {
+                () = self.run(fenced, until.clone(), None) => {}
+                () = shutdown.cancelled() => until.cancel(),
+            }
+            metrics.set_lock_holder(false);
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! What Envoy is served: the certificates in service, as SDS secrets in the
+//! xDS snapshot cache.
+//!
+//! For each configured certificate a `tls_certificate` secret (chain and key
+//! inline) named after it, and optionally a `validation_context` secret
+//! holding the chain's CA certificates (everything after the leaf), for
+//! listeners that verify clients issued by the same CA.
+//!
+//! The [`SecretPublisher`] only ever replaces a served certificate with
+//! another checked one (a [`CertificateBundle`] cannot be built otherwise);
+//! nothing here removes a secret, so a storage fault never leaves Envoy
+//! without its certificate.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, TlsCertificate, secret,
+};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use xds_core::{CacheError, SnapshotCache};
+
+use crate::certificate::CertificateBundle;
+use crate::metrics::ServiceMetrics;
+use crate::pem::{encode_certificate_pem, parse_certificate_chain};
+use crate::policy::default_renewal_time;
+use crate::store::SecretName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SdsError {
+    #[error("updating the SDS secrets in the xDS cache: {0}")]
+    Cache(#[from] CacheError),
+}
+
+/// One certificate as served: its secret name and optional CA secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedSecret {
+    pub name: SecretName,
+    /// Name of a `validation_context` secret with the certificate's CA chain.
+    pub validation_context: Option<String>,
+}
+
+/// The `tls_certificate` secret (and validation context, if asked for) of `bundle`.
+pub fn envoy_secrets(spec: &ServedSecret, bundle: &CertificateBundle) -> Vec<Secret> {
+    let mut secrets = vec![Secret {
+        name: spec.name.as_str().to_owned(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(bundle.chain_pem().to_owned())),
+            private_key: Some(inline(bundle.key_pem().expose().clone())),
+            ..TlsCertificate::default()
+        })),
+    }];
+    if let Some(name) = &spec.validation_context {
+        match ca_chain_pem(bundle) {
+            Some(ca) => secrets.push(Secret {
+                name: name.clone(),
+                r#type: Some(secret::Type::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(inline(ca)),
+                        ..CertificateValidationContext::default()
+                    },
+                )),
+            }),
+            None => warn!(
+                secret = %spec.name,
+                validation_context = %name,
+                "the chain holds no CA certificate after the leaf; validation context not served"
+            ),
+        }
+    }
+    secrets
+}
+
+/// The chain without its leaf, PEM.
+fn ca_chain_pem(bundle: &CertificateBundle) -> Option<String> {
+    let chain = parse_certificate_chain(bundle.chain_pem()).ok()?;
+    let ca: String = chain
+        .iter()
+        .skip(1)
+        .map(|der| encode_certificate_pem(der.as_ref()))
+        .collect();
+    (!ca.is_empty()).then_some(ca)
+}
+
+fn inline(text: String) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::InlineString(text)),
+        ..DataSource::default()
+    }
+}
+
+/// A served certificate as `/debug/certificates` shows it: never the key.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateView {
+    pub secret: String,
+    pub names: Vec<String>,
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// By the lifetime rule; the renewing replica may renew earlier (ARI,
+    /// an operator's request).
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_renewal: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub served_since: OffsetDateTime,
+    /// Where this replica got it: `disk:<dir>` or `consul:<prefix>`.
+    pub source: String,
+    pub validation_context: Option<String>,
+}
+
+#[derive(Debug)]
+struct Served {
+    bundle: Arc<CertificateBundle>,
+    since: OffsetDateTime,
+}
+
+/// Keeps the SDS secrets in the cache equal to the certificates in service.
+#[derive(Debug)]
+pub struct SecretPublisher {
+    cache: SnapshotCache,
+    node_key: String,
+    wanted: Vec<ServedSecret>,
+    source: String,
+    served: Mutex<BTreeMap<SecretName, Served>>,
+    metrics: Option<ServiceMetrics>,
+    /// Whether every wanted certificate is served.
+    complete: watch::Sender<bool>,
+}
+
+impl SecretPublisher {
+    /// Serves `wanted` (and nothing else) to the nodes of `node_key`.
+    pub fn new(
+        cache: SnapshotCache,
+        node_key: impl Into<String>,
+        wanted: Vec<ServedSecret>,
+        source: impl Into<String>,
+    ) -> Self {
+        Self {
+            cache,
+            node_key: node_key.into(),
+            complete: watch::Sender::new(wanted.is_empty()),
+            wanted,
+            source: source.into(),
+            served: Mutex::new(BTreeMap::new()),
+            metrics: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: ServiceMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn wanted(&self) -> &[ServedSecret] {
+        &self.wanted
+    }
+
+    /// Serves `bundle` under `name`, unless that certificate is served
+    /// already or `name` is not configured. Returns whether Envoy gets an update.
+    pub fn offer(
+        &self,
+        name: &SecretName,
+        bundle: Arc<CertificateBundle>,
+    ) -> Result<bool, SdsError> {
+        if !self.wanted.iter().any(|spec| spec.name == *name) {
+            return Ok(false);
+        }
+        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        if served
+            .get(name)
+            .is_some_and(|current| current.bundle.metadata() == bundle.metadata())
+        {
+            return Ok(false);
+        }
+        let mut next: BTreeMap<SecretName, Arc<CertificateBundle>> = served
+            .iter()
+            .map(|(name, served)| (name.clone(), Arc::clone(&served.bundle)))
+            .collect();
+        next.insert(name.clone(), Arc::clone(&bundle));
+        let secrets: Vec<Secret> = self
+            .wanted
+            .iter()
+            .filter_map(|spec| {
+                next.get(&spec.name)
+                    .map(|bundle| envoy_secrets(spec, bundle))
+            })
+            .flatten()
+            .collect();
+        // The cache refuses the whole set or takes it; only then is it "served".
+        self.cache.set_secrets(&self.node_key, &secrets)?;
+        info!(
+            secret = %name,
+            serial = %bundle.metadata().serial,
+            not_after = %bundle.metadata().not_after,
+            "certificate served over SDS"
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.certificate_served(name, bundle.metadata());
+        }
+        served.insert(
+            name.clone(),
+            Served {
+                bundle,
+                since: OffsetDateTime::now_utc(),
+            },
+        );
+        let complete = self
+            .wanted
+            .iter()
+            .all(|spec| served.contains_key(&spec.name));
+        self.complete.send_if_modified(|current| {
+            let changed = *current != complete;
+            *current = complete;
+            changed
+        });
+        Ok(true)
+    }
+
+    /// The served certificate of `name`.
+    pub fn current(&self, name: &SecretName) -> Option<Arc<CertificateBundle>> {
+        self.served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .map(|served| Arc::clone(&served.bundle))
+    }
+
+    /// Configured certificates not served yet.
+    pub fn missing(&self) -> Vec<SecretName> {
+        let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        self.wanted
+            .iter()
+            .filter(|spec| !served.contains_key(&spec.name))
+            .map(|spec| spec.name.clone())
+            .collect()
+    }
+
+    /// Becomes `true` once every configured certificate is served.
+    pub fn subscribe_complete(&self) -> watch::Receiver<bool> {
+        self.complete.subscribe()
+    }
+
+    pub fn views(&self) -> Vec<CertificateView> {
+        let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        self.wanted
+            .iter()
+            .filter_map(|spec| {
+                let entry = served.get(&spec.name)?;
+                let metadata = entry.bundle.metadata();
+                Some(CertificateView {
+                    secret: spec.name.as_str().to_owned(),
+                    names: metadata.names.iter().map(ToString::to_string).collect(),
+                    serial: metadata.serial.clone(),
+                    not_before: metadata.not_before,
+                    not_after: metadata.not_after,
+                    next_renewal: default_renewal_time(metadata),
+                    served_since: entry.since,
+                    source: self.source.clone(),
+                    validation_context: spec.validation_context.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificate::IssuanceFacts;
+    use crate::certificate::tests::issue_test_certificate;
+    use xds_core::{ResourceType, SharedKey};
+
+    fn bundle(names: &[&str]) -> Arc<CertificateBundle> {
+        let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
+            .expect("now");
+        let (chain, key) = issue_test_certificate(names, now, time::Duration::days(90));
+        Arc::new(
+            CertificateBundle::from_issued(chain, key, now, IssuanceFacts::default())
+                .expect("bundle"),
+        )
+    }
+
+    fn spec(name: &str, validation: Option<&str>) -> ServedSecret {
+        ServedSecret {
+            name: SecretName::new(name).expect("name"),
+            validation_context: validation.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn tls_certificate_and_validation_context_carry_chain_key_and_ca() {
+        let bundle = bundle(&["example.com"]);
+        let secrets = envoy_secrets(&spec("example.com", Some("example-ca")), &bundle);
+        assert_eq!(secrets.len(), 2);
+        let Some(secret::Type::TlsCertificate(tls)) = &secrets[0].r#type else {
+            panic!("not a TLS certificate: {:?}", secrets[0].name);
+        };
+        assert_eq!(secrets[0].name, "example.com");
+        let text =
+            |source: &Option<DataSource>| match source.as_ref().and_then(|s| s.specifier.clone()) {
+                Some(Specifier::InlineString(text)) => text,
+                _ => panic!("not inline"),
+            };
+        assert_eq!(text(&tls.certificate_chain), bundle.chain_pem());
+        assert_eq!(&text(&tls.private_key), bundle.key_pem().expose());
+        let Some(secret::Type::ValidationContext(validation)) = &secrets[1].r#type else {
+            panic!("not a validation context");
+        };
+        assert_eq!(secrets[1].name, "example-ca");
+        let ca = text(&validation.trusted_ca);
+        let chain = parse_certificate_chain(bundle.chain_pem()).expect("chain");
+        let ca_chain = parse_certificate_chain(&ca).expect("ca chain");
+        assert_eq!(ca_chain.len(), chain.len() - 1);
+        assert_eq!(ca_chain[0].as_ref(), chain[1].as_ref());
+    }
+
+    #[test]
+    fn publisher_serves_configured_names_and_becomes_complete() {
+        let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
+        let publisher = SecretPublisher::new(
+            cache.clone(),
+            "gateways",
+            vec![spec("a.example.com", None), spec("b.example.com", None)],
+            "disk:/var/lib/envoy-acme-sds",
+        );
+        let mut complete = publisher.subscribe_complete();
+        assert!(!*complete.borrow_and_update());
+        let a = SecretName::new("a.example.com").expect("name");
+        let b = SecretName::new("b.example.com").expect("name");
+        let other = SecretName::new("other.example.com").expect("name");
+
+        let first = bundle(&["a.example.com"]);
+        assert!(publisher.offer(&a, Arc::clone(&first)).expect("offer"));
+        assert!(!publisher.offer(&a, Arc::clone(&first)).expect("same again"));
+        assert!(
+            !publisher
+                .offer(&other, bundle(&["other.example.com"]))
+                .expect("unconfigured")
+        );
+        assert_eq!(publisher.missing(), vec![b.clone()]);
+        assert!(!*complete.borrow_and_update());
+
+        publisher
+            .offer(&b, bundle(&["b.example.com"]))
+            .expect("offer");
+        assert!(publisher.missing().is_empty());
+        assert!(*complete.borrow_and_update());
+        let snapshot = cache.snapshot("gateways").expect("snapshot");
+        let names: Vec<&str> = snapshot
+            .resources(ResourceType::Secret)
+            .map(|r| r.name())
+            .collect();
+        assert_eq!(names, vec!["a.example.com", "b.example.com"]);
+
+        let views = publisher.views();
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[0].serial, first.metadata().serial);
+        let json = serde_json::to_string(&views).expect("json");
+        assert!(!json.contains("PRIVATE KEY"), "{json}");
+        assert!(
+            json.contains("\"source\":\"disk:/var/lib/envoy-acme-sds\""),
+            "{json}"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! The Consul KV [`CertificateStore`] (`--storage consul:<prefix>`), shared
+//! by replicas.
+//!
+//! Layout, one KV entry per item (see [`super::codec`]; the item names are
+//! bound into the encryption of private keys, so they are the same as on disk):
+//!
+//! ```text
+//! <prefix>/leader                  the renewal lock; its session is the holder's
+//! <prefix>/certificates/<name>     chain, key (sealed if configured), metadata
+//! <prefix>/orders/<name>           order history of that certificate
+//! <prefix>/accounts/<directory>    ACME account credentials
+//! <prefix>/renewals/<name>         an operator's renewal request
+//! <prefix>/http01/<token>          HTTP-01 key authorizations (see `challenge::consul_tokens`)
+//! ```
+//!
+//! A certificate's chain, key and metadata travel together as one entry of
+//! a few kilobytes (far under Consul's 512 KB value limit), written by one
+//! `/v1/txn`: a reader sees the old set or the new one, never a chain with
+//! another certificate's key.
+//!
+//! # Fencing
+//!
+//! A store built with a [`Fence`] prefixes every write with a
+//! `check-session` of the lock key in the same transaction. Once the
+//! session has lost the lock (expired, destroyed, taken over after a
+//! partition), Consul rolls the whole transaction back and the write
+//! becomes [`StoreError::Fenced`]: a replica that lost its lock cannot
+//! overwrite what the new holder wrote. A store without a fence refuses
+//! every write but renewal requests.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use consul_client::{Client, KvPair, QueryOptions, SessionId, TxnOp, TxnOutcome};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::codec::{
+    Codec, account_item, certificate_item, order_history_item, renewal_request_item,
+};
+use super::encryption::KeyEncryption;
+use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
+use crate::certificate::CertificateBundle;
+use crate::policy::OrderHistory;
+
+/// The key (relative to the prefix) of the renewal lock.
+pub const LOCK_ITEM: &str = "leader";
+/// Where certificates live, relative to the prefix.
+pub const CERTIFICATES_DIR: &str = "certificates/";
+/// Where renewal requests live, relative to the prefix.
+pub const RENEWALS_DIR: &str = "renewals/";
+
+/// What entitles a replica to write: its session holds `lock_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub lock_key: String,
+    pub session: SessionId,
+}
+
+/// Certificates, order histories and accounts under one Consul KV prefix.
+#[derive(Debug, Clone)]
+pub struct ConsulStore {
+    client: Client,
+    /// Without a trailing slash.
+    prefix: String,
+    codec: Codec,
+    fence: Option<Fence>,
+}
+
+impl ConsulStore {
+    /// A store that reads `prefix` and refuses certificate writes until
+    /// [`fenced`](Self::fenced) with the lock holder's session.
+    pub fn new(
+        client: Client,
+        prefix: &str,
+        encryption: Option<Arc<KeyEncryption>>,
+    ) -> Result<Self, StoreError> {
+        let prefix = prefix.trim_matches('/');
+        if prefix.is_empty() {
+            return Err(StoreError::Backend(
+                "the Consul KV prefix is empty: give one, e.g. consul:envoy-acme-sds".to_owned(),
+            ));
+        }
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+            codec: Codec::new(encryption),
+            fence: None,
+        })
+    }
+
+    /// The same store, writing only while `session` holds the lock.
+    #[must_use]
+    pub fn fenced(&self, session: SessionId) -> Self {
+        Self {
+            fence: Some(Fence {
+                lock_key: self.lock_key(),
+                session,
+            }),
+            ..self.clone()
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The full KV key of an item.
+    pub fn key(&self, item: &str) -> String {
+        format!("{}/{item}", self.prefix)
+    }
+
+    /// The KV key of the renewal lock.
+    pub fn lock_key(&self) -> String {
+        self.key(LOCK_ITEM)
+    }
+
+    /// Decodes the certificates found in a listing of the prefix (as a
+    /// watch of it yields), each with its own outcome, so one corrupt entry
+    /// does not hide the others. Entries outside `certificates/` are skipped.
+    pub fn decode_certificates(
+        &self,
+        pairs: &[KvPair],
+    ) -> Vec<(SecretName, Result<CertificateBundle, StoreError>)> {
+        let certificates = self.key(CERTIFICATES_DIR);
+        pairs
+            .iter()
+            .filter_map(|pair| {
+                let segment = pair.key.strip_prefix(&certificates)?;
+                let name = SecretName::from_path_segment(segment).ok()?;
+                let decoded = match &pair.value {
+                    Some(bytes) => self.codec.decode_certificate(&name, bytes),
+                    None => Err(StoreError::Corrupt {
+                        item: certificate_item(&name),
+                        reason: "the KV entry is empty".to_owned(),
+                    }),
+                };
+                Some((name, decoded))
+            })
+            .collect()
+    }
+
+    /// The secret names with a renewal request in a listing of the prefix.
+    pub fn renewal_requests_in(&self, pairs: &[KvPair]) -> Vec<(SecretName, u64)> {
+        let renewals = self.key(RENEWALS_DIR);
+        pairs
+            .iter()
+            .filter_map(|pair| {
+                let segment = pair.key.strip_prefix(&renewals)?;
+                let name = SecretName::from_path_segment(segment).ok()?;
+                Some((name, pair.modify_index))
+            })
+            .collect()
+    }
+
+    async fn read(&self, item: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let key = self.key(item);
+        let response = self
+            .client
+            .kv_get(&key, &QueryOptions::default())
+            .await
+            .map_err(|e| StoreError::Backend(format!("reading {key}: {e}")))?;
+        Ok(response
+            .value
+            .map(|pair| Zeroizing::new(pair.value.map(|v| v.to_vec()).unwrap_or_default())))
+    }
+
+    /// One transaction: the lock check, then the item. Either both apply or
+    /// neither does.
+    async fn write_fenced(&self, item: &str, bytes: Zeroizing<Vec<u8>>) -> Result<(), StoreError> {
+        let Some(fence) = &self.fence else {
+            return Err(StoreError::Fenced {
+                item: item.to_owned(),
+                reason: "this replica does not hold the renewal lock".to_owned(),
+            });
+        };
+        let ops = [
+            TxnOp::KvCheckSession {
+                key: fence.lock_key.clone(),
+                session: fence.session.clone(),
+            },
+            TxnOp::KvSet {
+                key: self.key(item),
+                value: Bytes::copy_from_slice(&bytes),
+                flags: 0,
+            },
+        ];
+        match self.client.txn(&ops, &QueryOptions::default()).await {
+            Ok(TxnOutcome::Committed(_)) => Ok(()),
+            Ok(TxnOutcome::RolledBack(errors)) => {
+                // Consul names the operation that failed; the first is the lock check.
+                if errors.iter().any(|error| error.op_index == 0) || errors.is_empty() {
+                    Err(StoreError::Fenced {
+                        item: item.to_owned(),
+                        reason: format!(
+                            "session {} no longer holds {}",
+                            fence.session, fence.lock_key
+                        ),
+                    })
+                } else {
+                    let reasons: Vec<&str> = errors.iter().map(|e| e.what.as_str()).collect();
+                    Err(StoreError::Backend(format!(
+                        "Consul rolled back the write of {item}: {}",
+                        reasons.join("; ")
+                    )))
+                }
+            }
+            Err(error) => Err(StoreError::Backend(format!("writing {item}: {error}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl CertificateStore for ConsulStore {
+    async fn load_certificate(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<CertificateBundle>, StoreError> {
+        match self.read(&certificate_item(name)).await? {
+            Some(bytes) => self.codec.decode_certificate(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_certificate(
+        &self,
+        name: &SecretName,
+        bundle: &CertificateBundle,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_certificate(name, bundle)?;
+        self.write_fenced(&certificate_item(name), bytes).await
+    }
+
+    async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
+        match self.read(&order_history_item(name)).await? {
+            Some(bytes) => self.codec.decode_order_history(name, &bytes),
+            None => Ok(OrderHistory::default()),
+        }
+    }
+
+    async fn save_order_history(
+        &self,
+        name: &SecretName,
+        history: &OrderHistory,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_order_history(name, history)?;
+        self.write_fenced(&order_history_item(name), bytes).await
+    }
+
+    async fn load_account(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
+        match self.read(&account_item(id)).await? {
+            Some(bytes) => self.codec.decode_account(id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_account(
+        &self,
+        id: &AccountId,
+        account: &StoredAccount,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_account(id, account)?;
+        self.write_fenced(&account_item(id), bytes).await
+    }
+
+    async fn load_renewal_request(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        match self.read(&renewal_request_item(name)).await? {
+            Some(bytes) => self.codec.decode_renewal_request(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn request_renewal(
+        &self,
+        name: &SecretName,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let item = renewal_request_item(name);
+        let bytes = self.codec.encode_renewal_request(name, at)?;
+        self.client
+            .kv_put(&self.key(&item), Bytes::copy_from_slice(&bytes))
+            .await
+            .map_err(|e| StoreError::Backend(format!("writing {item}: {e}")))
+    }
+}

@@ -1,0 +1,396 @@
+//! The Consul pieces against a real Consul agent: fenced writes, the
+//! election, the followers' view of the prefix, and HTTP-01 tokens in KV.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consul_client::{Address, Client, ClientConfig, SessionRequest};
+use envoy_acme_sds::certificate::{CertificateBundle, IssuanceFacts};
+use envoy_acme_sds::challenge::consul_tokens::ConsulTokenStore;
+use envoy_acme_sds::challenge::http01::TokenStore;
+use envoy_acme_sds::election::{Election, ElectionConfig, Leadership};
+use envoy_acme_sds::kv_watch::KvFollower;
+use envoy_acme_sds::policy::OrderHistory;
+use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
+use envoy_acme_sds::secret::Secret;
+use envoy_acme_sds::store::consul::ConsulStore;
+use envoy_acme_sds::store::{CertificateStore, SecretName, StoreError};
+use test_support::{ConsulAgent, eventually};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use xds_core::{SharedKey, SnapshotCache};
+
+fn client(consul: &ConsulAgent) -> Client {
+    Client::new(ClientConfig::new(
+        consul.http_url().parse::<Address>().expect("address"),
+    ))
+    .expect("client")
+}
+
+/// A certificate for `names` from a throw-away CA, as a CA would issue it.
+fn certificate(names: &[&str]) -> CertificateBundle {
+    let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
+        .expect("now");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("params");
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(90);
+    params.serial_number = Some(rcgen::SerialNumber::from(
+        rand::random::<u64>().to_be_bytes().to_vec(),
+    ));
+    let leaf = params.signed_by(&key, &issuer).expect("leaf");
+    CertificateBundle::from_issued(
+        format!("{}{}", leaf.pem(), ca.pem()),
+        Secret::new(key.serialize_pem()),
+        now,
+        IssuanceFacts::default(),
+    )
+    .expect("bundle")
+}
+
+async fn session(client: &Client) -> consul_client::SessionId {
+    client
+        .session_create(&SessionRequest {
+            ttl: Some(Duration::from_secs(30)),
+            lock_delay: Some(Duration::ZERO),
+            ..SessionRequest::default()
+        })
+        .await
+        .expect("session")
+}
+
+#[tokio::test]
+async fn only_the_lock_holders_session_can_write() {
+    let consul = ConsulAgent::start().await.expect("consul starts");
+    let client = client(&consul);
+    let store = ConsulStore::new(client.clone(), "/fenced/", None).expect("store");
+    assert_eq!(store.lock_key(), "fenced/leader");
+    let name = SecretName::new("*.example.com").expect("name");
+    let first = certificate(&["*.example.com"]);
+
+    // No session at all: refused, nothing written.
+    let refused = store
+        .save_certificate(&name, &first)
+        .await
+        .expect_err("unfenced");
+    assert!(matches!(refused, StoreError::Fenced { .. }), "{refused}");
+    assert!(store.load_certificate(&name).await.expect("load").is_none());
+
+    // The holder writes.
+    let holder = session(&client).await;
+    assert!(
+        client
+            .kv_acquire(&store.lock_key(), "a", &holder)
+            .await
+            .expect("acquire")
+    );
+    let fenced = store.fenced(holder.clone());
+    fenced
+        .save_certificate(&name, &first)
+        .await
+        .expect("holder writes");
+    let loaded = store
+        .load_certificate(&name)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(loaded.metadata(), first.metadata());
+    assert!(
+        client
+            .kv_get(
+                &store.key("certificates/%2A.example.com"),
+                &Default::default()
+            )
+            .await
+            .expect("kv")
+            .value
+            .is_some(),
+        "stored under the codec's item name"
+    );
+
+    // Another session takes the lock: the old holder's writes are refused whole.
+    assert!(
+        client
+            .kv_release(&store.lock_key(), "a", &holder)
+            .await
+            .expect("release")
+    );
+    let successor = session(&client).await;
+    assert!(
+        client
+            .kv_acquire(&store.lock_key(), "b", &successor)
+            .await
+            .expect("acquire")
+    );
+    let second = certificate(&["*.example.com"]);
+    let fenced_out = fenced
+        .save_certificate(&name, &second)
+        .await
+        .expect_err("fenced");
+    assert!(
+        matches!(fenced_out, StoreError::Fenced { .. }),
+        "{fenced_out}"
+    );
+    let mut history = OrderHistory::default();
+    history.record("*.example.com", OffsetDateTime::now_utc());
+    assert!(matches!(
+        fenced.save_order_history(&name, &history).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    let still = store
+        .load_certificate(&name)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(still.metadata(), first.metadata());
+    assert!(
+        store
+            .load_order_history(&name)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+
+    // Its session destroyed: still refused.
+    client.session_destroy(&holder).await.expect("destroy");
+    assert!(matches!(
+        fenced.save_certificate(&name, &second).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // The new holder writes.
+    store
+        .fenced(successor)
+        .save_certificate(&name, &second)
+        .await
+        .expect("successor writes");
+    assert_eq!(
+        store
+            .load_certificate(&name)
+            .await
+            .expect("load")
+            .expect("stored")
+            .metadata(),
+        second.metadata()
+    );
+
+    // Renewal requests are operator input: written without the lock.
+    let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
+    store.request_renewal(&name, at).await.expect("request");
+    assert_eq!(
+        store.load_renewal_request(&name).await.expect("load"),
+        Some(at)
+    );
+}
+
+#[tokio::test]
+async fn followers_serve_the_last_good_certificate_through_corrupt_entries() {
+    let consul = ConsulAgent::start().await.expect("consul starts");
+    let client = client(&consul);
+    let store = ConsulStore::new(client.clone(), "follow", None).expect("store");
+    let holder = session(&client).await;
+    assert!(
+        client
+            .kv_acquire(&store.lock_key(), "a", &holder)
+            .await
+            .expect("acquire")
+    );
+    let writer = store.fenced(holder);
+    let name = SecretName::new("example.com").expect("name");
+    let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
+    let publisher = Arc::new(SecretPublisher::new(
+        cache,
+        "gateways",
+        vec![ServedSecret {
+            name: name.clone(),
+            validation_context: None,
+        }],
+        "consul:follow",
+    ));
+    let (wake, mut woken) = watch::channel(());
+    woken.mark_unchanged();
+    let mut follower = KvFollower::new(store.clone(), Arc::clone(&publisher), wake);
+    let listing = || async {
+        client
+            .kv_list("follow/", &Default::default())
+            .await
+            .expect("list")
+            .value
+    };
+
+    let good = certificate(&["example.com"]);
+    writer.save_certificate(&name, &good).await.expect("write");
+    follower.apply(&listing().await);
+    let served = publisher.current(&name).expect("served");
+    assert_eq!(served.metadata(), good.metadata());
+    assert!(publisher.missing().is_empty());
+
+    // Garbage, then a half-written document: the good certificate stays.
+    let key = store.key("certificates/example.com");
+    for corrupt in [
+        &b"not json"[..],
+        &b"{\"version\": 1, \"metadata\": {"[..],
+        &b""[..],
+    ] {
+        client.kv_put(&key, corrupt.to_vec()).await.expect("put");
+        follower.apply(&listing().await);
+        let served = publisher.current(&name).expect("still served");
+        assert_eq!(served.metadata(), good.metadata());
+    }
+    assert!(!woken.has_changed().expect("sender alive"));
+
+    // A new good certificate is served; a renewal request wakes the renewer.
+    let next = certificate(&["example.com"]);
+    writer.save_certificate(&name, &next).await.expect("write");
+    store
+        .request_renewal(&name, OffsetDateTime::now_utc())
+        .await
+        .expect("request");
+    follower.apply(&listing().await);
+    assert_eq!(
+        publisher.current(&name).expect("served").metadata(),
+        next.metadata()
+    );
+    assert!(woken.has_changed().expect("sender alive"));
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_the_lock_moves_on_resignation_or_session_loss() {
+    let consul = ConsulAgent::start().await.expect("consul starts");
+    let client = client(&consul);
+    let config = |holder: &str| ElectionConfig {
+        lock_delay: Duration::ZERO,
+        session_ttl: Duration::from_secs(10),
+        retry_interval: Duration::from_millis(200),
+        ..ElectionConfig::new("elect/leader", holder)
+    };
+    let a = Election::new(client.clone(), config("a"));
+    let b = Election::new(client.clone(), config("b"));
+    let (mut a_state, mut b_state) = (a.subscribe(), b.subscribe());
+    let (a_stop, b_stop) = (CancellationToken::new(), CancellationToken::new());
+    let a_task = tokio::spawn(a.run(a_stop.clone()));
+    let b_task = tokio::spawn(b.run(b_stop.clone()));
+
+    let leader_of = |a: &watch::Receiver<Leadership>, b: &watch::Receiver<Leadership>| match (
+        a.borrow().is_leader(),
+        b.borrow().is_leader(),
+    ) {
+        (true, false) => Some("a"),
+        (false, true) => Some("b"),
+        _ => None,
+    };
+    let first = eventually(
+        "one leader",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let leader = leader_of(&a_state, &b_state);
+            async move { leader }
+        },
+    )
+    .await
+    .expect("elected");
+    let (leader_state, other_state, leader_stop) = if first == "a" {
+        (&mut a_state, &mut b_state, a_stop.clone())
+    } else {
+        (&mut b_state, &mut a_state, b_stop.clone())
+    };
+    let Leadership::Leader(term) = leader_state.borrow().clone() else {
+        panic!("not a leader");
+    };
+    let holder = client
+        .kv_get("elect/leader", &Default::default())
+        .await
+        .expect("kv")
+        .value
+        .expect("lock key");
+    assert_eq!(holder.session.as_ref(), Some(&term.session));
+    assert_eq!(holder.value.as_deref(), Some(first.as_bytes()));
+
+    // Its session destroyed behind its back: the term ends at once.
+    client
+        .session_destroy(&term.session)
+        .await
+        .expect("destroy");
+    eventually(
+        "the term ends",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let ended = term.ended.is_cancelled();
+            async move { ended.then_some(()) }
+        },
+    )
+    .await
+    .expect("term ended");
+
+    // Someone leads again; then the leader resigns and the other takes over.
+    let second = eventually(
+        "a leader again",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let leader = leader_of(leader_state, other_state);
+            async move { leader.map(|_| ()) }
+        },
+    )
+    .await;
+    second.expect("re-elected");
+    let (resigning, resigning_stop, remaining) = if leader_state.borrow().is_leader() {
+        (leader_state, leader_stop, other_state)
+    } else {
+        let stop = if first == "a" {
+            b_stop.clone()
+        } else {
+            a_stop.clone()
+        };
+        (other_state, stop, leader_state)
+    };
+    resigning_stop.cancel();
+    eventually(
+        "the other replica takes over",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let leads = remaining.borrow().is_leader();
+            async move { leads.then_some(()) }
+        },
+    )
+    .await
+    .expect("handed over");
+    assert!(!resigning.borrow().is_leader());
+
+    a_stop.cancel();
+    b_stop.cancel();
+    a_task.await.expect("a stops");
+    b_task.await.expect("b stops");
+    let lock = client
+        .kv_get("elect/leader", &Default::default())
+        .await
+        .expect("kv")
+        .value
+        .expect("lock key");
+    assert_eq!(lock.session, None, "released on shutdown");
+}
+
+#[tokio::test]
+async fn http01_tokens_put_by_one_replica_are_read_by_another() {
+    let consul = ConsulAgent::start().await.expect("consul starts");
+    let writer = ConsulTokenStore::new(client(&consul), "acme");
+    let reader = ConsulTokenStore::new(client(&consul), "acme/");
+    writer.put("tok_EN-1", "tok_EN-1.thumb").await.expect("put");
+    assert_eq!(
+        reader.get("tok_EN-1").await.expect("get").as_deref(),
+        Some("tok_EN-1.thumb")
+    );
+    assert_eq!(reader.get("other").await.expect("get"), None);
+    writer.remove("tok_EN-1").await.expect("remove");
+    assert_eq!(reader.get("tok_EN-1").await.expect("get"), None);
+}

@@ -1,0 +1,170 @@
+# envoy-acme-sds: ACME certificates -> Envoy SDS.
+#
+# Two replicas share one Consul KV prefix. Both serve every certificate over
+# SDS (gateways may point at either); only the holder of the Consul session
+# lock orders and renews, and every write is fenced by that lock. Killing or
+# draining the holder hands renewals to the other replica.
+#
+# Secrets come from Nomad Variables through templates, so they never appear
+# in the job file, the process list or the logs:
+#   nomad/jobs/envoy-acme-sds: consul_token, tsig_key, encryption_key
+# The TSIG key is a BIND-style `key "name" { algorithm ...; secret "..."; };`
+# block; the encryption key is 32 random bytes in hex (`openssl rand -hex 32`).
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "image" {
+  type    = string
+  default = "ghcr.io/envoy-consul-gateway/envoy-acme-sds:0.1.0"
+}
+
+variable "consul_http_addr" {
+  type    = string
+  default = "http://127.0.0.1:8500"
+}
+
+variable "acme_directory" {
+  type    = string
+  default = "https://acme-staging-v02.api.letsencrypt.org/directory"
+}
+
+variable "email" {
+  type    = string
+  default = "hostmaster@example.com"
+}
+
+# One --cert per entry: comma-separated names, optionally `secret-name=` first.
+variable "certificate" {
+  type    = string
+  default = "example.com,*.example.com"
+}
+
+variable "rfc2136_server" {
+  type    = string
+  default = "10.0.0.53:53"
+}
+
+job "envoy-acme-sds" {
+  datacenters = var.datacenters
+  type        = "service"
+
+  update {
+    max_parallel      = 1
+    min_healthy_time  = "10s"
+    healthy_deadline  = "3m"
+    progress_deadline = "10m"
+    auto_revert       = true
+  }
+
+  group "sds" {
+    count = 2
+
+    # Never both replicas on one node: losing it would lose both.
+    constraint {
+      operator = "distinct_hosts"
+      value    = "true"
+    }
+
+    network {
+      port "sds" { static = 20000 }
+      port "admin" { to = 9103 }
+    }
+
+    service {
+      name = "envoy-acme-sds"
+      port = "sds"
+      tags = ["sds", "grpc"]
+
+      # 200 once every configured certificate is served, 503 before. A
+      # fresh replica answers 503 until the first certificate exists (the
+      # first order takes seconds), hence the grace.
+      check {
+        name     = "readyz"
+        type     = "http"
+        port     = "admin"
+        path     = "/readyz"
+        interval = "5s"
+        timeout  = "2s"
+
+        check_restart {
+          limit = 6
+          grace = "2m"
+        }
+      }
+    }
+
+    service {
+      name = "envoy-acme-sds-metrics"
+      port = "admin"
+      tags = ["metrics"]
+    }
+
+    task "envoy-acme-sds" {
+      driver = "docker"
+
+      # SIGTERM releases the renewal lock at once (the other replica takes
+      # over without waiting for the session TTL) and drains SDS streams;
+      # Envoy keeps its certificates and reconnects to the other replica.
+      kill_signal    = "SIGTERM"
+      kill_timeout   = "15s"
+      shutdown_delay = "5s"
+
+      config {
+        image = var.image
+        ports = ["sds", "admin"]
+        args = [
+          "--acme-directory", var.acme_directory,
+          "--email", var.email,
+          "--cert", var.certificate,
+          "--challenge", "dns-01",
+          "--rfc2136-server", var.rfc2136_server,
+          "--tsig-key-file", "${NOMAD_SECRETS_DIR}/tsig.key",
+          "--storage", "consul:envoy-acme-sds",
+          "--encryption-key-file", "${NOMAD_SECRETS_DIR}/encryption.key",
+          "--consul-addr", var.consul_http_addr,
+          "--consul-token-file", "${NOMAD_SECRETS_DIR}/consul-token",
+          "--lock-delay", "15s",
+          "--instance-name", "${NOMAD_ALLOC_ID}",
+          "--sds-listen", "0.0.0.0:20000",
+          "--admin-listen", "0.0.0.0:9103",
+          "--log-format", "json",
+        ]
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/consul-token"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-acme-sds" -}}{{ .consul_token }}{{- end -}}
+        EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/tsig.key"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-acme-sds" -}}{{ .tsig_key }}{{- end -}}
+        EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/encryption.key"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-acme-sds" -}}{{ .encryption_key }}{{- end -}}
+        EOT
+      }
+
+      resources {
+        cpu    = 200
+        memory = 128
+      }
+    }
+  }
+}
