@@ -7,8 +7,12 @@
 //! only apt can install.
 
 mod bench;
+mod bench_sds;
+mod bench_xds;
+mod compose;
 mod demo;
 mod deny;
+mod docs;
 mod process;
 mod tools;
 
@@ -36,7 +40,9 @@ enum Command {
     },
     /// Run the local demo: Consul, both services, Envoy and churning backends.
     Demo(demo::DemoArgs),
-    /// Run a benchmark and print its figures (`xds`).
+    /// Regenerate docs/configuration.md from the services' `--help`.
+    Docs,
+    /// Run a benchmark and print its figures (`eds`, `sds`, `xds`).
     Bench {
         /// Which benchmark to run.
         name: String,
@@ -53,6 +59,7 @@ fn main() -> Result<()> {
         Command::Tools => tools::install(&root).map(|_| ()),
         Command::Test { cargo_test_args } => test(&root, &cargo_test_args),
         Command::Demo(args) => demo::run(&root, args),
+        Command::Docs => docs::generate(&root),
         Command::Bench { name, args } => bench::run(&root, &name, &args),
     }
 }
@@ -86,6 +93,9 @@ fn test(root: &Path, cargo_test_args: &[String]) -> Result<()> {
         )
     })?;
     process::step("cargo deny", || deny::check(root))?;
+    process::step("docker, Envoy and Prometheus files", || {
+        compose::validate(root, &tools.bin("docker-compose"))
+    })?;
     process::step("cargo test", || {
         let mut args = vec!["test", "--workspace"];
         args.extend(cargo_test_args.iter().map(String::as_str));

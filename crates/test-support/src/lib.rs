@@ -12,6 +12,7 @@
 mod backend;
 pub mod bootstrap;
 mod consul;
+pub mod docs;
 mod envoy;
 mod error;
 mod http;
