@@ -610,11 +610,15 @@ mod tests {
 
     impl Harness {
         fn start(failover_dcs: &[&str]) -> Self {
+            Self::start_allowing(failover_dcs, &[])
+        }
+
+        fn start_allowing(failover_dcs: &[&str], allowed: &[&str]) -> Self {
             let settings = EngineSettings {
                 naming: ClusterNaming::new("{service}").expect("template"),
                 policy: HealthPolicy::default(),
                 failover_dcs: failover_dcs.iter().map(|s| (*s).to_owned()).collect(),
-                allowed_services: BTreeSet::new(),
+                allowed_services: allowed.iter().map(|s| (*s).to_owned()).collect(),
                 coalesce: Duration::from_millis(5),
                 reset_grace: Duration::from_secs(10),
             };
@@ -908,6 +912,16 @@ mod tests {
                 .iter()
                 .all(|e| e.health == EndpointHealth::Healthy)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn services_outside_the_allow_list_are_never_watched() {
+        let h = Harness::start_allowing(&[], &["web"]);
+        h.demand(&["web", "admin-panel", "not.a.valid.name"]);
+        h.settle().await;
+        assert!(h.source.is_watching("web"));
+        assert!(!h.source.is_watching("admin-panel"));
+        assert_eq!(h.source.watch_calls(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -495,3 +495,77 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Consul 1.8 answer: node with lan/wan tagged addresses and a zone,
+    /// service without its own address, tagged as canary, weighted.
+    const ENTRY: &str = r#"{
+        "Node": {"ID": "a1", "Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1",
+                 "TaggedAddresses": {"lan": "10.0.0.1", "wan": "2001:db8::1"},
+                 "Meta": {"zone": "eu-1a"}, "CreateIndex": 5, "ModifyIndex": 6},
+        "Service": {"ID": "web-1", "Service": "web", "Tags": ["canary"], "Address": "",
+                    "TaggedAddresses": null, "Meta": null, "Port": 8080,
+                    "Weights": {"Passing": 10, "Warning": 1}, "EnableTagOverride": false,
+                    "CreateIndex": 7, "ModifyIndex": 7},
+        "Checks": [{"Node": "n1", "CheckID": "serfHealth", "Name": "Serf", "Status": "warning",
+                    "Notes": "", "Output": "", "ServiceID": "", "ServiceName": "",
+                    "ServiceTags": [], "Type": "", "CreateIndex": 5, "ModifyIndex": 5}]
+    }"#;
+
+    fn reader(address: AddressSource) -> EntryReader {
+        EntryReader {
+            address,
+            zone_meta_key: "zone".to_owned(),
+        }
+    }
+
+    #[test]
+    fn an_entry_becomes_an_instance_with_health_weights_tags_and_locality() {
+        let entry: ServiceEntry = serde_json::from_str(ENTRY).expect("entry");
+        let instance = reader(AddressSource::Service).instance(&entry);
+        assert_eq!(instance.id, "web-1");
+        assert_eq!(
+            instance.address, "10.0.0.1",
+            "no service address: the node's"
+        );
+        assert_eq!(instance.port, 8080);
+        assert_eq!(instance.checks, CheckState::Warning, "node checks count");
+        assert_eq!(
+            instance.weights,
+            Weights {
+                passing: 10,
+                warning: 1
+            }
+        );
+        assert_eq!(instance.tags, vec!["canary".to_owned()]);
+        assert_eq!(instance.locality.region, "dc1");
+        assert_eq!(instance.locality.zone, "eu-1a");
+        assert!(!instance.maintenance);
+    }
+
+    #[test]
+    fn tagged_addresses_can_be_chosen_and_ipv6_passes_through() {
+        let entry: ServiceEntry = serde_json::from_str(ENTRY).expect("entry");
+        assert_eq!(
+            reader(AddressSource::Wan).instance(&entry).address,
+            "2001:db8::1"
+        );
+        assert_eq!(
+            reader(AddressSource::Lan).instance(&entry).address,
+            "10.0.0.1"
+        );
+        let mut own = entry.clone();
+        own.service.address = "10.9.9.9".to_owned();
+        assert_eq!(
+            reader(AddressSource::Service).instance(&own).address,
+            "10.9.9.9"
+        );
+        assert_eq!(
+            reader(AddressSource::Node).instance(&own).address,
+            "10.0.0.1"
+        );
+    }
+}
