@@ -13,10 +13,19 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 /// Resident set size of a process, from `/proc/<pid>/status`, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The highest resident set size the process ever had (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }
@@ -49,6 +58,7 @@ mod tests {
     fn this_process_has_a_resident_size_and_cpu_time() {
         let pid = std::process::id();
         assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
+        assert!(peak_rss_kib(pid) >= rss_kib(pid));
         assert!(cpu_time(pid).is_some());
     }
 }

@@ -52,7 +52,7 @@ pub use api::catalog::{
     CatalogCheck, CatalogDeregistration, CatalogRegistration, CatalogService, ServiceTags,
 };
 pub use api::health::{
-    CheckStatus, HealthCheck, HealthFilter, HealthState, Node, Service, ServiceAddress,
+    CheckBrief, CheckStatus, HealthCheck, HealthFilter, HealthState, Node, Service, ServiceAddress,
     ServiceEntry, Weights,
 };
 pub use api::kv::{KvCondition, KvPair, KvWrite};

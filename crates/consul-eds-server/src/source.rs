@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use consul_client::watch::{WatchConfig, WatchEvent};
 use consul_client::{
-    CheckStatus, Client, HealthCheck, HealthFilter, HealthState, QueryOptions, QueryResponse,
+    CheckBrief, CheckStatus, Client, HealthFilter, HealthState, QueryOptions, QueryResponse,
     ServiceEntry,
 };
 use futures::StreamExt;
@@ -281,7 +281,7 @@ impl DcWideTask {
         state_config.min_interval = state_config.min_interval.max(Duration::from_millis(250));
         let mut checks = self
             .client
-            .watch_health_state(HealthState::Any, state_config.clone());
+            .watch_health_state_brief(HealthState::Any, state_config.clone());
         let mut catalog = self.client.watch_catalog_services(state_config);
         let mut sweep_due: Option<tokio::time::Instant> = None;
         let mut last_sweep = tokio::time::Instant::now();
@@ -326,7 +326,7 @@ impl DcWideTask {
     }
 
     /// Services whose checks (or whose nodes' checks) differ from last time.
-    fn changed_by_checks(&mut self, checks: &[HealthCheck]) -> BTreeSet<String> {
+    fn changed_by_checks(&mut self, checks: &[CheckBrief]) -> BTreeSet<String> {
         let mut by_service: HashMap<&str, Vec<(&str, &str, CheckStatus)>> = HashMap::new();
         let mut by_node: HashMap<&str, Vec<(&str, CheckStatus)>> = HashMap::new();
         for check in checks {
@@ -408,7 +408,7 @@ impl DcWideTask {
             ..QueryOptions::default()
         };
         let client = self.client.clone();
-        let results: Vec<_> = futures::stream::iter(services)
+        let mut answers = futures::stream::iter(services)
             .map(|service| {
                 let client = client.clone();
                 let options = options.clone();
@@ -419,10 +419,10 @@ impl DcWideTask {
                     (service, result)
                 }
             })
-            .buffer_unordered(TARGETED_READS_IN_FLIGHT)
-            .collect()
-            .await;
-        for (service, result) in results {
+            .buffer_unordered(TARGETED_READS_IN_FLIGHT);
+        // Each answer is handed on as it arrives: a sweep of thousands of
+        // services never holds more than the reads in flight.
+        while let Some((service, result)) = answers.next().await {
             self.deliver(&service, result);
         }
     }

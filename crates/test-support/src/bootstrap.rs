@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EdsTransport {
     /// The plain EDS service (`api_type: GRPC`), as the seed's bootstraps do.
+    /// Envoy opens one stream per cluster: beyond about a thousand clusters
+    /// its xDS cluster's default circuit breaker refuses the rest; use ADS.
     Grpc,
     /// Over the aggregated discovery service.
     Ads,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use benches::nginx::NginxGateway;
-use benches::stats::{cpu_time, quantile, rss_kib};
+use benches::stats::{cpu_time, peak_rss_kib, quantile, rss_kib};
 use consul_client::config::Address;
 use consul_client::{
     AgentCheck, AgentServiceRegistration, CatalogCheck, CatalogRegistration, CatalogService,
@@ -141,12 +141,20 @@ fn client_for(consul: &ConsulAgent, max_blocking: usize) -> Result<Client> {
     Ok(Client::new(config)?)
 }
 
+/// Thousands of clusters go over ADS: with the plain EDS service Envoy opens
+/// one gRPC stream per cluster, and its xDS cluster's default circuit
+/// breaker (1,024 requests) refuses the rest.
 async fn gateway(xds: SocketAddr, clusters: Vec<String>) -> Result<(Envoy, SocketAddr)> {
+    let transport = if clusters.len() > 100 {
+        EdsTransport::Ads
+    } else {
+        EdsTransport::Grpc
+    };
     let listener_port = free_port();
     let yaml = GatewayBootstrap {
         node_id: "bench".to_owned(),
         xds,
-        transport: EdsTransport::Grpc,
+        transport,
         clusters,
         listener_port,
         retries: true,
@@ -419,11 +427,12 @@ async fn scale(args: &Args) -> Result<()> {
     )
     .await;
     println!(
-        "  storm: {n} changes in {:.1} s ({:.0}/s); consul-eds-server CPU {:.0} % of one core, peak RSS {} MiB",
+        "  storm: {n} changes in {:.1} s ({:.0}/s); consul-eds-server CPU {:.0} % of one core, RSS sampled each second up to {} MiB, VmHWM over the whole run {} MiB",
         storm.as_secs_f64(),
         n as f64 / storm.as_secs_f64(),
         100.0 * cpu.as_secs_f64() / storm.as_secs_f64(),
-        peak_rss / 1024
+        peak_rss / 1024,
+        peak_rss_kib(pid).unwrap_or(0) / 1024
     );
     match converged {
         Ok(_) => {

@@ -180,6 +180,24 @@ impl HealthCheck {
     }
 }
 
+/// The identity and status of a check, without its output or notes: what a
+/// DC-wide `/v1/health/state/any` read needs to tell which services changed.
+/// Skipping the free-text fields keeps a read of every check in a large
+/// datacenter several times smaller in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckBrief {
+    pub node: String,
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    pub status: CheckStatus,
+    /// Empty for a node-level check.
+    #[serde(rename = "ServiceID", default)]
+    pub service_id: String,
+    #[serde(default)]
+    pub service_name: String,
+}
+
 /// One instance of a service: `/v1/health/service/<name>`'s element.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -244,6 +262,20 @@ impl Client {
         self.execute(call).await?.into_response()
     }
 
+    /// [`Client::health_state`] decoded into [`CheckBrief`]s.
+    pub async fn health_state_brief(
+        &self,
+        state: HealthState,
+        options: &QueryOptions,
+    ) -> Result<QueryResponse<Vec<CheckBrief>>, Error> {
+        let call = Call::get(
+            EndpointKind::HealthState,
+            ["health", "state", state.as_str()],
+        )
+        .options(options);
+        self.execute(call).await?.into_response()
+    }
+
     /// `GET /v1/health/state/<state>`: every check in the datacenter in
     /// `state` ([`HealthState::Any`]: all of them).
     pub async fn health_state(
@@ -303,6 +335,19 @@ mod tests {
         assert_eq!(entry.address(), "10.0.0.1");
         assert_eq!(entry.status(), CheckStatus::Critical);
         assert!(entry.in_maintenance());
+    }
+
+    #[test]
+    fn brief_checks_keep_identity_and_status_only() {
+        let body = r#"[{"Node": "n1", "CheckID": "service:web-1", "Name": "HTTP", "Status": "warning",
+            "Notes": "", "Output": "a long body we do not keep", "ServiceID": "web-1",
+            "ServiceName": "web", "ServiceTags": null, "Type": "http", "CreateIndex": 9, "ModifyIndex": 9},
+            {"Node": "n1", "CheckID": "serfHealth", "Name": "Serf", "Status": "passing"}]"#;
+        let checks: Vec<CheckBrief> =
+            decode_json("GET /v1/health/state/any", body.as_bytes()).expect("valid checks");
+        assert_eq!(checks[0].service_name, "web");
+        assert_eq!(checks[0].status, CheckStatus::Warning);
+        assert_eq!(checks[1].service_id, "", "a node check");
     }
 
     #[test]

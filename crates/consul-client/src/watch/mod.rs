@@ -45,7 +45,7 @@ pub use backoff::Backoff;
 pub use event::WatchEvent;
 
 use self::machine::{State, Timing};
-use crate::api::health::{HealthCheck, HealthFilter, HealthState, ServiceEntry};
+use crate::api::health::{CheckBrief, HealthCheck, HealthFilter, HealthState, ServiceEntry};
 use crate::api::kv::KvPair;
 use crate::query::DEFAULT_WAIT;
 use crate::{Client, Error, QueryOptions, QueryResponse};
@@ -197,6 +197,20 @@ impl Client {
         watch(config, move |options| {
             let client = client.clone();
             async move { client.health_state(state, &options).await }
+        })
+    }
+
+    /// Watches `GET /v1/health/state/<state>` decoded into [`CheckBrief`]s:
+    /// the light way to follow every check of a large datacenter.
+    pub fn watch_health_state_brief(
+        &self,
+        state: HealthState,
+        config: WatchConfig,
+    ) -> Watch<Vec<CheckBrief>> {
+        let client = self.clone();
+        watch(config, move |options| {
+            let client = client.clone();
+            async move { client.health_state_brief(state, &options).await }
         })
     }
 
