@@ -15,7 +15,7 @@ pub fn run(root: &Path, name: &str, args: &[String]) -> Result<()> {
     match name {
         "eds" => eds(root, &tools, args),
         "sds" => crate::bench_sds::run(root, args),
-        "xds" => crate::bench_xds::run(args),
+        "xds" => crate::bench_xds::run(root, args),
         other => bail!("unknown benchmark `{other}`; known: eds, sds, xds"),
     }
 }

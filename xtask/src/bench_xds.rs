@@ -16,11 +16,10 @@ use anyhow::Result;
 
 use crate::process;
 
-pub fn run(sh_args: &[String]) -> Result<()> {
-    let root = workspace_root();
+pub fn run(root: &Path, sh_args: &[String]) -> Result<()> {
     process::step("build the xDS load client (release)", || {
         process::run(
-            &root,
+            root,
             "cargo",
             &[
                 "build",
@@ -33,20 +32,12 @@ pub fn run(sh_args: &[String]) -> Result<()> {
             ],
         )
     })?;
-    let client = target_dir(&root).join("release/examples/xds-load");
+    let client = target_dir(root).join("release/examples/xds-load");
     let mut argv = vec!["run"];
     argv.extend(sh_args.iter().map(String::as_str));
     process::step("xds load", || {
-        process::run(&root, &client.display().to_string(), &argv)
+        process::run(root, &client.display().to_string(), &argv)
     })
-}
-
-fn workspace_root() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest_dir.to_path_buf())
 }
 
 /// Where cargo puts build output: `$CARGO_TARGET_DIR` if set, else `target/`.
