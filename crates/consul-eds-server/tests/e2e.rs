@@ -121,18 +121,7 @@ async fn envoy_gets_consul_instances_follows_health_and_weights_and_proxies() {
 
 #[tokio::test]
 async fn a_service_registered_later_appears_in_envoy() {
-    let consul = ConsulAgent::start().await.expect("consul");
-    let client = consul_client(&consul);
-    let web = Backend::start("web-1").await.expect("backend");
-    register(
-        &client,
-        "web",
-        "web-1",
-        web.addr(),
-        CheckStatus::Passing,
-        None,
-    )
-    .await;
+    let (consul, client, _web) = common::consul_with_one_web_instance().await;
     let eds = EdsServer::start(&consul, &[]).await;
     // Envoy asks for `api` before it exists: it gets an empty assignment at
     // once (no 15 s initial fetch timeout), then the instance when it comes.
@@ -170,18 +159,7 @@ async fn a_service_registered_later_appears_in_envoy() {
 
 #[tokio::test]
 async fn consul_outage_keeps_endpoints_reports_degraded_and_recovers() {
-    let mut consul = ConsulAgent::start().await.expect("consul");
-    let client = consul_client(&consul);
-    let web = Backend::start("web-1").await.expect("backend");
-    register(
-        &client,
-        "web",
-        "web-1",
-        web.addr(),
-        CheckStatus::Passing,
-        None,
-    )
-    .await;
+    let (mut consul, _, _web) = common::consul_with_one_web_instance().await;
     let eds = EdsServer::start(&consul, &[]).await;
     let (envoy, listener) = gateway(eds.xds, &["web"], EdsTransport::Grpc).await;
     wait_for_hosts(&envoy, "web", "web-1", Duration::from_secs(10), |h| {
@@ -253,18 +231,7 @@ async fn consul_outage_keeps_endpoints_reports_degraded_and_recovers() {
 
 #[tokio::test]
 async fn services_beyond_the_watch_budget_follow_changes_through_the_dc_wide_view() {
-    let consul = ConsulAgent::start().await.expect("consul");
-    let client = consul_client(&consul);
-    let a = Backend::start("web-1").await.expect("backend");
-    register(
-        &client,
-        "web",
-        "web-1",
-        a.addr(),
-        CheckStatus::Passing,
-        None,
-    )
-    .await;
+    let (consul, client, _web1) = common::consul_with_one_web_instance().await;
     // A budget of 3 blocking queries leaves no per-service watch: every
     // service rides the DC-wide view (2 queries) plus the spare.
     let eds = EdsServer::start(&consul, &["--max-blocking-queries", "3"]).await;
@@ -334,18 +301,7 @@ async fn services_beyond_the_watch_budget_follow_changes_through_the_dc_wide_vie
 
 #[tokio::test]
 async fn sigterm_drains_and_envoy_keeps_its_endpoints() {
-    let consul = ConsulAgent::start().await.expect("consul");
-    let client = consul_client(&consul);
-    let web = Backend::start("web-1").await.expect("backend");
-    register(
-        &client,
-        "web",
-        "web-1",
-        web.addr(),
-        CheckStatus::Passing,
-        None,
-    )
-    .await;
+    let (consul, client, web) = common::consul_with_one_web_instance().await;
     let mut eds = EdsServer::start(&consul, &["--shutdown-grace", "2s"]).await;
     let (envoy, listener) = gateway(eds.xds, &["web"], EdsTransport::Ads).await;
     wait_for_hosts(&envoy, "web", "web-1", Duration::from_secs(10), |h| {

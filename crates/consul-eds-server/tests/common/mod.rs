@@ -104,6 +104,26 @@ pub fn consul_client(consul: &ConsulAgent) -> Client {
     Client::new(ClientConfig::new(address)).expect("client")
 }
 
+/// A Consul agent with one passing instance `web-1` of service `web`,
+/// backed by a real HTTP backend.
+pub async fn consul_with_one_web_instance() -> (ConsulAgent, Client, test_support::Backend) {
+    let consul = ConsulAgent::start().await.expect("consul");
+    let client = consul_client(&consul);
+    let web = test_support::Backend::start("web-1")
+        .await
+        .expect("backend");
+    register(
+        &client,
+        "web",
+        "web-1",
+        web.addr(),
+        CheckStatus::Passing,
+        None,
+    )
+    .await;
+    (consul, client, web)
+}
+
 /// Registers an instance with a TTL check (the test sets its state).
 pub async fn register(
     client: &Client,
