@@ -301,7 +301,7 @@ async fn services_beyond_the_watch_budget_follow_changes_through_the_dc_wide_vie
 
 #[tokio::test]
 async fn sigterm_drains_and_envoy_keeps_its_endpoints() {
-    let (consul, client, web) = common::consul_with_one_web_instance().await;
+    let (consul, _, _web) = common::consul_with_one_web_instance().await;
     let mut eds = EdsServer::start(&consul, &["--shutdown-grace", "2s"]).await;
     let (envoy, listener) = gateway(eds.xds, &["web"], EdsTransport::Ads).await;
     wait_for_hosts(&envoy, "web", "web-1", Duration::from_secs(10), |h| {
