@@ -20,6 +20,10 @@ use crate::process;
 pub const COMPOSE_FILE: &str = "docker/docker-compose.yml";
 /// The Envoy bootstrap the compose file mounts.
 pub const ENVOY_CONFIG: &str = "docker/envoy/envoy.yaml";
+pub const EXAMPLE_BOOTSTRAPS: &[&str] = &[
+    "docs/envoy/eds-grpc-seed.yaml",
+    "docs/envoy/ads-gateway.yaml",
+];
 /// The Prometheus configuration the compose file mounts.
 pub const PROMETHEUS_CONFIG: &str = "docker/prometheus/prometheus.yml";
 /// Directory of the provisioned Grafana dashboards.
@@ -49,6 +53,16 @@ pub fn validate(root: &Path, docker_compose: &Path) -> Result<()> {
         // Envoy logs its start-up to stderr even for a valid file.
         Stderr::Informational,
     )?;
+    // The example bootstraps operators copy from docs/.
+    for example in EXAMPLE_BOOTSTRAPS {
+        check(
+            root,
+            example,
+            &root.join(".tools/bin/envoy"),
+            &["--mode", "validate", "--config-path", example],
+            Stderr::Informational,
+        )?;
+    }
     match find_promtool(root) {
         Some(promtool) => check(
             root,
@@ -229,6 +243,8 @@ mod tests {
             &[
                 (COMPOSE_FILE, VALID_COMPOSE),
                 (ENVOY_CONFIG, "admin: {}\n"),
+                (EXAMPLE_BOOTSTRAPS[0], "admin: {}\n"),
+                (EXAMPLE_BOOTSTRAPS[1], "admin: {}\n"),
                 (PROMETHEUS_CONFIG, "global: {}\n"),
                 (&dashboard, "{\"panels\": [}"),
             ],
