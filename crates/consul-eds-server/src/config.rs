@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use service_support::duration::parse_duration;
 use service_support::logging::LogFormat;
 
 use crate::health::{CriticalPolicy, HealthPolicy, WarningPolicy};
@@ -121,16 +122,16 @@ pub struct Config {
     /// In the DC-wide mode (services beyond the blocking-query budget), how
     /// often at most all covered services are re-read to catch instances
     /// registered without checks.
-    #[arg(long, env = "CONSUL_EDS_DC_WIDE_SWEEP", value_parser = humantime_ms, default_value = "10s")]
+    #[arg(long, env = "CONSUL_EDS_DC_WIDE_SWEEP", value_parser = parse_duration, default_value = "10s")]
     pub dc_wide_sweep: Duration,
 
     /// After Consul's index goes backwards (a restored or restarted server),
     /// how long an empty answer is not believed while the agents re-register.
-    #[arg(long, env = "CONSUL_EDS_RESET_GRACE", value_parser = humantime_ms, default_value = "30s")]
+    #[arg(long, env = "CONSUL_EDS_RESET_GRACE", value_parser = parse_duration, default_value = "30s")]
     pub reset_grace: Duration,
 
     /// How long bursts of changes are gathered before one push.
-    #[arg(long, env = "CONSUL_EDS_COALESCE", value_parser = humantime_ms, default_value = "5ms")]
+    #[arg(long, env = "CONSUL_EDS_COALESCE", value_parser = parse_duration, default_value = "5ms")]
     pub coalesce: Duration,
 
     /// Log format.
@@ -138,7 +139,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// How long SIGTERM waits for xDS streams to finish before closing them.
-    #[arg(long, env = "CONSUL_EDS_SHUTDOWN_GRACE", value_parser = humantime_ms, default_value = "5s")]
+    #[arg(long, env = "CONSUL_EDS_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "5s")]
     pub shutdown_grace: Duration,
 }
 
@@ -171,23 +172,6 @@ impl Config {
             warning: self.warning,
             critical: self.critical,
         }
-    }
-}
-
-/// `250ms`, `5s`, `2m`: durations as operators write them.
-pub fn humantime_ms(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 5ms, 5s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" | "" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
     }
 }
 

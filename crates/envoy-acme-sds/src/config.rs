@@ -34,6 +34,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use consul_client::{Address, ClientConfig, Token};
 use serde::Deserialize;
+pub use service_support::duration::parse_duration;
 use service_support::logging::LogFormat;
 use xds_core::{Listen, TlsOptions};
 
@@ -264,27 +265,6 @@ impl From<ChallengeArg> for ChallengeKind {
 
 fn parse_key_type(text: &str) -> Result<KeyType, String> {
     KeyType::from_str(text).map_err(|e| e.to_string())
-}
-
-/// `0s`, `250ms`, `15s`, `2m`, `1h`: durations as operators write them.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 15s, 2m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" | "" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(value.saturating_mul(3600))),
-        _ => Err(format!(
-            "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
-        )),
-    }
 }
 
 /// The TOML file. Unknown fields are errors, so a typo is not silently ignored.

@@ -5,5 +5,6 @@
 //! (which know their domain), so each service's `main` reads as wiring.
 
 pub mod admin;
+pub mod duration;
 pub mod logging;
 pub mod shutdown;
