@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -52,6 +55,23 @@ impl TestCa {
         if let Some(first) = names.first() {
             params.distinguished_name.push(DnType::CommonName, first);
         }
+        self.sign(params)
+    }
+
+    /// A client certificate for `common_name`, limited to the clientAuth
+    /// extended key usage as CAs issuing mTLS identities make them, so a
+    /// server that checks the purpose meets what it gets in production
+    /// (leaves from [`TestCa::leaf`] carry no usage and pass any check).
+    pub fn client_leaf(&self, common_name: &str) -> Result<LeafPem> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<LeafPem> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(LeafPem {
