@@ -21,6 +21,7 @@ use envoy_acme_sds::acme::{AcmeClient, AcmeConfig};
 use envoy_acme_sds::challenge::dns01::{Rfc2136Config, Rfc2136Solver, TsigKey};
 use envoy_acme_sds::domain::NameSet;
 use envoy_acme_sds::manager::{CertManager, CertificateSpec, Outcome};
+use envoy_acme_sds::store::codec::{CertificatePart, certificate_item};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::disk::DiskStore;
 use envoy_acme_sds::store::{CertificateStore, SecretName};
@@ -277,7 +278,9 @@ async fn propagation(binary: &std::path::Path, rotations: usize) -> Vec<Duration
     .expect("client");
     let store = ConsulStore::new(client.clone(), PREFIX, None).expect("store");
     let name = SecretName::new(ZONE).expect("name");
-    let certificate_key = store.key("certificates/example.test");
+    // The four items of a certificate are written in one transaction; the
+    // metadata item's index says when.
+    let certificate_key = store.key(&certificate_item(&name, CertificatePart::Metadata));
     let mut samples = Vec::new();
     for rotation in 0..rotations {
         let current = client

@@ -2,9 +2,10 @@
 //! serves what it holds; the store, not the renewing replica, is the source
 //! of truth, so leader and followers push a renewed certificate the same way.
 //!
-//! Each certificate entry is decoded once per KV modify index. An entry that
-//! cannot be used (corrupt, written half by hand, sealed with another key)
-//! is reported once and skipped: the last good certificate stays served.
+//! Each certificate is decoded once per change of its items' modify indexes.
+//! A certificate that cannot be used (corrupt, partial, written half by hand,
+//! sealed with another key) is reported once and skipped: the last good
+//! certificate stays served.
 //! New renewal requests (`renewals/<name>`) wake the renewing replica's
 //! managers.
 
@@ -20,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::sds::SecretPublisher;
 use crate::store::SecretName;
+use crate::store::codec::CertificatePart;
 use crate::store::consul::ConsulStore;
 
 /// Follows `<prefix>/` and feeds the [`SecretPublisher`].
@@ -28,8 +30,8 @@ pub struct KvFollower {
     store: ConsulStore,
     publisher: Arc<SecretPublisher>,
     wake: watch::Sender<()>,
-    /// Modify index of each certificate entry last looked at.
-    certificates_seen: HashMap<SecretName, u64>,
+    /// The items of each certificate as last looked at.
+    certificates_seen: HashMap<SecretName, ItemsSignature>,
     renewals_seen: HashMap<SecretName, u64>,
 }
 
@@ -86,11 +88,15 @@ impl KvFollower {
 
     /// Takes in one listing of the prefix.
     pub fn apply(&mut self, pairs: &[KvPair]) {
-        let changed: Vec<KvPair> = pairs
-            .iter()
-            .filter(|pair| self.is_new_certificate_entry(pair))
-            .cloned()
-            .collect();
+        let mut changed: Vec<KvPair> = Vec::new();
+        let mut signatures = HashMap::new();
+        for (name, entries) in self.store.certificate_entries(pairs) {
+            let signature = ItemsSignature::of(&entries);
+            if self.certificates_seen.get(&name) != Some(&signature) {
+                changed.extend(entries.into_iter().map(|(_, pair)| pair.clone()));
+                signatures.insert(name, signature);
+            }
+        }
         for (name, decoded) in self.store.decode_certificates(&changed) {
             match decoded {
                 Ok(bundle) => {
@@ -105,11 +111,7 @@ impl KvFollower {
                 ),
             }
         }
-        for pair in &changed {
-            if let Some(name) = self.certificate_name(pair) {
-                self.certificates_seen.insert(name, pair.modify_index);
-            }
-        }
+        self.certificates_seen.extend(signatures);
 
         let mut new_request = false;
         for (name, index) in self.store.renewal_requests_in(pairs) {
@@ -121,14 +123,20 @@ impl KvFollower {
             self.wake.send_replace(());
         }
     }
+}
 
-    fn certificate_name(&self, pair: &KvPair) -> Option<SecretName> {
-        let dir = self.store.key(crate::store::consul::CERTIFICATES_DIR);
-        SecretName::from_path_segment(pair.key.strip_prefix(&dir)?).ok()
-    }
+/// Which items of a certificate exist and at which modify index: equal
+/// signatures mean nothing changed since the last look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ItemsSignature(Vec<(CertificatePart, u64)>);
 
-    fn is_new_certificate_entry(&self, pair: &KvPair) -> bool {
-        self.certificate_name(pair)
-            .is_some_and(|name| self.certificates_seen.get(&name) != Some(&pair.modify_index))
+impl ItemsSignature {
+    fn of(entries: &[(CertificatePart, &KvPair)]) -> Self {
+        let mut items: Vec<_> = entries
+            .iter()
+            .map(|(part, pair)| (*part, pair.modify_index))
+            .collect();
+        items.sort_by_key(|(part, index)| (part.file_name(), *index));
+        Self(items)
     }
 }

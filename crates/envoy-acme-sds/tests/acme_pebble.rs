@@ -22,6 +22,7 @@ use envoy_acme_sds::keys::KeyType;
 use envoy_acme_sds::manager::{CertManager, CertificateSpec, ManagerError, Outcome};
 use envoy_acme_sds::policy::{OrderHistory, default_renewal_time};
 use envoy_acme_sds::secret::Secret;
+use envoy_acme_sds::store::codec::CertificatePart;
 use envoy_acme_sds::store::disk::DiskStore;
 use envoy_acme_sds::store::{CertificateStore, SecretName};
 use test_support::{Knot, PebbleOptions};
@@ -74,9 +75,13 @@ async fn dns01_apex_and_wildcard_through_knot() {
     verify_chain(&bundle, &root, "www.example.test");
 
     // Stored, 0600 in 0700 directories, and read back identical.
-    let item = store.item_path("certificates/example.test");
-    assert_eq!(mode(&item), 0o600);
-    assert_eq!(mode(item.parent().expect("dir")), 0o700);
+    let secret_name = SecretName::new("example.test").expect("name");
+    for part in CertificatePart::ALL {
+        let item = store.certificate_path(&secret_name, part);
+        assert_eq!(mode(&item), 0o600, "{}", item.display());
+        assert_eq!(mode(item.parent().expect("generation")), 0o700);
+    }
+    assert_eq!(mode(&store.certificate_dir(&secret_name)), 0o700);
     assert_eq!(mode(store.root()), 0o700);
     assert_eq!(mode(&account_file(&store, &pebble)), 0o600);
     let stored = store

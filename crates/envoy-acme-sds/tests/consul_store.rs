@@ -103,18 +103,22 @@ async fn only_the_lock_holders_session_can_write() {
         .expect("load")
         .expect("stored");
     assert_eq!(loaded.metadata(), first.metadata());
-    assert!(
-        client
-            .kv_get(
-                &store.key("certificates/%2A.example.com"),
-                &Default::default()
-            )
-            .await
-            .expect("kv")
-            .value
-            .is_some(),
-        "stored under the codec's item name"
+    // One key per item, each small: nothing grows with the number of certificates.
+    let items = client
+        .kv_list(&store.key("certificates/"), &Default::default())
+        .await
+        .expect("kv")
+        .value;
+    let keys: Vec<&str> = items.iter().map(|pair| pair.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["certificate", "chain", "key", "metadata"]
+            .map(|part| format!("fenced/certificates/%2A.example.com/{part}"))
     );
+    for pair in &items {
+        let size = pair.value.as_ref().map_or(0, |v| v.len());
+        assert!(size > 0 && size < 16 * 1024, "{} is {size} bytes", pair.key);
+    }
 
     // Another session takes the lock: the old holder's writes are refused whole.
     assert!(
@@ -232,18 +236,31 @@ async fn followers_serve_the_last_good_certificate_through_corrupt_entries() {
     assert_eq!(served.metadata(), good.metadata());
     assert!(publisher.missing().is_empty());
 
-    // Garbage, then a half-written document: the good certificate stays.
-    let key = store.key("certificates/example.com");
+    // Garbage, a half-written item, an empty one, then a partial set: the
+    // good certificate stays.
+    let metadata = store.key("certificates/example.com/metadata");
     for corrupt in [
         &b"not json"[..],
         &b"{\"version\": 1, \"metadata\": {"[..],
         &b""[..],
     ] {
-        client.kv_put(&key, corrupt.to_vec()).await.expect("put");
+        client
+            .kv_put(&metadata, corrupt.to_vec())
+            .await
+            .expect("put");
         follower.apply(&listing().await);
         let served = publisher.current(&name).expect("still served");
         assert_eq!(served.metadata(), good.metadata());
     }
+    client
+        .kv_delete(&store.key("certificates/example.com/key"))
+        .await
+        .expect("delete");
+    let err = store.load_certificate(&name).await.expect_err("partial");
+    assert!(err.to_string().contains("key missing"), "{err}");
+    follower.apply(&listing().await);
+    let served = publisher.current(&name).expect("still served");
+    assert_eq!(served.metadata(), good.metadata());
     assert!(!woken.has_changed().expect("sender alive"));
 
     // A new good certificate is served; a renewal request wakes the renewer.

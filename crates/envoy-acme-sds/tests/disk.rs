@@ -76,11 +76,16 @@ async fn disk_storage_renews_on_request_and_keeps_the_old_certificate_on_failure
     // Issued and stored privately.
     let mut first = SdsService::start("first", dir.path(), &args(&good_tsig, &key_file));
     first.wait_ready(Duration::from_secs(60)).await;
-    let certificate_file = store_dir.join("certificates/example.test.json");
+    let certificate_dir = store_dir.join("certificates/example.test");
+    let stored_key = certificate_dir.join("current/key");
     for (file, wanted) in [
         (store_dir.clone(), 0o700),
         (store_dir.join("certificates"), 0o700),
-        (certificate_file.clone(), 0o600),
+        (certificate_dir.clone(), 0o700),
+        (certificate_dir.join("current/"), 0o700),
+        (stored_key.clone(), 0o600),
+        (certificate_dir.join("current/certificate"), 0o600),
+        (certificate_dir.join("current/metadata"), 0o600),
         (store_dir.join("orders/example.test.json"), 0o600),
     ] {
         assert_eq!(mode(&file), wanted, "{}", file.display());
@@ -92,7 +97,7 @@ async fn disk_storage_renews_on_request_and_keeps_the_old_certificate_on_failure
         .expect("entry")
         .path();
     assert_eq!(mode(&account), 0o600);
-    let stored = std::fs::read_to_string(&certificate_file).expect("stored");
+    let stored = std::fs::read_to_string(&stored_key).expect("stored");
     assert!(!stored.contains("PRIVATE KEY"), "key stored in clear");
     let issued = first.served_serial(ZONE).await.expect("served");
     assert_eq!(first.metric("envoy_acme_sds_lock_holder").await, 1.0);
@@ -165,7 +170,7 @@ async fn disk_storage_renews_on_request_and_keeps_the_old_certificate_on_failure
     // Another encryption key: reported as such, nothing served, nothing ordered.
     let other_key = dir.path().join("other.key");
     std::fs::write(&other_key, random_hex(32)).expect("key file");
-    let before = std::fs::read(&certificate_file).expect("stored");
+    let before = std::fs::read(&stored_key).expect("stored");
     let mut wrong_key = SdsService::start("wrong-key", dir.path(), &args(&good_tsig, &other_key));
     eventually(
         "the wrong key is reported",
@@ -187,5 +192,5 @@ async fn disk_storage_renews_on_request_and_keeps_the_old_certificate_on_failure
     );
     assert_eq!(wrong_key.metric(ok).await, 0.0);
     assert!(wrong_key.is_running());
-    assert_eq!(std::fs::read(&certificate_file).expect("stored"), before);
+    assert_eq!(std::fs::read(&stored_key).expect("stored"), before);
 }

@@ -16,6 +16,7 @@ use common::service::{
 };
 use common::{ZONE, acme_ca_file, start_pebble, tsig_key_file};
 use consul_client::{Address, Client, ClientConfig, QueryOptions, Token};
+use envoy_acme_sds::store::codec::{CertificatePart, certificate_item};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::encryption::KeyEncryption;
 use envoy_acme_sds::store::{CertificateStore, SecretName};
@@ -111,7 +112,7 @@ async fn dns01_certificate_is_served_over_sds_rotated_by_renew_and_never_logged(
         .expect("stored");
     let raw = client
         .kv_get(
-            &store.key("certificates/example.test"),
+            &store.key(&certificate_item(&name, CertificatePart::Key)),
             &QueryOptions::default(),
         )
         .await

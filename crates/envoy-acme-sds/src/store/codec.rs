@@ -1,10 +1,23 @@
-//! How each stored item is encoded: versioned JSON, private keys optionally
-//! sealed (see [`super::encryption`]). Shared by every backend, so items can
-//! be copied between them and decode errors read the same everywhere.
+//! How each stored item is encoded: certificates as PEM, everything else as
+//! versioned JSON, private keys optionally sealed (see [`super::encryption`]).
+//! Shared by every backend, so items can be copied between them and decode
+//! errors read the same everywhere.
 //!
-//! Decoding re-validates everything: the certificate against its key and
-//! metadata (see [`CertificateBundle::from_stored`]), so corruption is found
-//! when loading, with the item and the fault named, not when Envoy rejects it.
+//! A certificate is four items under `certificates/<secret name>/`:
+//!
+//! ```text
+//! certificate   the leaf, PEM
+//! chain         the issuer chain (intermediates), PEM; may be empty
+//! key           the private key: PEM, or a sealed JSON envelope when encrypted
+//! metadata      JSON: names, validity, serial, ARI id, and the SHA-256 of
+//!               `certificate` and `chain`, which ties the four together
+//! ```
+//!
+//! Backends write the four in one atomic step (a Consul transaction, a
+//! directory swap on disk). Decoding still checks that they belong together,
+//! since a hand edit or a partial copy can break that: a missing item, a chain
+//! from another write, a key of another certificate are each reported with
+//! the item and the fault named, when loading, not when Envoy rejects them.
 
 use std::sync::Arc;
 
@@ -17,14 +30,58 @@ use super::{AccountId, SecretName, StoreError, StoredAccount};
 use time::OffsetDateTime;
 
 use crate::certificate::{CertificateBundle, CertificateMetadata};
+use crate::pem::{encode_certificate_pem, parse_certificate_chain};
 use crate::policy::OrderHistory;
 use crate::secret::Secret;
 
 const FORMAT_VERSION: u32 = 1;
 
-/// The key a certificate is stored under: `certificates/<secret name>`.
-pub fn certificate_item(name: &SecretName) -> String {
-    format!("certificates/{}", name.path_segment())
+/// Where certificates live, relative to the store's root.
+pub const CERTIFICATES_DIR: &str = "certificates/";
+
+/// One of the items a certificate is stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertificatePart {
+    Certificate,
+    Chain,
+    Key,
+    Metadata,
+}
+
+impl CertificatePart {
+    pub const ALL: [Self; 4] = [Self::Certificate, Self::Chain, Self::Key, Self::Metadata];
+
+    /// The item's name inside the certificate's directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Certificate => "certificate",
+            Self::Chain => "chain",
+            Self::Key => "key",
+            Self::Metadata => "metadata",
+        }
+    }
+
+    fn from_file_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|part| part.file_name() == name)
+    }
+}
+
+/// The directory of a certificate's items: `certificates/<secret name>`.
+pub fn certificate_dir(name: &SecretName) -> String {
+    format!("{CERTIFICATES_DIR}{}", name.path_segment())
+}
+
+/// The key one item of a certificate is stored under:
+/// `certificates/<secret name>/<part>`.
+pub fn certificate_item(name: &SecretName, part: CertificatePart) -> String {
+    format!("{}/{}", certificate_dir(name), part.file_name())
+}
+
+/// The certificate and part an item key names, if it is a certificate item.
+pub fn parse_certificate_item(item: &str) -> Option<(SecretName, CertificatePart)> {
+    let (segment, file_name) = item.strip_prefix(CERTIFICATES_DIR)?.split_once('/')?;
+    let part = CertificatePart::from_file_name(file_name)?;
+    Some((SecretName::from_path_segment(segment).ok()?, part))
 }
 
 /// The key an order history is stored under: `orders/<secret name>`.
@@ -49,12 +106,88 @@ struct RenewalRequestDocument {
     requested_at: OffsetDateTime,
 }
 
+/// The `metadata` item of a certificate.
 #[derive(Serialize, Deserialize)]
-struct CertificateDocument {
+struct MetadataDocument {
     version: u32,
     metadata: CertificateMetadata,
-    chain_pem: String,
-    private_key: SecretField,
+    /// Lowercase hex SHA-256 of the `certificate` item's bytes.
+    certificate_sha256: String,
+    /// Lowercase hex SHA-256 of the `chain` item's bytes.
+    chain_sha256: String,
+}
+
+/// A certificate encoded as its items, ready to be written together.
+pub struct EncodedCertificate {
+    pub certificate: Vec<u8>,
+    pub chain: Vec<u8>,
+    pub key: Zeroizing<Vec<u8>>,
+    pub metadata: Vec<u8>,
+}
+
+impl EncodedCertificate {
+    /// The items with their part, in the order they are best written.
+    pub fn parts(&self) -> [(CertificatePart, &[u8]); 4] {
+        [
+            (CertificatePart::Certificate, &self.certificate),
+            (CertificatePart::Chain, &self.chain),
+            (CertificatePart::Key, &self.key),
+            (CertificatePart::Metadata, &self.metadata),
+        ]
+    }
+}
+
+impl std::fmt::Debug for EncodedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedCertificate")
+            .field("certificate_len", &self.certificate.len())
+            .field("chain_len", &self.chain.len())
+            .field("key", &"<redacted>")
+            .field("metadata_len", &self.metadata.len())
+            .finish()
+    }
+}
+
+/// The items found in storage for one certificate; any may be missing.
+#[derive(Default)]
+pub struct StoredCertificate {
+    certificate: Option<Vec<u8>>,
+    chain: Option<Vec<u8>>,
+    key: Option<Zeroizing<Vec<u8>>>,
+    metadata: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for StoredCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCertificate")
+            .field("present", &self.present().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredCertificate {
+    pub fn set(&mut self, part: CertificatePart, bytes: &[u8]) {
+        match part {
+            CertificatePart::Certificate => self.certificate = Some(bytes.to_vec()),
+            CertificatePart::Chain => self.chain = Some(bytes.to_vec()),
+            CertificatePart::Key => self.key = Some(Zeroizing::new(bytes.to_vec())),
+            CertificatePart::Metadata => self.metadata = Some(bytes.to_vec()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.present().next().is_none()
+    }
+
+    /// The parts found, in [`CertificatePart::ALL`] order.
+    pub fn present(&self) -> impl Iterator<Item = CertificatePart> + '_ {
+        CertificatePart::ALL.into_iter().filter(|part| match part {
+            CertificatePart::Certificate => self.certificate.is_some(),
+            CertificatePart::Chain => self.chain.is_some(),
+            CertificatePart::Key => self.key.is_some(),
+            CertificatePart::Metadata => self.metadata.is_some(),
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,36 +218,146 @@ impl Codec {
         Self { encryption }
     }
 
+    /// Splits `bundle` into its items, sealing the key if configured.
     pub fn encode_certificate(
         &self,
         name: &SecretName,
         bundle: &CertificateBundle,
-    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-        let item = certificate_item(name);
-        let document = CertificateDocument {
-            version: FORMAT_VERSION,
-            metadata: bundle.metadata().clone(),
-            chain_pem: bundle.chain_pem().to_owned(),
-            private_key: self.seal(&item, bundle.key_pem().expose())?,
+    ) -> Result<EncodedCertificate, StoreError> {
+        let metadata_item = certificate_item(name, CertificatePart::Metadata);
+        let chain =
+            parse_certificate_chain(bundle.chain_pem()).map_err(|e| StoreError::Corrupt {
+                item: certificate_item(name, CertificatePart::Certificate),
+                reason: format!("cannot encode: {e}"),
+            })?;
+        let (leaf, issuers) = chain.split_first().ok_or_else(|| StoreError::Corrupt {
+            item: certificate_item(name, CertificatePart::Certificate),
+            reason: "cannot encode: the chain is empty".to_owned(),
+        })?;
+        let certificate = encode_certificate_pem(leaf.as_ref()).into_bytes();
+        let chain: Vec<u8> = issuers
+            .iter()
+            .flat_map(|der| encode_certificate_pem(der.as_ref()).into_bytes())
+            .collect();
+        let key_item = certificate_item(name, CertificatePart::Key);
+        let key = match &self.encryption {
+            Some(encryption) => {
+                let sealed = encryption
+                    .seal(&key_item, bundle.key_pem().expose().as_bytes())
+                    .map_err(|source| StoreError::Encryption {
+                        item: key_item.clone(),
+                        source,
+                    })?;
+                to_json(&key_item, &sealed)?
+            }
+            None => Zeroizing::new(bundle.key_pem().expose().as_bytes().to_vec()),
         };
-        to_json(&item, &document)
+        let metadata = to_json(
+            &metadata_item,
+            &MetadataDocument {
+                version: FORMAT_VERSION,
+                metadata: bundle.metadata().clone(),
+                certificate_sha256: sha256_hex(&certificate),
+                chain_sha256: sha256_hex(&chain),
+            },
+        )?;
+        Ok(EncodedCertificate {
+            certificate,
+            chain,
+            key,
+            metadata: metadata.to_vec(),
+        })
     }
 
+    /// Puts a certificate back together from its items: `Ok(None)` when none
+    /// is stored, an error naming the item when they are partial, do not
+    /// belong together, or cannot be opened.
     pub fn decode_certificate(
         &self,
         name: &SecretName,
-        bytes: &[u8],
-    ) -> Result<CertificateBundle, StoreError> {
-        let item = certificate_item(name);
-        let document: CertificateDocument = from_json(&item, bytes)?;
-        check_version(&item, document.version)?;
-        let key_pem = self.open(&item, document.private_key)?;
-        CertificateBundle::from_stored(document.chain_pem, key_pem, document.metadata).map_err(
-            |e| StoreError::Corrupt {
-                item,
+        stored: &StoredCertificate,
+    ) -> Result<Option<CertificateBundle>, StoreError> {
+        let item = |part| certificate_item(name, part);
+        let (Some(certificate), Some(chain), Some(key), Some(metadata)) = (
+            &stored.certificate,
+            &stored.chain,
+            &stored.key,
+            &stored.metadata,
+        ) else {
+            if stored.is_empty() {
+                return Ok(None);
+            }
+            let present: Vec<&str> = stored.present().map(CertificatePart::file_name).collect();
+            let missing: Vec<&str> = CertificatePart::ALL
+                .into_iter()
+                .map(CertificatePart::file_name)
+                .filter(|part| !present.contains(part))
+                .collect();
+            return Err(StoreError::Corrupt {
+                item: certificate_dir(name),
+                reason: format!(
+                    "partial: {} missing ({} present); a certificate is stored as certificate, \
+                     chain, key and metadata together",
+                    missing.join(", "),
+                    present.join(", ")
+                ),
+            });
+        };
+
+        let document: MetadataDocument = from_json(&item(CertificatePart::Metadata), metadata)?;
+        check_version(&item(CertificatePart::Metadata), document.version)?;
+        for (part, bytes, recorded) in [
+            (
+                CertificatePart::Certificate,
+                certificate,
+                &document.certificate_sha256,
+            ),
+            (CertificatePart::Chain, chain, &document.chain_sha256),
+        ] {
+            if sha256_hex(bytes) != *recorded {
+                return Err(StoreError::Corrupt {
+                    item: item(part),
+                    reason: "its SHA-256 differs from the one in metadata: the items come from \
+                             different writes or were edited"
+                        .to_owned(),
+                });
+            }
+        }
+        let pem_text = |part, bytes: &[u8]| {
+            String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt {
+                item: item(part),
+                reason: "not PEM text (invalid UTF-8)".to_owned(),
+            })
+        };
+        let mut chain_pem = pem_text(CertificatePart::Certificate, certificate)?;
+        chain_pem.push_str(&pem_text(CertificatePart::Chain, chain)?);
+        let key_pem = self.open_key(&item(CertificatePart::Key), key)?;
+        CertificateBundle::from_stored(chain_pem, key_pem, document.metadata)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                item: certificate_dir(name),
                 reason: e.to_string(),
-            },
-        )
+            })
+    }
+
+    /// A private key item: PEM in clear, or a sealed JSON envelope.
+    fn open_key(&self, item: &str, bytes: &[u8]) -> Result<Secret<String>, StoreError> {
+        let text = bytes.trim_ascii_start();
+        let field = if text.starts_with(b"-----BEGIN") {
+            let pem = String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt {
+                item: item.to_owned(),
+                reason: "not PEM text (invalid UTF-8)".to_owned(),
+            })?;
+            SecretField::Plain(pem)
+        } else if text.starts_with(b"{") {
+            SecretField::Sealed(from_secret_json(item, bytes)?)
+        } else {
+            return Err(StoreError::Corrupt {
+                item: item.to_owned(),
+                reason: "neither a PEM private key nor a sealed one".to_owned(),
+            });
+        };
+        self.open(item, field)
     }
 
     pub fn encode_order_history(
@@ -236,13 +479,31 @@ fn to_json<T: Serialize>(item: &str, value: &T) -> Result<Zeroizing<Vec<u8>>, St
 }
 
 fn from_json<T: for<'de> Deserialize<'de>>(item: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    // serde's messages may quote the offending value; under a secret field
+    // that value could be key material, so only the place is named there.
+    decode_json(item, bytes, |path| {
+        path.starts_with("private_key") || path.starts_with("credentials")
+    })
+}
+
+/// [`from_json`] for an item that is secret as a whole (a sealed key).
+fn from_secret_json<T: for<'de> Deserialize<'de>>(
+    item: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    decode_json(item, bytes, |_| true)
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(
+    item: &str,
+    bytes: &[u8],
+    is_secret: impl Fn(&str) -> bool,
+) -> Result<T, StoreError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        // serde's messages may quote the offending value; under a secret
-        // field that value could be key material, so only the place is named.
-        let detail = if path.starts_with("private_key") || path.starts_with("credentials") {
+        let detail = if is_secret(&path) {
             format!("{:?} error", inner.classify())
         } else {
             inner.to_string()
@@ -252,6 +513,14 @@ fn from_json<T: for<'de> Deserialize<'de>>(item: &str, bytes: &[u8]) -> Result<T
             reason: format!("JSON invalid at `{path}`: {detail}"),
         }
     })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn check_version(item: &str, version: u32) -> Result<(), StoreError> {
@@ -284,16 +553,64 @@ mod tests {
         SecretName::new("example.com").expect("name")
     }
 
+    /// What a backend would read back after writing `encoded`.
+    fn stored(encoded: &EncodedCertificate) -> StoredCertificate {
+        let mut stored = StoredCertificate::default();
+        for (part, bytes) in encoded.parts() {
+            stored.set(part, bytes);
+        }
+        stored
+    }
+
     #[test]
-    fn plain_round_trip() {
+    fn plain_round_trip_as_four_items() {
         let bundle = bundle();
         let codec = Codec::default();
-        let bytes = codec.encode_certificate(&name(), &bundle).expect("encode");
-        let text = String::from_utf8(bytes.to_vec()).expect("utf8");
-        assert!(text.contains("\"plain\": \"-----BEGIN PRIVATE KEY-----"));
-        let back = codec.decode_certificate(&name(), &bytes).expect("decode");
+        let encoded = codec.encode_certificate(&name(), &bundle).expect("encode");
+        let pem_count = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .matches("-----BEGIN CERTIFICATE-----")
+                .count()
+        };
+        assert_eq!(pem_count(&encoded.certificate), 1, "the leaf alone");
+        assert_eq!(pem_count(&encoded.chain), 1, "the issuer");
+        assert!(encoded.key.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+        let metadata = String::from_utf8_lossy(&encoded.metadata);
+        assert!(metadata.contains("\"chain_sha256\""), "{metadata}");
+        assert!(!metadata.contains("PRIVATE KEY"), "{metadata}");
+
+        let back = codec
+            .decode_certificate(&name(), &stored(&encoded))
+            .expect("decode")
+            .expect("present");
         assert_eq!(back.metadata(), bundle.metadata());
         assert_eq!(back.key_pem(), bundle.key_pem());
+        assert_eq!(back.chain_pem(), bundle.chain_pem());
+    }
+
+    #[test]
+    fn nothing_stored_is_none() {
+        let decoded = Codec::default()
+            .decode_certificate(&name(), &StoredCertificate::default())
+            .expect("decode");
+        assert!(decoded.is_none());
+    }
+
+    #[test]
+    fn item_keys_round_trip() {
+        let wildcard = SecretName::new("*.example.com").expect("name");
+        let item = certificate_item(&wildcard, CertificatePart::Key);
+        assert_eq!(item, "certificates/%2A.example.com/key");
+        assert_eq!(
+            parse_certificate_item(&item),
+            Some((wildcard, CertificatePart::Key))
+        );
+        assert_eq!(parse_certificate_item("certificates/example.com"), None);
+        assert_eq!(
+            parse_certificate_item("certificates/example.com/other"),
+            None
+        );
+        assert_eq!(parse_certificate_item("orders/example.com"), None);
     }
 
     #[test]
@@ -302,63 +619,150 @@ mod tests {
         let codec = Codec::new(Some(Arc::new(
             KeyEncryption::from_bytes(&[1; 32]).expect("key"),
         )));
-        let bytes = codec.encode_certificate(&name(), &bundle).expect("encode");
-        let text = String::from_utf8(bytes.to_vec()).expect("utf8");
-        assert!(!text.contains("PRIVATE KEY"), "key stored in clear");
-        let back = codec.decode_certificate(&name(), &bytes).expect("decode");
+        let encoded = codec.encode_certificate(&name(), &bundle).expect("encode");
+        for (part, bytes) in encoded.parts() {
+            assert!(
+                !String::from_utf8_lossy(bytes).contains("PRIVATE KEY"),
+                "key in clear in {part:?}"
+            );
+        }
+        let back = codec
+            .decode_certificate(&name(), &stored(&encoded))
+            .expect("decode")
+            .expect("present");
         assert_eq!(back.key_pem(), bundle.key_pem());
 
         let wrong = Codec::new(Some(Arc::new(
             KeyEncryption::from_bytes(&[2; 32]).expect("key"),
         )));
         let err = wrong
-            .decode_certificate(&name(), &bytes)
+            .decode_certificate(&name(), &stored(&encoded))
             .expect_err("wrong key");
         assert!(err.to_string().contains("wrong encryption key"), "{err}");
+        assert!(
+            err.to_string().contains("certificates/example.com/key"),
+            "{err}"
+        );
         let none = Codec::default();
         let err = none
-            .decode_certificate(&name(), &bytes)
+            .decode_certificate(&name(), &stored(&encoded))
             .expect_err("no key");
         assert!(
             err.to_string().contains("no encryption key is configured"),
             "{err}"
         );
+
+        // The item name is bound into the seal: a key moved to another
+        // certificate's items does not open there.
+        let other = SecretName::new("other.example.com").expect("name");
+        let err = codec
+            .decode_certificate(&other, &stored(&encoded))
+            .expect_err("moved key");
+        assert!(
+            err.to_string()
+                .contains("altered or belongs to another item"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn partial_sets_name_what_is_missing() {
+        let codec = Codec::default();
+        let encoded = codec
+            .encode_certificate(&name(), &bundle())
+            .expect("encode");
+        let mut partial = StoredCertificate::default();
+        partial.set(CertificatePart::Certificate, &encoded.certificate);
+        partial.set(CertificatePart::Metadata, &encoded.metadata);
+        let err = codec
+            .decode_certificate(&name(), &partial)
+            .expect_err("partial");
+        let text = err.to_string();
+        assert!(text.contains("certificates/example.com"), "{text}");
+        assert!(text.contains("chain, key missing"), "{text}");
+    }
+
+    #[test]
+    fn items_from_different_writes_are_refused() {
+        let codec = Codec::default();
+        let first = codec
+            .encode_certificate(&name(), &bundle())
+            .expect("encode");
+        let second = codec
+            .encode_certificate(&name(), &bundle())
+            .expect("encode");
+
+        let mut mixed = stored(&first);
+        mixed.set(CertificatePart::Chain, &second.chain);
+        let err = codec
+            .decode_certificate(&name(), &mixed)
+            .expect_err("chain");
+        assert!(
+            err.to_string().contains("certificates/example.com/chain"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("different writes"), "{err}");
+
+        // Same serial and names (the test CA reuses them), other key pair:
+        // caught by matching the key against the certificate.
+        let mut mixed = stored(&first);
+        mixed.set(CertificatePart::Key, &second.key);
+        let err = codec.decode_certificate(&name(), &mixed).expect_err("key");
+        assert!(err.to_string().contains("does not match"), "{err}");
     }
 
     #[test]
     fn corrupt_items_name_the_item_and_the_fault() {
         let codec = Codec::default();
+        let encoded = codec
+            .encode_certificate(&name(), &bundle())
+            .expect("encode");
+
+        let mut bad = stored(&encoded);
+        bad.set(CertificatePart::Metadata, b"{not json");
         let err = codec
-            .decode_certificate(&name(), b"{not json")
+            .decode_certificate(&name(), &bad)
             .expect_err("bad json");
         assert!(
-            err.to_string().contains("certificates/example.com"),
+            err.to_string()
+                .contains("certificates/example.com/metadata"),
             "{err}"
         );
 
-        let bundle = bundle();
-        let bytes = codec.encode_certificate(&name(), &bundle).expect("encode");
-        let mut document: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        let mut document: serde_json::Value =
+            serde_json::from_slice(&encoded.metadata).expect("json");
         document["metadata"]["not_after"] = serde_json::Value::from("yesterday");
+        let mut bad = stored(&encoded);
+        bad.set(
+            CertificatePart::Metadata,
+            &serde_json::to_vec(&document).expect("json"),
+        );
         let err = codec
-            .decode_certificate(&name(), &serde_json::to_vec(&document).expect("json"))
+            .decode_certificate(&name(), &bad)
             .expect_err("bad metadata");
         assert!(err.to_string().contains("metadata.not_after"), "{err}");
 
-        let mut document: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-        let other_key = rcgen::KeyPair::generate().expect("key").serialize_pem();
-        document["private_key"]["plain"] = serde_json::Value::from(other_key);
+        let mut bad = stored(&encoded);
+        bad.set(CertificatePart::Key, b"secret material, not PEM");
         let err = codec
-            .decode_certificate(&name(), &serde_json::to_vec(&document).expect("json"))
-            .expect_err("mismatched key");
-        assert!(err.to_string().contains("does not match"), "{err}");
+            .decode_certificate(&name(), &bad)
+            .expect_err("not a key");
+        assert!(
+            err.to_string().contains("neither a PEM private key"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("secret material"), "{err}");
 
-        let mut document: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-        document["private_key"] = serde_json::Value::from("-----BEGIN PRIVATE KEY----- secret");
+        let mut bad = stored(&encoded);
+        bad.set(CertificatePart::Key, br#"{"alg": "secret material"}"#);
         let err = codec
-            .decode_certificate(&name(), &serde_json::to_vec(&document).expect("json"))
-            .expect_err("wrong shape");
-        assert!(!err.to_string().contains("secret"), "{err}");
+            .decode_certificate(&name(), &bad)
+            .expect_err("bad seal");
+        assert!(
+            err.to_string().contains("certificates/example.com/key"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("secret material"), "{err}");
     }
 
     #[test]

@@ -5,18 +5,22 @@
 //! bound into the encryption of private keys, so they are the same as on disk):
 //!
 //! ```text
-//! <prefix>/leader                  the renewal lock; its session is the holder's
-//! <prefix>/certificates/<name>     chain, key (sealed if configured), metadata
-//! <prefix>/orders/<name>           order history of that certificate
-//! <prefix>/accounts/<directory>    ACME account credentials
-//! <prefix>/renewals/<name>         an operator's renewal request
-//! <prefix>/http01/<token>          HTTP-01 key authorizations (see `challenge::consul_tokens`)
+//! <prefix>/leader                               the renewal lock; its session is the holder's
+//! <prefix>/certificates/<name>/certificate      the leaf, PEM
+//! <prefix>/certificates/<name>/chain            intermediates, PEM
+//! <prefix>/certificates/<name>/key              private key, PEM or sealed
+//! <prefix>/certificates/<name>/metadata         names, validity, serial, digests (JSON)
+//! <prefix>/orders/<name>                        order history of that certificate
+//! <prefix>/accounts/<directory>                 ACME account credentials
+//! <prefix>/renewals/<name>                      an operator's renewal request
+//! <prefix>/http01/<token>                       HTTP-01 key authorizations (see `challenge::consul_tokens`)
 //! ```
 //!
-//! A certificate's chain, key and metadata travel together as one entry of
-//! a few kilobytes (far under Consul's 512 KB value limit), written by one
-//! `/v1/txn`: a reader sees the old set or the new one, never a chain with
-//! another certificate's key.
+//! Each value is a few kilobytes at most, far under Consul's 512 KB limit,
+//! and no value grows with the number of certificates. A certificate's four
+//! items are written by one `/v1/txn` and read by one recursive query, so a
+//! reader sees the old set or the new one, never a chain with another
+//! certificate's key.
 //!
 //! # Fencing
 //!
@@ -28,6 +32,7 @@
 //! overwrite what the new holder wrote. A store without a fence refuses
 //! every write but renewal requests.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -37,7 +42,8 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::codec::{
-    Codec, account_item, certificate_item, order_history_item, renewal_request_item,
+    CertificatePart, Codec, StoredCertificate, account_item, certificate_dir, certificate_item,
+    order_history_item, parse_certificate_item, renewal_request_item,
 };
 use super::encryption::KeyEncryption;
 use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
@@ -46,8 +52,6 @@ use crate::policy::OrderHistory;
 
 /// The key (relative to the prefix) of the renewal lock.
 pub const LOCK_ITEM: &str = "leader";
-/// Where certificates live, relative to the prefix.
-pub const CERTIFICATES_DIR: &str = "certificates/";
 /// Where renewal requests live, relative to the prefix.
 pub const RENEWALS_DIR: &str = "renewals/";
 
@@ -121,28 +125,50 @@ impl ConsulStore {
     }
 
     /// Decodes the certificates found in a listing of the prefix (as a
-    /// watch of it yields), each with its own outcome, so one corrupt entry
-    /// does not hide the others. Entries outside `certificates/` are skipped.
+    /// watch of it yields), each with its own outcome, so one corrupt
+    /// certificate does not hide the others. Entries outside `certificates/`
+    /// are skipped.
     pub fn decode_certificates(
         &self,
         pairs: &[KvPair],
     ) -> Vec<(SecretName, Result<CertificateBundle, StoreError>)> {
-        let certificates = self.key(CERTIFICATES_DIR);
-        pairs
-            .iter()
-            .filter_map(|pair| {
-                let segment = pair.key.strip_prefix(&certificates)?;
-                let name = SecretName::from_path_segment(segment).ok()?;
-                let decoded = match &pair.value {
-                    Some(bytes) => self.codec.decode_certificate(&name, bytes),
-                    None => Err(StoreError::Corrupt {
-                        item: certificate_item(&name),
-                        reason: "the KV entry is empty".to_owned(),
-                    }),
-                };
-                Some((name, decoded))
+        self.certificate_entries(pairs)
+            .into_iter()
+            .map(|(name, entries)| {
+                let mut stored = StoredCertificate::default();
+                for (part, pair) in entries {
+                    stored.set(part, pair.value.as_deref().unwrap_or_default());
+                }
+                let decoded = self
+                    .codec
+                    .decode_certificate(&name, &stored)
+                    .and_then(|bundle| {
+                        bundle.ok_or_else(|| StoreError::Corrupt {
+                            item: certificate_dir(&name),
+                            reason: "no items".to_owned(),
+                        })
+                    });
+                (name, decoded)
             })
             .collect()
+    }
+
+    /// The certificate items in a listing of the prefix, by certificate.
+    pub fn certificate_entries<'a>(
+        &self,
+        pairs: &'a [KvPair],
+    ) -> BTreeMap<SecretName, Vec<(CertificatePart, &'a KvPair)>> {
+        let root = format!("{}/", self.prefix);
+        let mut certificates: BTreeMap<SecretName, Vec<_>> = BTreeMap::new();
+        for pair in pairs {
+            let Some(item) = pair.key.strip_prefix(&root) else {
+                continue;
+            };
+            if let Some((name, part)) = parse_certificate_item(item) {
+                certificates.entry(name).or_default().push((part, pair));
+            }
+        }
+        certificates
     }
 
     /// The secret names with a renewal request in a listing of the prefix.
@@ -170,33 +196,31 @@ impl ConsulStore {
             .map(|pair| Zeroizing::new(pair.value.map(|v| v.to_vec()).unwrap_or_default())))
     }
 
-    /// One transaction: the lock check, then the item. Either both apply or
-    /// neither does.
-    async fn write_fenced(&self, item: &str, bytes: Zeroizing<Vec<u8>>) -> Result<(), StoreError> {
+    /// One transaction: the lock check, then the items. Either all apply or
+    /// none does. `what` names the items in errors.
+    async fn write_fenced(&self, what: &str, items: &[(String, &[u8])]) -> Result<(), StoreError> {
         let Some(fence) = &self.fence else {
             return Err(StoreError::Fenced {
-                item: item.to_owned(),
+                item: what.to_owned(),
                 reason: "this replica does not hold the renewal lock".to_owned(),
             });
         };
-        let ops = [
-            TxnOp::KvCheckSession {
-                key: fence.lock_key.clone(),
-                session: fence.session.clone(),
-            },
-            TxnOp::KvSet {
-                key: self.key(item),
-                value: Bytes::copy_from_slice(&bytes),
-                flags: 0,
-            },
-        ];
+        let mut ops = vec![TxnOp::KvCheckSession {
+            key: fence.lock_key.clone(),
+            session: fence.session.clone(),
+        }];
+        ops.extend(items.iter().map(|(item, bytes)| TxnOp::KvSet {
+            key: self.key(item),
+            value: Bytes::copy_from_slice(bytes),
+            flags: 0,
+        }));
         match self.client.txn(&ops, &QueryOptions::default()).await {
             Ok(TxnOutcome::Committed(_)) => Ok(()),
             Ok(TxnOutcome::RolledBack(errors)) => {
                 // Consul names the operation that failed; the first is the lock check.
                 if errors.iter().any(|error| error.op_index == 0) || errors.is_empty() {
                     Err(StoreError::Fenced {
-                        item: item.to_owned(),
+                        item: what.to_owned(),
                         reason: format!(
                             "session {} no longer holds {}",
                             fence.session, fence.lock_key
@@ -205,13 +229,17 @@ impl ConsulStore {
                 } else {
                     let reasons: Vec<&str> = errors.iter().map(|e| e.what.as_str()).collect();
                     Err(StoreError::Backend(format!(
-                        "Consul rolled back the write of {item}: {}",
+                        "Consul rolled back the write of {what}: {}",
                         reasons.join("; ")
                     )))
                 }
             }
-            Err(error) => Err(StoreError::Backend(format!("writing {item}: {error}"))),
+            Err(error) => Err(StoreError::Backend(format!("writing {what}: {error}"))),
         }
+    }
+
+    async fn write_one_fenced(&self, item: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write_fenced(item, &[(item.to_owned(), bytes)]).await
     }
 }
 
@@ -221,10 +249,21 @@ impl CertificateStore for ConsulStore {
         &self,
         name: &SecretName,
     ) -> Result<Option<CertificateBundle>, StoreError> {
-        match self.read(&certificate_item(name)).await? {
-            Some(bytes) => self.codec.decode_certificate(name, &bytes).map(Some),
-            None => Ok(None),
+        // One recursive read: the items of one write, never a mix of two.
+        let dir = self.key(&format!("{}/", certificate_dir(name)));
+        let response = self
+            .client
+            .kv_list(&dir, &QueryOptions::default())
+            .await
+            .map_err(|e| StoreError::Backend(format!("reading {dir}: {e}")))?;
+        let pairs = response.value;
+        let mut stored = StoredCertificate::default();
+        for (_, entries) in self.certificate_entries(&pairs) {
+            for (part, pair) in entries {
+                stored.set(part, pair.value.as_deref().unwrap_or_default());
+            }
         }
+        self.codec.decode_certificate(name, &stored)
     }
 
     async fn save_certificate(
@@ -232,8 +271,13 @@ impl CertificateStore for ConsulStore {
         name: &SecretName,
         bundle: &CertificateBundle,
     ) -> Result<(), StoreError> {
-        let bytes = self.codec.encode_certificate(name, bundle)?;
-        self.write_fenced(&certificate_item(name), bytes).await
+        let encoded = self.codec.encode_certificate(name, bundle)?;
+        let items: Vec<(String, &[u8])> = encoded
+            .parts()
+            .into_iter()
+            .map(|(part, bytes)| (certificate_item(name, part), bytes))
+            .collect();
+        self.write_fenced(&certificate_dir(name), &items).await
     }
 
     async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
@@ -249,7 +293,8 @@ impl CertificateStore for ConsulStore {
         history: &OrderHistory,
     ) -> Result<(), StoreError> {
         let bytes = self.codec.encode_order_history(name, history)?;
-        self.write_fenced(&order_history_item(name), bytes).await
+        self.write_one_fenced(&order_history_item(name), &bytes)
+            .await
     }
 
     async fn load_account(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
@@ -265,7 +310,7 @@ impl CertificateStore for ConsulStore {
         account: &StoredAccount,
     ) -> Result<(), StoreError> {
         let bytes = self.codec.encode_account(id, account)?;
-        self.write_fenced(&account_item(id), bytes).await
+        self.write_one_fenced(&account_item(id), &bytes).await
     }
 
     async fn load_renewal_request(

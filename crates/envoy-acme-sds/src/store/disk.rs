@@ -1,18 +1,27 @@
 //! The on-disk [`CertificateStore`] (`--storage disk:<dir>`).
 //!
-//! Layout, one JSON file per item (see [`super::codec`]):
+//! Layout, one file per item (see [`super::codec`]):
 //!
 //! ```text
-//! <dir>/                      0700
-//!   certificates/<name>.json  0600  chain, key (sealed if configured), metadata
-//!   orders/<name>.json        0600  order history of that certificate
-//!   accounts/<directory>.json 0600  ACME account credentials
-//!   renewals/<name>.json      0600  an operator's renewal request
+//! <dir>/                          0700
+//!   certificates/<name>/          0700
+//!     current -> gen-<ns>-<r>     symlink to the generation in service
+//!     gen-<ns>-<r>/               0700  one generation: written once, never modified
+//!       certificate chain key metadata   0600
+//!   orders/<name>.json            0600  order history of that certificate
+//!   accounts/<directory>.json     0600  ACME account credentials
+//!   renewals/<name>.json          0600  an operator's renewal request
 //! ```
 //!
-//! Writes are atomic: a temporary file in the same directory, fsynced,
-//! renamed over the item, then the directory fsynced so the rename survives
-//! a power loss. Readers see the old item or the new one, never a torn one.
+//! Writes are atomic. A JSON item is written to a temporary file in the same
+//! directory, fsynced, renamed over the item, then the directory is fsynced
+//! so the rename survives a power loss. A certificate's four files must change
+//! together, which no single file rename gives: they are written into a new
+//! generation directory, fsynced, and `current` is switched to it by renaming
+//! a new symlink over it (the scheme Kubernetes uses for secret volumes).
+//! A crash at any point leaves `current` on a complete generation. The
+//! previous generation is kept, so a reader that resolved `current` just
+//! before a switch still finds its files; older ones are removed.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -27,7 +36,8 @@ use zeroize::Zeroizing;
 use time::OffsetDateTime;
 
 use super::codec::{
-    Codec, account_item, certificate_item, order_history_item, renewal_request_item,
+    CertificatePart, Codec, EncodedCertificate, StoredCertificate, account_item, certificate_dir,
+    order_history_item, renewal_request_item,
 };
 use super::encryption::KeyEncryption;
 use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
@@ -36,6 +46,9 @@ use crate::policy::OrderHistory;
 
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
+/// The symlink naming a certificate's generation in service.
+const CURRENT: &str = "current";
+const GENERATION_PREFIX: &str = "gen-";
 
 /// Certificates, order histories and accounts as files under one directory.
 #[derive(Debug, Clone)]
@@ -76,6 +89,18 @@ impl DiskStore {
         self.root.join(format!("{item}.json"))
     }
 
+    /// The directory of a certificate's generations.
+    pub fn certificate_dir(&self, name: &SecretName) -> PathBuf {
+        self.root.join(certificate_dir(name))
+    }
+
+    /// The file one item of the certificate in service is read from.
+    pub fn certificate_path(&self, name: &SecretName, part: CertificatePart) -> PathBuf {
+        self.certificate_dir(name)
+            .join(CURRENT)
+            .join(part.file_name())
+    }
+
     async fn read(&self, item: String) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         let path = self.item_path(&item);
         blocking(move || match fs::read(&path) {
@@ -102,10 +127,9 @@ impl CertificateStore for DiskStore {
         &self,
         name: &SecretName,
     ) -> Result<Option<CertificateBundle>, StoreError> {
-        match self.read(certificate_item(name)).await? {
-            Some(bytes) => self.codec.decode_certificate(name, &bytes).map(Some),
-            None => Ok(None),
-        }
+        let dir = self.certificate_dir(name);
+        let stored = blocking(move || read_generation(&dir)).await?;
+        self.codec.decode_certificate(name, &stored)
     }
 
     async fn save_certificate(
@@ -113,8 +137,9 @@ impl CertificateStore for DiskStore {
         name: &SecretName,
         bundle: &CertificateBundle,
     ) -> Result<(), StoreError> {
-        let bytes = self.codec.encode_certificate(name, bundle)?;
-        self.write(certificate_item(name), bytes).await
+        let encoded = self.codec.encode_certificate(name, bundle)?;
+        let dir = self.certificate_dir(name);
+        blocking(move || write_generation(&dir, &encoded)).await
     }
 
     async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
@@ -189,6 +214,142 @@ fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
             .map_err(|e| io_error("restricting directory permissions of", e))?;
     }
     Ok(())
+}
+
+/// Reads the items of the generation `current` names in a certificate's
+/// directory; nothing when there is no `current`.
+fn read_generation(dir: &Path) -> Result<StoredCertificate, StoreError> {
+    let current = dir.join(CURRENT);
+    let io_error = |operation, path: &Path, source| StoreError::Io {
+        operation,
+        item: path.display().to_string(),
+        source,
+    };
+    // Resolved once, so every item comes from the same generation even if a
+    // write switches `current` meanwhile.
+    let generation = match fs::read_link(&current) {
+        Ok(target) => target,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(StoredCertificate::default()),
+        Err(e) => return Err(io_error("reading the symlink", &current, e)),
+    };
+    let is_generation_name = generation
+        .to_str()
+        .is_some_and(|name| name.starts_with(GENERATION_PREFIX) && !name.contains('/'));
+    if !is_generation_name {
+        return Err(StoreError::Corrupt {
+            item: current.display().to_string(),
+            reason: format!(
+                "points to {}, not to a generation directory beside it",
+                generation.display()
+            ),
+        });
+    }
+    let generation_dir = dir.join(&generation);
+    if !generation_dir.is_dir() {
+        return Err(StoreError::Corrupt {
+            item: current.display().to_string(),
+            reason: format!("points to {}, which does not exist", generation.display()),
+        });
+    }
+    let mut stored = StoredCertificate::default();
+    for part in CertificatePart::ALL {
+        let path = generation_dir.join(part.file_name());
+        match fs::read(&path) {
+            Ok(bytes) => stored.set(part, &Zeroizing::new(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("reading", &path, e)),
+        }
+    }
+    Ok(stored)
+}
+
+/// Writes a new generation of a certificate and switches `current` to it.
+fn write_generation(dir: &Path, encoded: &EncodedCertificate) -> Result<(), StoreError> {
+    let io_error = |operation, path: &Path, source| StoreError::Io {
+        operation,
+        item: path.display().to_string(),
+        source,
+    };
+    ensure_private_dir(dir)?;
+    let current = dir.join(CURRENT);
+    let previous = fs::read_link(&current).ok();
+    // Names sort by creation time, which makes the directory easy to read.
+    let generation = format!(
+        "{GENERATION_PREFIX}{:019}-{:08x}",
+        OffsetDateTime::now_utc().unix_timestamp_nanos(),
+        rand::rng().random::<u32>()
+    );
+    let generation_dir = dir.join(&generation);
+    let written = (|| {
+        DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&generation_dir)
+            .map_err(|e| io_error("creating directory", &generation_dir, e))?;
+        for (part, bytes) in encoded.parts() {
+            let path = generation_dir.join(part.file_name());
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)
+                .map_err(|e| io_error("creating", &path, e))?;
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_error("writing", &path, e))?;
+        }
+        sync_dir(&generation_dir)?;
+        let link = dir.join(format!(
+            ".{CURRENT}.{:08x}.tmp",
+            rand::rng().random::<u32>()
+        ));
+        std::os::unix::fs::symlink(&generation, &link)
+            .map_err(|e| io_error("creating the symlink", &link, e))?;
+        if let Err(e) = fs::rename(&link, &current) {
+            let _ = fs::remove_file(&link);
+            return Err(io_error("switching", &current, e));
+        }
+        sync_dir(dir)
+    })();
+    if written.is_err() {
+        // Best effort: `current` still names the previous, complete generation.
+        let _ = fs::remove_dir_all(&generation_dir);
+        return written;
+    }
+    prune_generations(dir, &generation, previous.as_deref());
+    Ok(())
+}
+
+/// Removes generations other than the one in service and the one before it
+/// (including leftovers of interrupted writes). Failing to is only untidy.
+fn prune_generations(dir: &Path, keep: &str, previous: Option<&Path>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_kept = name == keep || previous.is_some_and(|p| p == Path::new(name));
+        if name.starts_with(GENERATION_PREFIX)
+            && !is_kept
+            && let Err(error) = fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(
+                path = %entry.path().display(),
+                %error,
+                "cannot remove an old certificate generation"
+            );
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            operation: "syncing directory",
+            item: dir.display().to_string(),
+            source,
+        })
 }
 
 /// Temp file (0600, same directory) + fsync + rename + fsync of the directory.
@@ -301,9 +462,14 @@ mod tests {
         for sub in ["", "certificates", "orders", "accounts", "renewals"] {
             assert_eq!(mode(&root.join(sub)), 0o700, "directory {sub:?}");
         }
-        let cert_file = store.item_path(&certificate_item(&name));
-        assert!(cert_file.ends_with("certificates/%2A.example.com.json"));
-        assert_eq!(mode(&cert_file), 0o600);
+        let cert_dir = store.certificate_dir(&name);
+        assert!(cert_dir.ends_with("certificates/%2A.example.com"));
+        assert_eq!(mode(&cert_dir), 0o700);
+        for part in CertificatePart::ALL {
+            let path = store.certificate_path(&name, part);
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            assert_eq!(mode(path.parent().expect("generation")), 0o700);
+        }
         assert_eq!(mode(&store.item_path(&account_item(&id))), 0o600);
         assert_eq!(mode(&store.item_path(&order_history_item(&name))), 0o600);
         let leftovers: Vec<_> = fs::read_dir(root.join("certificates"))
@@ -314,21 +480,97 @@ mod tests {
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
+    fn generations(store: &DiskStore, name: &SecretName) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(store.certificate_dir(name))
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(GENERATION_PREFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
     #[tokio::test]
-    async fn overwrite_replaces_the_whole_item() {
+    async fn overwrite_switches_to_a_new_generation_and_keeps_one_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path(), None).expect("open");
+        let name = SecretName::new("example.com").expect("name");
+        let bundles: Vec<_> = (0..3).map(|_| bundle(&["example.com"])).collect();
+        let mut in_service = Vec::new();
+        for bundle in &bundles {
+            store.save_certificate(&name, bundle).await.expect("save");
+            let loaded = store
+                .load_certificate(&name)
+                .await
+                .expect("load")
+                .expect("present");
+            assert_eq!(loaded.key_pem(), bundle.key_pem());
+            let current = fs::read_link(store.certificate_dir(&name).join(CURRENT))
+                .expect("current is a symlink");
+            in_service.push(current.to_string_lossy().into_owned());
+        }
+        // The one in service and the one before it: a reader that resolved
+        // `current` just before the last switch still finds its files.
+        assert_eq!(generations(&store, &name), in_service[1..].to_vec());
+        let leftovers: Vec<_> = fs::read_dir(store.certificate_dir(&name))
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary links left: {leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_write_leaves_the_previous_certificate_in_service() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = DiskStore::open(dir.path(), None).expect("open");
         let name = SecretName::new("example.com").expect("name");
         let first = bundle(&["example.com"]);
-        let second = bundle(&["example.com"]);
         store.save_certificate(&name, &first).await.expect("save");
-        store.save_certificate(&name, &second).await.expect("save");
+        // What a crash before the switch leaves: a generation `current` does not name.
+        let half = store
+            .certificate_dir(&name)
+            .join("gen-9999999999999999999-00000000");
+        fs::create_dir(&half).expect("mkdir");
+        fs::write(half.join("certificate"), b"half written").expect("write");
+
         let loaded = store
             .load_certificate(&name)
             .await
             .expect("load")
             .expect("present");
-        assert_eq!(loaded.key_pem(), second.key_pem());
+        assert_eq!(loaded.key_pem(), first.key_pem());
+
+        let second = bundle(&["example.com"]);
+        store.save_certificate(&name, &second).await.expect("save");
+        assert!(!half.exists(), "the interrupted generation is cleaned up");
+    }
+
+    #[tokio::test]
+    async fn broken_generations_are_reported_not_taken_for_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path(), None).expect("open");
+        let name = SecretName::new("example.com").expect("name");
+        store
+            .save_certificate(&name, &bundle(&["example.com"]))
+            .await
+            .expect("save");
+
+        fs::remove_file(store.certificate_path(&name, CertificatePart::Key)).expect("rm");
+        let err = store.load_certificate(&name).await.expect_err("partial");
+        assert!(err.to_string().contains("key missing"), "{err}");
+
+        let current = store.certificate_dir(&name).join(CURRENT);
+        fs::remove_file(&current).expect("rm");
+        std::os::unix::fs::symlink("gen-0000000000000000000-deadbeef", &current).expect("symlink");
+        let err = store.load_certificate(&name).await.expect_err("dangling");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+
+        fs::remove_file(&current).expect("rm");
+        std::os::unix::fs::symlink("/etc", &current).expect("symlink");
+        let err = store.load_certificate(&name).await.expect_err("outside");
+        assert!(err.to_string().contains("not to a generation"), "{err}");
     }
 
     #[tokio::test]
@@ -344,11 +586,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = DiskStore::open(dir.path(), None).expect("open");
         let name = SecretName::new("example.com").expect("name");
-        let path = store.item_path(&certificate_item(&name));
+        store
+            .save_certificate(&name, &bundle(&["example.com"]))
+            .await
+            .expect("save");
+        let path = store.certificate_path(&name, CertificatePart::Metadata);
         fs::write(&path, b"{\"version\": 1, \"metadata\": ").expect("write");
         let err = store.load_certificate(&name).await.expect_err("corrupt");
         assert!(
-            err.to_string().contains("certificates/example.com"),
+            err.to_string()
+                .contains("certificates/example.com/metadata"),
             "{err}"
         );
     }
@@ -361,7 +608,8 @@ mod tests {
         let name = SecretName::new("example.com").expect("name");
         let bundle = bundle(&["example.com"]);
         store.save_certificate(&name, &bundle).await.expect("save");
-        let raw = fs::read_to_string(store.item_path(&certificate_item(&name))).expect("read");
+        let raw =
+            fs::read_to_string(store.certificate_path(&name, CertificatePart::Key)).expect("read");
         assert!(!raw.contains("PRIVATE KEY"), "private key stored in clear");
         assert!(raw.contains("AES-256-GCM"));
         let loaded = store

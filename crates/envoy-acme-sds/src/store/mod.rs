@@ -2,8 +2,10 @@
 //!
 //! [`CertificateStore`] is the seam between the certificate logic and where
 //! things live: the disk here ([`disk::DiskStore`]), Consul KV for replicas.
-//! Each item is one key (one file, one KV entry) written atomically, so a
-//! reader sees either the old or the new certificate with its key, never a mix.
+//! Each item is one key (one file, one KV entry). A certificate is four
+//! items (certificate, chain, key, metadata) that each backend replaces in
+//! one atomic step, so a reader sees either the old or the new certificate
+//! with its key, never a mix (ADR 0006).
 //!
 //! Item encoding (and encryption of private keys at rest) is shared by all
 //! backends in [`codec`], so a certificate can move between them.
