@@ -190,6 +190,10 @@ async fn bad_nonces_are_retried_until_the_order_succeeds() {
 /// A certificate for the apex and wildcard, issued 80 of its 90 days ago by a
 /// throw-away CA: valid, but due for renewal.
 fn due_certificate() -> CertificateBundle {
+    due_certificate_for(&[ZONE, "*.example.test"])
+}
+
+fn due_certificate_for(names: &[&str]) -> CertificateBundle {
     let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
         .expect("now");
     let ca_key = rcgen::KeyPair::generate().expect("key");
@@ -199,7 +203,7 @@ fn due_certificate() -> CertificateBundle {
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params =
-        rcgen::CertificateParams::new(vec![ZONE.to_owned(), "*.example.test".to_owned()])
+        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
             .expect("params");
     params.not_before = now - time::Duration::days(80);
     params.not_after = now + time::Duration::days(10);
@@ -214,6 +218,80 @@ fn due_certificate() -> CertificateBundle {
         },
     )
     .expect("bundle")
+}
+
+/// pebble itself refuses: its HTTP-01 validation finds nothing listening, so
+/// the authorization and the order end invalid with an ACME error document.
+#[tokio::test]
+async fn ca_refusing_the_order_backs_off_and_keeps_the_old_certificate() {
+    let knot = Knot::start(ZONE, &["www A 127.0.0.1"])
+        .await
+        .expect("knot starts");
+    let pebble = start_pebble(
+        &knot,
+        PebbleOptions {
+            // Free, and nothing binds it: every validation is refused.
+            http01_port: Some(test_support::free_port()),
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+    let secret_name = SecretName::new("www.example.test").expect("name");
+    let old = due_certificate_for(&["www.example.test"]);
+    store
+        .save_certificate(&secret_name, &old)
+        .await
+        .expect("seed");
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let spec =
+        CertificateSpec::new(NameSet::parse(&["www.example.test"]).expect("names")).expect("spec");
+    let tokens: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let mut manager = CertManager::new(
+        spec,
+        acme,
+        Arc::new(Http01Solver::new(tokens)),
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+    );
+
+    let now = OffsetDateTime::now_utc();
+    let outcome = manager.reconcile(now).await;
+    let Outcome::Failed {
+        error,
+        consecutive_failures,
+        retry_at,
+    } = outcome
+    else {
+        panic!("expected a failure, got {outcome:?}");
+    };
+    let message = error.to_string();
+    assert!(matches!(error, ManagerError::Acme(_)), "{message}");
+    // pebble's own problem document, passed on: type and detail.
+    assert!(
+        message.contains("urn:ietf:params:acme:error:connection"),
+        "{message}"
+    );
+    assert!(message.contains("www.example.test"), "{message}");
+    assert_eq!(consecutive_failures, 1);
+    let delay = retry_at - now;
+    assert!(
+        (time::Duration::seconds(54)..=time::Duration::seconds(66)).contains(&delay),
+        "retry in {delay}"
+    );
+
+    let serving = manager.current().expect("old certificate published");
+    assert_eq!(serving.metadata(), old.metadata());
+    let on_disk = store
+        .load_certificate(&secret_name)
+        .await
+        .expect("load")
+        .expect("still stored");
+    assert_eq!(on_disk.key_pem(), old.key_pem());
 }
 
 #[tokio::test]
