@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use service_support::consul::ConsulArgs;
 use service_support::duration::parse_duration;
 use service_support::logging::LogFormat;
 
@@ -18,33 +19,8 @@ use crate::health::{CriticalPolicy, HealthPolicy, WarningPolicy};
     about = "Serves Envoy EDS from Consul's catalog and health"
 )]
 pub struct Config {
-    /// Consul agent address: http://host:port, https://host:port or unix:///path.
-    #[arg(
-        long,
-        env = "CONSUL_HTTP_ADDR",
-        default_value = "http://127.0.0.1:8500"
-    )]
-    pub consul_addr: String,
-
-    /// Consul ACL token (prefer --consul-token-file: a flag shows in `ps`).
-    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
-    pub consul_token: Option<String>,
-
-    /// File holding the Consul ACL token.
-    #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE", conflicts_with = "consul_token")]
-    pub consul_token_file: Option<PathBuf>,
-
-    /// CA certificate (PEM) to verify an https:// Consul address.
-    #[arg(long, env = "CONSUL_CACERT")]
-    pub consul_cacert: Option<PathBuf>,
-
-    /// Client certificate (PEM) for Consul's verify_incoming.
-    #[arg(long, env = "CONSUL_CLIENT_CERT", requires = "consul_client_key")]
-    pub consul_client_cert: Option<PathBuf>,
-
-    /// Client key (PEM) for --consul-client-cert.
-    #[arg(long, env = "CONSUL_CLIENT_KEY", requires = "consul_client_cert")]
-    pub consul_client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub consul: ConsulArgs,
 
     /// Datacenter to read (default: the agent's own).
     #[arg(long, env = "CONSUL_EDS_DATACENTER")]

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use consul_client::config::{Address, Token};
-use consul_client::{Client, ClientConfig, ClientMetrics, WatchConfig};
+use consul_client::{Client, ClientMetrics, WatchConfig};
 use consul_eds_server::admin::EdsAdmin;
 use consul_eds_server::config::Config;
 use consul_eds_server::engine::{Engine, EngineSettings};
@@ -94,7 +93,7 @@ async fn run(config: Config) -> Result<()> {
     tracing::info!(
         xds = %config.xds_listen,
         admin = %config.admin_listen,
-        consul = %config.consul_addr,
+        consul = %config.consul.address(),
         "consul-eds-server serving"
     );
 
@@ -145,24 +144,12 @@ async fn probe_consul(
 }
 
 fn consul_client(config: &Config, registry: &mut Registry) -> Result<Client> {
-    let address: Address = config
-        .consul_addr
-        .parse()
-        .with_context(|| format!("--consul-addr `{}`", config.consul_addr))?;
-    let mut client_config = ClientConfig::new(address);
-    client_config.token = match (&config.consul_token, &config.consul_token_file) {
-        (Some(secret), _) => Some(Token::new(secret.clone()).context("--consul-token")?),
-        (None, Some(path)) => Some(
-            Token::from_file(path)
-                .with_context(|| format!("--consul-token-file {}", path.display()))?,
-        ),
-        (None, None) => None,
-    };
+    let mut client_config = config
+        .consul
+        .client_config()
+        .context("--consul-* flags (or CONSUL_* variables)")?;
     client_config.datacenter = config.datacenter.clone();
     client_config.max_blocking_queries = config.max_blocking_queries;
-    client_config.tls.ca_cert = config.consul_cacert.clone();
-    client_config.tls.client_cert = config.consul_client_cert.clone();
-    client_config.tls.client_key = config.consul_client_key.clone();
     let metrics = ClientMetrics::default();
     metrics.register(registry);
     Client::with_metrics(client_config, metrics).context("building the Consul client")

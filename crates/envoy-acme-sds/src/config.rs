@@ -1,6 +1,7 @@
 //! Configuration: command-line flags (each also an `ENVOY_ACME_SDS_*`
-//! environment variable) and an optional TOML file for many certificates,
-//! resolved once at start into [`Settings`].
+//! environment variable; the Consul connection flags read the `consul` CLI's
+//! `CONSUL_*` variables, shared with consul-eds-server) and an optional TOML
+//! file for many certificates, resolved once at start into [`Settings`].
 //!
 //! Precedence: a flag (or its variable) wins over the file, the file over
 //! the defaults. Certificates add up: those of `--cert` and those of the
@@ -32,8 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use consul_client::{Address, ClientConfig, Token};
+use consul_client::ClientConfig;
 use serde::Deserialize;
+use service_support::consul::ConsulArgs;
 pub use service_support::duration::parse_duration;
 use service_support::logging::LogFormat;
 use xds_core::{Listen, TlsOptions};
@@ -132,22 +134,9 @@ pub struct StorageArgs {
     /// Encrypt private keys at rest with this key (32 bytes: raw, base64 or hex). No default.
     #[arg(long, env = "ENVOY_ACME_SDS_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
-    /// Consul agent: http://host:port, https://host:port or unix:///path [default: http://127.0.0.1:8500].
-    #[arg(long, env = "ENVOY_ACME_SDS_CONSUL_ADDR")]
-    pub consul_addr: Option<String>,
-    /// Consul ACL token (prefer --consul-token-file: a flag shows in `ps`).
-    #[arg(long, env = "ENVOY_ACME_SDS_CONSUL_TOKEN", hide_env_values = true)]
-    pub consul_token: Option<String>,
-    /// File holding the Consul ACL token.
-    #[arg(
-        long,
-        env = "ENVOY_ACME_SDS_CONSUL_TOKEN_FILE",
-        conflicts_with = "consul_token"
-    )]
-    pub consul_token_file: Option<PathBuf>,
-    /// CA certificate (PEM) verifying an https:// Consul address.
-    #[arg(long, env = "ENVOY_ACME_SDS_CONSUL_CACERT")]
-    pub consul_cacert: Option<PathBuf>,
+    /// Used with consul:<kv-prefix> storage only.
+    #[command(flatten)]
+    pub consul: ConsulArgs,
 }
 
 /// The service's flags.
@@ -288,6 +277,8 @@ pub struct FileConfig {
     pub consul_addr: Option<String>,
     pub consul_token_file: Option<PathBuf>,
     pub consul_cacert: Option<PathBuf>,
+    pub consul_client_cert: Option<PathBuf>,
+    pub consul_client_key: Option<PathBuf>,
     pub lock_delay: Option<String>,
     pub session_ttl: Option<String>,
     pub sds_listen: Option<String>,
@@ -768,24 +759,16 @@ pub fn resolve_storage(
     let consul = match &location {
         StorageLocation::Disk(_) => None,
         StorageLocation::Consul { .. } => {
-            let address_text = args
-                .consul_addr
-                .clone()
-                .or(file.consul_addr.clone())
-                .unwrap_or_else(|| "http://127.0.0.1:8500".to_owned());
-            let address = Address::from_str(&address_text)?;
-            let mut config = ClientConfig::new(address);
-            config.token = match (&args.consul_token, &args.consul_token_file) {
-                (Some(token), _) => Some(Token::new(token.clone())?),
-                (None, Some(path)) => Some(Token::from_file(path)?),
-                (None, None) => file
-                    .consul_token_file
-                    .as_deref()
-                    .map(Token::from_file)
-                    .transpose()?,
+            // The file names no token itself: secrets stay out of config files.
+            let from_file = ConsulArgs {
+                consul_addr: file.consul_addr.clone(),
+                consul_token: None,
+                consul_token_file: file.consul_token_file.clone(),
+                consul_cacert: file.consul_cacert.clone(),
+                consul_client_cert: file.consul_client_cert.clone(),
+                consul_client_key: file.consul_client_key.clone(),
             };
-            config.tls.ca_cert = args.consul_cacert.clone().or(file.consul_cacert.clone());
-            Some(config)
+            Some(args.consul.clone().or(from_file).client_config()?)
         }
     };
     Ok(StorageSettings {
@@ -938,6 +921,49 @@ mod tests {
             settings.storage.location,
             StorageLocation::Disk(_)
         ));
+    }
+
+    #[test]
+    fn consul_connection_comes_from_flags_then_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            r#"
+storage = "consul:certs"
+consul_addr = "https://consul.internal:8501"
+consul_cacert = "/etc/consul/ca.pem"
+consul_client_cert = "/etc/consul/client.pem"
+consul_client_key = "/etc/consul/client-key.pem"
+"#,
+        )
+        .expect("write");
+        let config_arg = config.display().to_string();
+        let resolve = |extra: &[&str]| {
+            let mut args = vec!["--config", &config_arg, "--cert", "example.org"];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["--challenge", "http-01"]);
+            parse(&args)
+                .expect("parses")
+                .run
+                .resolve()
+                .expect("resolves")
+                .storage
+                .consul
+                .expect("consul storage")
+        };
+        let from_file = resolve(&[]);
+        assert_eq!(
+            from_file.address.to_string(),
+            "https://consul.internal:8501"
+        );
+        assert_eq!(
+            from_file.tls.client_cert.as_deref(),
+            Some(Path::new("/etc/consul/client.pem"))
+        );
+        let flag_wins = resolve(&["--consul-addr", "http://127.0.0.1:8500"]);
+        assert_eq!(flag_wins.address.to_string(), "http://127.0.0.1:8500");
+        assert_eq!(flag_wins.tls.ca_cert, from_file.tls.ca_cert);
     }
 
     #[test]
