@@ -9,6 +9,7 @@
 //! Binaries come from `.tools/bin` (installed by `cargo xtask tools`); set
 //! `CONTROL_PLANE_TOOLS` to use another directory.
 
+pub mod acme_ari;
 mod backend;
 pub mod bootstrap;
 mod consul;
