@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -222,6 +223,10 @@ pub struct AcmeClient {
     account: Account,
     config: AcmeConfig,
     retry_after: Arc<Mutex<Option<SystemTime>>>,
+    /// Set once the CA has shown it does not honour `replaces` (it did not
+    /// reflect it, or refused it as malformed): later orders go without it
+    /// at once, rather than each placing a refused or abandoned order first.
+    replaces_unsupported: AtomicBool,
 }
 
 impl std::fmt::Debug for AcmeClient {
@@ -307,6 +312,7 @@ impl AcmeClient {
             account,
             config,
             retry_after,
+            replaces_unsupported: AtomicBool::new(false),
         })
     }
 
@@ -432,13 +438,25 @@ impl AcmeClient {
             }
             new_order
         };
-        if let Some(replaces) = &request.replaces {
+        if let Some(replaces) = &request.replaces
+            && !self.replaces_unsupported.load(Ordering::Relaxed)
+        {
             let with_replaces = build(Some(replaces.clone()));
             match retry_bad_nonce!(self.place(&with_replaces)) {
                 Ok(order) => return Ok(order),
-                // `replaces` is a courtesy to the CA; a CA that rejects it
-                // (replaced already, ARI withdrawn) still gets a plain order.
-                Err(error) => warn!(%error, "order with `replaces` refused; ordering without it"),
+                Err(error) => match replaces_refusal(&error) {
+                    // `replaces` is a courtesy to the CA: when the CA turns
+                    // down that field, a plain order still renews.
+                    Some(refusal) => {
+                        if refusal == ReplacesRefusal::Unsupported {
+                            self.replaces_unsupported.store(true, Ordering::Relaxed);
+                        }
+                        warn!(%error, "the CA refused `replaces`; ordering without it");
+                    }
+                    // Anything else (rate limit, outage, network) would fail
+                    // the plain order too, or double it: back off instead.
+                    None => return Err(error),
+                },
             }
         }
         let plain = build(None);
@@ -683,9 +701,105 @@ fn parse_retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Syste
     }
 }
 
+/// How a CA turned down an order's `replaces` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplacesRefusal {
+    /// For this certificate only: it was replaced already (RFC 9773 §5).
+    ThisCertificate,
+    /// The CA does not honour the field at all: it ignored it (the order
+    /// was created without reflecting it), or rejects it as malformed.
+    Unsupported,
+}
+
+/// Whether `error` from placing an order with `replaces` is about that
+/// field, so the same order without it may succeed. Rate limits, server
+/// errors and network failures are not: they need the backoff.
+fn replaces_refusal(error: &AcmeError) -> Option<ReplacesRefusal> {
+    let AcmeError::Api { source, .. } = error else {
+        return None;
+    };
+    match source {
+        instant_acme::Error::Api(problem) => match problem.r#type.as_deref() {
+            Some("urn:ietf:params:acme:error:alreadyReplaced") => {
+                Some(ReplacesRefusal::ThisCertificate)
+            }
+            Some("urn:ietf:params:acme:error:malformed")
+                if problem
+                    .detail
+                    .as_deref()
+                    .is_some_and(|detail| detail.to_ascii_lowercase().contains("replaces")) =>
+            {
+                Some(ReplacesRefusal::Unsupported)
+            }
+            _ => None,
+        },
+        // The library checks that the CA reflected the field (RFC 9773 §5);
+        // a CA that accepts the order but drops the field does not honour it.
+        instant_acme::Error::Other(inner) if inner.to_string().contains("replaces field") => {
+            Some(ReplacesRefusal::Unsupported)
+        }
+        instant_acme::Error::Unsupported(_) => Some(ReplacesRefusal::Unsupported),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn problem(kind: &str, detail: &str) -> AcmeError {
+        let problem: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+            "type": kind, "detail": detail, "status": 400
+        }))
+        .expect("problem document");
+        AcmeError::Api {
+            step: "creating the order",
+            source: instant_acme::Error::Api(problem),
+        }
+    }
+
+    #[test]
+    fn only_refusals_of_replaces_itself_allow_a_plain_order() {
+        assert_eq!(
+            replaces_refusal(&problem(
+                "urn:ietf:params:acme:error:alreadyReplaced",
+                "certificate already replaced"
+            )),
+            Some(ReplacesRefusal::ThisCertificate)
+        );
+        assert_eq!(
+            replaces_refusal(&problem(
+                "urn:ietf:params:acme:error:malformed",
+                "unknown field \"replaces\""
+            )),
+            Some(ReplacesRefusal::Unsupported)
+        );
+        let ignored = AcmeError::Api {
+            step: "creating the order",
+            source: instant_acme::Error::Other(
+                "replaces field mismatch: expected Some(..), found None".into(),
+            ),
+        };
+        assert_eq!(
+            replaces_refusal(&ignored),
+            Some(ReplacesRefusal::Unsupported)
+        );
+        // A rate limit or an outage would hit the plain order too.
+        for refused in [
+            problem("urn:ietf:params:acme:error:rateLimited", "too many orders"),
+            problem("urn:ietf:params:acme:error:serverInternal", "oops"),
+            problem("urn:ietf:params:acme:error:malformed", "bad CSR"),
+        ] {
+            assert_eq!(replaces_refusal(&refused), None, "{refused}");
+        }
+        assert_eq!(
+            replaces_refusal(&AcmeError::Api {
+                step: "creating the order",
+                source: instant_acme::Error::Timeout(None),
+            }),
+            None
+        );
+    }
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {

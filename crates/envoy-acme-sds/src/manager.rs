@@ -89,8 +89,13 @@ pub enum Outcome {
         serial: String,
         next_check: OffsetDateTime,
     },
-    /// The current certificate stays.
-    Unchanged { next_check: OffsetDateTime },
+    /// The current certificate stays until `renew_at` (by the lifetime rule
+    /// or the CA's ARI window); `next_check` may come sooner, to ask the CA
+    /// for its window again.
+    Unchanged {
+        renew_at: OffsetDateTime,
+        next_check: OffsetDateTime,
+    },
     /// Nothing changed; retry at `retry_at`.
     Failed {
         error: ManagerError,
@@ -102,7 +107,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn next_attempt(&self) -> OffsetDateTime {
         match self {
-            Self::Issued { next_check, .. } | Self::Unchanged { next_check } => *next_check,
+            Self::Issued { next_check, .. } | Self::Unchanged { next_check, .. } => *next_check,
             Self::Failed { retry_at, .. } => *retry_at,
         }
     }
@@ -269,6 +274,7 @@ impl CertManager {
             RenewalDecision::RenewAt(at) => {
                 self.consecutive_failures = 0;
                 Outcome::Unchanged {
+                    renew_at: at,
                     next_check: self.with_ari_check(at, now),
                 }
             }

@@ -10,7 +10,9 @@
 //! | `envoy_acme_sds_lock_holder` | gauge, 1 while this replica holds the renewal lock | |
 //!
 //! The certificate gauges are computed at scrape time from what is served,
-//! so "seconds to renewal" counts down without anything updating it.
+//! so "seconds to renewal" counts down without anything updating it. It
+//! follows the lifetime rule, except on the replica that renews: there the
+//! time picked in the CA's ARI window replaces it once the CA was asked.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -110,7 +112,12 @@ impl RenewalObserver for ServiceMetrics {
         let result = match outcome {
             Outcome::Issued { .. } => "ok",
             Outcome::Failed { .. } => "failed",
-            Outcome::Unchanged { .. } => return,
+            Outcome::Unchanged { renew_at, .. } => {
+                // The renewing replica knows the CA's ARI window, which may
+                // move renewal away from the lifetime rule used on serving.
+                self.certificates.set_renew_at(name.as_str(), *renew_at);
+                return;
+            }
         };
         self.renewals
             .get_or_create(&RenewalLabels {
@@ -133,6 +140,18 @@ impl CertificateDates {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_owned(), (not_after, renew_at));
+    }
+
+    /// Updates the renewal time of a certificate already served.
+    fn set_renew_at(&self, name: &str, renew_at: OffsetDateTime) {
+        if let Some(dates) = self
+            .dates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(name)
+        {
+            dates.1 = renew_at;
+        }
     }
 }
 
@@ -241,6 +260,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("envoy_acme_sds_lock_holder 1"), "{text}");
+
+        // The renewing replica learns of an earlier ARI window.
+        metrics.observe(
+            &name,
+            &Outcome::Unchanged {
+                renew_at: now + time::Duration::days(10),
+                next_check: now + time::Duration::hours(12),
+            },
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("envoy_acme_sds_certificate_renewal_in_seconds{"))
+            .expect("renewal gauge");
+        let seconds: i64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
+        assert!((10 * 86400 - 5..=10 * 86400).contains(&seconds), "{line}");
         assert!(
             text.contains("envoy_acme_sds_acme_request_duration_seconds_count 1"),
             "{text}"

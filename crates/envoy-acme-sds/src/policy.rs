@@ -84,10 +84,12 @@ pub enum RenewReason {
     Missing,
     /// The stored certificate was ordered for other names, key type or profile.
     ConfigurationChanged,
-    /// The stored certificate has expired (or is not valid yet).
+    /// The stored certificate has expired.
     NotValid,
-    /// Its renewal time (lifetime rule or ARI) has come.
+    /// Its renewal time by the lifetime rule has come.
     Due,
+    /// The time picked in the CA's ARI window has come.
+    AriWindow,
     /// An operator asked for a new certificate (`envoy-acme-sds renew`).
     Requested,
 }
@@ -115,14 +117,23 @@ pub fn decide(
     if !matches_configuration {
         return RenewalDecision::RenewNow(RenewReason::ConfigurationChanged);
     }
-    if !metadata.is_valid_at(now) {
+    // Expired only: a certificate whose start is still ahead (the CA's clock
+    // runs ahead of ours and it does not backdate) becomes valid by itself;
+    // ordering another would give the same and spend the weekly budget.
+    if now >= metadata.not_after {
         return RenewalDecision::RenewNow(RenewReason::NotValid);
     }
-    let at = ari_time.unwrap_or_else(|| default_renewal_time(metadata));
-    if at <= now {
-        RenewalDecision::RenewNow(RenewReason::Due)
-    } else {
-        RenewalDecision::RenewAt(at)
+    match ari_time {
+        Some(at) if at <= now => RenewalDecision::RenewNow(RenewReason::AriWindow),
+        Some(at) => RenewalDecision::RenewAt(at),
+        None => {
+            let at = default_renewal_time(metadata);
+            if at <= now {
+                RenewalDecision::RenewNow(RenewReason::Due)
+            } else {
+                RenewalDecision::RenewAt(at)
+            }
+        }
     }
 }
 
@@ -320,7 +331,7 @@ mod tests {
                 Some(at),
                 START + time::Duration::days(13)
             ),
-            RenewalDecision::RenewNow(RenewReason::Due)
+            RenewalDecision::RenewNow(RenewReason::AriWindow)
         );
         let inverted = AriWindow {
             start: window.end,
@@ -344,6 +355,16 @@ mod tests {
         assert_eq!(
             decide(Some(&meta), true, None, START + time::Duration::days(91)),
             RenewalDecision::RenewNow(RenewReason::NotValid)
+        );
+    }
+
+    #[test]
+    fn a_certificate_starting_in_the_future_is_kept_not_reordered() {
+        let meta = metadata(START, time::Duration::days(90));
+        let before_start = START - time::Duration::seconds(30);
+        assert_eq!(
+            decide(Some(&meta), true, None, before_start),
+            RenewalDecision::RenewAt(default_renewal_time(&meta))
         );
     }
 

@@ -94,7 +94,7 @@ async fn dns01_apex_and_wildcard_through_knot() {
     // Nothing to do right after issuance: no second order.
     let again = manager.reconcile(OffsetDateTime::now_utc()).await;
     // pebble offers no ARI, so the lifetime rule schedules the renewal.
-    let Outcome::Unchanged { next_check } = again else {
+    let Outcome::Unchanged { next_check, .. } = again else {
         panic!("expected no order right after issuance, got {again:?}");
     };
     assert_eq!(next_check, default_renewal_time(bundle.metadata()));

@@ -155,7 +155,7 @@ async fn issue(manager: &mut CertManager, now: OffsetDateTime) -> Arc<Certificat
 
 async fn unchanged(manager: &mut CertManager, now: OffsetDateTime) -> OffsetDateTime {
     let outcome = manager.reconcile(now).await;
-    let Outcome::Unchanged { next_check } = outcome else {
+    let Outcome::Unchanged { next_check, .. } = outcome else {
         panic!("expected the certificate to stay at {now}, got {outcome:?}");
     };
     next_check
@@ -322,5 +322,19 @@ async fn ca_not_reflecting_replaces_gets_a_plain_order_instead() {
         front.orders(),
         vec![plain_order(), replacing(&first_id), plain_order()],
         "one attempt with `replaces`, then one without"
+    );
+
+    // The client remembers: the next renewal orders once, without `replaces`,
+    // rather than leaving another abandoned order at the CA.
+    let third = issue(&mut manager, t0 + RETRY_AFTER + Duration::seconds(1)).await;
+    assert_ne!(third.metadata().serial, second.metadata().serial);
+    assert_eq!(
+        front.orders(),
+        vec![
+            plain_order(),
+            replacing(&first_id),
+            plain_order(),
+            plain_order()
+        ],
     );
 }
