@@ -8,6 +8,9 @@
 //!
 //! Binaries come from `.tools/bin` (installed by `cargo xtask tools`); set
 //! `CONTROL_PLANE_TOOLS` to use another directory.
+//!
+//! [`acme_ari`] is the one in-process fake here, and it fronts a real pebble
+//! rather than replacing it: it adds what pebble 2.4 lacks (ARI).
 
 pub mod acme_ari;
 mod backend;
