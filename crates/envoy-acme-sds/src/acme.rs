@@ -107,6 +107,14 @@ pub enum AcmeError {
     BadChain(String),
     #[error("the CA returned identifier `{0}`, which is not a DNS name")]
     BadIdentifier(String),
+    #[error(
+        "the CA offers no ACME profile `{profile}` (offered: {}); check --acme-profile",
+        if offered.is_empty() { "none".to_owned() } else { offered.join(", ") }
+    )]
+    UnsupportedProfile {
+        profile: String,
+        offered: Vec<String>,
+    },
     #[error(transparent)]
     Solver(#[from] SolverError),
     #[error(transparent)]
@@ -327,7 +335,9 @@ impl AcmeClient {
 
     /// Profiles the CA's directory advertises.
     pub fn profiles(&self) -> Vec<String> {
-        self.account.profiles().map(|p| p.name.to_owned()).collect()
+        let mut names: Vec<String> = self.account.profiles().map(|p| p.name.to_owned()).collect();
+        names.sort();
+        names
     }
 
     /// The last `Retry-After` the CA sent on an error response, consumed.
@@ -423,6 +433,18 @@ impl AcmeClient {
     }
 
     async fn new_order(&self, request: &OrderRequest<'_>) -> Result<Order, AcmeError> {
+        // Checked here rather than left to the CA: one that does not know
+        // profiles may ignore the field and issue its default certificate,
+        // which would then never match the configuration and be re-ordered.
+        if let Some(profile) = request.profile {
+            let offered = self.profiles();
+            if !offered.iter().any(|name| name == profile) {
+                return Err(AcmeError::UnsupportedProfile {
+                    profile: profile.to_owned(),
+                    offered,
+                });
+            }
+        }
         let identifiers: Vec<Identifier> = request
             .names
             .iter()

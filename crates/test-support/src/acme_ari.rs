@@ -9,7 +9,9 @@
 //! - records every new-order request's `replaces`, and echoes it in the
 //!   CA's answer as RFC 9773 §5 requires of a CA that accepts it (pebble
 //!   drops the unknown field, and instant-acme refuses an order whose answer
-//!   does not reflect it).
+//!   does not reflect it);
+//! - optionally advertises ACME profiles (`meta.profiles`, as Let's Encrypt
+//!   does) and records each order's `profile`, which pebble 2.4 ignores.
 //!
 //! Requests are relayed with the front's own `Host`: pebble builds every URL
 //! it hands out from the `Host` it was asked with, and checks each JWS's
@@ -65,6 +67,8 @@ pub enum RenewalInfoAnswer {
 pub struct OrderSeen {
     /// The `replaces` field of the request's payload.
     pub replaces: Option<String>,
+    /// The `profile` field of the request's payload.
+    pub profile: Option<String>,
     /// The CA's status code (201 when the order was created).
     pub status: u16,
     /// Whether the CA's own answer carried `replaces`, before the front
@@ -77,6 +81,8 @@ struct State {
     answer: RenewalInfoAnswer,
     retry_after_seconds: u64,
     echo_replaces: bool,
+    /// Advertised in the directory's `meta.profiles`: name -> description.
+    profiles: Vec<(String, String)>,
     queries: Vec<String>,
     orders: Vec<OrderSeen>,
     /// Learnt from the CA's directory.
@@ -137,6 +143,7 @@ impl AriFront {
                 },
                 retry_after_seconds: 60,
                 echo_replaces: true,
+                profiles: Vec::new(),
                 queries: Vec::new(),
                 orders: Vec::new(),
                 new_order_path: None,
@@ -198,6 +205,15 @@ impl AriFront {
         self.front.state().echo_replaces = echo;
     }
 
+    /// Profiles the directory advertises from now on (name, description);
+    /// none by default, like pebble 2.4.
+    pub fn set_profiles(&self, profiles: &[(&str, &str)]) {
+        self.front.state().profiles = profiles
+            .iter()
+            .map(|(name, description)| ((*name).to_owned(), (*description).to_owned()))
+            .collect();
+    }
+
     /// The certificate IDs renewal information was asked for, in order.
     pub fn renewal_info_queries(&self) -> Vec<String> {
         self.front.state().queries.clone()
@@ -255,13 +271,19 @@ impl Front {
         let is_directory = parts.method == Method::GET && path == self.upstream.directory_path;
         let is_new_order = parts.method == Method::POST
             && self.state().new_order_path.as_deref() == Some(path.as_str());
-        let replaces = if is_new_order {
+        let payload = if is_new_order {
             jws_payload(&body)
-                .and_then(|payload| payload.get("replaces").cloned())
-                .and_then(|value| value.as_str().map(str::to_owned))
         } else {
             None
         };
+        let field = |name: &str| {
+            payload
+                .as_ref()
+                .and_then(|payload| payload.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (replaces, profile) = (field("replaces"), field("profile"));
         let request = Request::from_parts(parts, Full::new(body));
         let (status, headers, mut body) = match self.relay(request).await {
             Ok(answer) => answer,
@@ -282,6 +304,7 @@ impl Front {
             let mut state = self.state();
             state.orders.push(OrderSeen {
                 replaces: replaces.clone(),
+                profile,
                 status: status.as_u16(),
                 echoed_by_ca,
             });
@@ -328,6 +351,19 @@ impl Front {
             "renewalInfo".to_owned(),
             Value::String(format!("{base}{RENEWAL_INFO_PATH}")),
         );
+        let profiles = self.state().profiles.clone();
+        if !profiles.is_empty() {
+            let meta = fields
+                .entry("meta")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Some(meta) = meta.as_object_mut() {
+                let listed = profiles
+                    .into_iter()
+                    .map(|(name, description)| (name, Value::String(description)))
+                    .collect();
+                meta.insert("profiles".to_owned(), Value::Object(listed));
+            }
+        }
         Ok(Bytes::from(directory.to_string()))
     }
 

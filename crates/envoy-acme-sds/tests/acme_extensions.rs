@@ -1,6 +1,7 @@
-//! ACME Renewal Information (RFC 9773) end to end: certificates really
-//! ordered from pebble, with renewal windows from an in-process front that
-//! adds what pebble 2.4 lacks (`renewalInfo`, and reflecting `replaces`).
+//! ACME Renewal Information (RFC 9773) and ACME profiles end to end:
+//! certificates really ordered from pebble, through an in-process front that
+//! adds what pebble 2.4 lacks (`renewalInfo`, reflecting `replaces`, and
+//! advertising profiles).
 //!
 //! The manager is driven pass by pass with `reconcile(now)`: a `now` past the
 //! CA's `Retry-After` stands for the wait the run loop would sleep, so the
@@ -43,6 +44,12 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(&[], None).await
+}
+
+/// [`setup`] with a CA advertising `profiles`, and a certificate ordered
+/// with `profile`.
+async fn setup_with(profiles: &[(&str, &str)], profile: Option<&str>) -> Setup {
     // Validation is not under test here: pebble accepts every challenge,
     // so no DNS or HTTP-01 server is needed. Nor are `badNonce` retries
     // (see acme_pebble.rs): with none, every new-order request seen is one
@@ -58,6 +65,8 @@ async fn setup() -> Setup {
         .await
         .expect("ARI front starts");
     front.set_retry_after(RETRY_AFTER.whole_seconds().unsigned_abs());
+    // Before the account connects: the client reads the directory once.
+    front.set_profiles(profiles);
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(DiskStore::open(dir.path().join("store"), None).expect("store"));
     // Only the front's root is trusted: a URL of pebble's own would fail,
@@ -69,7 +78,8 @@ async fn setup() -> Setup {
             .await
             .expect("account through the front"),
     );
-    let spec = CertificateSpec::new(NameSet::parse(&[NAME]).expect("names")).expect("spec");
+    let mut spec = CertificateSpec::new(NameSet::parse(&[NAME]).expect("names")).expect("spec");
+    spec.profile = profile.map(str::to_owned);
     let manager = CertManager::new(
         spec,
         acme,
@@ -129,6 +139,7 @@ fn window_open_now() -> RenewalInfoAnswer {
 fn plain_order() -> OrderSeen {
     OrderSeen {
         replaces: None,
+        profile: None,
         status: 201,
         echoed_by_ca: false,
     }
@@ -137,6 +148,7 @@ fn plain_order() -> OrderSeen {
 fn replacing(id: &str) -> OrderSeen {
     OrderSeen {
         replaces: Some(id.to_owned()),
+        profile: None,
         status: 201,
         // pebble accepts the order and drops the unknown field.
         echoed_by_ca: false,
@@ -337,4 +349,61 @@ async fn ca_not_reflecting_replaces_gets_a_plain_order_instead() {
             plain_order()
         ],
     );
+}
+
+/// Let's Encrypt's profiles, as its directory describes them.
+const PROFILES: &[(&str, &str)] = &[
+    ("classic", "The same profile you're accustomed to"),
+    (
+        "shortlived",
+        "A short-lived cert profile, without actual enforcement",
+    ),
+    ("tlsserver", "A TLS-only profile"),
+];
+
+#[tokio::test]
+async fn the_configured_profile_is_ordered_and_recorded() {
+    let Setup {
+        pebble: _pebble,
+        front,
+        store,
+        mut manager,
+        _dir,
+    } = setup_with(PROFILES, Some("shortlived")).await;
+    let issued = issue(&mut manager, OffsetDateTime::now_utc()).await;
+    let orders = front.orders();
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(orders[0].profile.as_deref(), Some("shortlived"));
+    assert_eq!(issued.metadata().profile.as_deref(), Some("shortlived"));
+    let stored = store
+        .load_certificate(&SecretName::new(NAME).expect("name"))
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(stored.metadata().profile.as_deref(), Some("shortlived"));
+}
+
+#[tokio::test]
+async fn a_profile_the_ca_does_not_offer_is_a_clear_error_and_no_order() {
+    for (offered, listed) in [
+        (PROFILES, "classic, shortlived, tlsserver"),
+        (&[][..], "none"),
+    ] {
+        let Setup {
+            pebble: _pebble,
+            front,
+            store: _store,
+            mut manager,
+            _dir,
+        } = setup_with(offered, Some("sixday")).await;
+        let outcome = manager.reconcile(OffsetDateTime::now_utc()).await;
+        let Outcome::Failed { error, .. } = outcome else {
+            panic!("expected a failure, got {outcome:?}");
+        };
+        let message = error.to_string();
+        assert!(message.contains("no ACME profile `sixday`"), "{message}");
+        assert!(message.contains(&format!("offered: {listed}")), "{message}");
+        assert!(manager.current().is_none());
+        assert!(front.orders().is_empty(), "{:?}", front.orders());
+    }
 }
