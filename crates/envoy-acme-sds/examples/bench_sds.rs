@@ -25,6 +25,7 @@ use envoy_acme_sds::store::codec::{CertificatePart, certificate_item};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::disk::DiskStore;
 use envoy_acme_sds::store::{CertificateStore, SecretName};
+use test_support::bootstrap::SdsListenerBootstrap;
 use test_support::{
     ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, free_port, http_get, https_get,
 };
@@ -145,51 +146,6 @@ async fn presented_serial(listener: SocketAddr, root: &str) -> Option<String> {
     (response.status == 200).then(|| serial_of(&der))
 }
 
-fn envoy_bootstrap(node: &str, port: u16, sds: SocketAddr) -> String {
-    format!(
-        r#"node: {{ id: {node}, cluster: bench }}
-static_resources:
-  listeners:
-  - name: https
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: "{ZONE}"
-              sds_config: {{ resource_api_version: V3, api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: sds }} }}] }} }}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: https
-          route_config:
-            virtual_hosts:
-            - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }} }}] }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: sds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: sds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {sds_port} }} }} }}
-"#,
-        sds_port = sds.port()
-    )
-}
-
 async fn wait_ready(admin: SocketAddr, replica: &mut ManagedProcess) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -266,9 +222,8 @@ async fn propagation(binary: &std::path::Path, rotations: usize) -> Vec<Duration
     let mut envoys = Vec::new();
     for (index, (_, sds, _)) in replicas.iter().enumerate() {
         let port = free_port();
-        let envoy = Envoy::start(&envoy_bootstrap(&format!("bench-{index}"), port, *sds))
-            .await
-            .expect("envoy starts");
+        let bootstrap = SdsListenerBootstrap::new(&format!("bench-{index}"), port, ZONE, *sds);
+        let envoy = Envoy::start(&bootstrap.yaml()).await.expect("envoy starts");
         envoys.push((envoy, SocketAddr::from(([127, 0, 0, 1], port))));
     }
 

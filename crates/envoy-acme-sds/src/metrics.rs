@@ -196,6 +196,17 @@ mod tests {
     use crate::manager::ManagerError;
     use crate::store::StoreError;
 
+    /// The value of the (single) renewal gauge in `registry`'s exposition.
+    fn renewal_in_seconds(registry: &Registry) -> i64 {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encodes");
+        text.lines()
+            .find(|l| l.starts_with("envoy_acme_sds_certificate_renewal_in_seconds{"))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no renewal gauge in {text}"))
+    }
+
     #[test]
     fn exposition_carries_dates_renewals_and_the_lock() {
         let mut registry = Registry::default();
@@ -239,16 +250,11 @@ mod tests {
         );
         assert!(text.contains(&expiry), "{text}");
         // Renewal at 60 of 90 days, i.e. in 50 days (give or take the test's runtime).
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("envoy_acme_sds_certificate_renewal_in_seconds{"))
-            .expect("renewal gauge");
-        let seconds: i64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("value");
-        assert!((50 * 86400 - 5..=50 * 86400).contains(&seconds), "{line}");
+        let seconds = renewal_in_seconds(&registry);
+        assert!(
+            (50 * 86400 - 5..=50 * 86400).contains(&seconds),
+            "{seconds}"
+        );
         assert!(
             text.contains("envoy_acme_sds_renewals_total{secret=\"example.com\",result=\"ok\"} 1"),
             "{text}"
@@ -269,18 +275,11 @@ mod tests {
                 next_check: now + time::Duration::hours(12),
             },
         );
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("envoy_acme_sds_certificate_renewal_in_seconds{"))
-            .expect("renewal gauge");
-        let seconds: i64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("value");
-        assert!((10 * 86400 - 5..=10 * 86400).contains(&seconds), "{line}");
+        let seconds = renewal_in_seconds(&registry);
+        assert!(
+            (10 * 86400 - 5..=10 * 86400).contains(&seconds),
+            "{seconds}"
+        );
         assert!(
             text.contains("envoy_acme_sds_acme_request_duration_seconds_count 1"),
             "{text}"

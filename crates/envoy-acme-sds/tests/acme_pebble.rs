@@ -259,6 +259,24 @@ async fn ca_refusing_the_order_backs_off_and_keeps_the_old_certificate() {
         Arc::clone(&store) as Arc<dyn CertificateStore>,
     );
 
+    let message = first_failure_keeps(&mut manager, store.as_ref(), &secret_name, &old).await;
+    // pebble's own problem document, passed on: type and detail.
+    assert!(
+        message.contains("urn:ietf:params:acme:error:connection"),
+        "{message}"
+    );
+    assert!(message.contains("www.example.test"), "{message}");
+}
+
+/// Runs the first renewal attempt, expected to fail at the CA: it backs off
+/// 1 minute (± 10 % jitter) and `old` stays published and stored. Returns
+/// the error's text.
+async fn first_failure_keeps(
+    manager: &mut CertManager,
+    store: &DiskStore,
+    secret_name: &SecretName,
+    old: &CertificateBundle,
+) -> String {
     let now = OffsetDateTime::now_utc();
     let outcome = manager.reconcile(now).await;
     let Outcome::Failed {
@@ -271,12 +289,6 @@ async fn ca_refusing_the_order_backs_off_and_keeps_the_old_certificate() {
     };
     let message = error.to_string();
     assert!(matches!(error, ManagerError::Acme(_)), "{message}");
-    // pebble's own problem document, passed on: type and detail.
-    assert!(
-        message.contains("urn:ietf:params:acme:error:connection"),
-        "{message}"
-    );
-    assert!(message.contains("www.example.test"), "{message}");
     assert_eq!(consecutive_failures, 1);
     let delay = retry_at - now;
     assert!(
@@ -287,11 +299,13 @@ async fn ca_refusing_the_order_backs_off_and_keeps_the_old_certificate() {
     let serving = manager.current().expect("old certificate published");
     assert_eq!(serving.metadata(), old.metadata());
     let on_disk = store
-        .load_certificate(&secret_name)
+        .load_certificate(secret_name)
         .await
         .expect("load")
         .expect("still stored");
+    assert_eq!(on_disk.metadata(), old.metadata());
     assert_eq!(on_disk.key_pem(), old.key_pem());
+    message
 }
 
 #[tokio::test]
@@ -326,38 +340,9 @@ async fn refused_dns_update_backs_off_and_keeps_the_old_certificate() {
         Arc::clone(&store) as Arc<dyn CertificateStore>,
     );
 
-    let now = OffsetDateTime::now_utc();
-    let outcome = manager.reconcile(now).await;
-    let Outcome::Failed {
-        error,
-        consecutive_failures,
-        retry_at,
-    } = outcome
-    else {
-        panic!("expected a failure, got {outcome:?}");
-    };
-    let message = error.to_string();
-    assert!(matches!(error, ManagerError::Acme(_)), "{message}");
+    let message = first_failure_keeps(&mut manager, store.as_ref(), &secret_name, &old).await;
     assert!(message.contains("RFC 2136"), "{message}");
     assert!(message.contains("TSIG error BadSig"), "{message}");
-    assert_eq!(consecutive_failures, 1);
-    // First backoff step: 1 minute ± 10 % jitter.
-    let delay = retry_at - now;
-    assert!(
-        (time::Duration::seconds(54)..=time::Duration::seconds(66)).contains(&delay),
-        "retry in {delay}"
-    );
-
-    // The old certificate stays in service and on disk.
-    let serving = manager.current().expect("old certificate published");
-    assert_eq!(serving.metadata(), old.metadata());
-    let on_disk = store
-        .load_certificate(&secret_name)
-        .await
-        .expect("load")
-        .expect("still stored");
-    assert_eq!(on_disk.metadata(), old.metadata());
-    assert_eq!(on_disk.key_pem(), old.key_pem());
 
     // The next failure backs off further: 10 minutes ± 10 %.
     let now = OffsetDateTime::now_utc();

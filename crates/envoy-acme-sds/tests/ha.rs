@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::service::{SdsService, SdsTransport, binary, presented, sds_bootstrap};
+use common::service::{SdsService, binary, presented};
 use common::{ZONE, acme_ca_file, start_pebble};
 use consul_client::{Address, Client, ClientConfig, QueryOptions, SessionRequest};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::{CertificateStore, SecretName};
+use test_support::bootstrap::{SdsListenerBootstrap, SdsTransport};
 use test_support::{ConsulAgent, Envoy, Knot, PebbleOptions, eventually, free_port};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -224,15 +225,10 @@ async fn one_replica_orders_both_serve_and_the_lock_moves_when_the_holder_dies()
     let mut envoys = Vec::new();
     for (index, transport) in [(leader, SdsTransport::Sotw), (follower, SdsTransport::Ads)] {
         let port = free_port();
-        let envoy = Envoy::start(&sds_bootstrap(
-            &format!("gateway-{index}"),
-            port,
-            HOST,
-            replicas[index].sds,
-            transport,
-        ))
-        .await
-        .expect("envoy starts");
+        let bootstrap =
+            SdsListenerBootstrap::new(&format!("gateway-{index}"), port, HOST, replicas[index].sds)
+                .transport(transport);
+        let envoy = Envoy::start(&bootstrap.yaml()).await.expect("envoy starts");
         let listener = SocketAddr::from(([127, 0, 0, 1], port));
         let seen = eventually(
             "Envoy presents the certificate",

@@ -11,15 +11,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::service::{
-    SdsService, SdsTransport, assert_absent, binary, pem_body, presented, sds_bootstrap,
-};
+use common::service::{SdsService, assert_absent, binary, pem_body, presented};
 use common::{ZONE, acme_ca_file, start_pebble, tsig_key_file};
 use consul_client::{Address, Client, ClientConfig, QueryOptions, Token};
 use envoy_acme_sds::store::codec::{CertificatePart, certificate_item};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::encryption::KeyEncryption;
 use envoy_acme_sds::store::{CertificateStore, SecretName};
+use test_support::bootstrap::{SdsListenerBootstrap, SdsTransport};
 use test_support::{ConsulAgent, ConsulOptions, Envoy, Knot, PebbleOptions, eventually, free_port};
 
 const PREFIX: &str = "edge/acme";
@@ -126,15 +125,9 @@ async fn dns01_certificate_is_served_over_sds_rotated_by_renew_and_never_logged(
 
     // An Envoy TLS listener whose certificate is the SDS secret (delta protocol).
     let listener_port = free_port();
-    let envoy = Envoy::start(&sds_bootstrap(
-        "gateway-1",
-        listener_port,
-        ZONE,
-        service.sds,
-        SdsTransport::Delta,
-    ))
-    .await
-    .expect("envoy starts");
+    let bootstrap = SdsListenerBootstrap::new("gateway-1", listener_port, ZONE, service.sds)
+        .transport(SdsTransport::Delta);
+    let envoy = Envoy::start(&bootstrap.yaml()).await.expect("envoy starts");
     let listener = std::net::SocketAddr::from(([127, 0, 0, 1], listener_port));
     let root = pebble.issuing_root_pem().await.expect("pebble root");
     let first = eventually(

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::service::{SdsService, presented};
 use common::{ZONE, acme_ca_file, start_pebble, tsig_key_file};
+use test_support::bootstrap::{SdsClientTls, SdsListenerBootstrap};
 use test_support::{Envoy, Knot, LeafPem, PebbleOptions, TestCa, eventually, free_port};
 
 /// Envoy dials a loopback address but checks this name (SNI and SAN), as it
@@ -28,95 +29,33 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     path
 }
 
-/// A client identity on disk, for Envoy's `tls_certificates`.
-struct ClientIdentity {
-    cert: PathBuf,
-    key: PathBuf,
+/// A client certificate and key on disk, for Envoy's `tls_certificates`.
+fn write_identity(dir: &Path, name: &str, leaf: &LeafPem) -> (PathBuf, PathBuf) {
+    (
+        write(dir, &format!("{name}.pem"), &leaf.cert_pem),
+        write(dir, &format!("{name}.key"), &leaf.key_pem),
+    )
 }
 
-impl ClientIdentity {
-    fn write(dir: &Path, name: &str, leaf: &LeafPem) -> Self {
-        Self {
-            cert: write(dir, &format!("{name}.pem"), &leaf.cert_pem),
-            key: write(dir, &format!("{name}.key"), &leaf.key_pem),
-        }
-    }
-}
-
-/// Like `sds_bootstrap` (one TLS listener whose certificate is the SDS
-/// secret), but the `sds` cluster speaks TLS: it trusts `trusted_ca`, checks
-/// the server's name, and presents `client` when given. Envoys built from it
-/// differ only in that client certificate, so a difference in what they get
-/// is the server's client authentication at work.
+/// One TLS listener whose certificate is the SDS secret, the `sds` cluster
+/// speaking TLS: it trusts `trusted_ca`, checks the server's name, and
+/// presents `client` when given. Envoys built from it differ only in that
+/// client certificate, so a difference in what they get is the server's
+/// client authentication at work.
 fn mtls_bootstrap(
     node: &str,
     listener_port: u16,
     sds: SocketAddr,
     trusted_ca: &Path,
-    client: Option<&ClientIdentity>,
+    client: Option<&(PathBuf, PathBuf)>,
 ) -> String {
-    let certificates = match client {
-        Some(identity) => format!(
-            "tls_certificates: [{{ certificate_chain: {{ filename: \"{}\" }}, private_key: {{ filename: \"{}\" }} }}]",
-            identity.cert.display(),
-            identity.key.display()
-        ),
-        None => "tls_certificates: []".to_owned(),
-    };
-    format!(
-        r#"node: {{ id: {node}, cluster: test-gateway }}
-static_resources:
-  listeners:
-  - name: https
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }} }}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: "{ZONE}"
-              sds_config: {{ resource_api_version: V3, api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: sds }} }}] }} }}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: https
-          route_config:
-            virtual_hosts:
-            - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }} }}] }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: sds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: {SDS_SERVER_NAME}
-        common_tls_context:
-          {certificates}
-          validation_context:
-            trusted_ca: {{ filename: "{ca}" }}
-            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {SDS_SERVER_NAME} }} }}]
-    load_assignment:
-      cluster_name: sds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
-"#,
-        ca = trusted_ca.display(),
-        ip = sds.ip(),
-        port = sds.port(),
-    )
+    SdsListenerBootstrap::new(node, listener_port, ZONE, sds)
+        .tls(SdsClientTls {
+            server_name: SDS_SERVER_NAME.to_owned(),
+            trusted_ca: trusted_ca.to_owned(),
+            client: client.cloned(),
+        })
+        .yaml()
 }
 
 /// A counter of `envoy`; 0 while Envoy has not created it.
@@ -171,14 +110,14 @@ async fn sds_over_mtls_serves_only_envoys_with_a_client_certificate_from_the_ca(
     let ca_file = write(dir.path(), "sds-ca.pem", sds_ca.cert_pem());
     let server_cert = write(dir.path(), "sds-server.pem", &server.cert_pem);
     let server_key = write(dir.path(), "sds-server.key", &server.key_pem);
-    let trusted = ClientIdentity::write(
+    let trusted = write_identity(
         dir.path(),
         "trusted-client",
         &sds_ca.client_leaf("gateway").expect("client leaf"),
     );
     // Same name and purpose, another issuer: only the CA check can tell.
     let stranger_ca = TestCa::new("stranger CA").expect("stranger CA");
-    let stranger = ClientIdentity::write(
+    let stranger = write_identity(
         dir.path(),
         "stranger-client",
         &stranger_ca.client_leaf("gateway").expect("stranger leaf"),

@@ -1,4 +1,5 @@
-//! Envoy bootstraps for tests: a gateway whose clusters come from EDS.
+//! Envoy bootstraps for tests: a gateway whose clusters come from EDS, and a
+//! TLS listener whose certificate comes from SDS.
 //!
 //! The shape follows the verified rules for Envoy 1.40: the xDS cluster
 //! speaks HTTP/2 (`typed_extension_protocol_options`), `eds_config` sits in
@@ -7,6 +8,7 @@
 
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// How Envoy asks for endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +110,157 @@ impl GatewayBootstrap {
             listener_port = self.listener_port,
             xds_ip = self.xds.ip(),
             xds_port = self.xds.port(),
+        )
+    }
+}
+
+/// How Envoy asks for secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdsTransport {
+    /// The SDS service, state of the world.
+    Sotw,
+    /// The SDS service, delta protocol.
+    Delta,
+    /// Aggregated (ADS), state of the world.
+    Ads,
+}
+
+/// TLS from Envoy to the SDS server: the server is checked against
+/// `trusted_ca` and `server_name` (SNI and SAN); `client` is the certificate
+/// and key files Envoy presents, for a server demanding mutual TLS.
+#[derive(Debug, Clone)]
+pub struct SdsClientTls {
+    pub server_name: String,
+    pub trusted_ca: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// One HTTPS listener whose certificate is the SDS secret `secret`,
+/// answering every request with 200 "ok".
+#[derive(Debug, Clone)]
+pub struct SdsListenerBootstrap {
+    pub node_id: String,
+    pub listener_port: u16,
+    pub secret: String,
+    pub sds: SocketAddr,
+    pub transport: SdsTransport,
+    /// Plain-text gRPC to the SDS server when `None`.
+    pub tls: Option<SdsClientTls>,
+}
+
+impl SdsListenerBootstrap {
+    /// State-of-the-world SDS over plain-text gRPC.
+    pub fn new(node_id: &str, listener_port: u16, secret: &str, sds: SocketAddr) -> Self {
+        Self {
+            node_id: node_id.to_owned(),
+            listener_port,
+            secret: secret.to_owned(),
+            sds,
+            transport: SdsTransport::Sotw,
+            tls: None,
+        }
+    }
+
+    #[must_use]
+    pub fn transport(self, transport: SdsTransport) -> Self {
+        Self { transport, ..self }
+    }
+
+    #[must_use]
+    pub fn tls(self, tls: SdsClientTls) -> Self {
+        Self {
+            tls: Some(tls),
+            ..self
+        }
+    }
+
+    pub fn yaml(&self) -> String {
+        let grpc = "grpc_services: [{ envoy_grpc: { cluster_name: sds } }]";
+        let api_source = |api_type: &str| {
+            format!(
+                "{{ resource_api_version: V3, api_config_source: {{ api_type: {api_type}, transport_api_version: V3, {grpc} }} }}"
+            )
+        };
+        let (config_source, ads) = match self.transport {
+            SdsTransport::Sotw => (api_source("GRPC"), String::new()),
+            SdsTransport::Delta => (api_source("DELTA_GRPC"), String::new()),
+            SdsTransport::Ads => (
+                "{ resource_api_version: V3, ads: {} }".to_owned(),
+                format!(
+                    "dynamic_resources:\n  ads_config: {{ api_type: GRPC, transport_api_version: V3, {grpc} }}\n"
+                ),
+            ),
+        };
+        let transport_socket = self.tls.as_ref().map_or_else(String::new, |tls| {
+            let certificates = match &tls.client {
+                Some((cert, key)) => format!(
+                    "tls_certificates: [{{ certificate_chain: {{ filename: \"{}\" }}, private_key: {{ filename: \"{}\" }} }}]",
+                    cert.display(),
+                    key.display()
+                ),
+                None => "tls_certificates: []".to_owned(),
+            };
+            format!(
+                r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {name}
+        common_tls_context:
+          {certificates}
+          validation_context:
+            trusted_ca: {{ filename: "{ca}" }}
+            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {name} }} }}]
+"#,
+                name = tls.server_name,
+                ca = tls.trusted_ca.display(),
+            )
+        });
+        format!(
+            r#"node: {{ id: {node}, cluster: test-gateway }}
+{ads}static_resources:
+  listeners:
+  - name: https
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: "{secret}"
+              sds_config: {config_source}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: https
+          route_config:
+            virtual_hosts:
+            - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }} }}] }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: sds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+{transport_socket}    load_assignment:
+      cluster_name: sds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
+"#,
+            node = self.node_id,
+            listener_port = self.listener_port,
+            secret = self.secret,
+            ip = self.sds.ip(),
+            port = self.sds.port(),
         )
     }
 }
