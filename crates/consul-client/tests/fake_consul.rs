@@ -517,14 +517,22 @@ async fn a_fast_changing_index_is_rate_limited() {
             other => panic!("expected Changed, got {other:?}"),
         }
     }
+    // Every answer returns at once: only the rate limit paces the watch,
+    // which lets two requests start back to back but never a third within
+    // the same interval.
     let starts = lock(&starts).clone();
-    for pair in starts.windows(2).take(5) {
+    for three in starts.windows(3).take(4) {
         assert!(
-            pair[1] - pair[0] >= min_interval,
-            "requests started {:?} apart",
-            pair[1] - pair[0]
+            three[2] - three[0] >= min_interval,
+            "three requests started within {:?}",
+            three[2] - three[0]
         );
     }
+    assert!(
+        starts[5] - starts[0] >= 2 * min_interval,
+        "six requests took {:?}: the index was read more than twice per interval",
+        starts[5] - starts[0]
+    );
 }
 
 #[tokio::test]

@@ -277,8 +277,9 @@ impl DcWideTask {
     ) {
         let mut state_config = self.config.clone();
         // The whole datacenter's checks are a large answer; reading it more
-        // than a few times a second buys nothing and costs the agent.
-        state_config.min_interval = state_config.min_interval.max(Duration::from_millis(250));
+        // than a few times a second buys nothing and costs the agent. The
+        // watch reads at most twice per interval: four times a second.
+        state_config.min_interval = state_config.min_interval.max(Duration::from_millis(500));
         let mut checks = self
             .client
             .watch_health_state_brief(HealthState::Any, state_config.clone());

@@ -22,11 +22,13 @@ pub(crate) enum State<T> {
     /// Nothing asked yet: the next request is a plain read, sent now.
     Initial,
     /// The last request succeeded. The next blocks on the cursor's index,
-    /// not before `not_before` (the rate limit).
+    /// not before `not_before` (the rate limit). `last_started` is when the
+    /// request that succeeded was sent: the rate limit counts from it.
     Healthy {
         value: Arc<T>,
         cursor: IndexCursor,
         not_before: Instant,
+        last_started: Instant,
     },
     /// The last `failures` requests failed; the next, a plain read, is sent
     /// at `retry_at`. `last_good` is kept for the consumer, never replaced by
@@ -101,12 +103,18 @@ impl<T> State<T> {
         timing: Timing,
         config: &WatchConfig,
     ) -> (Self, Option<WatchEvent<T>>) {
-        let (previous, mut cursor, recovering) = match self {
-            Self::Initial => (None, IndexCursor::new(), false),
-            Self::Healthy { value, cursor, .. } => (Some(value), cursor, false),
+        let (previous, mut cursor, recovering, earlier_start) = match self {
+            Self::Initial => (None, IndexCursor::new(), false, None),
+            Self::Healthy {
+                value,
+                cursor,
+                last_started,
+                ..
+            } => (Some(value), cursor, false, Some(last_started)),
+            // The failed attempts were spaced by the backoff already.
             Self::Failing {
                 last_good, cursor, ..
-            } => (last_good, cursor, true),
+            } => (last_good, cursor, true, None),
         };
         // After failures, the answer may come from a replaced agent or
         // server whose fresh state happens to carry the same index as the
@@ -118,11 +126,22 @@ impl<T> State<T> {
             _ => Arc::new(response.value),
         };
         let index = cursor.last_seen().unwrap_or(1);
-        // Rate limit: requests *start* at least `min_interval` apart. A query
-        // that blocked through a quiet period started long ago, so the first
-        // change after it is followed up at once; only back-to-back answers
-        // (a fast-changing index) are slowed down.
-        let not_before = timing.started + config.min_interval;
+        // Rate limit: no three requests start within one `min_interval`.
+        // The next request may follow this one at once, but must start
+        // `min_interval` after the one before it. A single change, or two
+        // in quick succession, is therefore followed up at once; only an
+        // index that keeps moving (answers that return without blocking,
+        // one after the other) is read at most twice per interval.
+        //
+        // Counting from this request's own start instead (the rule before)
+        // delayed any change landing within `min_interval` of the previous
+        // one: the catch-up read then returned at once, which delayed the
+        // next change again, so changes a little more than `min_interval`
+        // apart were each held back by most of the interval.
+        let not_before = match earlier_start {
+            Some(earlier) => earlier + config.min_interval,
+            None => timing.started,
+        };
         let event = if recovering {
             Some(WatchEvent::Recovered {
                 value: Arc::clone(&value),
@@ -144,6 +163,7 @@ impl<T> State<T> {
                 value,
                 cursor,
                 not_before,
+                last_started: timing.started,
             },
             event,
         )
@@ -241,10 +261,11 @@ mod tests {
         assert!(
             matches!(event, Some(WatchEvent::Changed { index: 5, ref value, .. }) if **value == "a")
         );
+        // Only one request so far: the blocking query may follow at once.
         assert_eq!(
             state.next_request(),
             NextRequest {
-                not_before: Some(t0 + Duration::from_millis(50)),
+                not_before: Some(t0),
                 index: 5
             }
         );
@@ -252,15 +273,103 @@ mod tests {
         // The blocking query timed out: same index, nothing to say.
         let (state, event) = state.step(answer("a", Some(5)), at(t0, 60_000), &config, 0.5);
         assert!(event.is_none());
-        // It started long ago, so the next request is not delayed beyond now.
+        // The request before it started long ago: no delay.
         assert_eq!(
             state.next_request().not_before,
-            Some(t0 + Duration::from_millis(60_050))
+            Some(t0 + Duration::from_millis(50))
         );
 
         let (_, event) = state.step(answer("b", Some(9)), at(t0, 60_100), &config, 0.5);
         assert!(
             matches!(event, Some(WatchEvent::Changed { index: 9, ref value, .. }) if **value == "b")
+        );
+    }
+
+    /// Drives the machine against a Consul whose index moves at the given
+    /// instants (ms after `t0`, the initial read), the way the driver does:
+    /// each request starts when the previous answer is in and the rate limit
+    /// allows. A blocking query answers at the first change after it was sent,
+    /// or at once if the index already moved. Returns, per request, when it
+    /// started and when it was answered.
+    fn simulate(changes_ms: &[u64], requests: usize) -> Vec<(u64, u64)> {
+        let config = config();
+        let t0 = Instant::now();
+        let ms = |t: Instant| u64::try_from((t - t0).as_millis()).expect("small");
+        let index_at = |t: u64| 1 + changes_ms.iter().filter(|c| **c <= t).count() as u64;
+        let mut state = State::Initial;
+        let mut finished = 0;
+        let mut log = Vec::new();
+        for _ in 0..requests {
+            let next = state.next_request();
+            let started = next.not_before.map_or(finished, |at| ms(at).max(finished));
+            let answered = if next.index == 0 || index_at(started) > next.index {
+                started
+            } else {
+                *changes_ms
+                    .iter()
+                    .find(|c| **c > started)
+                    .expect("enough changes for the requests asked")
+            };
+            let timing = Timing {
+                started: t0 + Duration::from_millis(started),
+                finished: t0 + Duration::from_millis(answered),
+            };
+            state = state
+                .step(answer("v", Some(index_at(answered))), timing, &config, 0.5)
+                .0;
+            finished = answered;
+            log.push((started, answered));
+        }
+        log
+    }
+
+    #[test]
+    fn changes_a_little_more_than_half_the_interval_apart_are_read_at_once() {
+        // One change every 31 ms (about the pace of the convergence bench):
+        // slower than two per 50 ms interval, so the watch must never make a
+        // change wait. Counting the interval from each request's own start
+        // held every change after the first back by about 19 ms.
+        let changes: Vec<u64> = (1..=12).map(|k| 31 * k).collect();
+        let log = simulate(&changes, 13);
+        for ((started, answered), change) in log[1..].iter().zip(&changes) {
+            assert_eq!(
+                answered, change,
+                "the change at {change} ms was read at {answered} ms (request sent at {started} ms)"
+            );
+        }
+    }
+
+    #[test]
+    fn an_index_that_keeps_moving_is_read_at_most_twice_per_interval() {
+        // The index moves every millisecond: every request is answered at
+        // once, and only the rate limit paces the watch.
+        let changes: Vec<u64> = (1..=1_000).collect();
+        let starts: Vec<u64> = simulate(&changes, 8).iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            starts,
+            [0, 0, 50, 50, 100, 100, 150, 150],
+            "two requests per 50 ms interval, no more"
+        );
+    }
+
+    #[test]
+    fn a_burst_is_read_at_once_until_the_limit_applies() {
+        // Quiet, then four changes 5 ms apart. The blocking query sent
+        // during the quiet period reads the first; the next two requests go
+        // out at once and each reads one change. A fourth request would be
+        // the third start within 50 ms: it waits, and reads the last change
+        // late.
+        let log = simulate(&[1_000, 1_005, 1_010, 1_015, 60_000], 5);
+        assert_eq!(
+            log,
+            [
+                (0, 0),
+                (0, 1_000),
+                (1_000, 1_005),
+                (1_005, 1_010),
+                (1_050, 1_050)
+            ],
+            "(request sent, answered) in ms"
         );
     }
 

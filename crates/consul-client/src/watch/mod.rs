@@ -55,9 +55,11 @@ use crate::{Client, Error, QueryOptions, QueryResponse};
 pub struct WatchConfig {
     /// `?wait=` of each blocking query (Consul caps it at 10 minutes).
     pub wait: Duration,
-    /// Least time between the starts of two requests, so a fast-changing
-    /// index cannot make the watch spin. It never delays the first change
-    /// after a quiet period (that query started long before).
+    /// The rate limit, so a fast-changing index cannot make the watch spin:
+    /// no three requests start within one `min_interval`. A change is
+    /// followed up at once unless the two requests before already started
+    /// within the last `min_interval`; an index that keeps moving is read
+    /// at most twice per interval.
     pub min_interval: Duration,
     /// Delays between attempts while requests fail; reset by a success.
     pub backoff: Backoff,
@@ -123,7 +125,11 @@ where
         |(mut state, mut fetch, config)| async move {
             loop {
                 let next = state.next_request();
-                if let Some(at) = next.not_before {
+                // A deadline already past (the usual case: the query blocked
+                // longer than the interval) is not slept on: tokio rounds
+                // deadlines up to its millisecond tick and may fire them only
+                // on the timer driver's next turn.
+                if let Some(at) = next.not_before.filter(|at| *at > Instant::now()) {
                     tokio::time::sleep_until(at).await;
                 }
                 let options = QueryOptions {
@@ -250,5 +256,84 @@ impl Client {
             let prefix = Arc::clone(&prefix);
             async move { client.kv_list(&prefix, &options).await }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+
+    use crate::QueryMeta;
+
+    type Answer = BoxFuture<'static, Result<QueryResponse<u64>, Error>>;
+
+    /// The blocking-query semantics in memory: an index that a test moves,
+    /// answered at once for a plain read or an index already passed, and
+    /// otherwise when the index moves (or after `wait`).
+    fn fake_consul(
+        index: &tokio::sync::watch::Sender<u64>,
+    ) -> impl FnMut(QueryOptions) -> Answer + Send + 'static {
+        let index = index.clone();
+        move |options| {
+            let mut current = index.subscribe();
+            async move {
+                let wait = options.wait.unwrap_or(DEFAULT_WAIT);
+                if options.index > 0 {
+                    let moved = current.wait_for(|now| *now > options.index);
+                    let _ = tokio::time::timeout(wait, moved).await;
+                }
+                let now = *current.borrow();
+                Ok(QueryResponse {
+                    value: now,
+                    meta: QueryMeta {
+                        index: Some(now),
+                        ..QueryMeta::default()
+                    },
+                })
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_shortly_after_the_last_one_seen_is_read_at_once() {
+        // The convergence bench's loop: a change, then the next one about
+        // 30 ms after the watch reported it (less than `min_interval`). The
+        // watch runs in its own task, as consul-eds-server drives it, so its
+        // next blocking query is in flight whenever the rate limit allows.
+        let (index, _) = tokio::sync::watch::channel(1u64);
+        let config = WatchConfig {
+            min_interval: Duration::from_millis(50),
+            ..WatchConfig::default()
+        };
+        let mut changes = watch(config, fake_consul(&index));
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            while let Some(event) = changes.next().await {
+                if let WatchEvent::Changed { index, .. } = event {
+                    let _ = seen_tx.send((index, Instant::now()));
+                }
+            }
+        });
+        let (first, _) = seen.recv().await.expect("the initial read");
+        assert_eq!(first, 1);
+
+        let mut late = Vec::new();
+        for n in 2..=12u64 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let changed = Instant::now();
+            index.send_replace(n);
+            let (seen_index, at) = seen.recv().await.expect("the watch keeps running");
+            assert_eq!(seen_index, n, "every change is reported, in order");
+            late.push(at - changed);
+        }
+        driver.abort();
+        assert!(
+            late.iter().all(|d| d.is_zero()),
+            "each change must be read as it happens, not after the rate limit's \
+             wait; delays: {late:?}"
+        );
     }
 }
