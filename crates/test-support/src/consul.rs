@@ -24,6 +24,17 @@ struct Ports {
     server: u16,
 }
 
+impl Ports {
+    fn free() -> Self {
+        Self {
+            http: free_port(),
+            serf_lan: free_port(),
+            serf_wan: free_port(),
+            server: free_port(),
+        }
+    }
+}
+
 /// A `consul agent -dev`; killed on drop.
 #[derive(Debug)]
 pub struct ConsulAgent {
@@ -43,20 +54,28 @@ impl ConsulAgent {
             .prefix("consul-")
             .tempdir()
             .map_err(HarnessError::io("temporary directory"))?;
-        let ports = Ports {
-            http: free_port(),
-            serf_lan: free_port(),
-            serf_wan: free_port(),
-            server: free_port(),
-        };
         let mut agent = Self {
             process: None,
-            ports,
+            ports: Ports::free(),
             options,
             dir,
         };
-        agent.launch().await?;
-        Ok(agent)
+        // A free port is only free until someone else binds it: with many
+        // tests starting servers at once, one of the agent's four ports is
+        // sometimes taken before Consul binds it. Such a start is retried on
+        // new ports; any other failure is reported as it is.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match agent.launch().await {
+                Err(HarnessError::ExitedEarly { log_tail, .. })
+                    if attempts < 3 && log_tail.contains("address already in use") =>
+                {
+                    agent.ports = Ports::free();
+                }
+                result => return result.map(|()| agent),
+            }
+        }
     }
 
     async fn launch(&mut self) -> Result<()> {
