@@ -17,10 +17,11 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::budget::{RequestBudget, RequestClass};
-use crate::codec::decode_json;
+use crate::codec::{DecodeFailure, decode_json};
 use crate::config::{Address, ClientConfig, ConfigError};
 use crate::endpoint::EndpointKind;
 use crate::error::error_chain;
+use crate::json_array::ArraySplitter;
 use crate::metrics::ClientMetrics;
 use crate::query::{QueryMeta, QueryOptions, QueryResponse};
 use crate::transport::Transport;
@@ -30,8 +31,9 @@ const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
 const INDEX_HEADER: &str = "x-consul-index";
 const LAST_CONTACT_HEADER: &str = "x-consul-lastcontact";
 const KNOWN_LEADER_HEADER: &str = "x-consul-knownleader";
-/// Far above any real answer (a DC-wide `/v1/health/state/any` of a large
-/// cluster is a few MiB), low enough that a broken peer cannot exhaust memory.
+/// Far above any real answer (a DC-wide `/v1/health/state/any` of 100,000
+/// checks is about 38 MB), low enough that a broken peer cannot exhaust
+/// memory or, for a streamed answer, keep a read going forever.
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// How much of an error body an [`Error`] quotes.
 const ERROR_BODY_EXCERPT: usize = 512;
@@ -128,6 +130,38 @@ impl Client {
 
     /// Sends `call` and returns Consul's answer, or the error it amounts to.
     pub(crate) async fn execute(&self, call: Call) -> Result<Reply, Error> {
+        self.execute_with(call, BodyRead::Buffer).await
+    }
+
+    /// Sends `call`, whose answer is a JSON array, and hands each element's
+    /// index and text to `each` as soon as it has arrived: the answer is
+    /// never held whole. `each` decodes the element (see
+    /// [`crate::codec::decode_element`]); its failure fails the call, and
+    /// later elements are not looked at.
+    ///
+    /// Decoding happens while the body is read, so the request's deadline
+    /// and its duration metric include it.
+    pub(crate) async fn execute_each<F>(&self, call: Call, mut each: F) -> Result<QueryMeta, Error>
+    where
+        F: FnMut(usize, &[u8]) -> Result<(), DecodeFailure> + Send,
+    {
+        let mut splitter = ArraySplitter::default();
+        let reply = {
+            let mut read = |chunk: &[u8]| splitter.feed(chunk, &mut each);
+            let reply = self.execute_with(call, BodyRead::Stream(&mut read)).await?;
+            if !reply.status.is_success() {
+                // An accepted non-2xx status was buffered (see `round_trip`).
+                read(&reply.body).map_err(|failure| failure.into_error(&reply.endpoint))?;
+            }
+            reply
+        };
+        splitter
+            .finish()
+            .map_err(|failure| failure.into_error(&reply.endpoint))?;
+        Ok(reply.meta)
+    }
+
+    async fn execute_with(&self, call: Call, read: BodyRead<'_>) -> Result<Reply, Error> {
         let inner = &self.inner;
         let url = self.url(&call);
         let endpoint = format!("{} {}", call.method, url.path());
@@ -158,7 +192,9 @@ impl Client {
 
             let started = Instant::now();
             let result =
-                match tokio::time::timeout(deadline, self.round_trip(request, &endpoint)).await {
+                match tokio::time::timeout(deadline, self.round_trip(request, &endpoint, read))
+                    .await
+                {
                     Ok(result) => result,
                     Err(_elapsed) => Err(Error::Timeout {
                         endpoint: endpoint.clone(),
@@ -264,6 +300,7 @@ impl Client {
         &self,
         request: http::Request<Full<Bytes>>,
         endpoint: &str,
+        read: BodyRead<'_>,
     ) -> Result<Reply, Error> {
         let transport_error = |reason: String| Error::Transport {
             endpoint: endpoint.to_owned(),
@@ -276,12 +313,23 @@ impl Client {
             .await
             .map_err(|e| transport_error(error_chain(&e)))?;
         let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_BODY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| transport_error(format!("reading the body: {}", error_chain(e.as_ref()))))?
-            .to_bytes();
         let meta = query_meta(&parts.headers, endpoint)?;
+        let mut body = Limited::new(body, MAX_BODY_BYTES);
+        let reading = |e: Box<dyn std::error::Error + Send + Sync>| {
+            transport_error(format!("reading the body: {}", error_chain(e.as_ref())))
+        };
+        let body = match read {
+            // Error bodies are kept whole: their excerpt goes into the error.
+            BodyRead::Stream(each) if parts.status.is_success() => {
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.map_err(reading)?.into_data() {
+                        each(&data).map_err(|failure| failure.into_error(endpoint))?;
+                    }
+                }
+                Bytes::new()
+            }
+            _ => body.collect().await.map_err(reading)?.to_bytes(),
+        };
         Ok(Reply {
             status: parts.status,
             meta,
@@ -289,6 +337,14 @@ impl Client {
             endpoint: endpoint.to_owned(),
         })
     }
+}
+
+/// How the body of a successful answer is taken in.
+enum BodyRead<'a> {
+    /// Whole, into [`Reply::body`].
+    Buffer,
+    /// Chunk by chunk as it arrives; [`Reply::body`] stays empty.
+    Stream(&'a mut (dyn FnMut(&[u8]) -> Result<(), DecodeFailure> + Send)),
 }
 
 /// One request, described by the endpoint modules.

@@ -41,6 +41,7 @@ mod codec;
 pub mod config;
 mod endpoint;
 mod error;
+mod json_array;
 mod metrics;
 mod query;
 mod tls;

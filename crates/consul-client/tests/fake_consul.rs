@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{FakeConsul, Recorded, Reply, health_body, lock, scripted};
 use consul_client::watch::{Watch, watch};
 use consul_client::{
-    Address, Backoff, Client, ClientConfig, Error, HealthFilter, QueryOptions, ServiceEntry,
-    TlsConfig, Token, WatchConfig, WatchEvent,
+    Address, Backoff, Client, ClientConfig, Error, HealthFilter, HealthState, QueryOptions,
+    ServiceEntry, TlsConfig, Token, WatchConfig, WatchEvent,
 };
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -323,6 +323,131 @@ async fn malformed_json_is_an_error_naming_the_field() {
         next(&mut watch).await,
         WatchEvent::Recovered { index: 7, .. }
     ));
+}
+
+/// A `/v1/health/state/any` answer of `checks` service checks as Consul
+/// 1.8 writes them (output, definition and all), every seventh critical;
+/// the check at `bad_status_at`, if any, has a status Consul never sends.
+fn state_any_body(checks: usize, bad_status_at: Option<usize>) -> String {
+    let entries: Vec<String> = (0..checks)
+        .map(|n| {
+            let status = match n {
+                _ if Some(n) == bad_status_at => "fine",
+                _ if n % 7 == 0 => "critical",
+                _ => "passing",
+            };
+            format!(
+                r#"{{"Node": "node-{node}", "CheckID": "check:svc-{n}", "Name": "bench",
+                "Status": "{status}", "Notes": "", "Output": "HTTP GET: 200 OK {{\"ok\": [1, 2]}}",
+                "ServiceID": "svc-{n}", "ServiceName": "svc-{service}", "ServiceTags": [],
+                "Type": "http", "Definition": {{"Interval": "10s", "Header": null}},
+                "CreateIndex": {n}, "ModifyIndex": {n}}}"#,
+                node = n % 50,
+                service = n % 500,
+            )
+        })
+        .collect();
+    format!("[{}]", entries.join(","))
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    checks: usize,
+    critical: usize,
+    services: std::collections::BTreeSet<String>,
+}
+
+fn tally(tally: &mut Tally, check: consul_client::CheckBrief<'_>) {
+    tally.checks += 1;
+    if check.status == consul_client::CheckStatus::Critical {
+        tally.critical += 1;
+    }
+    if !tally.services.contains(&*check.service_name) {
+        tally.services.insert(check.service_name.into_owned());
+    }
+}
+
+#[tokio::test]
+async fn a_large_checks_answer_is_folded_check_by_check_and_a_bad_check_is_named() {
+    // About 9 MiB: hyper hands it over in many chunks, and checks (and
+    // the escapes inside their output) straddle chunk boundaries.
+    let checks = 25_000;
+    let good = state_any_body(checks, None);
+    assert!(good.len() > 8 << 20, "a body of {} bytes", good.len());
+    let bad = state_any_body(checks, Some(12_345));
+    let fake = FakeConsul::start(scripted(vec![
+        Reply::json(Some(7), good.clone()),
+        Reply::json(Some(8), bad.clone()),
+        Reply::json(Some(9), good),
+        Reply::json(Some(10), bad),
+    ]))
+    .await;
+    let client = client_for(&fake);
+    let expected = Tally {
+        checks,
+        critical: checks.div_ceil(7),
+        services: (0..500).map(|s| format!("svc-{s}")).collect(),
+    };
+
+    let answer = client
+        .health_state_fold(
+            HealthState::Any,
+            &QueryOptions::default(),
+            Tally::default(),
+            tally,
+        )
+        .await
+        .expect("a valid answer");
+    assert_eq!(answer.meta.index, Some(7));
+    assert_eq!(answer.value, expected, "every check folded exactly once");
+
+    let error = client
+        .health_state_fold(
+            HealthState::Any,
+            &QueryOptions::default(),
+            Tally::default(),
+            tally,
+        )
+        .await
+        .expect_err("an unknown status");
+    match &error {
+        Error::Decode {
+            endpoint,
+            path,
+            message,
+        } => {
+            assert_eq!(endpoint, "GET /v1/health/state/any");
+            assert_eq!(
+                path, "[12345].Status",
+                "the bad check is named by its index"
+            );
+            assert!(message.contains("fine"), "{message}");
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+
+    // In a watch, the folded value is what is kept; a malformed answer
+    // degrades the watch and leaves the last good value in place.
+    let mut watch =
+        client.watch_health_state_fold(HealthState::Any, fast_watch(), Tally::default, tally);
+    match next(&mut watch).await {
+        WatchEvent::Changed { value, index, .. } => {
+            assert_eq!(index, 9);
+            assert_eq!(*value, expected);
+        }
+        other => panic!("expected Changed, got {other:?}"),
+    }
+    match next(&mut watch).await {
+        WatchEvent::Degraded {
+            error: Error::Decode { path, .. },
+            last_good: Some(last_good),
+            ..
+        } => {
+            assert_eq!(path, "[12345].Status");
+            assert_eq!(*last_good, expected);
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
 }
 
 #[tokio::test]

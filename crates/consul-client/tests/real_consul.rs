@@ -229,6 +229,30 @@ async fn agent_services_health_checks_and_maintenance() {
         .value;
     assert!(any.iter().any(|c| c.check_id == "serfHealth"));
     assert!(any.iter().any(|c| c.check_id == "web-1:ttl"));
+    // The streamed, check-by-check read of the same answer sees the same
+    // checks, borrowing their names from Consul's text.
+    let streamed = client
+        .health_state_fold(
+            HealthState::Any,
+            &QueryOptions::default(),
+            Vec::new(),
+            |seen, check| {
+                assert!(
+                    matches!(check.check_id, std::borrow::Cow::Borrowed(_)),
+                    "{check:?}"
+                );
+                seen.push((check.check_id.into_owned(), check.status));
+            },
+        )
+        .await
+        .expect("streamed state")
+        .value;
+    assert_eq!(
+        streamed,
+        any.iter()
+            .map(|c| (c.check_id.clone(), c.status))
+            .collect::<Vec<_>>()
+    );
 
     client
         .agent_check_fail("web-1:ttl", "down")

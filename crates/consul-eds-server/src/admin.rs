@@ -126,7 +126,7 @@ mod tests {
                 error: "connection refused".to_owned(),
                 since_unix: 0,
             },
-            endpoints: vec![],
+            endpoints: std::sync::Arc::new([]),
             excluded: vec![],
         });
         let degraded = admin.readiness();
@@ -141,11 +141,59 @@ mod tests {
             cluster: "<script>".to_owned(),
             service: "x".to_owned(),
             freshness: Freshness::Pending,
-            endpoints: vec![],
+            endpoints: std::sync::Arc::new([]),
             excluded: vec![],
         });
         let page = EdsAdmin::new(state).route("/").expect("page");
         assert!(page.body.contains("&lt;script&gt;"));
         assert!(!page.body.contains("<script>"));
+    }
+
+    #[test]
+    fn the_snapshot_shows_shared_names_and_localities_as_plain_values() {
+        use crate::model::{Endpoint, EndpointHealth, Locality};
+        let state = ServedState::default();
+        let locality = std::sync::Arc::new(Locality {
+            region: "dc1".to_owned(),
+            zone: "eu-1a".to_owned(),
+            sub_zone: String::new(),
+        });
+        state.upsert(ClusterView {
+            cluster: "web".to_owned(),
+            service: "web".to_owned(),
+            freshness: Freshness::Synced { index: 7 },
+            endpoints: vec![Endpoint {
+                instance_id: "web-1".into(),
+                node: "n1".into(),
+                address: "10.0.0.1".into(),
+                port: 8080,
+                health: EndpointHealth::Healthy,
+                weight: 1,
+                locality,
+                priority: 0,
+                reason: "checks passing",
+            }]
+            .into(),
+            excluded: vec![],
+        });
+        let body = EdsAdmin::new(state)
+            .route("/debug/snapshot")
+            .expect("snapshot")
+            .body;
+        let snapshot: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            snapshot["clusters"][0]["endpoints"],
+            serde_json::json!([{
+                "instance_id": "web-1",
+                "node": "n1",
+                "address": "10.0.0.1",
+                "port": 8080,
+                "health": "healthy",
+                "weight": 1,
+                "locality": {"region": "dc1", "zone": "eu-1a", "sub_zone": ""},
+                "priority": 0,
+                "reason": "checks passing",
+            }])
+        );
     }
 }

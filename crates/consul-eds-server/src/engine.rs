@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::HealthPolicy;
 use crate::metrics::{ClusterLabel, EngineMetrics, ServiceLabel};
-use crate::model::{ClusterEndpoints, ServiceInstance};
+use crate::model::{ClusterEndpoints, Endpoint, ServiceInstance};
 use crate::naming::{ClusterNaming, ClusterTarget};
 use crate::state::{ClusterView, Excluded, Freshness, ServedState};
 
@@ -125,7 +125,8 @@ pub struct Engine<S, K> {
     dirty: BTreeSet<String>,
     flush_at: Option<Instant>,
     /// What the sink has per cluster, so unchanged clusters are not re-sent.
-    published: HashMap<String, ClusterEndpoints>,
+    /// The same allocation as the admin view's endpoints: one copy each.
+    published: HashMap<String, Arc<[Endpoint]>>,
 }
 
 impl<S, K> std::fmt::Debug for Engine<S, K> {
@@ -408,7 +409,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             let Some(plan) = self.plans.get(&cluster) else {
                 continue;
             };
-            let Some((endpoints, view)) = self.build(&cluster, plan) else {
+            let Some(mut view) = self.build(&cluster, plan) else {
                 continue;
             };
             self.metrics
@@ -416,12 +417,23 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                 .get_or_create(&ClusterLabel {
                     cluster: cluster.clone(),
                 })
-                .set(endpoints.endpoints.len() as i64);
-            self.state.upsert(view);
-            if self.published.get(&cluster) != Some(&endpoints) {
-                self.published.insert(cluster, endpoints.clone());
-                batch.push(endpoints);
+                .set(view.endpoints.len() as i64);
+            match self.published.get(&cluster) {
+                // Unchanged: the view shares what was published, and the
+                // endpoints just built are dropped.
+                Some(published) if **published == *view.endpoints => {
+                    view.endpoints = Arc::clone(published);
+                }
+                _ => {
+                    self.published
+                        .insert(cluster.clone(), Arc::clone(&view.endpoints));
+                    batch.push(ClusterEndpoints {
+                        cluster,
+                        endpoints: Arc::clone(&view.endpoints),
+                    });
+                }
             }
+            self.state.upsert(view);
         }
         if !batch.is_empty() {
             tracing::debug!(clusters = batch.len(), "pushing changed clusters");
@@ -441,7 +453,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
 
     /// The endpoints of one cluster, or `None` while none of its watches has
     /// read anything yet (nothing is known, so nothing is pushed).
-    fn build(&self, cluster: &str, plan: &ClusterPlan) -> Option<(ClusterEndpoints, ClusterView)> {
+    fn build(&self, cluster: &str, plan: &ClusterPlan) -> Option<ClusterView> {
         let mut endpoints = Vec::new();
         let mut excluded = Vec::new();
         let mut freshness = Freshness::Pending;
@@ -467,7 +479,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                 }
                 if instance.address.parse::<IpAddr>().is_err() {
                     excluded.push(Excluded {
-                        instance_id: instance.id.clone(),
+                        instance_id: instance.id.to_string(),
                         reason: format!(
                             "address `{}` is not an IP address (EDS endpoints must be IPs)",
                             instance.address
@@ -478,7 +490,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                 match self.settings.policy.endpoint(instance, *priority) {
                     Ok(endpoint) => endpoints.push(endpoint),
                     Err(reason) => excluded.push(Excluded {
-                        instance_id: instance.id.clone(),
+                        instance_id: instance.id.to_string(),
                         reason: reason.to_owned(),
                     }),
                 }
@@ -487,20 +499,13 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         if !any_data {
             return None;
         }
-        let view = ClusterView {
+        Some(ClusterView {
             cluster: cluster.to_owned(),
             service: plan.target.service.clone(),
             freshness,
-            endpoints: endpoints.clone(),
+            endpoints: endpoints.into(),
             excluded,
-        };
-        Some((
-            ClusterEndpoints {
-                cluster: cluster.to_owned(),
-                endpoints,
-            },
-            view,
-        ))
+        })
     }
 }
 
@@ -532,7 +537,7 @@ mod tests {
     use tokio_stream::wrappers::UnboundedReceiverStream;
 
     use super::*;
-    use crate::model::{CheckState, EndpointHealth, Locality, Weights};
+    use crate::model::{CheckState, EndpointHealth, Weights};
 
     /// A source whose streams the test feeds by hand.
     #[derive(Default)]
@@ -683,15 +688,15 @@ mod tests {
 
     fn instance(id: &str, checks: CheckState, tags: &[&str]) -> ServiceInstance {
         ServiceInstance {
-            id: id.to_owned(),
-            node: "node".to_owned(),
-            address: "10.0.0.1".to_owned(),
+            id: id.into(),
+            node: "node".into(),
+            address: "10.0.0.1".into(),
             port: 8080,
             checks,
             maintenance: false,
             weights: Weights::default(),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-            locality: Locality::default(),
+            locality: Arc::default(),
         }
     }
 
@@ -704,11 +709,7 @@ mod tests {
     }
 
     fn ids(cluster: &ClusterEndpoints) -> Vec<&str> {
-        cluster
-            .endpoints
-            .iter()
-            .map(|e| e.instance_id.as_str())
-            .collect()
+        cluster.endpoints.iter().map(|e| &*e.instance_id).collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -734,6 +735,31 @@ mod tests {
         let view = &h.state.clusters()[0];
         assert_eq!(view.excluded[0].reason, "check critical");
         assert_eq!(view.freshness, Freshness::Synced { index: 7 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_read_is_not_pushed_and_its_endpoints_are_kept_once() {
+        let mut h = Harness::start(&[]);
+        h.demand(&["web"]);
+        h.settle().await;
+        let read = || instances(vec![instance("web-1", CheckState::Passing, &[])], 3);
+        h.source.send("web", read());
+        let pushed = h.next_publish().await;
+        let view = h.state.clusters().remove(0);
+        assert!(
+            Arc::ptr_eq(&view.endpoints, &pushed[0].endpoints),
+            "the admin view shares what was published"
+        );
+
+        // The same instances again (a sweep, another service's change).
+        h.source.send("web", read());
+        h.settle().await;
+        assert!(h.no_more_calls(), "nothing changed, nothing is pushed");
+        let view = h.state.clusters().remove(0);
+        assert!(
+            Arc::ptr_eq(&view.endpoints, &pushed[0].endpoints),
+            "the endpoints built again were dropped, not kept beside the published ones"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -899,11 +925,11 @@ mod tests {
         let mut endpoints = Vec::new();
         while endpoints.len() < 2 {
             let batch = h.next_publish().await;
-            endpoints = batch[0].endpoints.clone();
+            endpoints = batch[0].endpoints.to_vec();
         }
         let priorities: BTreeMap<&str, u32> = endpoints
             .iter()
-            .map(|e| (e.instance_id.as_str(), e.priority))
+            .map(|e| (&*e.instance_id, e.priority))
             .collect();
         assert_eq!(priorities["local-1"], 0);
         assert_eq!(priorities["remote-1"], 1);
@@ -930,7 +956,7 @@ mod tests {
         h.demand(&["web"]);
         h.settle().await;
         let mut by_name = instance("web-1", CheckState::Passing, &[]);
-        by_name.address = "web.internal".to_owned();
+        by_name.address = "web.internal".into();
         h.source.send(
             "web",
             instances(

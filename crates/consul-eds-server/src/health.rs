@@ -5,6 +5,8 @@
 //! `Weights.Warning` then decides the share), and operators can choose to
 //! mark it degraded or leave such instances out.
 
+use std::sync::Arc;
+
 use clap::ValueEnum;
 
 use crate::model::{CheckState, Endpoint, EndpointHealth, ServiceInstance};
@@ -51,7 +53,7 @@ impl HealthPolicy {
             (
                 EndpointHealth::Draining,
                 instance.weights.passing,
-                "maintenance mode".to_owned(),
+                "maintenance mode",
             )
         } else {
             match instance.checks {
@@ -62,7 +64,7 @@ impl HealthPolicy {
                     (
                         EndpointHealth::Healthy,
                         instance.weights.passing,
-                        "checks passing".to_owned(),
+                        "checks passing",
                     )
                 }
                 CheckState::Warning => match self.warning {
@@ -74,12 +76,12 @@ impl HealthPolicy {
                     WarningPolicy::Healthy => (
                         EndpointHealth::Healthy,
                         instance.weights.warning,
-                        "check warning, served as healthy with the warning weight".to_owned(),
+                        "check warning, served as healthy with the warning weight",
                     ),
                     WarningPolicy::Degraded => (
                         EndpointHealth::Degraded,
                         instance.weights.warning,
-                        "check warning, served as degraded".to_owned(),
+                        "check warning, served as degraded",
                     ),
                 },
                 CheckState::Critical => match self.critical {
@@ -87,19 +89,19 @@ impl HealthPolicy {
                     CriticalPolicy::Unhealthy => (
                         EndpointHealth::Unhealthy,
                         instance.weights.passing,
-                        "check critical, served as unhealthy".to_owned(),
+                        "check critical, served as unhealthy",
                     ),
                 },
             }
         };
         Ok(Endpoint {
-            instance_id: instance.id.clone(),
-            node: instance.node.clone(),
-            address: instance.address.clone(),
+            instance_id: Arc::clone(&instance.id),
+            node: Arc::clone(&instance.node),
+            address: Arc::clone(&instance.address),
             port: instance.port,
             health,
             weight: weight.max(1),
-            locality: instance.locality.clone(),
+            locality: Arc::clone(&instance.locality),
             priority,
             reason,
         })
@@ -109,13 +111,13 @@ impl HealthPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Locality, Weights};
+    use crate::model::Weights;
 
     fn instance(checks: CheckState) -> ServiceInstance {
         ServiceInstance {
-            id: "web-1".to_owned(),
-            node: "node-a".to_owned(),
-            address: "10.0.0.1".to_owned(),
+            id: "web-1".into(),
+            node: "node-a".into(),
+            address: "10.0.0.1".into(),
             port: 8080,
             checks,
             maintenance: false,
@@ -124,7 +126,7 @@ mod tests {
                 warning: 2,
             },
             tags: vec![],
-            locality: Locality::default(),
+            locality: Arc::default(),
         }
     }
 

@@ -57,10 +57,7 @@ async fn run(config: Config) -> Result<()> {
     engine_metrics.register(&mut registry);
     let source = ConsulSource::new(
         client.clone(),
-        EntryReader {
-            address: config.address,
-            zone_meta_key: config.zone_meta_key.clone(),
-        },
+        EntryReader::new(config.address, config.zone_meta_key.clone()),
         WatchConfig {
             datacenter: config.datacenter.clone(),
             stale: config.stale,

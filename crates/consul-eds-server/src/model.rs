@@ -4,6 +4,8 @@
 //! protobuf (produced in `translate`): health policy and address selection
 //! are decided here, once, and are testable without either.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// The aggregated state of an instance's checks, worst first wins.
@@ -41,20 +43,29 @@ pub struct Locality {
 }
 
 /// One instance of a Consul service, as read from the health endpoint.
+///
+/// Names, addresses and the locality are shared (`Arc`), not copied: an
+/// [`Endpoint`] made from an instance points at the same text, and the
+/// source gives instances on the same node the same node name and address
+/// (100,000 instances on 500 nodes hold 500 of each).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceInstance {
     /// Consul's service ID (unique per agent).
-    pub id: String,
-    pub node: String,
+    #[serde(serialize_with = "shared")]
+    pub id: Arc<str>,
+    #[serde(serialize_with = "shared")]
+    pub node: Arc<str>,
     /// The address chosen by the address policy (IPv4, IPv6 or hostname).
-    pub address: String,
+    #[serde(serialize_with = "shared")]
+    pub address: Arc<str>,
     pub port: u16,
     pub checks: CheckState,
     /// Node or service maintenance mode is on.
     pub maintenance: bool,
     pub weights: Weights,
     pub tags: Vec<String>,
-    pub locality: Locality,
+    #[serde(serialize_with = "shared")]
+    pub locality: Arc<Locality>,
 }
 
 /// What Envoy is told about one endpoint.
@@ -71,23 +82,40 @@ pub enum EndpointHealth {
 /// One endpoint of a cluster, with the reason it is served as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
-    pub instance_id: String,
-    pub node: String,
-    pub address: String,
+    #[serde(serialize_with = "shared")]
+    pub instance_id: Arc<str>,
+    #[serde(serialize_with = "shared")]
+    pub node: Arc<str>,
+    #[serde(serialize_with = "shared")]
+    pub address: Arc<str>,
     pub port: u16,
     pub health: EndpointHealth,
     /// Envoy's `load_balancing_weight`; always at least 1 (Envoy rejects 0).
     pub weight: u32,
-    pub locality: Locality,
+    #[serde(serialize_with = "shared")]
+    pub locality: Arc<Locality>,
     /// 0 for the local datacenter, 1.. for failover datacenters in order.
     pub priority: u32,
     /// Why this endpoint has this health and weight, for `/debug/snapshot`.
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 /// Everything one Envoy cluster serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterEndpoints {
     pub cluster: String,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared with the admin view of the cluster and with what the engine
+    /// remembers as published: one copy of each endpoint, not three.
+    #[serde(serialize_with = "shared")]
+    pub endpoints: Arc<[Endpoint]>,
+}
+
+/// Serializes what an `Arc` points at, as if it were held directly (serde's
+/// own impl for `Arc` is behind its `rc` feature).
+pub(crate) fn shared<T, S>(value: &Arc<T>, serializer: S) -> Result<S::Ok, S::Error>
+where
+    T: Serialize + ?Sized,
+    S: serde::Serializer,
+{
+    (**value).serialize(serializer)
 }

@@ -28,8 +28,10 @@ pub struct ClusterView {
     pub cluster: String,
     pub service: String,
     pub freshness: Freshness,
-    /// Endpoints as served, each with the reason for its health and weight.
-    pub endpoints: Vec<Endpoint>,
+    /// Endpoints as served, each with the reason for its health and weight
+    /// (the allocation the engine published: see [`crate::model::ClusterEndpoints`]).
+    #[serde(serialize_with = "crate::model::shared")]
+    pub endpoints: Arc<[Endpoint]>,
     /// Instances Consul returned that are not served, with the reason.
     pub excluded: Vec<Excluded>,
 }
@@ -137,7 +139,7 @@ mod tests {
             cluster: cluster.to_owned(),
             service: cluster.to_owned(),
             freshness,
-            endpoints: vec![],
+            endpoints: Arc::new([]),
             excluded: vec![],
         }
     }

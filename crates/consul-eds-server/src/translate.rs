@@ -21,9 +21,9 @@ use crate::model::{ClusterEndpoints, Endpoint, EndpointHealth, Locality};
 /// does not see a change where there is none.
 pub fn cluster_load_assignment(cluster: &ClusterEndpoints) -> ClusterLoadAssignment {
     let mut groups: BTreeMap<(u32, &Locality), Vec<&Endpoint>> = BTreeMap::new();
-    for endpoint in &cluster.endpoints {
+    for endpoint in cluster.endpoints.iter() {
         groups
-            .entry((endpoint.priority, &endpoint.locality))
+            .entry((endpoint.priority, &*endpoint.locality))
             .or_default()
             .push(endpoint);
     }
@@ -66,13 +66,13 @@ fn lb_endpoint(endpoint: &Endpoint) -> LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
             address: Some(Address {
                 address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: endpoint.address.clone(),
+                    address: endpoint.address.to_string(),
                     port_specifier: Some(PortSpecifier::PortValue(u32::from(endpoint.port))),
                     ..Default::default()
                 })),
             }),
             // Shown in Envoy's /clusters: which Consul instance this is.
-            hostname: endpoint.instance_id.clone(),
+            hostname: endpoint.instance_id.to_string(),
             ..Default::default()
         })),
         health_status: health_status(endpoint.health) as i32,
@@ -98,9 +98,9 @@ mod tests {
 
     fn endpoint(id: &str, address: &str, priority: u32, zone: &str) -> Endpoint {
         Endpoint {
-            instance_id: id.to_owned(),
-            node: "node".to_owned(),
-            address: address.to_owned(),
+            instance_id: id.into(),
+            node: "node".into(),
+            address: address.into(),
             port: 80,
             health: EndpointHealth::Healthy,
             weight: 3,
@@ -108,9 +108,10 @@ mod tests {
                 region: "dc1".to_owned(),
                 zone: zone.to_owned(),
                 sub_zone: String::new(),
-            },
+            }
+            .into(),
             priority,
-            reason: String::new(),
+            reason: "",
         }
     }
 
@@ -123,7 +124,8 @@ mod tests {
                 endpoint("b", "10.0.0.2", 0, "b"),
                 endpoint("a", "10.0.0.1", 0, "a"),
                 endpoint("d", "::1", 0, "a"),
-            ],
+            ]
+            .into(),
         };
         let cla = cluster_load_assignment(&cluster);
         assert_eq!(cla.cluster_name, "web");
@@ -148,7 +150,7 @@ mod tests {
             ]
         );
         let mut reversed = cluster.clone();
-        reversed.endpoints.reverse();
+        reversed.endpoints = cluster.endpoints.iter().rev().cloned().collect();
         assert_eq!(
             cluster_load_assignment(&reversed),
             cla,
@@ -162,7 +164,7 @@ mod tests {
         draining.health = EndpointHealth::Draining;
         let cla = cluster_load_assignment(&ClusterEndpoints {
             cluster: "web".to_owned(),
-            endpoints: vec![draining],
+            endpoints: vec![draining].into(),
         });
         let lb = &cla.endpoints[0].lb_endpoints[0];
         assert_eq!(lb.health_status, HealthStatus::Draining as i32);

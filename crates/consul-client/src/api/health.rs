@@ -1,12 +1,13 @@
 //! `/v1/health/*`: service instances with their node and checks, and checks
 //! by service or by state.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::client::Call;
-use crate::codec::null_as_default;
+use crate::codec::{decode_element, null_as_default};
 use crate::endpoint::EndpointKind;
 use crate::{Client, Error, QueryOptions, QueryResponse};
 
@@ -184,18 +185,36 @@ impl HealthCheck {
 /// DC-wide `/v1/health/state/any` read needs to tell which services changed.
 /// Skipping the free-text fields keeps a read of every check in a large
 /// datacenter several times smaller in memory.
+///
+/// The names borrow from the answer's text where they can (no JSON escape
+/// in them, the usual case): [`Client::health_state_fold`] hands each check
+/// on without allocating. `CheckBrief<'static>` owns its names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct CheckBrief {
-    pub node: String,
-    #[serde(rename = "CheckID")]
-    pub check_id: String,
+pub struct CheckBrief<'a> {
+    #[serde(borrow)]
+    pub node: Cow<'a, str>,
+    #[serde(rename = "CheckID", borrow)]
+    pub check_id: Cow<'a, str>,
     pub status: CheckStatus,
     /// Empty for a node-level check.
-    #[serde(rename = "ServiceID", default)]
-    pub service_id: String,
-    #[serde(default)]
-    pub service_name: String,
+    #[serde(rename = "ServiceID", default, borrow)]
+    pub service_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub service_name: Cow<'a, str>,
+}
+
+impl CheckBrief<'_> {
+    /// The same check, owning its names.
+    pub fn into_owned(self) -> CheckBrief<'static> {
+        CheckBrief {
+            node: Cow::Owned(self.node.into_owned()),
+            check_id: Cow::Owned(self.check_id.into_owned()),
+            status: self.status,
+            service_id: Cow::Owned(self.service_id.into_owned()),
+            service_name: Cow::Owned(self.service_name.into_owned()),
+        }
+    }
 }
 
 /// One instance of a service: `/v1/health/service/<name>`'s element.
@@ -267,13 +286,43 @@ impl Client {
         &self,
         state: HealthState,
         options: &QueryOptions,
-    ) -> Result<QueryResponse<Vec<CheckBrief>>, Error> {
+    ) -> Result<QueryResponse<Vec<CheckBrief<'static>>>, Error> {
+        self.health_state_fold(state, options, Vec::new(), |checks, check| {
+            checks.push(check.into_owned());
+        })
+        .await
+    }
+
+    /// [`Client::health_state`] folded into `init` one [`CheckBrief`] at a
+    /// time, as the answer arrives: the answer's text is never held whole
+    /// and no list of checks is built, so what a read of every check in a
+    /// large datacenter costs in memory is what `fold` keeps. A malformed
+    /// check fails the read (its path is `[index]...`), and the partly
+    /// folded value is dropped.
+    pub async fn health_state_fold<A, F>(
+        &self,
+        state: HealthState,
+        options: &QueryOptions,
+        init: A,
+        mut fold: F,
+    ) -> Result<QueryResponse<A>, Error>
+    where
+        A: Send,
+        F: for<'a> FnMut(&mut A, CheckBrief<'a>) + Send,
+    {
         let call = Call::get(
             EndpointKind::HealthState,
             ["health", "state", state.as_str()],
         )
         .options(options);
-        self.execute(call).await?.into_response()
+        let mut value = init;
+        let meta = self
+            .execute_each(call, |index, text| {
+                fold(&mut value, decode_element(index, text)?);
+                Ok(())
+            })
+            .await?;
+        Ok(QueryResponse { value, meta })
     }
 
     /// `GET /v1/health/state/<state>`: every check in the datacenter in
@@ -295,7 +344,8 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::decode_json;
+    use crate::codec::{DecodeFailure, decode_json};
+    use crate::json_array::ArraySplitter;
 
     /// Abridged from a Consul 1.8 answer, nulls included.
     const ENTRY: &str = r#"[{
@@ -337,17 +387,83 @@ mod tests {
         assert!(entry.in_maintenance());
     }
 
+    /// Decodes `body` as `Client::health_state_fold` does: split in
+    /// `chunk`-byte pieces as if from the network, each check decoded alone.
+    fn briefs(body: &str, chunk: usize) -> Result<Vec<CheckBrief<'static>>, DecodeFailure> {
+        let mut splitter = ArraySplitter::default();
+        let mut checks = Vec::new();
+        for piece in body.as_bytes().chunks(chunk) {
+            splitter.feed(piece, &mut |index, text| {
+                checks.push(decode_element::<CheckBrief<'_>>(index, text)?.into_owned());
+                Ok(())
+            })?;
+        }
+        splitter.finish()?;
+        Ok(checks)
+    }
+
+    const CHECKS: &str = r#"[{"Node": "n1", "CheckID": "service:web-1", "Name": "HTTP", "Status": "warning",
+        "Notes": "", "Output": "a long body we do not keep, with ] and } in it", "ServiceID": "web-1",
+        "ServiceName": "web", "ServiceTags": null, "Type": "http",
+        "Definition": {"Interval": "0s", "Header": null}, "CreateIndex": 9, "ModifyIndex": 9},
+        {"Node": "n1", "CheckID": "serfHealth", "Name": "Serf", "Status": "passing"}]"#;
+
     #[test]
     fn brief_checks_keep_identity_and_status_only() {
-        let body = r#"[{"Node": "n1", "CheckID": "service:web-1", "Name": "HTTP", "Status": "warning",
-            "Notes": "", "Output": "a long body we do not keep", "ServiceID": "web-1",
-            "ServiceName": "web", "ServiceTags": null, "Type": "http", "CreateIndex": 9, "ModifyIndex": 9},
-            {"Node": "n1", "CheckID": "serfHealth", "Name": "Serf", "Status": "passing"}]"#;
-        let checks: Vec<CheckBrief> =
-            decode_json("GET /v1/health/state/any", body.as_bytes()).expect("valid checks");
-        assert_eq!(checks[0].service_name, "web");
-        assert_eq!(checks[0].status, CheckStatus::Warning);
-        assert_eq!(checks[1].service_id, "", "a node check");
+        for chunk in [1, 7, CHECKS.len()] {
+            let checks = briefs(CHECKS, chunk).expect("valid checks");
+            assert_eq!(checks.len(), 2, "chunks of {chunk} bytes");
+            assert_eq!(checks[0].service_name, "web");
+            assert_eq!(checks[0].check_id, "service:web-1");
+            assert_eq!(checks[0].status, CheckStatus::Warning);
+            assert_eq!(checks[1].service_id, "", "a node check");
+            assert_eq!(checks[1].node, "n1");
+        }
+    }
+
+    #[test]
+    fn brief_names_borrow_the_text_unless_it_has_escapes() {
+        let plain =
+            br#"{"Node": "n1", "CheckID": "c", "Status": "critical", "ServiceName": "web"}"#;
+        let check: CheckBrief<'_> = decode_element(0, plain).expect("valid check");
+        assert!(
+            matches!(check.node, Cow::Borrowed("n1"))
+                && matches!(check.service_name, Cow::Borrowed("web")),
+            "names without escapes are not copied: {check:?}"
+        );
+        let escaped = br#"{"Node": "n\u0031", "CheckID": "c", "Status": "passing"}"#;
+        let check: CheckBrief<'_> = decode_element(0, escaped).expect("valid check");
+        assert_eq!(
+            check.node, "n1",
+            "an escaped name is decoded into its own string"
+        );
+    }
+
+    #[test]
+    fn a_bad_brief_check_is_named_by_its_index_and_field() {
+        let unknown_status = CHECKS.replace(r#""Status": "passing""#, r#""Status": "fine""#);
+        let failure = briefs(&unknown_status, 5).expect_err("an unknown status");
+        assert_eq!(failure.path, "[1].Status");
+        assert!(failure.message.contains("fine"), "{}", failure.message);
+
+        let no_id = CHECKS.replace(r#""CheckID": "serfHealth", "#, "");
+        let failure = briefs(&no_id, 5).expect_err("a check without an ID");
+        assert_eq!(failure.path, "[1]");
+        assert!(failure.message.contains("CheckID"), "{}", failure.message);
+
+        let status_as_number = CHECKS.replace(r#""Status": "warning""#, r#""Status": 2"#);
+        assert_eq!(
+            briefs(&status_as_number, 64).expect_err("a number").path,
+            "[0].Status"
+        );
+
+        let truncated = &CHECKS[..CHECKS.len() - 20];
+        let failure = briefs(truncated, 64).expect_err("a cut answer");
+        assert_eq!(failure.path, "[1]");
+        assert!(failure.message.contains("ended"), "{}", failure.message);
+
+        let not_a_list = briefs(r#"{"Node": "n1"}"#, 64).expect_err("an object");
+        assert_eq!(not_a_list.path, "(root)");
     }
 
     #[test]

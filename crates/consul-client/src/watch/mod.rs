@@ -206,17 +206,46 @@ impl Client {
         })
     }
 
-    /// Watches `GET /v1/health/state/<state>` decoded into [`CheckBrief`]s:
-    /// the light way to follow every check of a large datacenter.
+    /// Watches `GET /v1/health/state/<state>` decoded into [`CheckBrief`]s.
     pub fn watch_health_state_brief(
         &self,
         state: HealthState,
         config: WatchConfig,
-    ) -> Watch<Vec<CheckBrief>> {
+    ) -> Watch<Vec<CheckBrief<'static>>> {
         let client = self.clone();
         watch(config, move |options| {
             let client = client.clone();
             async move { client.health_state_brief(state, &options).await }
+        })
+    }
+
+    /// Watches `GET /v1/health/state/<state>`, each answer folded into a
+    /// fresh `init()` by `fold` (see [`Client::health_state_fold`]): the
+    /// light way to follow every check of a large datacenter, since the
+    /// watch keeps only the folded value of the last answer.
+    pub fn watch_health_state_fold<A, I, F>(
+        &self,
+        state: HealthState,
+        config: WatchConfig,
+        init: I,
+        fold: F,
+    ) -> Watch<A>
+    where
+        A: Send + Sync + 'static,
+        I: Fn() -> A + Send + Sync + 'static,
+        F: for<'a> Fn(&mut A, CheckBrief<'a>) + Send + Sync + 'static,
+    {
+        let client = self.clone();
+        let reduce = Arc::new((init, fold));
+        watch(config, move |options| {
+            let client = client.clone();
+            let reduce = Arc::clone(&reduce);
+            async move {
+                let (init, fold) = &*reduce;
+                client
+                    .health_state_fold(state, &options, init(), |value, check| fold(value, check))
+                    .await
+            }
         })
     }
 
