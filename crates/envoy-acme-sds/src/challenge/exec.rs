@@ -109,10 +109,12 @@ impl ExecHookSolver {
         if self.config.kind == ChallengeKind::Dns01 {
             command.env("ACME_RECORD_NAME", challenge.dns01_record_name());
         }
-        let child = command.spawn().map_err(|source| ExecError::Spawn {
-            program: self.config.program.clone(),
-            source,
-        })?;
+        let child = spawn(&mut command)
+            .await
+            .map_err(|source| ExecError::Spawn {
+                program: self.config.program.clone(),
+                source,
+            })?;
         let output = tokio::time::timeout(self.config.timeout, child.wait_with_output())
             .await
             .map_err(|_| ExecError::Timeout {
@@ -172,6 +174,24 @@ impl ChallengeSolver for ExecHookSolver {
             None => Ok(()),
         }
     }
+}
+
+/// Starts `command`, retrying briefly while the program is "busy"
+/// (ETXTBSY): the hook was just written, and a process forked meanwhile
+/// (by this service or by whatever deployed the hook) still holds it open
+/// for writing until that child execs. That clears within milliseconds.
+async fn spawn(command: &mut Command) -> std::io::Result<tokio::process::Child> {
+    let mut delay = Duration::from_millis(10);
+    for _ in 0..5 {
+        match command.spawn() {
+            Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            result => return result,
+        }
+    }
+    command.spawn()
 }
 
 #[cfg(test)]
