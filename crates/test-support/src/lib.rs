@@ -48,10 +48,24 @@ pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
 /// binding it; prefer letting a server bind port 0 and report its address
 /// where the server supports it (Envoy's admin does).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+    // The kernel may hand a released port out again at once; within this
+    // process (the tests of one binary run side by side) a port is given
+    // out only once, so two servers are never told to bind the same port.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .unwrap_or_else(|e| panic!("no free loopback port: {e}"));
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// Where a tool lives: `$CONTROL_PLANE_TOOLS/<name>` or the workspace's `.tools/bin/<name>`.
