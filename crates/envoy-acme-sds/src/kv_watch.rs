@@ -88,17 +88,12 @@ impl KvFollower {
 
     /// Takes in one listing of the prefix.
     pub fn apply(&mut self, pairs: &[KvPair]) {
-        let mut changed: Vec<KvPair> = Vec::new();
-        let mut signatures = HashMap::new();
         for (name, entries) in self.store.certificate_entries(pairs) {
             let signature = ItemsSignature::of(&entries);
-            if self.certificates_seen.get(&name) != Some(&signature) {
-                changed.extend(entries.into_iter().map(|(_, pair)| pair.clone()));
-                signatures.insert(name, signature);
+            if self.certificates_seen.get(&name) == Some(&signature) {
+                continue;
             }
-        }
-        for (name, decoded) in self.store.decode_certificates(&changed) {
-            match decoded {
+            match self.store.decode_certificate_entries(&name, &entries) {
                 Ok(bundle) => {
                     if let Err(error) = self.publisher.offer(&name, Arc::new(bundle)) {
                         error!(secret = %name, %error, "cannot serve the stored certificate");
@@ -110,8 +105,8 @@ impl KvFollower {
                     "stored certificate unusable; the last good one stays in service"
                 ),
             }
+            self.certificates_seen.insert(name, signature);
         }
-        self.certificates_seen.extend(signatures);
 
         let mut new_request = false;
         for (name, index) in self.store.renewal_requests_in(pairs) {

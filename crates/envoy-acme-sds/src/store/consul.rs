@@ -124,33 +124,19 @@ impl ConsulStore {
         self.key(LOCK_ITEM)
     }
 
-    /// Decodes the certificates found in a listing of the prefix (as a
-    /// watch of it yields), each with its own outcome, so one corrupt
-    /// certificate does not hide the others. Entries outside `certificates/`
-    /// are skipped.
-    pub fn decode_certificates(
+    /// Decodes one certificate from its items in a listing of the prefix
+    /// (as [`certificate_entries`](Self::certificate_entries) groups them).
+    pub fn decode_certificate_entries(
         &self,
-        pairs: &[KvPair],
-    ) -> Vec<(SecretName, Result<CertificateBundle, StoreError>)> {
-        self.certificate_entries(pairs)
-            .into_iter()
-            .map(|(name, entries)| {
-                let mut stored = StoredCertificate::default();
-                for (part, pair) in entries {
-                    stored.set(part, pair.value.as_deref().unwrap_or_default());
-                }
-                let decoded = self
-                    .codec
-                    .decode_certificate(&name, &stored)
-                    .and_then(|bundle| {
-                        bundle.ok_or_else(|| StoreError::Corrupt {
-                            item: certificate_dir(&name),
-                            reason: "no items".to_owned(),
-                        })
-                    });
-                (name, decoded)
+        name: &SecretName,
+        entries: &[(CertificatePart, &KvPair)],
+    ) -> Result<CertificateBundle, StoreError> {
+        self.codec
+            .decode_certificate(name, &stored_from(entries))?
+            .ok_or_else(|| StoreError::Corrupt {
+                item: certificate_dir(name),
+                reason: "no items".to_owned(),
             })
-            .collect()
     }
 
     /// The certificate items in a listing of the prefix, by certificate.
@@ -257,13 +243,11 @@ impl CertificateStore for ConsulStore {
             .await
             .map_err(|e| StoreError::Backend(format!("reading {dir}: {e}")))?;
         let pairs = response.value;
-        let mut stored = StoredCertificate::default();
-        for (_, entries) in self.certificate_entries(&pairs) {
-            for (part, pair) in entries {
-                stored.set(part, pair.value.as_deref().unwrap_or_default());
-            }
-        }
-        self.codec.decode_certificate(name, &stored)
+        let entries = self
+            .certificate_entries(&pairs)
+            .remove(name)
+            .unwrap_or_default();
+        self.codec.decode_certificate(name, &stored_from(&entries))
     }
 
     async fn save_certificate(
@@ -335,4 +319,13 @@ impl CertificateStore for ConsulStore {
             .await
             .map_err(|e| StoreError::Backend(format!("writing {item}: {e}")))
     }
+}
+
+/// The stored items of one certificate, from its KV entries.
+fn stored_from(entries: &[(CertificatePart, &KvPair)]) -> StoredCertificate {
+    let mut stored = StoredCertificate::default();
+    for (part, pair) in entries {
+        stored.set(*part, pair.value.as_deref().unwrap_or_default());
+    }
+    stored
 }
