@@ -28,6 +28,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use service_support::time::{sleep_until_opt, unix_now};
+
 use crate::health::HealthPolicy;
 use crate::metrics::{ClusterLabel, EngineMetrics, ServiceLabel};
 use crate::model::{ClusterEndpoints, Endpoint, ServiceInstance};
@@ -514,20 +516,6 @@ fn service_label(key: &WatchKey) -> ServiceLabel {
         service: key.service.clone(),
         datacenter: key.datacenter_label(),
     }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
+use service_support::time::sleep_until_opt;
+
 use crate::config::AddressSource;
 use crate::engine::{ServiceSource, SourceEvent, WatchKey};
 use crate::model::{CheckState, Locality, ServiceInstance, Weights};
@@ -599,13 +601,6 @@ fn hash_of<T: Hash + ?Sized>(value: &T) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     value.hash(&mut hasher);
     hasher.finish()
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -9,3 +9,4 @@ pub mod consul;
 pub mod duration;
 pub mod logging;
 pub mod shutdown;
+pub mod time;
