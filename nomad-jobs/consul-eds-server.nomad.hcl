@@ -1,9 +1,18 @@
 # consul-eds-server: Consul health -> Envoy EDS.
 #
-# Deployable alone. Envoy gateways reach it on the `xds` port (bind it to a
-# private interface, or enable mTLS, never expose it publicly). The Consul
-# token comes from Nomad Variables through a template, so it never appears in
-# the job file, the process list or the logs.
+# Deployable alone. Envoy gateways on other nodes reach it on the `xds` port,
+# so xDS is served only over mutual TLS: the gateways present a client
+# certificate signed by the control-plane CA, and this service presents a
+# server certificate for the DNS name `consul-eds-server.service.consul` (the
+# gateway job checks that name). It serves only the services listed in
+# `var.services`, so a client cannot make it watch arbitrary names. Every
+# port binds the node's own address (host networking), never 0.0.0.0.
+#
+# Secrets come from Nomad Variables through templates, so they never appear
+# in the job file, the process list or the logs:
+#   nomad/jobs/consul-eds-server: consul_token, xds_tls_cert, xds_tls_key, client_ca
+# docs/operations.md ("Control-plane certificates") shows how to make the
+# certificates with openssl, or how to have Vault's PKI issue them instead.
 
 variable "datacenters" {
   type    = list(string)
@@ -13,6 +22,12 @@ variable "datacenters" {
 variable "image" {
   type    = string
   default = "ghcr.io/envoy-consul-gateway/consul-eds-server:0.1.0"
+}
+
+# The Consul services Envoy may ask for (the gateway job's clusters).
+variable "services" {
+  type    = list(string)
+  default = ["web"]
 }
 
 variable "consul_http_addr" {
@@ -37,7 +52,7 @@ job "consul-eds-server" {
 
     network {
       port "xds" { static = 15000 }
-      port "admin" { to = 9102 }
+      port "admin" {}
     }
 
     service {
@@ -81,10 +96,17 @@ job "consul-eds-server" {
 
       config {
         image = var.image
-        ports = ["xds", "admin"]
+        # The service binds the node's addresses itself (NOMAD_IP_*), so
+        # Consul's checks and Prometheus reach the admin port and nothing
+        # listens on every interface.
+        network_mode = "host"
         args = [
-          "--xds-listen", "0.0.0.0:15000",
-          "--admin-listen", "0.0.0.0:9102",
+          "--xds-listen", "${NOMAD_IP_xds}:${NOMAD_PORT_xds}",
+          "--xds-tls-cert", "${NOMAD_SECRETS_DIR}/xds.crt",
+          "--xds-tls-key", "${NOMAD_SECRETS_DIR}/xds.key",
+          "--xds-tls-client-ca", "${NOMAD_SECRETS_DIR}/client-ca.crt",
+          "--services", join(",", var.services),
+          "--admin-listen", "${NOMAD_IP_admin}:${NOMAD_PORT_admin}",
           "--consul-addr", var.consul_http_addr,
           "--consul-token-file", "${NOMAD_SECRETS_DIR}/consul-token",
           "--log-format", "json",
@@ -97,6 +119,37 @@ job "consul-eds-server" {
         change_mode = "restart"
         data        = <<-EOT
           {{- with nomadVar "nomad/jobs/consul-eds-server" -}}{{ .consul_token }}{{- end -}}
+        EOT
+      }
+
+      # The xDS listener's identity and the CA its clients (the gateways)
+      # must be signed by. With Vault, replace the three data blocks by
+      # `{{ with secret "pki/issue/control-plane" "common_name=consul-eds-server.service.consul" }}`
+      # and `.Data.certificate`, `.Data.private_key`, `.Data.issuing_ca`.
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/xds.crt"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/consul-eds-server" -}}{{ .xds_tls_cert }}{{- end -}}
+        EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/xds.key"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/consul-eds-server" -}}{{ .xds_tls_key }}{{- end -}}
+        EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/client-ca.crt"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/consul-eds-server" -}}{{ .client_ca }}{{- end -}}
         EOT
       }
 

@@ -5,11 +5,20 @@
 # lock orders and renews, and every write is fenced by that lock. Killing or
 # draining the holder hands renewals to the other replica.
 #
+# SDS answers carry private keys, so it is served only over mutual TLS: the
+# gateways present a client certificate signed by the control-plane CA, and
+# this service presents a server certificate for the DNS name
+# `envoy-acme-sds.service.consul` (the gateway job checks that name). Every
+# port binds the node's own address (host networking), never 0.0.0.0.
+#
 # Secrets come from Nomad Variables through templates, so they never appear
 # in the job file, the process list or the logs:
-#   nomad/jobs/envoy-acme-sds: consul_token, tsig_key, encryption_key
+#   nomad/jobs/envoy-acme-sds: consul_token, tsig_key, encryption_key,
+#                              sds_tls_cert, sds_tls_key, client_ca
 # The TSIG key is a BIND-style `key "name" { algorithm ...; secret "..."; };`
 # block; the encryption key is 32 random bytes in hex (`openssl rand -hex 32`).
+# docs/operations.md ("Control-plane certificates") shows how to make the
+# certificates with openssl, or how to have Vault's PKI issue them instead.
 
 variable "datacenters" {
   type    = list(string)
@@ -70,7 +79,7 @@ job "envoy-acme-sds" {
 
     network {
       port "sds" { static = 20000 }
-      port "admin" { to = 9103 }
+      port "admin" {}
     }
 
     service {
@@ -114,7 +123,10 @@ job "envoy-acme-sds" {
 
       config {
         image = var.image
-        ports = ["sds", "admin"]
+        # The service binds the node's addresses itself (NOMAD_IP_*), so
+        # Consul's checks and Prometheus reach the admin port and nothing
+        # listens on every interface.
+        network_mode = "host"
         args = [
           "--acme-directory", var.acme_directory,
           "--email", var.email,
@@ -128,8 +140,11 @@ job "envoy-acme-sds" {
           "--consul-token-file", "${NOMAD_SECRETS_DIR}/consul-token",
           "--lock-delay", "15s",
           "--instance-name", "${NOMAD_ALLOC_ID}",
-          "--sds-listen", "0.0.0.0:20000",
-          "--admin-listen", "0.0.0.0:9103",
+          "--sds-listen", "${NOMAD_IP_sds}:${NOMAD_PORT_sds}",
+          "--sds-tls-cert", "${NOMAD_SECRETS_DIR}/sds.crt",
+          "--sds-tls-key", "${NOMAD_SECRETS_DIR}/sds.key",
+          "--sds-client-ca", "${NOMAD_SECRETS_DIR}/client-ca.crt",
+          "--admin-listen", "${NOMAD_IP_admin}:${NOMAD_PORT_admin}",
           "--log-format", "json",
         ]
       }
@@ -158,6 +173,37 @@ job "envoy-acme-sds" {
         change_mode = "restart"
         data        = <<-EOT
           {{- with nomadVar "nomad/jobs/envoy-acme-sds" -}}{{ .encryption_key }}{{- end -}}
+        EOT
+      }
+
+      # The SDS listener's identity and the CA its clients (the gateways)
+      # must be signed by. With Vault, replace the three data blocks by
+      # `{{ with secret "pki/issue/control-plane" "common_name=envoy-acme-sds.service.consul" }}`
+      # and `.Data.certificate`, `.Data.private_key`, `.Data.issuing_ca`.
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/sds.crt"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-acme-sds" -}}{{ .sds_tls_cert }}{{- end -}}
+        EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/sds.key"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-acme-sds" -}}{{ .sds_tls_key }}{{- end -}}
+        EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/client-ca.crt"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-acme-sds" -}}{{ .client_ca }}{{- end -}}
         EOT
       }
 

@@ -5,6 +5,18 @@
 # The bootstrap lists the control planes' current instances through the
 # template's Consul service lookups. Envoy keeps its last configuration while
 # a control plane is briefly unreachable.
+#
+# Both control planes are reached over mutual TLS: Envoy presents a client
+# certificate signed by the control-plane CA and checks each server's name
+# (`consul-eds-server.service.consul`, `envoy-acme-sds.service.consul`).
+# From Nomad Variables, rendered into the task's secrets directory:
+#   nomad/jobs/envoy-gateway: client_cert, client_key, control_plane_ca
+# docs/operations.md ("Control-plane certificates") shows how to make them.
+#
+# Envoy's admin listener can change Envoy's state (/quitquitquit,
+# /runtime_modify...), so it listens on loopback only. Consul's check and
+# Prometheus use the `metrics` listener on the node's address, which passes
+# only GET /ready and /stats/prometheus through to the admin listener.
 
 variable "datacenters" {
   type    = list(string)
@@ -43,7 +55,7 @@ job "envoy-gateway" {
     network {
       port "http" { static = 80 }
       port "https" { static = 443 }
-      port "admin" { to = 9901 }
+      port "metrics" {}
     }
 
     service {
@@ -53,7 +65,7 @@ job "envoy-gateway" {
       check {
         name     = "ready"
         type     = "http"
-        port     = "admin"
+        port     = "metrics"
         path     = "/ready"
         interval = "5s"
         timeout  = "2s"
@@ -62,7 +74,7 @@ job "envoy-gateway" {
 
     service {
       name = "envoy-gateway-metrics"
-      port = "admin"
+      port = "metrics"
       tags = ["metrics", "metrics_path=/stats/prometheus"]
     }
 
@@ -77,7 +89,10 @@ job "envoy-gateway" {
 
       config {
         image = var.envoy_image
-        ports = ["http", "https", "admin"]
+        # Envoy binds the public ports on every interface, its admin listener
+        # on the node's loopback and the metrics listener on the node's
+        # address: only host networking gives it all three.
+        network_mode = "host"
         args = [
           "-c", "${NOMAD_TASK_DIR}/envoy.yaml",
           "--service-node", "${NOMAD_ALLOC_ID}",
@@ -95,7 +110,7 @@ job "envoy-gateway" {
         splay       = "30s"
         data          = <<-EOT
 admin:
-  address: { socket_address: { address: 0.0.0.0, port_value: 9901 } }
+  address: { socket_address: { address: 127.0.0.1, port_value: 9901 } }
 dynamic_resources:
   ads_config:
     api_type: GRPC
@@ -154,6 +169,26 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  - name: metrics
+    address: { socket_address: { address: {{ env "NOMAD_IP_metrics" }}, port_value: {{ env "NOMAD_PORT_metrics" }} } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: metrics
+          route_config:
+            virtual_hosts:
+            - name: admin
+              domains: ["*"]
+              routes:
+              - match: { path: /ready, headers: [{ name: ":method", string_match: { exact: GET } }] }
+                route: { cluster: admin }
+              - match: { path: /stats/prometheus, headers: [{ name: ":method", string_match: { exact: GET } }] }
+                route: { cluster: admin }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
   clusters:
 %{ for service in var.services ~}
   - name: ${service}
@@ -164,9 +199,32 @@ static_resources:
       thresholds: [{ max_connections: 4096, max_pending_requests: 1024, max_requests: 4096, max_retries: 16 }]
     outlier_detection: { consecutive_5xx: 5, base_ejection_time: 10s, max_ejection_percent: 50 }
 %{ endfor ~}
+  - name: admin
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: admin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 9901 } } }
   - name: eds
     type: STATIC
     connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: consul-eds-server.service.consul
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificates:
+          - certificate_chain: { filename: /secrets/control-plane/client.crt }
+            private_key: { filename: /secrets/control-plane/client.key }
+          validation_context:
+            trusted_ca: { filename: /secrets/control-plane/ca.crt }
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: { exact: consul-eds-server.service.consul }
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -181,6 +239,21 @@ static_resources:
   - name: sds
     type: STATIC
     connect_timeout: 1s
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: envoy-acme-sds.service.consul
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificates:
+          - certificate_chain: { filename: /secrets/control-plane/client.crt }
+            private_key: { filename: /secrets/control-plane/client.key }
+          validation_context:
+            trusted_ca: { filename: /secrets/control-plane/ca.crt }
+            match_typed_subject_alt_names:
+            - san_type: DNS
+              matcher: { exact: envoy-acme-sds.service.consul }
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -193,6 +266,33 @@ static_resources:
         - endpoint: { address: { socket_address: { address: {{ .Address }}, port_value: {{ .Port }} } } }
 {{- end }}
 EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/control-plane/client.crt"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-gateway" -}}{{ .client_cert }}{{- end -}}
+        EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/control-plane/client.key"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-gateway" -}}{{ .client_key }}{{- end -}}
+        EOT
+      }
+
+      template {
+        destination = "${NOMAD_SECRETS_DIR}/control-plane/ca.crt"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+          {{- with nomadVar "nomad/jobs/envoy-gateway" -}}{{ .control_plane_ca }}{{- end -}}
+        EOT
       }
 
       resources {

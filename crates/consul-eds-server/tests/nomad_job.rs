@@ -45,3 +45,23 @@ fn a_flag_that_does_not_exist_is_caught() {
         help_flags(Path::new(env!("CARGO_BIN_EXE_consul-eds-server"))).expect("--help runs");
     assert!(tasks[0].flags().iter().any(|f| !known.contains(f)));
 }
+
+/// xDS decides where traffic goes: the shipped job serves it only over
+/// mutual TLS, only for the services it lists, and binds no port on every
+/// interface.
+#[test]
+fn the_nomad_job_serves_xds_only_over_mutual_tls_for_listed_services() {
+    let job =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nomad-jobs/consul-eds-server.nomad.hcl");
+    let tasks = task_args(&parse_job(&job).expect("the job parses as HCL"));
+    let task = tasks
+        .iter()
+        .find(|t| t.task == "consul-eds-server")
+        .expect("the job has a consul-eds-server task");
+    assert!(
+        task.value_of("--xds-listen").is_some(),
+        "the job says where xDS listens"
+    );
+    let findings = task.exposure_findings();
+    assert!(findings.is_empty(), "{findings:#?}");
+}

@@ -61,3 +61,22 @@ fn a_flag_that_does_not_exist_is_caught() {
     let known = help_flags(binary()).expect("--help runs");
     assert!(tasks[0].flags().iter().any(|f| !known.contains(f)));
 }
+
+/// SDS answers carry private keys: the shipped job serves them only over
+/// mutual TLS, and binds no port on every interface.
+#[test]
+fn the_nomad_job_serves_secrets_only_over_mutual_tls() {
+    let job =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nomad-jobs/envoy-acme-sds.nomad.hcl");
+    let tasks = task_args(&parse_job(&job).expect("the job parses as HCL"));
+    let task = tasks
+        .iter()
+        .find(|t| t.task == "envoy-acme-sds")
+        .expect("the job has an envoy-acme-sds task");
+    assert!(
+        task.value_of("--sds-listen").is_some(),
+        "the job says where SDS listens"
+    );
+    let findings = task.exposure_findings();
+    assert!(findings.is_empty(), "{findings:#?}");
+}
