@@ -205,7 +205,9 @@ async fn managed_certificates(
         ChallengeSettings::Http01 { listen } => {
             let tokens: Arc<dyn TokenStore> = match (&settings.storage.location, consul) {
                 (StorageLocation::Consul { prefix }, Some(client)) => {
-                    Arc::new(ConsulTokenStore::new(client.clone(), prefix))
+                    let tokens = ConsulTokenStore::new(client.clone(), prefix);
+                    tasks.spawn(tokens.clone().follow(shutdown.clone()));
+                    Arc::new(tokens)
                 }
                 _ => Arc::new(MemoryTokenStore::new()),
             };
