@@ -7,15 +7,15 @@
 //! Rules it keeps:
 //! - A service is watched exactly while some demanded cluster needs it; a
 //!   watch whose last cluster goes away is stopped (no leaked watches).
-//! - What one service serves follows [`rules`]: an error never changes it
+//! - What one service serves follows `rules`: an error never changes it
 //!   (the last good endpoints stay, the clusters are degraded), and an empty
 //!   answer after a Consul index reset is held for the reset grace.
 //! - Bursts are coalesced for a few milliseconds; the latest state always wins
 //!   and every change is eventually pushed.
 //!
 //! This module is the actor around those rules: it routes demand changes,
-//! watch events and timers, and turns each [`rules::Change`] into logs,
-//! metrics and rebuilt clusters. What a cluster is made of is [`plan`].
+//! watch events and timers, and turns each `rules::Change` into logs,
+//! metrics and rebuilt clusters. What a cluster is made of is `plan`.
 
 mod plan;
 mod rules;
