@@ -61,9 +61,14 @@ impl ClusterNaming {
                 pattern.push_str(&format!("(?P<dc>{NAME})"));
                 rest = after;
             } else {
-                let next = rest[1..].find(['{']).map(|i| i + 1).unwrap_or(rest.len());
-                pattern.push_str(&regex::escape(&rest[..next]));
-                rest = &rest[next..];
+                // A literal runs to the next `{` after its first character
+                // (itself possibly a `{` that starts no placeholder). That
+                // character may take several bytes: the literal is cut at
+                // its end, never inside it.
+                let first = rest.chars().next().map_or(0, char::len_utf8);
+                let end = rest[first..].find('{').map_or(rest.len(), |i| first + i);
+                pattern.push_str(&regex::escape(&rest[..end]));
+                rest = &rest[end..];
             }
         }
         pattern.push('$');
@@ -129,6 +134,17 @@ mod tests {
         let naming = ClusterNaming::new("svc.{service}").expect("valid");
         assert_eq!(naming.parse("svcXweb"), None);
         assert_eq!(naming.parse("svc.web"), target("web", None, None));
+    }
+
+    #[test]
+    fn literals_may_hold_any_character_wherever_they_start() {
+        // A literal starting with a multibyte character, before and after
+        // the placeholder, as well as inside one.
+        let naming = ClusterNaming::new("é{service}·{dc}ü").expect("valid");
+        assert_eq!(naming.parse("éweb·dc2ü"), target("web", None, Some("dc2")));
+        assert_eq!(naming.parse("eweb·dc2ü"), None);
+        let naming = ClusterNaming::new("cé-{service}").expect("valid");
+        assert_eq!(naming.parse("cé-web"), target("web", None, None));
     }
 
     #[test]

@@ -11,10 +11,11 @@ use serde::Serialize;
 use crate::model::Endpoint;
 
 /// How fresh one service's data is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum Freshness {
     /// Not read from Consul yet.
+    #[default]
     Pending,
     /// The last read succeeded, at this Consul index.
     Synced { index: u64 },

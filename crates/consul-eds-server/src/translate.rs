@@ -52,15 +52,6 @@ pub fn cluster_load_assignment(cluster: &ClusterEndpoints) -> ClusterLoadAssignm
     }
 }
 
-/// The assignment for a cluster nobody registered: Envoy must get an answer
-/// for every cluster it asks for, or it waits for its initial fetch timeout.
-pub fn empty_assignment(cluster: &str) -> ClusterLoadAssignment {
-    ClusterLoadAssignment {
-        cluster_name: cluster.to_owned(),
-        ..Default::default()
-    }
-}
-
 fn lb_endpoint(endpoint: &Endpoint) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {

@@ -4,7 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{EdsServer, check_id, consul_client, gateway, hostnames, register, wait_for_hosts};
+use common::{
+    EdsServer, check_id, consul_client, gateway, hostnames, register, register_passing,
+    wait_for_hostnames, wait_for_hosts,
+};
 use consul_client::{CheckStatus, Maintenance};
 use test_support::bootstrap::EdsTransport;
 use test_support::{Backend, ConsulAgent, http_get, http_request};
@@ -58,14 +61,7 @@ async fn envoy_gets_consul_instances_follows_health_and_weights_and_proxies() {
         .agent_check_fail(&check_id("web-2"), "down")
         .await
         .expect("fail check");
-    wait_for_hosts(
-        &envoy,
-        "web",
-        "web-2 removed",
-        Duration::from_secs(1),
-        |h| hostnames(h) == ["web-1", "web-3"],
-    )
-    .await;
+    wait_for_hostnames(&envoy, "web", &["web-1", "web-3"], Duration::from_secs(1)).await;
     eprintln!("critical -> removed from Envoy in {:?}", started.elapsed());
 
     // Maintenance mode drains instead of removing.
@@ -134,23 +130,8 @@ async fn a_service_registered_later_appears_in_envoy() {
     assert!(common::hosts(&envoy, "api").await.is_empty());
 
     let api = Backend::start("api-1").await.expect("backend");
-    register(
-        &client,
-        "api",
-        "api-1",
-        api.addr(),
-        CheckStatus::Passing,
-        None,
-    )
-    .await;
-    wait_for_hosts(
-        &envoy,
-        "api",
-        "api-1 appears",
-        Duration::from_secs(5),
-        |h| hostnames(h) == ["api-1"],
-    )
-    .await;
+    register_passing(&client, "api", &api).await;
+    wait_for_hostnames(&envoy, "api", &["api-1"], Duration::from_secs(5)).await;
     let response = http_request("GET", listener, "/", &[("host", "api")], vec![])
         .await
         .expect("through envoy");
@@ -195,15 +176,7 @@ async fn consul_outage_keeps_endpoints_reports_degraded_and_recovers() {
     consul.restart().await.expect("consul restarts");
     let client = consul_client(&consul);
     let web2 = Backend::start("web-2").await.expect("backend");
-    register(
-        &client,
-        "web",
-        "web-2",
-        web2.addr(),
-        CheckStatus::Passing,
-        None,
-    )
-    .await;
+    register_passing(&client, "web", &web2).await;
     let recovered = test_support::eventually(
         "web-2 after recovery",
         Duration::from_secs(30),
@@ -236,51 +209,23 @@ async fn services_beyond_the_watch_budget_follow_changes_through_the_dc_wide_vie
     // service rides the DC-wide view (2 queries) plus the spare.
     let eds = EdsServer::start(&consul, &["--max-blocking-queries", "3"]).await;
     let (envoy, _) = gateway(eds.xds, &["web"], EdsTransport::Grpc).await;
-    wait_for_hosts(&envoy, "web", "web-1", Duration::from_secs(10), |h| {
-        hostnames(h) == ["web-1"]
-    })
-    .await;
+    wait_for_hostnames(&envoy, "web", &["web-1"], Duration::from_secs(10)).await;
 
-    let b = Backend::start("web-2").await.expect("backend");
-    register(
-        &client,
-        "web",
-        "web-2",
-        b.addr(),
-        CheckStatus::Passing,
-        None,
-    )
-    .await;
-    wait_for_hosts(&envoy, "web", "web-2 added", Duration::from_secs(5), |h| {
-        hostnames(h) == ["web-1", "web-2"]
-    })
-    .await;
+    let web2 = Backend::start("web-2").await.expect("backend");
+    register_passing(&client, "web", &web2).await;
+    wait_for_hostnames(&envoy, "web", &["web-1", "web-2"], Duration::from_secs(5)).await;
 
     client
         .agent_check_fail(&check_id("web-1"), "down")
         .await
         .expect("fail");
-    wait_for_hosts(
-        &envoy,
-        "web",
-        "web-1 critical",
-        Duration::from_secs(5),
-        |h| hostnames(h) == ["web-2"],
-    )
-    .await;
+    wait_for_hostnames(&envoy, "web", &["web-2"], Duration::from_secs(5)).await;
 
     client
         .agent_service_deregister("web-2")
         .await
         .expect("deregister");
-    wait_for_hosts(
-        &envoy,
-        "web",
-        "web-2 deregistered",
-        Duration::from_secs(5),
-        |h| h.is_empty(),
-    )
-    .await;
+    wait_for_hostnames(&envoy, "web", &[], Duration::from_secs(5)).await;
     // Changes came through the DC-wide view, not per-service queries.
     let metrics = http_get(eds.admin, "/metrics").await.expect("metrics");
     assert!(

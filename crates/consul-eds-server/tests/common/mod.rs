@@ -112,16 +112,21 @@ pub async fn consul_with_one_web_instance() -> (ConsulAgent, Client, test_suppor
     let web = test_support::Backend::start("web-1")
         .await
         .expect("backend");
+    register_passing(&client, "web", &web).await;
+    (consul, client, web)
+}
+
+/// Registers `backend` as a passing instance of `service`, under its name.
+pub async fn register_passing(client: &Client, service: &str, backend: &test_support::Backend) {
     register(
-        &client,
-        "web",
-        "web-1",
-        web.addr(),
+        client,
+        service,
+        backend.name(),
+        backend.addr(),
         CheckStatus::Passing,
         None,
     )
     .await;
-    (consul, client, web)
 }
 
 /// Registers an instance with a TTL check (the test sets its state).
@@ -216,6 +221,17 @@ pub async fn wait_for_hosts(
             envoy.log_tail()
         ),
     }
+}
+
+/// Waits until Envoy's hosts for `cluster` are exactly `expected`, by name.
+pub async fn wait_for_hostnames(
+    envoy: &Envoy,
+    cluster: &str,
+    expected: &[&str],
+    limit: Duration,
+) -> Vec<Host> {
+    let what = format!("{cluster} hosts to be {expected:?}");
+    wait_for_hosts(envoy, cluster, &what, limit, |h| hostnames(h) == expected).await
 }
 
 pub fn hostnames(hosts: &[Host]) -> Vec<&str> {

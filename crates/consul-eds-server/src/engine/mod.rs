@@ -1,0 +1,451 @@
+//! The sync engine: which Consul services to watch, and what each cluster serves.
+//!
+//! Inputs: the set of cluster names Envoys subscribe to (demand) and, per
+//! watched service, a stream of [`SourceEvent`]s. Output: batches of changed
+//! [`ClusterEndpoints`] handed to an [`EndpointSink`] (the xDS cache).
+//!
+//! Rules it keeps:
+//! - A service is watched exactly while some demanded cluster needs it; a
+//!   watch whose last cluster goes away is stopped (no leaked watches).
+//! - What one service serves follows `rules`: an error never changes it
+//!   (the last good endpoints stay, the clusters are degraded), and an empty
+//!   answer after a Consul index reset is held for the reset grace.
+//! - Bursts are coalesced for a few milliseconds; the latest state always wins
+//!   and every change is eventually pushed.
+//!
+//! This module is the actor around those rules: it routes demand changes,
+//! watch events and timers, and turns each `rules::Change` into logs,
+//! metrics and rebuilt clusters. What a cluster is made of is `plan`.
+
+mod plan;
+mod rules;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use service_support::time::{sleep_until_opt, unix_now};
+
+use crate::health::HealthPolicy;
+use crate::metrics::{ClusterLabel, EngineMetrics, ServiceLabel};
+use crate::model::{ClusterEndpoints, Endpoint, ServiceInstance};
+use crate::naming::ClusterNaming;
+use crate::state::{Freshness, ServedState};
+use plan::ClusterPlan;
+use rules::{Change, Input, Now, ServiceState};
+
+/// One watched Consul service in one datacenter (`None`: the local one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WatchKey {
+    pub service: String,
+    pub datacenter: Option<String>,
+}
+
+impl WatchKey {
+    fn datacenter_label(&self) -> String {
+        self.datacenter
+            .clone()
+            .unwrap_or_else(|| "local".to_owned())
+    }
+}
+
+/// What a watch reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// A successful read: the service's instances now (empty if it has none).
+    Instances {
+        instances: Vec<ServiceInstance>,
+        index: u64,
+        /// The first read after Consul's index went backwards.
+        after_reset: bool,
+    },
+    /// Reads are failing; whatever was read last is still the best data.
+    Failing { error: String },
+}
+
+/// Where instance data comes from (Consul in production, a fake in tests).
+pub trait ServiceSource: Send + Sync + 'static {
+    /// A stream of events for one service; dropping it stops the watch.
+    fn watch(&self, key: &WatchKey) -> BoxStream<'static, SourceEvent>;
+}
+
+/// Where cluster endpoints go (the xDS cache in production).
+pub trait EndpointSink: Send + 'static {
+    fn publish(&mut self, clusters: Vec<ClusterEndpoints>);
+    fn remove(&mut self, clusters: Vec<String>);
+}
+
+/// The engine's fixed settings, built once from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub naming: ClusterNaming,
+    pub policy: HealthPolicy,
+    /// Datacenters tried, in order, as lower priorities.
+    pub failover_dcs: Vec<String>,
+    /// If not empty, only these services are ever watched.
+    pub allowed_services: BTreeSet<String>,
+    pub coalesce: Duration,
+    pub reset_grace: Duration,
+}
+
+/// A running watch and the state of its service.
+#[derive(Debug)]
+struct Watch {
+    task: JoinHandle<()>,
+    service: ServiceState,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct Engine<S, K> {
+    settings: EngineSettings,
+    source: Arc<S>,
+    sink: K,
+    state: ServedState,
+    metrics: EngineMetrics,
+    plans: BTreeMap<String, ClusterPlan>,
+    watches: HashMap<WatchKey, Watch>,
+    events_tx: mpsc::UnboundedSender<(WatchKey, SourceEvent)>,
+    events_rx: mpsc::UnboundedReceiver<(WatchKey, SourceEvent)>,
+    dirty: BTreeSet<String>,
+    flush_at: Option<Instant>,
+    /// What the sink has per cluster, so unchanged clusters are not re-sent.
+    /// The same allocation as the admin view's endpoints: one copy each.
+    published: HashMap<String, Arc<[Endpoint]>>,
+}
+
+impl<S, K> std::fmt::Debug for Engine<S, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("clusters", &self.plans.len())
+            .field("watches", &self.watches.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
+    pub fn new(
+        settings: EngineSettings,
+        source: Arc<S>,
+        sink: K,
+        state: ServedState,
+        metrics: EngineMetrics,
+    ) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self {
+            settings,
+            source,
+            sink,
+            state,
+            metrics,
+            plans: BTreeMap::new(),
+            watches: HashMap::new(),
+            events_tx,
+            events_rx,
+            dirty: BTreeSet::new(),
+            flush_at: None,
+            published: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown`; every watch stops with it.
+    pub async fn run(
+        mut self,
+        mut demand: watch::Receiver<BTreeSet<String>>,
+        shutdown: CancellationToken,
+    ) {
+        let initial = demand.borrow_and_update().clone();
+        self.set_demand(&initial);
+        let mut demand_open = true;
+        // Held empties are re-examined on this tick; the grace is seconds, so
+        // a coarse tick costs nothing and keeps the select simple.
+        let mut grace_tick =
+            tokio::time::interval(self.settings.reset_grace.max(Duration::from_millis(100)) / 4);
+        grace_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let flush_at = self.flush_at;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = demand.changed(), if demand_open => {
+                    if changed.is_err() {
+                        // The xDS server is gone; keep the last demand.
+                        demand_open = false;
+                        continue;
+                    }
+                    let wanted = demand.borrow_and_update().clone();
+                    self.set_demand(&wanted);
+                }
+                Some((key, event)) = self.events_rx.recv() => self.on_source_event(key, event),
+                () = sleep_until_opt(flush_at), if flush_at.is_some() => self.flush(),
+                _ = grace_tick.tick() => self.check_holds(),
+            }
+        }
+        self.watches.clear();
+        self.metrics.watches.set(0);
+    }
+
+    /// Starts and stops watches so exactly the demanded clusters are fed.
+    fn set_demand(&mut self, clusters: &BTreeSet<String>) {
+        let wanted = self.plans_for(clusters);
+
+        let removed = keys_to_drop(&self.plans, |cluster| wanted.contains_key(cluster));
+        for cluster in &removed {
+            self.plans.remove(cluster);
+            self.published.remove(cluster);
+            self.dirty.remove(cluster);
+            self.state.remove(cluster);
+            self.metrics.endpoints.remove(&ClusterLabel {
+                cluster: cluster.clone(),
+            });
+        }
+        if !removed.is_empty() {
+            self.sink.remove(removed);
+        }
+
+        for (cluster, plan) in wanted {
+            if !self.plans.contains_key(&cluster) {
+                self.plans.insert(cluster.clone(), plan);
+                // A new cluster on an existing watch is served at once.
+                self.mark_dirty(cluster);
+            }
+        }
+
+        let needed: BTreeSet<WatchKey> = self
+            .plans
+            .values()
+            .flat_map(|plan| plan.watch_keys().cloned())
+            .collect();
+        for key in keys_to_drop(&self.watches, |key| needed.contains(key)) {
+            tracing::info!(service = %key.service, dc = %key.datacenter_label(), "stopping watch");
+            self.watches.remove(&key);
+            self.metrics.degraded.remove(&service_label(&key));
+        }
+        for key in needed {
+            if !self.watches.contains_key(&key) {
+                tracing::info!(service = %key.service, dc = %key.datacenter_label(), "starting watch");
+                let task = self.spawn_watch(key.clone());
+                self.watches.insert(
+                    key,
+                    Watch {
+                        task,
+                        service: ServiceState::default(),
+                    },
+                );
+            }
+        }
+        self.metrics.watches.set(self.watches.len() as i64);
+    }
+
+    /// The plans of the demanded clusters this server serves: names that do
+    /// not follow the template, or select a service outside `--services`,
+    /// are answered empty by the cache and never watched.
+    fn plans_for(&self, clusters: &BTreeSet<String>) -> BTreeMap<String, ClusterPlan> {
+        let mut wanted = BTreeMap::new();
+        for cluster in clusters {
+            let Some(target) = self.settings.naming.parse(cluster) else {
+                tracing::debug!(%cluster, "cluster name does not follow the template; answered empty");
+                continue;
+            };
+            if !self.settings.allowed_services.is_empty()
+                && !self.settings.allowed_services.contains(&target.service)
+            {
+                tracing::debug!(%cluster, service = %target.service, "service not in --services; answered empty");
+                continue;
+            }
+            let plan = ClusterPlan::new(target, &self.settings.failover_dcs);
+            wanted.insert(cluster.clone(), plan);
+        }
+        wanted
+    }
+
+    fn spawn_watch(&self, key: WatchKey) -> JoinHandle<()> {
+        let mut stream = self.source.watch(&key);
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                if events.send((key.clone(), event)).is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    fn on_source_event(&mut self, key: WatchKey, event: SourceEvent) {
+        if let SourceEvent::Instances {
+            instances,
+            index,
+            after_reset,
+        } = &event
+        {
+            tracing::debug!(service = %key.service, instances = instances.len(), index, after_reset, "instances read");
+        }
+        self.apply(&key, Input::Source(event));
+    }
+
+    /// Releases the holds whose grace deadline has passed.
+    fn check_holds(&mut self) {
+        let holding: Vec<WatchKey> = self
+            .watches
+            .iter()
+            .filter(|(_, watch)| watch.service.hold_until().is_some())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in holding {
+            self.apply(&key, Input::GraceCheck);
+        }
+    }
+
+    /// Runs one input through the service's rule and acts on the change.
+    fn apply(&mut self, key: &WatchKey, input: Input) {
+        let grace = self.settings.reset_grace;
+        let now = Now {
+            instant: Instant::now().into_std(),
+            unix_secs: unix_now(),
+        };
+        let Some(watch) = self.watches.get_mut(key) else {
+            // A late event from a watch stopped a moment ago.
+            return;
+        };
+        let change = watch.service.apply(input, now, grace);
+        self.record(key, &change);
+        if change.touches_clusters() {
+            for cluster in self.clusters_fed_by(key) {
+                self.mark_dirty(cluster);
+            }
+        }
+    }
+
+    /// What a change says to operators: logs and metrics.
+    fn record(&self, key: &WatchKey, change: &Change) {
+        let grace = self.settings.reset_grace;
+        match change {
+            Change::Served | Change::StillHeld => {
+                self.metrics.degraded.remove(&service_label(key));
+            }
+            Change::HoldStarted { .. } => {
+                tracing::warn!(
+                    service = %key.service,
+                    "Consul answers no instances right after an index reset; \
+                     keeping the last endpoints for {grace:?}"
+                );
+                self.metrics.empty_after_reset_held.inc();
+                self.metrics.degraded.remove(&service_label(key));
+            }
+            Change::Failing { error } => {
+                tracing::warn!(service = %key.service, %error, "Consul reads failing; serving the last endpoints");
+                self.metrics
+                    .degraded
+                    .get_or_create(&service_label(key))
+                    .set(1);
+            }
+            Change::Released => {
+                tracing::warn!(service = %key.service, "no instances came back within {grace:?} of the reset; serving none");
+            }
+            Change::Nothing => {}
+        }
+    }
+
+    fn clusters_fed_by(&self, key: &WatchKey) -> Vec<String> {
+        self.plans
+            .iter()
+            .filter(|(_, plan)| plan.is_fed_by(key))
+            .map(|(cluster, _)| cluster.clone())
+            .collect()
+    }
+
+    fn mark_dirty(&mut self, cluster: String) {
+        self.dirty.insert(cluster);
+        if self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + self.settings.coalesce);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flush_at = None;
+        let dirty = std::mem::take(&mut self.dirty);
+        tracing::debug!(clusters = dirty.len(), "flushing");
+        let mut batch = Vec::new();
+        for cluster in dirty {
+            let Some(plan) = self.plans.get(&cluster) else {
+                continue;
+            };
+            let watches = &self.watches;
+            let Some(mut view) = plan.build(&cluster, &self.settings.policy, |key| {
+                watches.get(key).map(|watch| &watch.service)
+            }) else {
+                continue;
+            };
+            self.metrics
+                .endpoints
+                .get_or_create(&ClusterLabel {
+                    cluster: cluster.clone(),
+                })
+                .set(view.endpoints.len() as i64);
+            match self.published.get(&cluster) {
+                // Unchanged: the view shares what was published, and the
+                // endpoints just built are dropped.
+                Some(published) if **published == *view.endpoints => {
+                    view.endpoints = Arc::clone(published);
+                }
+                _ => {
+                    self.published
+                        .insert(cluster.clone(), Arc::clone(&view.endpoints));
+                    batch.push(ClusterEndpoints {
+                        cluster,
+                        endpoints: Arc::clone(&view.endpoints),
+                    });
+                }
+            }
+            self.state.upsert(view);
+        }
+        if !batch.is_empty() {
+            tracing::debug!(clusters = batch.len(), "pushing changed clusters");
+            self.metrics.pushes.inc();
+            self.metrics.cluster_updates.inc_by(batch.len() as u64);
+            self.sink.publish(batch);
+        }
+        if !self.watches.is_empty()
+            && self
+                .watches
+                .values()
+                .all(|w| !matches!(w.service.freshness(), Freshness::Pending))
+        {
+            self.state.mark_first_sync_done();
+        }
+    }
+}
+
+/// The keys of `map` that `keep` refuses, collected so `map` can change.
+fn keys_to_drop<'a, K: Clone + 'a, V: 'a>(
+    map: impl IntoIterator<Item = (&'a K, &'a V)>,
+    keep: impl Fn(&K) -> bool,
+) -> Vec<K> {
+    map.into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| !keep(key))
+        .cloned()
+        .collect()
+}
+
+fn service_label(key: &WatchKey) -> ServiceLabel {
+    ServiceLabel {
+        service: key.service.clone(),
+        datacenter: key.datacenter_label(),
+    }
+}
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;

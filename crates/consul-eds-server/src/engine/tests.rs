@@ -1,0 +1,375 @@
+//! The actor, driven through its inputs under paused time: demand, watch
+//! events and timers in, sink calls and the admin view out. The per-service
+//! transitions themselves are specified in `rules`.
+
+use std::sync::Mutex;
+
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::fixtures::{empty_after_reset, failing, instance, instances, passing};
+use super::*;
+use crate::model::{CheckState, EndpointHealth};
+use crate::state::Readiness;
+
+/// A source whose streams the test feeds by hand.
+#[derive(Default)]
+struct FakeSource {
+    senders: Mutex<HashMap<WatchKey, mpsc::UnboundedSender<SourceEvent>>>,
+    watch_calls: Mutex<Vec<WatchKey>>,
+}
+
+impl ServiceSource for FakeSource {
+    fn watch(&self, key: &WatchKey) -> BoxStream<'static, SourceEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.senders.lock().expect("lock").insert(key.clone(), tx);
+        self.watch_calls.lock().expect("lock").push(key.clone());
+        UnboundedReceiverStream::new(rx).boxed()
+    }
+}
+
+impl FakeSource {
+    fn send(&self, service: &str, event: SourceEvent) {
+        self.send_dc(service, None, event);
+    }
+
+    fn send_dc(&self, service: &str, dc: Option<&str>, event: SourceEvent) {
+        let key = WatchKey {
+            service: service.to_owned(),
+            datacenter: dc.map(str::to_owned),
+        };
+        let senders = self.senders.lock().expect("lock");
+        let sender = senders.get(&key).expect("service is watched");
+        sender.send(event).expect("watch is running");
+    }
+
+    fn is_watching(&self, service: &str) -> bool {
+        let key = WatchKey {
+            service: service.to_owned(),
+            datacenter: None,
+        };
+        self.senders
+            .lock()
+            .expect("lock")
+            .get(&key)
+            .is_some_and(|s| !s.is_closed())
+    }
+
+    fn watch_calls(&self) -> usize {
+        self.watch_calls.lock().expect("lock").len()
+    }
+}
+
+#[derive(Debug)]
+enum SinkCall {
+    Publish(Vec<ClusterEndpoints>),
+    Remove(Vec<String>),
+}
+
+struct ChannelSink(mpsc::UnboundedSender<SinkCall>);
+
+impl EndpointSink for ChannelSink {
+    fn publish(&mut self, clusters: Vec<ClusterEndpoints>) {
+        let _ = self.0.send(SinkCall::Publish(clusters));
+    }
+    fn remove(&mut self, clusters: Vec<String>) {
+        let _ = self.0.send(SinkCall::Remove(clusters));
+    }
+}
+
+/// A running engine (local datacenter, `{service}` names, a 5 ms coalescing
+/// window, a 10 s reset grace) and handles on everything around it.
+struct Harness {
+    source: Arc<FakeSource>,
+    sink: mpsc::UnboundedReceiver<SinkCall>,
+    demand: watch::Sender<BTreeSet<String>>,
+    state: ServedState,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Harness {
+    fn start(failover_dcs: &[&str]) -> Self {
+        Self::start_allowing(failover_dcs, &[])
+    }
+
+    fn start_allowing(failover_dcs: &[&str], allowed: &[&str]) -> Self {
+        let settings = EngineSettings {
+            naming: ClusterNaming::new("{service}").expect("template"),
+            policy: HealthPolicy::default(),
+            failover_dcs: failover_dcs.iter().map(|s| (*s).to_owned()).collect(),
+            allowed_services: allowed.iter().map(|s| (*s).to_owned()).collect(),
+            coalesce: Duration::from_millis(5),
+            reset_grace: Duration::from_secs(10),
+        };
+        let source = Arc::new(FakeSource::default());
+        let (sink_tx, sink) = mpsc::unbounded_channel();
+        let (demand, demand_rx) = watch::channel(BTreeSet::new());
+        let state = ServedState::default();
+        let shutdown = CancellationToken::new();
+        let engine = Engine::new(
+            settings,
+            source.clone(),
+            ChannelSink(sink_tx),
+            state.clone(),
+            EngineMetrics::default(),
+        );
+        let task = tokio::spawn(engine.run(demand_rx, shutdown.clone()));
+        Self {
+            source,
+            sink,
+            demand,
+            state,
+            shutdown,
+            task,
+        }
+    }
+
+    /// An engine with no failover, whose Envoys demand `clusters`, once
+    /// their watches run.
+    async fn demanding(clusters: &[&str]) -> Self {
+        let h = Self::start(&[]);
+        h.demand(clusters);
+        h.settle().await;
+        h
+    }
+
+    /// An engine serving `web` from one read of passing `web-1`, at `index`.
+    async fn serving_web_1(index: u64) -> Self {
+        let mut h = Self::demanding(&["web"]).await;
+        h.source.send("web", passing(&["web-1"], index));
+        h.next_publish().await;
+        h
+    }
+
+    fn demand(&self, clusters: &[&str]) {
+        self.demand
+            .send(clusters.iter().map(|c| (*c).to_owned()).collect())
+            .expect("engine listens");
+    }
+
+    async fn settle(&self) {
+        // Let spawned watch tasks and the coalescing timer run.
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    async fn next_publish(&mut self) -> Vec<ClusterEndpoints> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), self.sink.recv()).await {
+                Ok(Some(SinkCall::Publish(batch))) => return batch,
+                Ok(Some(SinkCall::Remove(_))) => continue,
+                other => panic!("no publish: {other:?}"),
+            }
+        }
+    }
+
+    fn no_more_calls(&mut self) -> bool {
+        self.sink.try_recv().is_err()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.task.abort();
+    }
+}
+
+fn ids(cluster: &ClusterEndpoints) -> Vec<&str> {
+    cluster.endpoints.iter().map(|e| &*e.instance_id).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn watches_a_demanded_service_and_publishes_its_healthy_instances() {
+    let mut h = Harness::demanding(&["web"]).await;
+    assert!(h.source.is_watching("web"));
+    h.source.send(
+        "web",
+        instances(
+            vec![
+                instance("web-1", CheckState::Passing, &[]),
+                instance("web-2", CheckState::Critical, &[]),
+            ],
+            7,
+        ),
+    );
+    let batch = h.next_publish().await;
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].cluster, "web");
+    assert_eq!(ids(&batch[0]), vec!["web-1"]);
+    let view = &h.state.clusters()[0];
+    assert_eq!(view.excluded[0].reason, "check critical");
+    assert_eq!(view.freshness, Freshness::Synced { index: 7 });
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_read_is_not_pushed_and_its_endpoints_are_kept_once() {
+    let mut h = Harness::demanding(&["web"]).await;
+    h.source.send("web", passing(&["web-1"], 3));
+    let pushed = h.next_publish().await;
+    let view = h.state.clusters().remove(0);
+    assert!(
+        Arc::ptr_eq(&view.endpoints, &pushed[0].endpoints),
+        "the admin view shares what was published"
+    );
+
+    // The same instances again (a sweep, another service's change).
+    h.source.send("web", passing(&["web-1"], 3));
+    h.settle().await;
+    assert!(h.no_more_calls(), "nothing changed, nothing is pushed");
+    let view = h.state.clusters().remove(0);
+    assert!(
+        Arc::ptr_eq(&view.endpoints, &pushed[0].endpoints),
+        "the endpoints built again were dropped, not kept beside the published ones"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_watch_keeps_the_last_endpoints_and_reports_degraded() {
+    let mut h = Harness::serving_web_1(3).await;
+    h.source.send("web", failing("connection refused"));
+    h.settle().await;
+    assert!(h.no_more_calls(), "an error must not change what is served");
+    assert!(matches!(h.state.readiness(), Readiness::Degraded { .. }));
+    assert_eq!(h.state.clusters()[0].endpoints.len(), 1);
+
+    h.source.send("web", passing(&["web-2"], 4));
+    let batch = h.next_publish().await;
+    assert_eq!(ids(&batch[0]), vec!["web-2"]);
+    assert_eq!(h.state.readiness(), Readiness::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_answer_after_an_index_reset_is_held_for_the_grace_period() {
+    let mut h = Harness::serving_web_1(50).await;
+    h.source.send("web", empty_after_reset(2));
+    h.settle().await;
+    assert!(h.no_more_calls(), "empty after reset is held");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let batch = h.next_publish().await;
+    assert!(
+        batch[0].endpoints.is_empty(),
+        "released after the grace period"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_coming_back_within_the_grace_period_end_the_hold() {
+    let mut h = Harness::serving_web_1(50).await;
+    h.source.send("web", empty_after_reset(2));
+    h.settle().await;
+    h.source.send("web", passing(&["web-9"], 3));
+    let batch = h.next_publish().await;
+    assert_eq!(ids(&batch[0]), vec!["web-9"]);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(h.no_more_calls(), "the hold ended; nothing empty follows");
+}
+
+#[tokio::test(start_paused = true)]
+async fn undemanded_services_stop_being_watched() {
+    let mut h = Harness::demanding(&["web", "api"]).await;
+    assert!(h.source.is_watching("web") && h.source.is_watching("api"));
+    h.demand(&["web"]);
+    h.settle().await;
+    assert!(h.source.is_watching("web"));
+    assert!(!h.source.is_watching("api"), "api's watch leaked");
+    match h.sink.recv().await {
+        Some(SinkCall::Remove(clusters)) => assert_eq!(clusters, vec!["api".to_owned()]),
+        other => panic!("expected a removal, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tag_clusters_share_the_service_watch_and_filter_by_tag() {
+    let mut h = Harness::demanding(&["web", "web.canary"]).await;
+    assert_eq!(h.source.watch_calls(), 1, "one watch serves both clusters");
+    h.source.send(
+        "web",
+        instances(
+            vec![
+                instance("web-1", CheckState::Passing, &["stable"]),
+                instance("web-2", CheckState::Passing, &["canary"]),
+            ],
+            5,
+        ),
+    );
+    let mut batch = h.next_publish().await;
+    batch.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    assert_eq!(ids(&batch[0]), vec!["web-1", "web-2"]);
+    assert_eq!(batch[1].cluster, "web.canary");
+    assert_eq!(ids(&batch[1]), vec!["web-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_is_coalesced_into_one_push_of_the_latest_state() {
+    let mut h = Harness::demanding(&["web"]).await;
+    for index in 1..=20u64 {
+        let list = (0..index)
+            .map(|i| instance(&format!("web-{i}"), CheckState::Passing, &[]))
+            .collect();
+        h.source.send("web", instances(list, index));
+    }
+    let batch = h.next_publish().await;
+    assert_eq!(batch[0].endpoints.len(), 20, "the latest state wins");
+    h.settle().await;
+    assert!(h.no_more_calls(), "one push for the burst");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_datacenters_become_lower_priorities() {
+    let mut h = Harness::start(&["dc2"]);
+    h.demand(&["web"]);
+    h.settle().await;
+    h.source.send("web", passing(&["local-1"], 1));
+    h.source
+        .send_dc("web", Some("dc2"), passing(&["remote-1"], 1));
+    let mut endpoints = Vec::new();
+    while endpoints.len() < 2 {
+        let batch = h.next_publish().await;
+        endpoints = batch[0].endpoints.to_vec();
+    }
+    let priorities: BTreeMap<&str, u32> = endpoints
+        .iter()
+        .map(|e| (&*e.instance_id, e.priority))
+        .collect();
+    assert_eq!(priorities["local-1"], 0);
+    assert_eq!(priorities["remote-1"], 1);
+    assert!(
+        endpoints
+            .iter()
+            .all(|e| e.health == EndpointHealth::Healthy)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_outside_the_allow_list_are_never_watched() {
+    let h = Harness::start_allowing(&[], &["web"]);
+    h.demand(&["web", "admin-panel", "not.a.valid.name"]);
+    h.settle().await;
+    assert!(h.source.is_watching("web"));
+    assert!(!h.source.is_watching("admin-panel"));
+    assert_eq!(h.source.watch_calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hostnames_are_excluded_with_a_reason() {
+    let mut h = Harness::demanding(&["web"]).await;
+    let mut by_name = instance("web-1", CheckState::Passing, &[]);
+    by_name.address = "web.internal".into();
+    h.source.send(
+        "web",
+        instances(
+            vec![by_name, instance("web-2", CheckState::Passing, &[])],
+            1,
+        ),
+    );
+    let batch = h.next_publish().await;
+    assert_eq!(ids(&batch[0]), vec!["web-2"]);
+    assert!(
+        h.state.clusters()[0].excluded[0]
+            .reason
+            .contains("not an IP")
+    );
+}
