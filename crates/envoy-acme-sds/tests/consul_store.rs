@@ -14,7 +14,6 @@ use envoy_acme_sds::challenge::consul_tokens::ConsulTokenStore;
 use envoy_acme_sds::challenge::http01::TokenStore;
 use envoy_acme_sds::election::{Election, ElectionConfig, Leadership};
 use envoy_acme_sds::kv_watch::KvFollower;
-use envoy_acme_sds::policy::OrderHistory;
 use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::encryption::KeyEncryption;
@@ -189,8 +188,7 @@ async fn only_the_lock_holders_session_can_write() {
         matches!(fenced_out, StoreError::Fenced { .. }),
         "{fenced_out}"
     );
-    let mut history = OrderHistory::default();
-    history.record("*.example.com", OffsetDateTime::now_utc());
+    let history = store_suite::one_order("*.example.com");
     assert!(matches!(
         fenced.save_order_history(&name, &history).await,
         Err(StoreError::Fenced { .. })

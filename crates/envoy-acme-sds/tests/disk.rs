@@ -17,10 +17,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::service::{SdsService, binary};
 use common::{ZONE, acme_ca_file, mode, start_pebble, tsig_key_file};
-use envoy_acme_sds::store::CertificateStore;
-use envoy_acme_sds::store::codec::parse_certificate_item;
+use envoy_acme_sds::store::codec::{
+    CertificatePart, account_item, order_history_item, parse_certificate_item, renewal_request_item,
+};
 use envoy_acme_sds::store::disk::DiskStore;
 use envoy_acme_sds::store::encryption::KeyEncryption;
+use envoy_acme_sds::store::{AccountId, CertificateStore, SecretName};
 use test_support::{Knot, PebbleOptions, eventually};
 
 /// A store directory in a temporary directory of its own.
@@ -70,6 +72,36 @@ impl store_suite::Location for Directory {
 }
 
 store_specification!(directory);
+
+#[tokio::test]
+async fn items_are_private_files_in_private_directories() {
+    let dir = directory().await;
+    store_suite::every_kind_of_item_round_trips(&dir).await;
+    let store = dir.open(None);
+    let name = SecretName::new(store_suite::ROUND_TRIP_SECRET).expect("name");
+    let id = AccountId::for_directory(store_suite::ROUND_TRIP_DIRECTORY);
+
+    for sub in ["", "certificates", "orders", "accounts", "renewals"] {
+        assert_eq!(mode(&dir.root.join(sub)), 0o700, "directory {sub:?}");
+    }
+    let cert_dir = store.certificate_dir(&name);
+    assert!(cert_dir.ends_with("certificates/%2A.example.com"));
+    assert_eq!(mode(&cert_dir), 0o700);
+    for part in CertificatePart::ALL {
+        let path = store.certificate_path(&name, part);
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        assert_eq!(mode(path.parent().expect("generation")), 0o700);
+    }
+    assert_eq!(mode(&store.item_path(&account_item(&id))), 0o600);
+    assert_eq!(mode(&store.item_path(&order_history_item(&name))), 0o600);
+    assert_eq!(mode(&store.item_path(&renewal_request_item(&name))), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.root.join("certificates"))
+        .expect("read_dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)

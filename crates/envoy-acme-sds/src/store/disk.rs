@@ -361,17 +361,15 @@ async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    //! What only the disk does: generations behind `current`, private
-    //! permissions. What every store does is specified once, for every
-    //! backend, in the integration suite (`tests/store_suite`).
+    //! What only the disk does: generations behind `current`, a private
+    //! root. What every store does is specified once, for every backend, in
+    //! the integration suite (`tests/store_suite`), and private permissions
+    //! of every item in `tests/disk.rs`.
 
     use super::*;
     use crate::certificate::tests::issue_test_certificate;
     use crate::certificate::{CertificateBundle, IssuanceFacts};
-    use crate::policy::OrderHistory;
-    use crate::secret::Secret;
-    use crate::store::layout::{account_item, order_history_item};
-    use crate::store::{AccountId, CertificateStore, StoredAccount};
+    use crate::store::CertificateStore;
 
     fn bundle(names: &[&str]) -> CertificateBundle {
         let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
@@ -382,51 +380,6 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).expect("metadata").permissions().mode() & 0o777
-    }
-
-    #[tokio::test]
-    async fn items_are_private_files_in_private_directories() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("store");
-        let store = DiskStore::open(&root, None).expect("open");
-        let name = SecretName::new("*.example.com").expect("name");
-        store
-            .save_certificate(&name, &bundle(&["*.example.com", "example.com"]))
-            .await
-            .expect("save");
-        let mut history = OrderHistory::default();
-        history.record("example.com", OffsetDateTime::now_utc());
-        store
-            .save_order_history(&name, &history)
-            .await
-            .expect("save");
-        let id = AccountId::for_directory("https://ca.example/dir");
-        let account = StoredAccount {
-            directory_url: "https://ca.example/dir".to_owned(),
-            contact: Vec::new(),
-            credentials_json: Secret::new("{}".to_owned()),
-        };
-        store.save_account(&id, &account).await.expect("save");
-
-        for sub in ["", "certificates", "orders", "accounts", "renewals"] {
-            assert_eq!(mode(&root.join(sub)), 0o700, "directory {sub:?}");
-        }
-        let cert_dir = store.certificate_dir(&name);
-        assert!(cert_dir.ends_with("certificates/%2A.example.com"));
-        assert_eq!(mode(&cert_dir), 0o700);
-        for part in CertificatePart::ALL {
-            let path = store.certificate_path(&name, part);
-            assert_eq!(mode(&path), 0o600, "{}", path.display());
-            assert_eq!(mode(path.parent().expect("generation")), 0o700);
-        }
-        assert_eq!(mode(&store.item_path(&account_item(&id))), 0o600);
-        assert_eq!(mode(&store.item_path(&order_history_item(&name))), 0o600);
-        let leftovers: Vec<_> = fs::read_dir(root.join("certificates"))
-            .expect("read_dir")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     fn generations(store: &DiskStore, name: &SecretName) -> Vec<String> {

@@ -126,9 +126,20 @@ pub async fn nothing_stored_loads_as_nothing(location: &impl Location) {
     );
 }
 
+/// The secret name and ACME directory [`every_kind_of_item_round_trips`] stores under.
+pub const ROUND_TRIP_SECRET: &str = "*.example.com";
+pub const ROUND_TRIP_DIRECTORY: &str = "https://ca.example/dir";
+
+/// An order history with one order in it.
+pub fn one_order(names_key: &str) -> OrderHistory {
+    let mut history = OrderHistory::default();
+    history.record(names_key, OffsetDateTime::now_utc());
+    history
+}
+
 pub async fn every_kind_of_item_round_trips(location: &impl Location) {
     let store = location.store(None);
-    let name = name("*.example.com");
+    let name = name(ROUND_TRIP_SECRET);
 
     let bundle = certificate(&["*.example.com", "example.com"]);
     store.save_certificate(&name, &bundle).await.expect("save");
@@ -140,8 +151,7 @@ pub async fn every_kind_of_item_round_trips(location: &impl Location) {
     assert_eq!(loaded.metadata(), bundle.metadata());
     assert_eq!(loaded.key_pem(), bundle.key_pem());
 
-    let mut history = OrderHistory::default();
-    history.record("example.com", OffsetDateTime::now_utc());
+    let history = one_order("example.com");
     store
         .save_order_history(&name, &history)
         .await
@@ -151,9 +161,9 @@ pub async fn every_kind_of_item_round_trips(location: &impl Location) {
         history
     );
 
-    let id = AccountId::for_directory("https://ca.example/dir");
+    let id = AccountId::for_directory(ROUND_TRIP_DIRECTORY);
     let account = StoredAccount {
-        directory_url: "https://ca.example/dir".to_owned(),
+        directory_url: ROUND_TRIP_DIRECTORY.to_owned(),
         contact: Vec::new(),
         credentials_json: Secret::new("{}".to_owned()),
     };
