@@ -42,8 +42,9 @@ pub enum StorageModeError {
     #[error("opening {location}")]
     Open {
         location: String,
+        // Boxed: the error of a start-up step, not worth a large `Result`.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("{0} needs a Consul client, and none is configured")]
     NoConsulClient(String),
@@ -96,7 +97,7 @@ impl StorageMode {
         };
         opened.map_err(|source| StorageModeError::Open {
             location: location.to_string(),
-            source,
+            source: Box::new(source),
         })
     }
 
