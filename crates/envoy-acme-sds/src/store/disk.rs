@@ -227,6 +227,15 @@ fn read_generation(dir: &Path) -> Result<StoredCertificate, StoreError> {
 
 /// Writes a new generation of a certificate and switches `current` to it.
 fn write_generation(dir: &Path, encoded: &EncodedCertificate) -> Result<(), StoreError> {
+    write_generation_syncing(dir, encoded, &sync_dir)
+}
+
+/// [`write_generation`] with the directory fsync given, so a test can make it fail.
+fn write_generation_syncing(
+    dir: &Path,
+    encoded: &EncodedCertificate,
+    sync_dir: &dyn Fn(&Path) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let io_error = |operation, path: &Path, source| StoreError::Io {
         operation,
         item: path.display().to_string(),
@@ -270,13 +279,18 @@ fn write_generation(dir: &Path, encoded: &EncodedCertificate) -> Result<(), Stor
             let _ = fs::remove_file(&link);
             return Err(io_error("switching", &current, e));
         }
-        sync_dir(dir)
+        Ok(())
     })();
     if written.is_err() {
         // Best effort: `current` still names the previous, complete generation.
         let _ = fs::remove_dir_all(&generation_dir);
         return written;
     }
+    // From here `current` names the new generation, so it must stay even if
+    // the switch cannot be made durable: removing it would leave `current`
+    // dangling and nothing to serve after a restart. The previous one stays
+    // too, for a power loss that undoes the rename.
+    sync_dir(dir)?;
     prune_generations(dir, &generation, previous.as_deref());
     Ok(())
 }
@@ -447,6 +461,43 @@ mod tests {
         let second = bundle(&["example.com"]);
         store.save_certificate(&name, &second).await.expect("save");
         assert!(!half.exists(), "the interrupted generation is cleaned up");
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_after_the_switch_keeps_the_generation_in_service() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path(), None).expect("open");
+        let name = SecretName::new("example.com").expect("name");
+        store
+            .save_certificate(&name, &bundle(&["example.com"]))
+            .await
+            .expect("save");
+        let cert_dir = store.certificate_dir(&name);
+        let second = bundle(&["example.com"]);
+        let encoded = store
+            .codec()
+            .encode_certificate(&name, &second)
+            .expect("encode");
+        // The rename onto `current` is done; only making it durable fails.
+        let failing_after_switch = |path: &Path| {
+            if path == cert_dir {
+                Err(StoreError::Io {
+                    operation: "syncing directory",
+                    item: path.display().to_string(),
+                    source: std::io::Error::other("injected"),
+                })
+            } else {
+                sync_dir(path)
+            }
+        };
+        let written = write_generation_syncing(&cert_dir, &encoded, &failing_after_switch);
+        assert!(written.is_err(), "the failed sync is reported");
+        let loaded = store
+            .load_certificate(&name)
+            .await
+            .expect("`current` names a generation that exists")
+            .expect("present");
+        assert_eq!(loaded.key_pem(), second.key_pem());
     }
 
     #[tokio::test]
