@@ -396,6 +396,37 @@ mod tests {
         fs::metadata(path).expect("metadata").permissions().mode() & 0o777
     }
 
+    /// A store in a directory of its own, holding one certificate.
+    struct OneCertificate {
+        _dir: tempfile::TempDir,
+        store: DiskStore,
+        name: SecretName,
+        stored: CertificateBundle,
+    }
+
+    async fn one_certificate() -> OneCertificate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::open(dir.path(), None).expect("open");
+        let name = SecretName::new("example.com").expect("name");
+        let stored = bundle(&["example.com"]);
+        store.save_certificate(&name, &stored).await.expect("save");
+        OneCertificate {
+            _dir: dir,
+            store,
+            name,
+            stored,
+        }
+    }
+
+    /// The certificate `current` names, which must load.
+    async fn current_certificate(store: &DiskStore, name: &SecretName) -> CertificateBundle {
+        store
+            .load_certificate(name)
+            .await
+            .expect("load")
+            .expect("present")
+    }
+
     fn generations(store: &DiskStore, name: &SecretName) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(store.certificate_dir(name))
             .expect("read_dir")
@@ -416,12 +447,10 @@ mod tests {
         let mut in_service = Vec::new();
         for bundle in &bundles {
             store.save_certificate(&name, bundle).await.expect("save");
-            let loaded = store
-                .load_certificate(&name)
-                .await
-                .expect("load")
-                .expect("present");
-            assert_eq!(loaded.key_pem(), bundle.key_pem());
+            assert_eq!(
+                current_certificate(&store, &name).await.key_pem(),
+                bundle.key_pem()
+            );
             let current = fs::read_link(store.certificate_dir(&name).join(CURRENT))
                 .expect("current is a symlink");
             in_service.push(current.to_string_lossy().into_owned());
@@ -439,11 +468,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_interrupted_write_leaves_the_previous_certificate_in_service() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = DiskStore::open(dir.path(), None).expect("open");
-        let name = SecretName::new("example.com").expect("name");
-        let first = bundle(&["example.com"]);
-        store.save_certificate(&name, &first).await.expect("save");
+        let OneCertificate {
+            _dir,
+            store,
+            name,
+            stored: first,
+        } = one_certificate().await;
         // What a crash before the switch leaves: a generation `current` does not name.
         let half = store
             .certificate_dir(&name)
@@ -451,12 +481,10 @@ mod tests {
         fs::create_dir(&half).expect("mkdir");
         fs::write(half.join("certificate"), b"half written").expect("write");
 
-        let loaded = store
-            .load_certificate(&name)
-            .await
-            .expect("load")
-            .expect("present");
-        assert_eq!(loaded.key_pem(), first.key_pem());
+        assert_eq!(
+            current_certificate(&store, &name).await.key_pem(),
+            first.key_pem()
+        );
 
         let second = bundle(&["example.com"]);
         store.save_certificate(&name, &second).await.expect("save");
@@ -465,13 +493,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_after_the_switch_keeps_the_generation_in_service() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = DiskStore::open(dir.path(), None).expect("open");
-        let name = SecretName::new("example.com").expect("name");
-        store
-            .save_certificate(&name, &bundle(&["example.com"]))
-            .await
-            .expect("save");
+        // `_dir` bound, not `..`: the directory lives as long as the test.
+        let OneCertificate {
+            _dir, store, name, ..
+        } = one_certificate().await;
         let cert_dir = store.certificate_dir(&name);
         let second = bundle(&["example.com"]);
         let encoded = store
@@ -492,23 +517,19 @@ mod tests {
         };
         let written = write_generation_syncing(&cert_dir, &encoded, &failing_after_switch);
         assert!(written.is_err(), "the failed sync is reported");
-        let loaded = store
-            .load_certificate(&name)
-            .await
-            .expect("`current` names a generation that exists")
-            .expect("present");
-        assert_eq!(loaded.key_pem(), second.key_pem());
+        // `current` names the new generation, and it exists.
+        assert_eq!(
+            current_certificate(&store, &name).await.key_pem(),
+            second.key_pem()
+        );
     }
 
     #[tokio::test]
     async fn broken_generations_are_reported_not_taken_for_absent() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = DiskStore::open(dir.path(), None).expect("open");
-        let name = SecretName::new("example.com").expect("name");
-        store
-            .save_certificate(&name, &bundle(&["example.com"]))
-            .await
-            .expect("save");
+        // `_dir` bound, not `..`: the directory lives as long as the test.
+        let OneCertificate {
+            _dir, store, name, ..
+        } = one_certificate().await;
 
         let current = store.certificate_dir(&name).join(CURRENT);
         fs::remove_file(&current).expect("rm");
