@@ -65,23 +65,29 @@ impl KvFollower {
                 () = shutdown.cancelled() => return,
                 event = watch.next() => event,
             };
-            match event {
-                Some(WatchEvent::Changed { value, .. }) => self.apply(&value),
-                Some(WatchEvent::Recovered { value, .. }) => {
-                    info!(%prefix, "Consul answers again; following the certificates");
-                    self.apply(&value);
+            let Some(event) = event else { return };
+            self.on_event(&prefix, event);
+        }
+    }
+
+    /// What one event of the watch means here: the only place that looks
+    /// at the event's variants.
+    fn on_event(&mut self, prefix: &str, event: WatchEvent<Vec<KvPair>>) {
+        match event {
+            WatchEvent::Changed { value, .. } => self.apply(&value),
+            WatchEvent::Recovered { value, .. } => {
+                info!(%prefix, "Consul answers again; following the certificates");
+                self.apply(&value);
+            }
+            WatchEvent::Degraded {
+                error,
+                failures,
+                retry_in,
+                ..
+            } => {
+                if failures == 1 {
+                    warn!(%prefix, %error, ?retry_in, "cannot read Consul; the certificates in service stay");
                 }
-                Some(WatchEvent::Degraded {
-                    error,
-                    failures,
-                    retry_in,
-                    ..
-                }) => {
-                    if failures == 1 {
-                        warn!(%prefix, %error, ?retry_in, "cannot read Consul; the certificates in service stay");
-                    }
-                }
-                None => return,
             }
         }
     }

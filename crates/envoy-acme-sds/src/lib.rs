@@ -9,12 +9,13 @@
 //! | [`policy`] | when to renew, back off, or refuse to order (pure) |
 //! | [`challenge`] | the [`ChallengeSolver`](challenge::ChallengeSolver) trait: DNS-01 (RFC 2136), HTTP-01, exec hook |
 //! | [`acme`] | the ACME account and one order, via `instant-acme` |
-//! | [`store`] | the [`CertificateStore`](store::CertificateStore) trait, item codec, encryption at rest, disk and Consul KV backends |
+//! | [`store`] | the [`CertificateStore`](store::CertificateStore) trait, one typed store over raw-item backends (disk, Consul KV), item codec, encryption at rest |
 //! | [`manager`] | one certificate's lifecycle, published on a watch channel |
 //! | [`secret`] | key material that never prints |
 //! | [`election`] | the Consul session lock choosing the replica that renews |
 //! | [`renewer`] | runs the managers while this replica may renew |
 //! | [`kv_watch`] | every replica follows the Consul prefix and serves what it holds |
+//! | [`storage_mode`] | where certificates are stored decides who renews and how they reach Envoy |
 //! | [`sds`] | certificates in service, as Envoy SDS secrets in the xDS cache |
 //! | [`metrics`] | Prometheus metrics of certificates, renewals, the ACME client and the lock |
 //! | [`admin`] | `/readyz` and `/debug/certificates` for the admin server |
@@ -36,4 +37,5 @@ pub mod policy;
 pub mod renewer;
 pub mod sds;
 pub mod secret;
+pub mod storage_mode;
 pub mod store;

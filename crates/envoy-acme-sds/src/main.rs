@@ -25,14 +25,10 @@ use envoy_acme_sds::challenge::http01::{Http01Server, Http01Solver, MemoryTokenS
 use envoy_acme_sds::config::{
     ChallengeSettings, Cli, Command, RenewArgs, RunArgs, Settings, StorageLocation,
 };
-use envoy_acme_sds::election::{Election, ElectionConfig};
-use envoy_acme_sds::kv_watch::KvFollower;
 use envoy_acme_sds::metrics::ServiceMetrics;
 use envoy_acme_sds::renewer::{ManagedCertificate, Renewer};
 use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
-use envoy_acme_sds::store::CertificateStore;
-use envoy_acme_sds::store::consul::ConsulStore;
-use envoy_acme_sds::store::disk::DiskStore;
+use envoy_acme_sds::storage_mode::{LockSettings, Replica, StorageMode};
 
 /// Every Envoy gets the same secrets: one snapshot under one key.
 const NODE_KEY: &str = "envoy-acme-sds";
@@ -114,53 +110,23 @@ async fn serve(args: RunArgs) -> Result<()> {
         .context("admin listener")?;
     info!(sds = ?settings.sds_listen, admin = %settings.admin_listen, storage = %settings.storage.location, "envoy-acme-sds starting");
 
-    let leadership = match &settings.storage.location {
-        StorageLocation::Disk(dir) => {
-            let store = Arc::new(
-                DiskStore::open(dir, settings.storage.encryption.clone())
-                    .with_context(|| format!("opening {}", settings.storage.location))?,
-            );
-            serve_stored(store.as_ref(), &publisher).await;
-            metrics.set_lock_holder(true);
-            let publisher = Arc::clone(&publisher);
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                renewer
-                    .run(
-                        store as Arc<dyn CertificateStore>,
-                        shutdown,
-                        Some(publisher),
-                    )
-                    .await;
-            });
-            None
-        }
-        StorageLocation::Consul { prefix } => {
-            let client = consul.clone().context("Consul storage without a client")?;
-            let store =
-                ConsulStore::new(client.clone(), prefix, settings.storage.encryption.clone())?;
-            let mut election_config =
-                ElectionConfig::new(store.lock_key(), settings.instance_name.clone());
-            election_config.session_ttl = settings.session_ttl;
-            election_config.lock_delay = settings.lock_delay;
-            let election = Election::new(client, election_config);
-            let leadership = election.subscribe();
-            tasks.spawn(election.run(shutdown.clone()));
-            tasks.spawn(
-                KvFollower::new(store.clone(), Arc::clone(&publisher), wake.clone())
-                    .run(shutdown.clone()),
-            );
-            let metrics = metrics.clone();
-            let shutdown_for_renewer = shutdown.clone();
-            let leading = leadership.clone();
-            tasks.spawn(async move {
-                renewer
-                    .run_while_leading(store, leading, metrics, shutdown_for_renewer)
-                    .await;
-            });
-            Some(leadership)
-        }
+    let storage = StorageMode::open(
+        &settings.storage.location,
+        settings.storage.encryption.clone(),
+        consul.clone(),
+    )?;
+    let replica = Replica {
+        renewer,
+        publisher: Arc::clone(&publisher),
+        wake: wake.clone(),
+        metrics: metrics.clone(),
+        lock: LockSettings {
+            holder: settings.instance_name.clone(),
+            session_ttl: settings.session_ttl,
+            lock_delay: settings.lock_delay,
+        },
     };
+    let leadership = storage.start(replica, &mut tasks, &shutdown).await;
 
     let routes = Arc::new(SdsAdmin::new(
         Arc::clone(&publisher),
@@ -256,24 +222,6 @@ async fn managed_certificates(
     Ok(certificates)
 }
 
-/// Serves what is on disk at once, before any ACME traffic: a CA outage at
-/// start must not keep valid certificates from Envoy.
-async fn serve_stored(store: &DiskStore, publisher: &SecretPublisher) {
-    for spec in publisher.wanted() {
-        match store.load_certificate(&spec.name).await {
-            Ok(Some(bundle)) => {
-                if let Err(error) = publisher.offer(&spec.name, Arc::new(bundle)) {
-                    error!(secret = %spec.name, %error, "cannot serve the stored certificate");
-                }
-            }
-            Ok(None) => {}
-            Err(error) => {
-                error!(secret = %spec.name, %error, "stored certificate unusable");
-            }
-        }
-    }
-}
-
 async fn announce_when_complete(publisher: Arc<SecretPublisher>, shutdown: CancellationToken) {
     let mut complete = publisher.subscribe_complete();
     tokio::select! {
@@ -314,23 +262,9 @@ async fn reconcile_on_sighup(wake: watch::Sender<()>, shutdown: CancellationToke
 async fn renew(args: RenewArgs) -> Result<()> {
     service_support::logging::init(service_support::logging::LogFormat::Pretty);
     let (storage, names) = args.resolve().context("invalid configuration")?;
-    let store: Arc<dyn CertificateStore> = match &storage.location {
-        StorageLocation::Disk(dir) => Arc::new(
-            DiskStore::open(dir, storage.encryption.clone())
-                .with_context(|| format!("opening {}", storage.location))?,
-        ),
-        StorageLocation::Consul { prefix } => {
-            let config = storage
-                .consul
-                .clone()
-                .context("Consul storage without a client")?;
-            Arc::new(ConsulStore::new(
-                Client::new(config)?,
-                prefix,
-                storage.encryption.clone(),
-            )?)
-        }
-    };
+    let consul = storage.consul.clone().map(Client::new).transpose()?;
+    let mode = StorageMode::open(&storage.location, storage.encryption.clone(), consul)?;
+    let store = mode.store();
     let now = OffsetDateTime::now_utc();
     for name in &names {
         store
@@ -339,7 +273,7 @@ async fn renew(args: RenewArgs) -> Result<()> {
             .with_context(|| format!("requesting the renewal of {name}"))?;
         println!("renewal of {name} requested");
     }
-    if matches!(storage.location, StorageLocation::Disk(_)) {
+    if mode.needs_a_signal_for_requests() {
         println!("send SIGHUP to the running envoy-acme-sds to renew now");
     }
     Ok(())

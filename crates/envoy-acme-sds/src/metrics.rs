@@ -234,7 +234,11 @@ mod tests {
         metrics.observe(
             &name,
             &Outcome::Failed {
-                error: ManagerError::Store(StoreError::Backend("down".to_owned())),
+                error: ManagerError::Store(StoreError::Io {
+                    operation: "writing",
+                    item: "orders/example.com".to_owned(),
+                    source: std::io::Error::other("down"),
+                }),
                 consecutive_failures: 1,
                 retry_at: now,
             },

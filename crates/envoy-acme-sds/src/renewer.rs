@@ -19,7 +19,6 @@ use crate::challenge::ChallengeSolver;
 use crate::election::{Leadership, Term};
 use crate::manager::{CertManager, CertificateSpec, RenewalObserver};
 use crate::metrics::ServiceMetrics;
-use crate::sds::SecretPublisher;
 use crate::store::CertificateStore;
 use crate::store::consul::ConsulStore;
 
@@ -68,15 +67,10 @@ impl Renewer {
     }
 
     /// Connects the ACME account through `store`, then runs the managers
-    /// against it until `until` is cancelled. With a `publisher`, every
-    /// certificate a manager puts in service is served directly (disk
-    /// storage); with Consul the KV watch serves what the managers store.
-    pub async fn run(
-        &self,
-        store: Arc<dyn CertificateStore>,
-        until: CancellationToken,
-        publisher: Option<Arc<SecretPublisher>>,
-    ) {
+    /// against it until `until` is cancelled. The renewer only stores what
+    /// it obtains: putting it in front of Envoy is the storage mode's concern
+    /// (see [`crate::storage_mode`]).
+    pub async fn run(&self, store: Arc<dyn CertificateStore>, until: CancellationToken) {
         let Some(acme) = self.connect(store.as_ref(), &until).await else {
             return;
         };
@@ -91,26 +85,6 @@ impl Renewer {
             .with_wake(self.wake.clone());
             if let Some(observer) = &self.observer {
                 manager = manager.with_observer(Arc::clone(observer));
-            }
-            if let Some(publisher) = &publisher {
-                let name = certificate.spec.secret_name.clone();
-                let mut published = manager.subscribe();
-                let publisher = Arc::clone(publisher);
-                let until = until.clone();
-                tasks.spawn(async move {
-                    loop {
-                        let bundle = published.borrow_and_update().clone();
-                        if let Some(bundle) = bundle
-                            && let Err(error) = publisher.offer(&name, bundle)
-                        {
-                            error!(secret = %name, %error, "cannot serve the certificate");
-                        }
-                        tokio::select! {
-                            () = until.cancelled() => return,
-                            changed = published.changed() => if changed.is_err() { return },
-                        }
-                    }
-                });
             }
             tasks.spawn(manager.run(until.clone()));
         }
@@ -177,7 +151,7 @@ impl Renewer {
             let fenced: Arc<dyn CertificateStore> = Arc::new(store.fenced(term.session.clone()));
             let until = term.ended.clone();
             tokio::select! {
-                () = self.run(fenced, until.clone(), None) => {}
+                () = self.run(fenced, until.clone()) => {}
                 () = shutdown.cancelled() => until.cancel(),
             }
             metrics.set_lock_holder(false);

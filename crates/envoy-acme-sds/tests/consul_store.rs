@@ -1,20 +1,24 @@
-//! The Consul pieces against a real Consul agent: fenced writes, the
-//! election, the followers' view of the prefix, and HTTP-01 tokens in KV.
+//! The Consul pieces against a real Consul agent: the store specification
+//! (see `store_suite`) against a KV prefix, fenced writes, the election, the
+//! followers' view of the prefix, and HTTP-01 tokens in KV.
+
+#[macro_use]
+mod store_suite;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul_client::{Address, Client, ClientConfig, SessionRequest};
-use envoy_acme_sds::certificate::{CertificateBundle, IssuanceFacts};
+use async_trait::async_trait;
+use consul_client::{Address, Client, ClientConfig, QueryOptions, SessionId, SessionRequest};
 use envoy_acme_sds::challenge::consul_tokens::ConsulTokenStore;
 use envoy_acme_sds::challenge::http01::TokenStore;
 use envoy_acme_sds::election::{Election, ElectionConfig, Leadership};
 use envoy_acme_sds::kv_watch::KvFollower;
-use envoy_acme_sds::policy::OrderHistory;
 use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
-use envoy_acme_sds::secret::Secret;
 use envoy_acme_sds::store::consul::ConsulStore;
+use envoy_acme_sds::store::encryption::KeyEncryption;
 use envoy_acme_sds::store::{CertificateStore, SecretName, StoreError};
+use store_suite::certificate;
 use test_support::{ConsulAgent, eventually};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -28,34 +32,6 @@ fn client(consul: &ConsulAgent) -> Client {
     .expect("client")
 }
 
-/// A certificate for `names` from a throw-away CA, as a CA would issue it.
-fn certificate(names: &[&str]) -> CertificateBundle {
-    let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
-        .expect("now");
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-            .expect("params");
-    params.not_before = now;
-    params.not_after = now + time::Duration::days(90);
-    params.serial_number = Some(rcgen::SerialNumber::from(
-        rand::random::<u64>().to_be_bytes().to_vec(),
-    ));
-    let leaf = params.signed_by(&key, &issuer).expect("leaf");
-    CertificateBundle::from_issued(
-        format!("{}{}", leaf.pem(), ca.pem()),
-        Secret::new(key.serialize_pem()),
-        now,
-        IssuanceFacts::default(),
-    )
-    .expect("bundle")
-}
-
 async fn session(client: &Client) -> consul_client::SessionId {
     client
         .session_create(&SessionRequest {
@@ -66,6 +42,75 @@ async fn session(client: &Client) -> consul_client::SessionId {
         .await
         .expect("session")
 }
+
+/// A KV prefix on an agent of its own, its renewal lock held by `holder`.
+struct Prefix {
+    _consul: ConsulAgent,
+    client: Client,
+    holder: SessionId,
+}
+
+const SPECIFIED_PREFIX: &str = "specified";
+
+async fn prefix() -> Prefix {
+    let consul = ConsulAgent::start().await.expect("consul starts");
+    let client = client(&consul);
+    let holder = session(&client).await;
+    let store = ConsulStore::new(client.clone(), SPECIFIED_PREFIX, None).expect("store");
+    assert!(
+        client
+            .kv_acquire(&store.lock_key(), "a", &holder)
+            .await
+            .expect("acquire")
+    );
+    Prefix {
+        _consul: consul,
+        client,
+        holder,
+    }
+}
+
+impl Prefix {
+    fn key(&self, item: &str) -> String {
+        format!("{SPECIFIED_PREFIX}/{item}")
+    }
+}
+
+#[async_trait]
+impl store_suite::Location for Prefix {
+    fn store(&self, encryption: Option<Arc<KeyEncryption>>) -> Arc<dyn CertificateStore> {
+        let store =
+            ConsulStore::new(self.client.clone(), SPECIFIED_PREFIX, encryption).expect("store");
+        Arc::new(store.fenced(self.holder.clone()))
+    }
+
+    async fn read_raw(&self, item: &str) -> Vec<u8> {
+        self.client
+            .kv_get(&self.key(item), &QueryOptions::default())
+            .await
+            .expect("kv")
+            .value
+            .and_then(|pair| pair.value)
+            .expect("item present")
+            .to_vec()
+    }
+
+    async fn write_raw(&self, item: &str, bytes: &[u8]) {
+        self.client
+            .kv_put(&self.key(item), bytes.to_vec())
+            .await
+            .expect("put");
+    }
+
+    async fn remove_raw(&self, item: &str) {
+        self.client
+            .kv_delete(&self.key(item))
+            .await
+            .expect("delete");
+    }
+}
+
+store_specification!(prefix);
 
 #[tokio::test]
 async fn only_the_lock_holders_session_can_write() {
@@ -143,8 +188,7 @@ async fn only_the_lock_holders_session_can_write() {
         matches!(fenced_out, StoreError::Fenced { .. }),
         "{fenced_out}"
     );
-    let mut history = OrderHistory::default();
-    history.record("*.example.com", OffsetDateTime::now_utc());
+    let history = store_suite::one_order("*.example.com");
     assert!(matches!(
         fenced.save_order_history(&name, &history).await,
         Err(StoreError::Fenced { .. })

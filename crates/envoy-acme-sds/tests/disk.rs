@@ -1,4 +1,5 @@
-//! The binary with disk storage, one instance:
+//! Disk storage: the store specification (see `store_suite`) against a
+//! directory, and the binary with disk storage, one instance:
 //! - private keys 0600 (sealed) in 0700 directories;
 //! - `renew` + SIGHUP orders a new certificate at once;
 //! - a DNS update the server refuses backs off, and the old certificate
@@ -6,12 +7,101 @@
 //! - a wrong encryption key is a clear error, never garbage served.
 
 mod common;
+#[macro_use]
+mod store_suite;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::service::{SdsService, binary};
 use common::{ZONE, acme_ca_file, mode, start_pebble, tsig_key_file};
+use envoy_acme_sds::store::codec::{
+    CertificatePart, account_item, order_history_item, parse_certificate_item, renewal_request_item,
+};
+use envoy_acme_sds::store::disk::DiskStore;
+use envoy_acme_sds::store::encryption::KeyEncryption;
+use envoy_acme_sds::store::{AccountId, CertificateStore, SecretName};
 use test_support::{Knot, PebbleOptions, eventually};
+
+/// A store directory in a temporary directory of its own.
+struct Directory {
+    _temp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+async fn directory() -> Directory {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let root = temp.path().join("store");
+    Directory { _temp: temp, root }
+}
+
+impl Directory {
+    fn open(&self, encryption: Option<Arc<KeyEncryption>>) -> DiskStore {
+        DiskStore::open(&self.root, encryption).expect("open")
+    }
+
+    /// The file an item is in: a certificate's items in the generation in service.
+    fn path(&self, item: &str) -> PathBuf {
+        let store = self.open(None);
+        match parse_certificate_item(item) {
+            Some((name, part)) => store.certificate_path(&name, part),
+            None => store.item_path(item),
+        }
+    }
+}
+
+#[async_trait]
+impl store_suite::Location for Directory {
+    fn store(&self, encryption: Option<Arc<KeyEncryption>>) -> Arc<dyn CertificateStore> {
+        Arc::new(self.open(encryption))
+    }
+
+    async fn read_raw(&self, item: &str) -> Vec<u8> {
+        std::fs::read(self.path(item)).expect("read")
+    }
+
+    async fn write_raw(&self, item: &str, bytes: &[u8]) {
+        std::fs::write(self.path(item), bytes).expect("write");
+    }
+
+    async fn remove_raw(&self, item: &str) {
+        std::fs::remove_file(self.path(item)).expect("rm");
+    }
+}
+
+store_specification!(directory);
+
+#[tokio::test]
+async fn items_are_private_files_in_private_directories() {
+    let dir = directory().await;
+    store_suite::every_kind_of_item_round_trips(&dir).await;
+    let store = dir.open(None);
+    let name = SecretName::new(store_suite::ROUND_TRIP_SECRET).expect("name");
+    let id = AccountId::for_directory(store_suite::ROUND_TRIP_DIRECTORY);
+
+    for sub in ["", "certificates", "orders", "accounts", "renewals"] {
+        assert_eq!(mode(&dir.root.join(sub)), 0o700, "directory {sub:?}");
+    }
+    let cert_dir = store.certificate_dir(&name);
+    assert!(cert_dir.ends_with("certificates/%2A.example.com"));
+    assert_eq!(mode(&cert_dir), 0o700);
+    for part in CertificatePart::ALL {
+        let path = store.certificate_path(&name, part);
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        assert_eq!(mode(path.parent().expect("generation")), 0o700);
+    }
+    assert_eq!(mode(&store.item_path(&account_item(&id))), 0o600);
+    assert_eq!(mode(&store.item_path(&order_history_item(&name))), 0o600);
+    assert_eq!(mode(&store.item_path(&renewal_request_item(&name))), 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.root.join("certificates"))
+        .expect("read_dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)

@@ -1,8 +1,8 @@
-//! The Consul KV [`CertificateStore`] (`--storage consul:<prefix>`), shared
-//! by replicas.
+//! The Consul KV backend (`--storage consul:<prefix>`), shared by replicas.
 //!
-//! Layout, one KV entry per item (see [`super::codec`]; the item names are
-//! bound into the encryption of private keys, so they are the same as on disk):
+//! Layout, one KV entry per item (named as in [`super::layout`]; the item
+//! names are bound into the encryption of private keys, so they are the same
+//! as on disk):
 //!
 //! ```text
 //! <prefix>/leader                               the renewal lock; its session is the holder's
@@ -24,13 +24,13 @@
 //!
 //! # Fencing
 //!
-//! A store built with a [`Fence`] prefixes every write with a
-//! `check-session` of the lock key in the same transaction. Once the
+//! A backend built with a [`Fence`] prefixes every write of the renewer with
+//! a `check-session` of the lock key in the same transaction. Once the
 //! session has lost the lock (expired, destroyed, taken over after a
 //! partition), Consul rolls the whole transaction back and the write
 //! becomes [`StoreError::Fenced`]: a replica that lost its lock cannot
-//! overwrite what the new holder wrote. A store without a fence refuses
-//! every write but renewal requests.
+//! overwrite what the new holder wrote. A backend without a fence refuses
+//! every write but an operator's renewal requests.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,17 +38,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use consul_client::{Client, KvPair, QueryOptions, SessionId, TxnOp, TxnOutcome};
-use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::codec::{
-    CertificatePart, Codec, StoredCertificate, account_item, certificate_dir, certificate_item,
-    order_history_item, parse_certificate_item, renewal_request_item,
-};
+use super::backend::{ItemBackend, Writer};
+use super::codec::{Codec, EncodedCertificate, StoredCertificate};
 use super::encryption::KeyEncryption;
-use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
+use super::layout::{CertificatePart, certificate_dir, certificate_item, parse_certificate_item};
+use super::typed::Store;
+use super::{SecretName, StoreError};
 use crate::certificate::CertificateBundle;
-use crate::policy::OrderHistory;
 
 /// The key (relative to the prefix) of the renewal lock.
 pub const LOCK_ITEM: &str = "leader";
@@ -63,14 +61,7 @@ pub struct Fence {
 }
 
 /// Certificates, order histories and accounts under one Consul KV prefix.
-#[derive(Debug, Clone)]
-pub struct ConsulStore {
-    client: Client,
-    /// Without a trailing slash.
-    prefix: String,
-    codec: Codec,
-    fence: Option<Fence>,
-}
+pub type ConsulStore = Store<ConsulKv>;
 
 impl ConsulStore {
     /// A store that reads `prefix` and refuses certificate writes until
@@ -80,43 +71,29 @@ impl ConsulStore {
         prefix: &str,
         encryption: Option<Arc<KeyEncryption>>,
     ) -> Result<Self, StoreError> {
-        let prefix = prefix.trim_matches('/');
-        if prefix.is_empty() {
-            return Err(StoreError::Backend(
-                "the Consul KV prefix is empty: give one, e.g. consul:envoy-acme-sds".to_owned(),
-            ));
-        }
-        Ok(Self {
-            client,
-            prefix: prefix.to_owned(),
-            codec: Codec::new(encryption),
-            fence: None,
-        })
+        Ok(Store::over(
+            ConsulKv::new(client, prefix)?,
+            Codec::new(encryption),
+        ))
     }
 
     /// The same store, writing only while `session` holds the lock.
     #[must_use]
     pub fn fenced(&self, session: SessionId) -> Self {
-        Self {
-            fence: Some(Fence {
-                lock_key: self.lock_key(),
-                session,
-            }),
-            ..self.clone()
-        }
+        self.with_backend(self.backend().fenced(session))
     }
 
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        &self.backend().prefix
     }
 
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.backend().client
     }
 
     /// The full KV key of an item.
     pub fn key(&self, item: &str) -> String {
-        format!("{}/{item}", self.prefix)
+        self.backend().key(item)
     }
 
     /// The KV key of the renewal lock.
@@ -131,7 +108,7 @@ impl ConsulStore {
         name: &SecretName,
         entries: &[(CertificatePart, &KvPair)],
     ) -> Result<CertificateBundle, StoreError> {
-        self.codec
+        self.codec()
             .decode_certificate(name, &stored_from(entries))?
             .ok_or_else(|| StoreError::Corrupt {
                 item: certificate_dir(name),
@@ -144,17 +121,7 @@ impl ConsulStore {
         &self,
         pairs: &'a [KvPair],
     ) -> BTreeMap<SecretName, Vec<(CertificatePart, &'a KvPair)>> {
-        let root = format!("{}/", self.prefix);
-        let mut certificates: BTreeMap<SecretName, Vec<_>> = BTreeMap::new();
-        for pair in pairs {
-            let Some(item) = pair.key.strip_prefix(&root) else {
-                continue;
-            };
-            if let Some((name, part)) = parse_certificate_item(item) {
-                certificates.entry(name).or_default().push((part, pair));
-            }
-        }
-        certificates
+        self.backend().certificate_entries(pairs)
     }
 
     /// The secret names with a renewal request in a listing of the prefix.
@@ -169,17 +136,62 @@ impl ConsulStore {
             })
             .collect()
     }
+}
 
-    async fn read(&self, item: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let key = self.key(item);
-        let response = self
-            .client
-            .kv_get(&key, &QueryOptions::default())
-            .await
-            .map_err(|e| StoreError::Backend(format!("reading {key}: {e}")))?;
-        Ok(response
-            .value
-            .map(|pair| Zeroizing::new(pair.value.map(|v| v.to_vec()).unwrap_or_default())))
+/// The keys under one Consul KV prefix, as an [`ItemBackend`].
+#[derive(Debug, Clone)]
+pub struct ConsulKv {
+    client: Client,
+    /// Without a trailing slash.
+    prefix: String,
+    fence: Option<Fence>,
+}
+
+impl ConsulKv {
+    /// Reads `prefix`; refuses the renewer's writes until [`fenced`](Self::fenced).
+    pub fn new(client: Client, prefix: &str) -> Result<Self, StoreError> {
+        let prefix = prefix.trim_matches('/');
+        if prefix.is_empty() {
+            return Err(StoreError::EmptyPrefix);
+        }
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+            fence: None,
+        })
+    }
+
+    /// The same prefix, the renewer's writes fenced by `session` holding the lock.
+    #[must_use]
+    pub fn fenced(&self, session: SessionId) -> Self {
+        Self {
+            fence: Some(Fence {
+                lock_key: self.key(LOCK_ITEM),
+                session,
+            }),
+            ..self.clone()
+        }
+    }
+
+    fn key(&self, item: &str) -> String {
+        format!("{}/{item}", self.prefix)
+    }
+
+    fn certificate_entries<'a>(
+        &self,
+        pairs: &'a [KvPair],
+    ) -> BTreeMap<SecretName, Vec<(CertificatePart, &'a KvPair)>> {
+        let root = format!("{}/", self.prefix);
+        let mut certificates: BTreeMap<SecretName, Vec<_>> = BTreeMap::new();
+        for pair in pairs {
+            let Some(item) = pair.key.strip_prefix(&root) else {
+                continue;
+            };
+            if let Some((name, part)) = parse_certificate_item(item) {
+                certificates.entry(name).or_default().push((part, pair));
+            }
+        }
+        certificates
     }
 
     /// One transaction: the lock check, then the items. Either all apply or
@@ -200,124 +212,111 @@ impl ConsulStore {
             value: Bytes::copy_from_slice(bytes),
             flags: 0,
         }));
-        match self.client.txn(&ops, &QueryOptions::default()).await {
-            Ok(TxnOutcome::Committed(_)) => Ok(()),
-            Ok(TxnOutcome::RolledBack(errors)) => {
-                // Consul names the operation that failed; the first is the lock check.
-                if errors.iter().any(|error| error.op_index == 0) || errors.is_empty() {
-                    Err(StoreError::Fenced {
-                        item: what.to_owned(),
-                        reason: format!(
-                            "session {} no longer holds {}",
-                            fence.session, fence.lock_key
-                        ),
-                    })
-                } else {
-                    let reasons: Vec<&str> = errors.iter().map(|e| e.what.as_str()).collect();
-                    Err(StoreError::Backend(format!(
-                        "Consul rolled back the write of {what}: {}",
-                        reasons.join("; ")
-                    )))
-                }
+        let outcome = self
+            .client
+            .txn(&ops, &QueryOptions::default())
+            .await
+            .map_err(|source| StoreError::Consul {
+                operation: "writing",
+                key: self.key(what),
+                source,
+            })?;
+        match outcome {
+            TxnOutcome::Committed(_) => Ok(()),
+            // Consul names the operation that failed; the first is the lock check.
+            TxnOutcome::RolledBack(errors)
+                if errors.is_empty() || errors.iter().any(|error| error.op_index == 0) =>
+            {
+                Err(StoreError::Fenced {
+                    item: what.to_owned(),
+                    reason: format!(
+                        "session {} no longer holds {}",
+                        fence.session, fence.lock_key
+                    ),
+                })
             }
-            Err(error) => Err(StoreError::Backend(format!("writing {what}: {error}"))),
+            TxnOutcome::RolledBack(errors) => {
+                let reasons: Vec<&str> = errors.iter().map(|e| e.what.as_str()).collect();
+                Err(StoreError::RolledBack {
+                    item: what.to_owned(),
+                    reasons: reasons.join("; "),
+                })
+            }
         }
-    }
-
-    async fn write_one_fenced(&self, item: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.write_fenced(item, &[(item.to_owned(), bytes)]).await
     }
 }
 
 #[async_trait]
-impl CertificateStore for ConsulStore {
-    async fn load_certificate(
+impl ItemBackend for ConsulKv {
+    async fn read_item(&self, item: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let key = self.key(item);
+        let response = self
+            .client
+            .kv_get(&key, &QueryOptions::default())
+            .await
+            .map_err(|source| StoreError::Consul {
+                operation: "reading",
+                key,
+                source,
+            })?;
+        Ok(response
+            .value
+            .map(|pair| Zeroizing::new(pair.value.map(|v| v.to_vec()).unwrap_or_default())))
+    }
+
+    async fn write_item(
         &self,
-        name: &SecretName,
-    ) -> Result<Option<CertificateBundle>, StoreError> {
+        item: &str,
+        bytes: Zeroizing<Vec<u8>>,
+        writer: Writer,
+    ) -> Result<(), StoreError> {
+        match writer {
+            Writer::Renewer => self.write_fenced(item, &[(item.to_owned(), &bytes)]).await,
+            Writer::Operator => {
+                let key = self.key(item);
+                self.client
+                    .kv_put(&key, Bytes::copy_from_slice(&bytes))
+                    .await
+                    .map_err(|source| StoreError::Consul {
+                        operation: "writing",
+                        key,
+                        source,
+                    })
+            }
+        }
+    }
+
+    async fn read_certificate(&self, name: &SecretName) -> Result<StoredCertificate, StoreError> {
         // One recursive read: the items of one write, never a mix of two.
         let dir = self.key(&format!("{}/", certificate_dir(name)));
         let response = self
             .client
             .kv_list(&dir, &QueryOptions::default())
             .await
-            .map_err(|e| StoreError::Backend(format!("reading {dir}: {e}")))?;
+            .map_err(|source| StoreError::Consul {
+                operation: "reading",
+                key: dir,
+                source,
+            })?;
         let pairs = response.value;
         let entries = self
             .certificate_entries(&pairs)
             .remove(name)
             .unwrap_or_default();
-        self.codec.decode_certificate(name, &stored_from(&entries))
+        Ok(stored_from(&entries))
     }
 
-    async fn save_certificate(
+    async fn write_certificate(
         &self,
         name: &SecretName,
-        bundle: &CertificateBundle,
+        encoded: EncodedCertificate,
     ) -> Result<(), StoreError> {
-        let encoded = self.codec.encode_certificate(name, bundle)?;
         let items: Vec<(String, &[u8])> = encoded
             .parts()
             .into_iter()
             .map(|(part, bytes)| (certificate_item(name, part), bytes))
             .collect();
         self.write_fenced(&certificate_dir(name), &items).await
-    }
-
-    async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
-        match self.read(&order_history_item(name)).await? {
-            Some(bytes) => self.codec.decode_order_history(name, &bytes),
-            None => Ok(OrderHistory::default()),
-        }
-    }
-
-    async fn save_order_history(
-        &self,
-        name: &SecretName,
-        history: &OrderHistory,
-    ) -> Result<(), StoreError> {
-        let bytes = self.codec.encode_order_history(name, history)?;
-        self.write_one_fenced(&order_history_item(name), &bytes)
-            .await
-    }
-
-    async fn load_account(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
-        match self.read(&account_item(id)).await? {
-            Some(bytes) => self.codec.decode_account(id, &bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn save_account(
-        &self,
-        id: &AccountId,
-        account: &StoredAccount,
-    ) -> Result<(), StoreError> {
-        let bytes = self.codec.encode_account(id, account)?;
-        self.write_one_fenced(&account_item(id), &bytes).await
-    }
-
-    async fn load_renewal_request(
-        &self,
-        name: &SecretName,
-    ) -> Result<Option<OffsetDateTime>, StoreError> {
-        match self.read(&renewal_request_item(name)).await? {
-            Some(bytes) => self.codec.decode_renewal_request(name, &bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn request_renewal(
-        &self,
-        name: &SecretName,
-        at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let item = renewal_request_item(name);
-        let bytes = self.codec.encode_renewal_request(name, at)?;
-        self.client
-            .kv_put(&self.key(&item), Bytes::copy_from_slice(&bytes))
-            .await
-            .map_err(|e| StoreError::Backend(format!("writing {item}: {e}")))
     }
 }
 

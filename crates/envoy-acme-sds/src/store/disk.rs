@@ -1,6 +1,6 @@
-//! The on-disk [`CertificateStore`] (`--storage disk:<dir>`).
+//! The on-disk backend (`--storage disk:<dir>`).
 //!
-//! Layout, one file per item (see [`super::codec`]):
+//! Layout, one file per item (named as in [`super::layout`]):
 //!
 //! ```text
 //! <dir>/                          0700
@@ -35,14 +35,12 @@ use zeroize::Zeroizing;
 
 use time::OffsetDateTime;
 
-use super::codec::{
-    CertificatePart, Codec, EncodedCertificate, StoredCertificate, account_item, certificate_dir,
-    order_history_item, renewal_request_item,
-};
+use super::backend::{ItemBackend, Writer};
+use super::codec::{Codec, EncodedCertificate, StoredCertificate};
 use super::encryption::KeyEncryption;
-use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
-use crate::certificate::CertificateBundle;
-use crate::policy::OrderHistory;
+use super::layout::{CertificatePart, certificate_dir};
+use super::typed::Store;
+use super::{SecretName, StoreError};
 
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
@@ -51,11 +49,7 @@ const CURRENT: &str = "current";
 const GENERATION_PREFIX: &str = "gen-";
 
 /// Certificates, order histories and accounts as files under one directory.
-#[derive(Debug, Clone)]
-pub struct DiskStore {
-    root: PathBuf,
-    codec: Codec,
-}
+pub type DiskStore = Store<DiskFiles>;
 
 impl DiskStore {
     /// Opens (creating if needed) the store at `root`. Directories are made
@@ -64,6 +58,40 @@ impl DiskStore {
         root: impl Into<PathBuf>,
         encryption: Option<Arc<KeyEncryption>>,
     ) -> Result<Self, StoreError> {
+        Ok(Store::over(DiskFiles::open(root)?, Codec::new(encryption)))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.backend().root
+    }
+
+    /// The file an item lives in.
+    pub fn item_path(&self, item: &str) -> PathBuf {
+        self.backend().item_path(item)
+    }
+
+    /// The directory of a certificate's generations.
+    pub fn certificate_dir(&self, name: &SecretName) -> PathBuf {
+        self.backend().certificate_dir(name)
+    }
+
+    /// The file one item of the certificate in service is read from.
+    pub fn certificate_path(&self, name: &SecretName, part: CertificatePart) -> PathBuf {
+        self.certificate_dir(name)
+            .join(CURRENT)
+            .join(part.file_name())
+    }
+}
+
+/// The files under one directory, as an [`ItemBackend`].
+#[derive(Debug, Clone)]
+pub struct DiskFiles {
+    root: PathBuf,
+}
+
+impl DiskFiles {
+    /// Opens (creating if needed) the directory tree at `root`, 0700.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         for dir in [
             root.clone(),
@@ -74,35 +102,22 @@ impl DiskStore {
         ] {
             ensure_private_dir(&dir)?;
         }
-        Ok(Self {
-            root,
-            codec: Codec::new(encryption),
-        })
+        Ok(Self { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The file an item lives in.
-    pub fn item_path(&self, item: &str) -> PathBuf {
+    fn item_path(&self, item: &str) -> PathBuf {
         self.root.join(format!("{item}.json"))
     }
 
-    /// The directory of a certificate's generations.
-    pub fn certificate_dir(&self, name: &SecretName) -> PathBuf {
+    fn certificate_dir(&self, name: &SecretName) -> PathBuf {
         self.root.join(certificate_dir(name))
     }
+}
 
-    /// The file one item of the certificate in service is read from.
-    pub fn certificate_path(&self, name: &SecretName, part: CertificatePart) -> PathBuf {
-        self.certificate_dir(name)
-            .join(CURRENT)
-            .join(part.file_name())
-    }
-
-    async fn read(&self, item: String) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let path = self.item_path(&item);
+#[async_trait]
+impl ItemBackend for DiskFiles {
+    async fn read_item(&self, item: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let path = self.item_path(item);
         blocking(move || match fs::read(&path) {
             Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -115,82 +130,29 @@ impl DiskStore {
         .await
     }
 
-    async fn write(&self, item: String, bytes: Zeroizing<Vec<u8>>) -> Result<(), StoreError> {
-        let path = self.item_path(&item);
+    /// One instance alone writes its directory: every writer is let through.
+    async fn write_item(
+        &self,
+        item: &str,
+        bytes: Zeroizing<Vec<u8>>,
+        _writer: Writer,
+    ) -> Result<(), StoreError> {
+        let path = self.item_path(item);
         blocking(move || write_atomically(&path, &bytes)).await
     }
-}
 
-#[async_trait]
-impl CertificateStore for DiskStore {
-    async fn load_certificate(
-        &self,
-        name: &SecretName,
-    ) -> Result<Option<CertificateBundle>, StoreError> {
+    async fn read_certificate(&self, name: &SecretName) -> Result<StoredCertificate, StoreError> {
         let dir = self.certificate_dir(name);
-        let stored = blocking(move || read_generation(&dir)).await?;
-        self.codec.decode_certificate(name, &stored)
+        blocking(move || read_generation(&dir)).await
     }
 
-    async fn save_certificate(
+    async fn write_certificate(
         &self,
         name: &SecretName,
-        bundle: &CertificateBundle,
+        encoded: EncodedCertificate,
     ) -> Result<(), StoreError> {
-        let encoded = self.codec.encode_certificate(name, bundle)?;
         let dir = self.certificate_dir(name);
         blocking(move || write_generation(&dir, &encoded)).await
-    }
-
-    async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
-        match self.read(order_history_item(name)).await? {
-            Some(bytes) => self.codec.decode_order_history(name, &bytes),
-            None => Ok(OrderHistory::default()),
-        }
-    }
-
-    async fn save_order_history(
-        &self,
-        name: &SecretName,
-        history: &OrderHistory,
-    ) -> Result<(), StoreError> {
-        let bytes = self.codec.encode_order_history(name, history)?;
-        self.write(order_history_item(name), bytes).await
-    }
-
-    async fn load_account(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
-        match self.read(account_item(id)).await? {
-            Some(bytes) => self.codec.decode_account(id, &bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn save_account(
-        &self,
-        id: &AccountId,
-        account: &StoredAccount,
-    ) -> Result<(), StoreError> {
-        let bytes = self.codec.encode_account(id, account)?;
-        self.write(account_item(id), bytes).await
-    }
-
-    async fn load_renewal_request(
-        &self,
-        name: &SecretName,
-    ) -> Result<Option<OffsetDateTime>, StoreError> {
-        match self.read(renewal_request_item(name)).await? {
-            Some(bytes) => self.codec.decode_renewal_request(name, &bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn request_renewal(
-        &self,
-        name: &SecretName,
-        at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        let bytes = self.codec.encode_renewal_request(name, at)?;
-        self.write(renewal_request_item(name), bytes).await
     }
 }
 
@@ -265,6 +227,15 @@ fn read_generation(dir: &Path) -> Result<StoredCertificate, StoreError> {
 
 /// Writes a new generation of a certificate and switches `current` to it.
 fn write_generation(dir: &Path, encoded: &EncodedCertificate) -> Result<(), StoreError> {
+    write_generation_syncing(dir, encoded, &sync_dir)
+}
+
+/// [`write_generation`] with the directory fsync given, so a test can make it fail.
+fn write_generation_syncing(
+    dir: &Path,
+    encoded: &EncodedCertificate,
+    sync_dir: &dyn Fn(&Path) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let io_error = |operation, path: &Path, source| StoreError::Io {
         operation,
         item: path.display().to_string(),
@@ -308,13 +279,18 @@ fn write_generation(dir: &Path, encoded: &EncodedCertificate) -> Result<(), Stor
             let _ = fs::remove_file(&link);
             return Err(io_error("switching", &current, e));
         }
-        sync_dir(dir)
+        Ok(())
     })();
     if written.is_err() {
         // Best effort: `current` still names the previous, complete generation.
         let _ = fs::remove_dir_all(&generation_dir);
         return written;
     }
+    // From here `current` names the new generation, so it must stay even if
+    // the switch cannot be made durable: removing it would leave `current`
+    // dangling and nothing to serve after a restart. The previous one stays
+    // too, for a power loss that undoes the rename.
+    sync_dir(dir)?;
     prune_generations(dir, &generation, previous.as_deref());
     Ok(())
 }
@@ -394,17 +370,20 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StoreError::Backend(format!("storage task failed: {e}")))?
+    tokio::task::spawn_blocking(work).await?
 }
 
 #[cfg(test)]
 mod tests {
+    //! What only the disk does: generations behind `current`, a private
+    //! root. What every store does is specified once, for every backend, in
+    //! the integration suite (`tests/store_suite`), and private permissions
+    //! of every item in `tests/disk.rs`.
+
     use super::*;
-    use crate::certificate::IssuanceFacts;
     use crate::certificate::tests::issue_test_certificate;
-    use crate::secret::Secret;
+    use crate::certificate::{CertificateBundle, IssuanceFacts};
+    use crate::store::CertificateStore;
 
     fn bundle(names: &[&str]) -> CertificateBundle {
         let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
@@ -417,67 +396,35 @@ mod tests {
         fs::metadata(path).expect("metadata").permissions().mode() & 0o777
     }
 
-    #[tokio::test]
-    async fn items_round_trip_with_private_permissions() {
+    /// A store in a directory of its own, holding one certificate.
+    struct OneCertificate {
+        _dir: tempfile::TempDir,
+        store: DiskStore,
+        name: SecretName,
+        stored: CertificateBundle,
+    }
+
+    async fn one_certificate() -> OneCertificate {
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("store");
-        let store = DiskStore::open(&root, None).expect("open");
-        let name = SecretName::new("*.example.com").expect("name");
-        assert!(store.load_certificate(&name).await.expect("load").is_none());
+        let store = DiskStore::open(dir.path(), None).expect("open");
+        let name = SecretName::new("example.com").expect("name");
+        let stored = bundle(&["example.com"]);
+        store.save_certificate(&name, &stored).await.expect("save");
+        OneCertificate {
+            _dir: dir,
+            store,
+            name,
+            stored,
+        }
+    }
 
-        let bundle = bundle(&["*.example.com", "example.com"]);
-        store.save_certificate(&name, &bundle).await.expect("save");
-        let loaded = store
-            .load_certificate(&name)
-            .await
-            .expect("load")
-            .expect("present");
-        assert_eq!(loaded.metadata(), bundle.metadata());
-
-        let mut history = OrderHistory::default();
-        history.record("example.com", OffsetDateTime::now_utc());
+    /// The certificate `current` names, which must load.
+    async fn current_certificate(store: &DiskStore, name: &SecretName) -> CertificateBundle {
         store
-            .save_order_history(&name, &history)
-            .await
-            .expect("save");
-        assert_eq!(
-            store.load_order_history(&name).await.expect("load"),
-            history
-        );
-
-        let id = AccountId::for_directory("https://ca.example/dir");
-        let account = StoredAccount {
-            directory_url: "https://ca.example/dir".to_owned(),
-            contact: Vec::new(),
-            credentials_json: Secret::new("{}".to_owned()),
-        };
-        store.save_account(&id, &account).await.expect("save");
-        let loaded = store
-            .load_account(&id)
+            .load_certificate(name)
             .await
             .expect("load")
-            .expect("present");
-        assert_eq!(loaded.directory_url, account.directory_url);
-
-        for sub in ["", "certificates", "orders", "accounts", "renewals"] {
-            assert_eq!(mode(&root.join(sub)), 0o700, "directory {sub:?}");
-        }
-        let cert_dir = store.certificate_dir(&name);
-        assert!(cert_dir.ends_with("certificates/%2A.example.com"));
-        assert_eq!(mode(&cert_dir), 0o700);
-        for part in CertificatePart::ALL {
-            let path = store.certificate_path(&name, part);
-            assert_eq!(mode(&path), 0o600, "{}", path.display());
-            assert_eq!(mode(path.parent().expect("generation")), 0o700);
-        }
-        assert_eq!(mode(&store.item_path(&account_item(&id))), 0o600);
-        assert_eq!(mode(&store.item_path(&order_history_item(&name))), 0o600);
-        let leftovers: Vec<_> = fs::read_dir(root.join("certificates"))
-            .expect("read_dir")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+            .expect("present")
     }
 
     fn generations(store: &DiskStore, name: &SecretName) -> Vec<String> {
@@ -500,12 +447,10 @@ mod tests {
         let mut in_service = Vec::new();
         for bundle in &bundles {
             store.save_certificate(&name, bundle).await.expect("save");
-            let loaded = store
-                .load_certificate(&name)
-                .await
-                .expect("load")
-                .expect("present");
-            assert_eq!(loaded.key_pem(), bundle.key_pem());
+            assert_eq!(
+                current_certificate(&store, &name).await.key_pem(),
+                bundle.key_pem()
+            );
             let current = fs::read_link(store.certificate_dir(&name).join(CURRENT))
                 .expect("current is a symlink");
             in_service.push(current.to_string_lossy().into_owned());
@@ -523,11 +468,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_interrupted_write_leaves_the_previous_certificate_in_service() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = DiskStore::open(dir.path(), None).expect("open");
-        let name = SecretName::new("example.com").expect("name");
-        let first = bundle(&["example.com"]);
-        store.save_certificate(&name, &first).await.expect("save");
+        let OneCertificate {
+            _dir,
+            store,
+            name,
+            stored: first,
+        } = one_certificate().await;
         // What a crash before the switch leaves: a generation `current` does not name.
         let half = store
             .certificate_dir(&name)
@@ -535,12 +481,10 @@ mod tests {
         fs::create_dir(&half).expect("mkdir");
         fs::write(half.join("certificate"), b"half written").expect("write");
 
-        let loaded = store
-            .load_certificate(&name)
-            .await
-            .expect("load")
-            .expect("present");
-        assert_eq!(loaded.key_pem(), first.key_pem());
+        assert_eq!(
+            current_certificate(&store, &name).await.key_pem(),
+            first.key_pem()
+        );
 
         let second = bundle(&["example.com"]);
         store.save_certificate(&name, &second).await.expect("save");
@@ -548,18 +492,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn broken_generations_are_reported_not_taken_for_absent() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = DiskStore::open(dir.path(), None).expect("open");
-        let name = SecretName::new("example.com").expect("name");
-        store
-            .save_certificate(&name, &bundle(&["example.com"]))
-            .await
-            .expect("save");
+    async fn a_failed_sync_after_the_switch_keeps_the_generation_in_service() {
+        // `_dir` bound, not `..`: the directory lives as long as the test.
+        let OneCertificate {
+            _dir, store, name, ..
+        } = one_certificate().await;
+        let cert_dir = store.certificate_dir(&name);
+        let second = bundle(&["example.com"]);
+        let encoded = store
+            .codec()
+            .encode_certificate(&name, &second)
+            .expect("encode");
+        // The rename onto `current` is done; only making it durable fails.
+        let failing_after_switch = |path: &Path| {
+            if path == cert_dir {
+                Err(StoreError::Io {
+                    operation: "syncing directory",
+                    item: path.display().to_string(),
+                    source: std::io::Error::other("injected"),
+                })
+            } else {
+                sync_dir(path)
+            }
+        };
+        let written = write_generation_syncing(&cert_dir, &encoded, &failing_after_switch);
+        assert!(written.is_err(), "the failed sync is reported");
+        // `current` names the new generation, and it exists.
+        assert_eq!(
+            current_certificate(&store, &name).await.key_pem(),
+            second.key_pem()
+        );
+    }
 
-        fs::remove_file(store.certificate_path(&name, CertificatePart::Key)).expect("rm");
-        let err = store.load_certificate(&name).await.expect_err("partial");
-        assert!(err.to_string().contains("key missing"), "{err}");
+    #[tokio::test]
+    async fn broken_generations_are_reported_not_taken_for_absent() {
+        // `_dir` bound, not `..`: the directory lives as long as the test.
+        let OneCertificate {
+            _dir, store, name, ..
+        } = one_certificate().await;
 
         let current = store.certificate_dir(&name).join(CURRENT);
         fs::remove_file(&current).expect("rm");
@@ -579,48 +549,5 @@ mod tests {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         DiskStore::open(dir.path(), None).expect("open");
         assert_eq!(mode(dir.path()), 0o700);
-    }
-
-    #[tokio::test]
-    async fn corrupt_file_is_reported_with_its_name() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = DiskStore::open(dir.path(), None).expect("open");
-        let name = SecretName::new("example.com").expect("name");
-        store
-            .save_certificate(&name, &bundle(&["example.com"]))
-            .await
-            .expect("save");
-        let path = store.certificate_path(&name, CertificatePart::Metadata);
-        fs::write(&path, b"{\"version\": 1, \"metadata\": ").expect("write");
-        let err = store.load_certificate(&name).await.expect_err("corrupt");
-        assert!(
-            err.to_string()
-                .contains("certificates/example.com/metadata"),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn encryption_round_trip_and_wrong_key_on_disk() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let key = |b| Some(Arc::new(KeyEncryption::from_bytes(&[b; 32]).expect("key")));
-        let store = DiskStore::open(dir.path(), key(1)).expect("open");
-        let name = SecretName::new("example.com").expect("name");
-        let bundle = bundle(&["example.com"]);
-        store.save_certificate(&name, &bundle).await.expect("save");
-        let raw =
-            fs::read_to_string(store.certificate_path(&name, CertificatePart::Key)).expect("read");
-        assert!(!raw.contains("PRIVATE KEY"), "private key stored in clear");
-        assert!(raw.contains("AES-256-GCM"));
-        let loaded = store
-            .load_certificate(&name)
-            .await
-            .expect("load")
-            .expect("present");
-        assert_eq!(loaded.key_pem(), bundle.key_pem());
-
-        let wrong = DiskStore::open(dir.path(), key(2)).expect("open");
-        let err = wrong.load_certificate(&name).await.expect_err("wrong key");
-        assert!(err.to_string().contains("wrong encryption key"), "{err}");
     }
 }

@@ -1,17 +1,17 @@
 //! Persistence of certificates, order history and ACME accounts.
 //!
 //! [`CertificateStore`] is the seam between the certificate logic and where
-//! things live: the disk here ([`disk::DiskStore`]), Consul KV for replicas.
+//! things live. There is one implementation, [`typed::Store`], which encodes
+//! values into items ([`codec`], named by [`layout`]) and keeps them in an
+//! [`backend::ItemBackend`]: files under a directory ([`disk::DiskFiles`]) for
+//! one instance, keys under a Consul KV prefix ([`consul::ConsulKv`]) for
+//! replicas. A backend only moves bytes, so a certificate can move between
+//! backends and a decode error reads the same everywhere.
+//!
 //! Each item is one key (one file, one KV entry). A certificate is four
 //! items (certificate, chain, key, metadata) that each backend replaces in
 //! one atomic step, so a reader sees either the old or the new certificate
 //! with its key, never a mix (ADR 0006).
-//!
-//! Item encoding (and encryption of private keys at rest) is shared by all
-//! backends in [`codec`], so a certificate can move between them.
-//!
-//! Backends: [`disk::DiskStore`] for one instance, [`consul::ConsulStore`]
-//! for replicas sharing a KV prefix.
 //!
 //! # Fenced writes
 //!
@@ -22,10 +22,13 @@
 //! certificate manager treats that like any failed write: the new certificate
 //! is neither stored nor published, and the old one stays.
 
+pub mod backend;
 pub mod codec;
 pub mod consul;
 pub mod disk;
 pub mod encryption;
+pub mod layout;
+pub mod typed;
 
 use std::fmt;
 
@@ -60,8 +63,22 @@ pub enum StoreError {
     /// that entitles it to write.
     #[error("write of {item} refused: {reason}")]
     Fenced { item: String, reason: String },
-    #[error("storage backend: {0}")]
-    Backend(String),
+    /// Consul did not answer, or refused the request.
+    #[error("{operation} {key} in Consul: {source}")]
+    Consul {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: consul_client::Error,
+    },
+    /// Consul rolled a write back for a reason other than the fence.
+    #[error("Consul rolled back the write of {item}: {reasons}")]
+    RolledBack { item: String, reasons: String },
+    #[error("the Consul KV prefix is empty: give one, e.g. consul:envoy-acme-sds")]
+    EmptyPrefix,
+    /// A blocking file operation panicked or was cancelled.
+    #[error("storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Why a name cannot be used to key a stored certificate.

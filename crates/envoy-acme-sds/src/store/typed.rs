@@ -1,0 +1,123 @@
+//! The one [`CertificateStore`]: typed values over any [`ItemBackend`].
+//!
+//! Every backend stores the same items with the same encoding, so the
+//! mapping from certificates, order histories, accounts and renewal requests
+//! to items is written once, here, and a backend only moves bytes.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::backend::{ItemBackend, Writer};
+use super::codec::Codec;
+use super::layout::{account_item, order_history_item, renewal_request_item};
+use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
+use crate::certificate::CertificateBundle;
+use crate::policy::OrderHistory;
+
+/// Certificates, order histories, accounts and renewal requests kept in `B`.
+#[derive(Debug, Clone)]
+pub struct Store<B> {
+    backend: B,
+    codec: Codec,
+}
+
+impl<B> Store<B> {
+    /// Values encoded by `codec`, kept in `backend`.
+    pub fn over(backend: B, codec: Codec) -> Self {
+        Self { backend, codec }
+    }
+
+    /// Where the items live.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// The same codec over another backend (a fenced view of the same KV prefix).
+    pub fn with_backend<C>(&self, backend: C) -> Store<C> {
+        Store {
+            backend,
+            codec: self.codec.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl<B: ItemBackend> CertificateStore for Store<B> {
+    async fn load_certificate(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<CertificateBundle>, StoreError> {
+        let stored = self.backend.read_certificate(name).await?;
+        self.codec.decode_certificate(name, &stored)
+    }
+
+    async fn save_certificate(
+        &self,
+        name: &SecretName,
+        bundle: &CertificateBundle,
+    ) -> Result<(), StoreError> {
+        let encoded = self.codec.encode_certificate(name, bundle)?;
+        self.backend.write_certificate(name, encoded).await
+    }
+
+    async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
+        match self.backend.read_item(&order_history_item(name)).await? {
+            Some(bytes) => self.codec.decode_order_history(name, &bytes),
+            None => Ok(OrderHistory::default()),
+        }
+    }
+
+    async fn save_order_history(
+        &self,
+        name: &SecretName,
+        history: &OrderHistory,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_order_history(name, history)?;
+        self.backend
+            .write_item(&order_history_item(name), bytes, Writer::Renewer)
+            .await
+    }
+
+    async fn load_account(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
+        match self.backend.read_item(&account_item(id)).await? {
+            Some(bytes) => self.codec.decode_account(id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_account(
+        &self,
+        id: &AccountId,
+        account: &StoredAccount,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_account(id, account)?;
+        self.backend
+            .write_item(&account_item(id), bytes, Writer::Renewer)
+            .await
+    }
+
+    async fn load_renewal_request(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        match self.backend.read_item(&renewal_request_item(name)).await? {
+            Some(bytes) => self.codec.decode_renewal_request(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn request_renewal(
+        &self,
+        name: &SecretName,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_renewal_request(name, at)?;
+        self.backend
+            .write_item(&renewal_request_item(name), bytes, Writer::Operator)
+            .await
+    }
+}
