@@ -20,7 +20,7 @@ use tonic::Status;
 
 use crate::cache::Snapshot;
 use crate::codec::DeltaResponse;
-use crate::protocol::{Protocol, StreamContext, TypeWatch};
+use crate::protocol::{Protocol, Reply, StreamContext, TypeWatch};
 use crate::resource::ResourceType;
 use crate::status::Rejection;
 use crate::subscription::{Subscription, WILDCARD};
@@ -99,22 +99,14 @@ impl Protocol for Delta {
                             error = %error.message,
                             "Envoy rejected a response"
                         );
-                        ctx.metrics.nacked(resource_type);
                         let rejection = Rejection {
                             version,
                             message: error.message.clone(),
                         };
-                        ctx.status.update_type(resource_type, |status| {
-                            status.nacks += 1;
-                            status.last_rejection = Some(rejection);
-                        });
+                        ctx.record_reply(resource_type, Reply::Rejected(rejection));
                     } else {
                         tracing::debug!(%resource_type, %version, "acknowledged");
-                        ctx.metrics.acked(resource_type);
-                        ctx.status.update_type(resource_type, |status| {
-                            status.acks += 1;
-                            status.acked_version = Some(version);
-                        });
+                        ctx.record_reply(resource_type, Reply::Accepted { version });
                     }
                 }
                 None => {
@@ -160,14 +152,7 @@ impl Protocol for Delta {
                 resuming = request.initial_resource_versions.len(),
                 "subscription changed"
             );
-            let (wildcard, subscribed) = (
-                state.subscription.is_wildcard(),
-                state.subscription.names().count(),
-            );
-            ctx.status.update_type(resource_type, |status| {
-                status.wildcard = wildcard;
-                status.subscribed = subscribed;
-            });
+            ctx.record_subscription(resource_type, &state.subscription);
         }
         Ok(())
     }
@@ -187,15 +172,12 @@ impl Protocol for Delta {
             state
                 .outstanding
                 .push_back((nonce.clone(), version.clone()));
-            self.ctx.metrics.pushed(
+            self.ctx.record_push(
                 *resource_type,
+                &version,
                 plan.upserts.len() + plan.removals.len(),
                 plan.after_write,
             );
-            self.ctx.status.update_type(*resource_type, |status| {
-                status.pushes += 1;
-                status.sent_version = Some(version.clone());
-            });
             tracing::debug!(
                 resource_type = %resource_type,
                 %version,

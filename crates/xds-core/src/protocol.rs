@@ -2,6 +2,7 @@
 //! interface the stream driver calls.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use prost::Message;
@@ -11,8 +12,8 @@ use crate::cache::Snapshot;
 use crate::codec::EncodeMessage;
 use crate::metrics::Metrics;
 use crate::resource::ResourceType;
-use crate::status::StatusHandle;
-use crate::subscription::SubscriptionRegistry;
+use crate::status::{Rejection, StatusHandle};
+use crate::subscription::{Subscription, SubscriptionRegistry};
 
 /// One protocol variant's state machine for one stream.
 ///
@@ -89,6 +90,64 @@ impl StreamContext {
         self.next_nonce += 1;
         self.next_nonce.to_string()
     }
+
+    /// Counts and shows Envoy's answer to a response: both protocols
+    /// report ACKs and NACKs alike, whatever tells them which was answered.
+    pub(crate) fn record_reply(&self, resource_type: ResourceType, reply: Reply) {
+        match reply {
+            Reply::Accepted { version } => {
+                self.metrics.acked(resource_type);
+                self.status.update_type(resource_type, |status| {
+                    status.acks += 1;
+                    status.acked_version = Some(version);
+                });
+            }
+            Reply::Rejected(rejection) => {
+                self.metrics.nacked(resource_type);
+                self.status.update_type(resource_type, |status| {
+                    status.nacks += 1;
+                    status.last_rejection = Some(rejection);
+                });
+            }
+        }
+    }
+
+    /// Shows what a stream now subscribes to of `resource_type`.
+    pub(crate) fn record_subscription(
+        &self,
+        resource_type: ResourceType,
+        subscription: &Subscription,
+    ) {
+        let (wildcard, subscribed) = (subscription.is_wildcard(), subscription.names().count());
+        self.status.update_type(resource_type, |status| {
+            status.wildcard = wildcard;
+            status.subscribed = subscribed;
+        });
+    }
+
+    /// Counts and shows a response about to be sent.
+    pub(crate) fn record_push(
+        &self,
+        resource_type: ResourceType,
+        version: &str,
+        resources: usize,
+        after_write: Option<Duration>,
+    ) {
+        self.metrics.pushed(resource_type, resources, after_write);
+        self.status.update_type(resource_type, |status| {
+            status.pushes += 1;
+            status.sent_version = Some(version.to_owned());
+        });
+    }
+}
+
+/// Envoy's answer to one response.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// An ACK: the client now runs `version`.
+    Accepted { version: String },
+    /// A NACK, with the version refused and Envoy's message.
+    Rejected(Rejection),
 }
 
 /// Counts a stream as watching a type for as long as it lives.

@@ -21,7 +21,7 @@ use tonic::Status;
 
 use crate::cache::Snapshot;
 use crate::codec::SotwResponse;
-use crate::protocol::{Protocol, StreamContext, TypeWatch};
+use crate::protocol::{Protocol, Reply, StreamContext, TypeWatch};
 use crate::resource::ResourceType;
 use crate::status::Rejection;
 use crate::subscription::Subscription;
@@ -112,22 +112,17 @@ impl Protocol for Sotw {
                         error = %error.message,
                         "Envoy rejected a response"
                     );
-                    self.ctx.metrics.nacked(resource_type);
                     let rejection = Rejection {
                         version: state.sent_version.clone(),
                         message: error.message.clone(),
                     };
-                    self.ctx.status.update_type(resource_type, |status| {
-                        status.nacks += 1;
-                        status.last_rejection = Some(rejection);
-                    });
+                    self.ctx
+                        .record_reply(resource_type, Reply::Rejected(rejection));
                 } else {
                     tracing::debug!(%resource_type, version = %request.version_info, "acknowledged");
-                    self.ctx.metrics.acked(resource_type);
-                    self.ctx.status.update_type(resource_type, |status| {
-                        status.acks += 1;
-                        status.acked_version = Some(request.version_info.clone());
-                    });
+                    let version = request.version_info.clone();
+                    self.ctx
+                        .record_reply(resource_type, Reply::Accepted { version });
                 }
             }
             Some(last) => {
@@ -158,14 +153,8 @@ impl Protocol for Sotw {
                 wildcard = state.subscription.is_wildcard(),
                 "subscription changed"
             );
-            let (wildcard, subscribed) = (
-                state.subscription.is_wildcard(),
-                state.subscription.names().count(),
-            );
-            self.ctx.status.update_type(resource_type, |status| {
-                status.wildcard = wildcard;
-                status.subscribed = subscribed;
-            });
+            self.ctx
+                .record_subscription(resource_type, &state.subscription);
         }
         Ok(())
     }
@@ -193,12 +182,7 @@ impl Protocol for Sotw {
             state.sent_version.clone_from(&version);
             state.awaiting_reply = true;
             self.ctx
-                .metrics
-                .pushed(*resource_type, resources.len(), plan.after_write);
-            self.ctx.status.update_type(*resource_type, |status| {
-                status.pushes += 1;
-                status.sent_version = Some(version.clone());
-            });
+                .record_push(*resource_type, &version, resources.len(), plan.after_write);
             tracing::debug!(
                 resource_type = %resource_type,
                 %version,
