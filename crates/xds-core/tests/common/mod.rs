@@ -183,7 +183,8 @@ impl TestServer {
 
     pub async fn start_with(cache: SnapshotCache, options: ServerOptions, at: SocketAddr) -> Self {
         let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::new(&mut registry);
+        let metrics = Metrics::default();
+        metrics.register(&mut registry);
         let server = XdsServer::new(cache.clone())
             .with_metrics(metrics.clone())
             .with_options(options);
