@@ -11,17 +11,15 @@
 //!   says what it holds (`initial_resource_versions`), so it is sent only
 //!   what differs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
 
 use crate::cache::Snapshot;
 use crate::codec::DeltaResponse;
-use crate::protocol::{Protocol, Reply, StreamContext, TypeWatch};
-use crate::resource::ResourceType;
+use crate::protocol::{PerType, Protocol, Reply, TypeWatch};
 use crate::status::Rejection;
 use crate::subscription::{Subscription, WILDCARD};
 use crate::tracker::{Mode, Tracker};
@@ -30,14 +28,10 @@ use crate::tracker::{Mode, Tracker};
 /// answers cannot grow this without bound.
 const MAX_OUTSTANDING: usize = 64;
 
-#[derive(Debug)]
-pub(crate) struct Delta {
-    ctx: StreamContext,
-    types: BTreeMap<ResourceType, DeltaType>,
-}
+pub(crate) type Delta = PerType<DeltaType>;
 
 #[derive(Debug)]
-struct DeltaType {
+pub(crate) struct DeltaType {
     subscription: Subscription,
     tracker: Tracker,
     /// (nonce, system version) of responses not yet answered, oldest first.
@@ -45,23 +39,10 @@ struct DeltaType {
     _watch: TypeWatch,
 }
 
-impl Delta {
-    pub(crate) fn new(ctx: StreamContext) -> Self {
-        Self {
-            ctx,
-            types: BTreeMap::new(),
-        }
-    }
-}
-
 impl Protocol for Delta {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaResponse;
     const NAME: &'static str = "delta";
-
-    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
-    }
 
     fn on_request(
         &mut self,

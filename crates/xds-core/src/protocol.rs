@@ -1,10 +1,12 @@
 //! What the two xDS protocol variants share: the stream's context and the
 //! interface the stream driver calls.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::Message;
 use tonic::Status;
 
@@ -23,19 +25,52 @@ use crate::subscription::{Subscription, SubscriptionRegistry};
 /// the moment they can be sent, so a burst of cache writes collapses into
 /// one response carrying the latest state.
 pub(crate) trait Protocol: Send + 'static {
-    type Request: Message + Default + Send + 'static;
+    type Request: XdsRequest;
     type Response: EncodeMessage + Send + 'static;
 
     /// `sotw` or `delta`, for logs and metrics.
     const NAME: &'static str;
-
-    fn node(request: &Self::Request) -> Option<&Node>;
 
     /// Applies a request; an error ends the stream with that status.
     fn on_request(&mut self, request: Self::Request, snapshot: &Snapshot) -> Result<(), Status>;
 
     /// The next response due, if any.
     fn next_response(&mut self, snapshot: &Snapshot) -> Option<Self::Response>;
+}
+
+/// A request of either protocol variant.
+pub(crate) trait XdsRequest: Message + Default + Send + 'static {
+    /// The node the request names; the first request of a stream must.
+    fn node(&self) -> Option<&Node>;
+}
+
+impl XdsRequest for DiscoveryRequest {
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+}
+
+impl XdsRequest for DeltaDiscoveryRequest {
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+}
+
+/// One stream's protocol state: its context and, per type it subscribes
+/// to, the variant's state for that type, ordered by type (the push order).
+#[derive(Debug)]
+pub(crate) struct PerType<T> {
+    pub(crate) ctx: StreamContext,
+    pub(crate) types: BTreeMap<ResourceType, T>,
+}
+
+impl<T> PerType<T> {
+    pub(crate) fn new(ctx: StreamContext) -> Self {
+        Self {
+            ctx,
+            types: BTreeMap::new(),
+        }
+    }
 }
 
 /// What a protocol state machine needs from the server.

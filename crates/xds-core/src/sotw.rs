@@ -13,29 +13,20 @@
 //!   Envoy's message and counted; what was rejected is not sent again until
 //!   the application changes it.
 
-use std::collections::BTreeMap;
-
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
 use crate::cache::Snapshot;
 use crate::codec::SotwResponse;
-use crate::protocol::{Protocol, Reply, StreamContext, TypeWatch};
-use crate::resource::ResourceType;
+use crate::protocol::{PerType, Protocol, Reply, TypeWatch};
 use crate::status::Rejection;
 use crate::subscription::Subscription;
 use crate::tracker::{Mode, Tracker};
 
-#[derive(Debug)]
-pub(crate) struct Sotw {
-    ctx: StreamContext,
-    /// Ordered by type, which is the push order.
-    types: BTreeMap<ResourceType, SotwType>,
-}
+pub(crate) type Sotw = PerType<SotwType>;
 
 #[derive(Debug)]
-struct SotwType {
+pub(crate) struct SotwType {
     subscription: Subscription,
     tracker: Tracker,
     last_nonce: Option<String>,
@@ -44,23 +35,10 @@ struct SotwType {
     _watch: TypeWatch,
 }
 
-impl Sotw {
-    pub(crate) fn new(ctx: StreamContext) -> Self {
-        Self {
-            ctx,
-            types: BTreeMap::new(),
-        }
-    }
-}
-
 impl Protocol for Sotw {
     type Request = DiscoveryRequest;
     type Response = SotwResponse;
     const NAME: &'static str = "sotw";
-
-    fn node(request: &DiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
-    }
 
     fn on_request(&mut self, request: DiscoveryRequest, snapshot: &Snapshot) -> Result<(), Status> {
         let Some(resource_type) = self.ctx.request_type(&request.type_url)? else {
