@@ -481,38 +481,9 @@ fn check_type(expected: ResourceType, resource: &Resource) -> Result<(), CacheEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{assignment, cluster};
     use crate::node::SharedKey;
     use envoy_types::pb::google::protobuf::Any;
-
-    fn assignment(name: &str, weight: u32) -> ClusterLoadAssignment {
-        use envoy_types::pb::envoy::config::endpoint::v3::Endpoint;
-        use envoy_types::pb::envoy::config::endpoint::v3::{
-            LbEndpoint, LocalityLbEndpoints, lb_endpoint,
-        };
-        ClusterLoadAssignment {
-            cluster_name: name.to_owned(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
-                        Endpoint::default(),
-                    )),
-                    load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
-                        value: weight,
-                    }),
-                    ..LbEndpoint::default()
-                }],
-                ..LocalityLbEndpoints::default()
-            }],
-            ..ClusterLoadAssignment::default()
-        }
-    }
-
-    fn cluster(name: &str) -> Cluster {
-        Cluster {
-            name: name.to_owned(),
-            ..Cluster::default()
-        }
-    }
 
     fn names(snapshot: &Snapshot, ty: ResourceType) -> Vec<String> {
         snapshot

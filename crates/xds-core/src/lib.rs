@@ -40,6 +40,8 @@
 pub mod cache;
 mod codec;
 mod delta;
+#[cfg(test)]
+mod fixtures;
 mod incoming;
 pub mod metrics;
 pub mod node;

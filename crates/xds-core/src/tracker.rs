@@ -362,36 +362,12 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::cache::SnapshotCache;
+    use crate::fixtures::{assignment, cluster, strings};
     use crate::node::SharedKey;
     use crate::subscription::SubscriptionRegistry;
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use envoy_types::pb::envoy::config::endpoint::v3::{
-        ClusterLoadAssignment, LocalityLbEndpoints,
-    };
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
     const KEY: &str = "k";
-
-    fn assignment(name: &str, priority: u32) -> ClusterLoadAssignment {
-        ClusterLoadAssignment {
-            cluster_name: name.to_owned(),
-            endpoints: vec![LocalityLbEndpoints {
-                priority,
-                ..LocalityLbEndpoints::default()
-            }],
-            ..ClusterLoadAssignment::default()
-        }
-    }
-
-    fn cluster(name: &str) -> Cluster {
-        Cluster {
-            name: name.to_owned(),
-            ..Cluster::default()
-        }
-    }
-
-    fn strings(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| (*n).to_owned()).collect()
-    }
 
     struct Fixture {
         cache: SnapshotCache,
@@ -408,6 +384,25 @@ mod tests {
                 subscription: Subscription::new(SubscriptionRegistry::new(), resource_type),
                 tracker: Tracker::new(resource_type, mode),
             }
+        }
+
+        fn set_endpoints(&self, assignments: &[ClusterLoadAssignment]) {
+            self.cache.set_endpoints(KEY, assignments).expect("set");
+        }
+
+        fn update_endpoints(&self, assignments: &[ClusterLoadAssignment]) {
+            self.cache
+                .update_endpoints(KEY, assignments, &[] as &[&str])
+                .expect("update");
+        }
+
+        /// Opens the SotW subscription to `names`, the client reporting
+        /// `version` as held.
+        fn start_sotw(&mut self, names: &[&str], version: &str) {
+            self.subscription.replace(&strings(names));
+            let snapshot = self.snapshot(self.tracker.resource_type);
+            self.tracker
+                .start_sotw(version, &snapshot, &self.subscription);
         }
 
         fn snapshot(&self, resource_type: ResourceType) -> Arc<TypeSnapshot> {
@@ -432,19 +427,13 @@ mod tests {
     #[test]
     fn only_changed_resources_are_planned() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0), assignment("b", 0)])
-            .expect("set");
-        f.subscription.replace(&strings(&["a", "b"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker.start_sotw("", &snapshot, &f.subscription);
+        f.set_endpoints(&[assignment("a", 0), assignment("b", 0)]);
+        f.start_sotw(&["a", "b"], "");
         let (mut first, _) = f.send(ResourceType::Endpoint).expect("initial answer");
         first.sort();
         assert_eq!(first, ["a", "b"]);
         assert_eq!(f.send(ResourceType::Endpoint), None, "nothing new");
-        f.cache
-            .update_endpoints(KEY, &[assignment("b", 1)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("b", 1)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["b".to_owned()], vec![]))
@@ -454,20 +443,14 @@ mod tests {
     #[test]
     fn unknown_requested_clusters_get_an_empty_assignment_once() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.subscription.replace(&strings(&["missing"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker.start_sotw("", &snapshot, &f.subscription);
+        f.start_sotw(&["missing"], "");
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["missing".to_owned()], vec![]))
         );
-        f.cache
-            .set_endpoints(KEY, &[assignment("other", 0)])
-            .expect("set");
+        f.set_endpoints(&[assignment("other", 0)]);
         assert_eq!(f.send(ResourceType::Endpoint), None, "answered already");
-        f.cache
-            .set_endpoints(KEY, &[assignment("missing", 0)])
-            .expect("set");
+        f.set_endpoints(&[assignment("missing", 0)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["missing".to_owned()], vec![]))
@@ -477,31 +460,22 @@ mod tests {
     #[test]
     fn a_resuming_client_at_the_current_version_is_sent_nothing() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0)])
-            .expect("set");
-        f.subscription.replace(&strings(&["a"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker
-            .start_sotw(&snapshot.version.to_string(), &snapshot, &f.subscription);
+        f.set_endpoints(&[assignment("a", 0)]);
+        let current = f.snapshot(ResourceType::Endpoint).version.to_string();
+        f.start_sotw(&["a"], &current);
         assert_eq!(f.send(ResourceType::Endpoint), None);
     }
 
     #[test]
     fn a_resuming_client_keeps_its_endpoints_until_the_cache_knows_them() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.subscription.replace(&strings(&["a", "b"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker
-            .start_sotw("0123456789abcdef", &snapshot, &f.subscription);
+        f.start_sotw(&["a", "b"], "0123456789abcdef");
         assert_eq!(
             f.send(ResourceType::Endpoint),
             None,
             "no empty stand-ins for clusters the client holds"
         );
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0)])
-            .expect("set");
+        f.set_endpoints(&[assignment("a", 0)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["a".to_owned()], vec![]))
@@ -520,34 +494,22 @@ mod tests {
             .snapshot(KEY)
             .expect("entry")
             .version(ResourceType::Endpoint);
-        f.subscription.replace(&strings(&["a", "b"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker
-            .start_sotw(&reported.to_string(), &snapshot, &f.subscription);
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0)])
-            .expect("set");
+        f.start_sotw(&["a", "b"], &reported.to_string());
+        f.set_endpoints(&[assignment("a", 0)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["a".to_owned()], vec![])),
             "a partial refill cannot be proven equal: a is sent"
         );
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.subscription.replace(&strings(&["a", "b"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker
-            .start_sotw(&reported.to_string(), &snapshot, &f.subscription);
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0), assignment("b", 0)])
-            .expect("set");
+        f.start_sotw(&["a", "b"], &reported.to_string());
+        f.set_endpoints(&[assignment("a", 0), assignment("b", 0)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             None,
             "the very state it reported"
         );
-        f.cache
-            .update_endpoints(KEY, &[assignment("b", 1)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("b", 1)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["b".to_owned()], vec![]))
@@ -557,25 +519,17 @@ mod tests {
     #[test]
     fn a_nacked_version_is_not_planned_again_until_it_changes() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.subscription.replace(&strings(&["a", "b"]));
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0), assignment("b", 0)])
-            .expect("set");
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker.start_sotw("", &snapshot, &f.subscription);
+        f.set_endpoints(&[assignment("a", 0), assignment("b", 0)]);
+        f.start_sotw(&["a", "b"], "");
         f.send(ResourceType::Endpoint).expect("initial");
         // "a" at priority 5 is what the client will reject; the tracker
         // records it as sent all the same.
-        f.cache
-            .update_endpoints(KEY, &[assignment("a", 5)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("a", 5)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["a".to_owned()], vec![]))
         );
-        f.cache
-            .update_endpoints(KEY, &[assignment("b", 1)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("b", 1)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["b".to_owned()], vec![])),
@@ -634,9 +588,7 @@ mod tests {
     #[test]
     fn full_state_waits_for_the_type_to_be_set() {
         let mut f = Fixture::new(ResourceType::Cluster, Mode::SotwFullState);
-        f.subscription.replace(&[]);
-        let snapshot = f.snapshot(ResourceType::Cluster);
-        f.tracker.start_sotw("", &snapshot, &f.subscription);
+        f.start_sotw(&[], "");
         assert_eq!(f.send(ResourceType::Cluster), None);
         f.cache.set_clusters(KEY, &[]).expect("set");
         let snapshot = f.snapshot(ResourceType::Cluster);
@@ -649,14 +601,12 @@ mod tests {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
         let names: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
         let all: Vec<ClusterLoadAssignment> = names.iter().map(|n| assignment(n, 0)).collect();
-        f.cache.set_endpoints(KEY, &all).expect("set");
+        f.set_endpoints(&all);
         f.subscription.replace(&names);
         let snapshot = f.snapshot(ResourceType::Endpoint);
         f.tracker.start_sotw("", &snapshot, &f.subscription);
         f.send(ResourceType::Endpoint).expect("initial");
-        f.cache
-            .update_endpoints(KEY, &[assignment("c500", 1)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("c500", 1)]);
         let snapshot = f.snapshot(ResourceType::Endpoint);
         assert_eq!(snapshot.changed.len(), 1);
         assert_eq!(
