@@ -11,7 +11,8 @@
 //!   meanwhile). Every rejection is therefore seen, logged and counted.
 //! - An ACK records the version the client now runs. A NACK is logged with
 //!   Envoy's message and counted; what was rejected is not sent again until
-//!   the application changes it.
+//!   the application changes it, and then all of the rejected response the
+//!   client lacks is (see the tracker).
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
@@ -90,6 +91,7 @@ impl Protocol for Sotw {
                         error = %error.message,
                         "Envoy rejected a response"
                     );
+                    state.tracker.rejected();
                     let rejection = Rejection {
                         version: state.sent_version.clone(),
                         message: error.message.clone(),

@@ -5,10 +5,15 @@
 //! compares that with the snapshot: only resources whose version differs
 //! are sent, so an endpoint change in one cluster sends that cluster alone.
 //!
-//! A NACK does not roll the tracker back: the rejected version stays
-//! recorded as sent, so it is not sent again until the application changes
-//! the resource (re-sending a config Envoy just rejected would only be
-//! rejected again, in a loop).
+//! A NACKed version is not sent again until the application changes the
+//! resource (re-sending a config Envoy just rejected would only be rejected
+//! again, in a loop). Envoy rejects a response as a whole, though: in
+//! SotW EDS/RDS/SDS the resources that were not at fault are not held
+//! either, so the tracker rolls the whole response back to what the client
+//! held before it, holds those resources back at the rejected versions,
+//! and once any of them changes sends every one the client lacks. (SotW
+//! CDS/LDS need none of this: each of their responses carries the whole
+//! set. Delta is unchanged: the rejected versions stay recorded as sent.)
 //!
 //! Absent resources are where protocols and safety meet:
 //! - A requested cluster with no endpoints in the cache gets an empty
@@ -92,6 +97,11 @@ pub(crate) struct Tracker {
     /// yet. If the application restores exactly that state (a restarted
     /// control plane refilling its cache), the client is known to hold it.
     resumed_version: Option<Version>,
+    /// SotW EDS/RDS/SDS: what the client held, before the last response,
+    /// of each resource that response carried.
+    before_last: Vec<(Arc<str>, Option<Held>)>,
+    /// The resources of a rejected response, at the versions rejected.
+    rejected: HashMap<Arc<str>, Version>,
 }
 
 impl Tracker {
@@ -104,6 +114,8 @@ impl Tracker {
             must_answer: HashSet::new(),
             answer_all: false,
             resumed_version: None,
+            before_last: Vec::new(),
+            rejected: HashMap::new(),
         }
     }
 
@@ -214,6 +226,7 @@ impl Tracker {
             .is_some_and(|synced| synced != snapshot.generation);
         let incremental = self.synced == Some(snapshot.base_generation);
         let must_answer = std::mem::take(&mut self.must_answer);
+        let released = self.release_rejected(snapshot);
         let mut candidates: Vec<&Arc<str>> = Vec::new();
         if self.synced == Some(snapshot.generation) {
             // Nothing changed in the cache: only new subscriptions.
@@ -227,6 +240,7 @@ impl Tracker {
             candidates.extend(self.held.keys());
         }
         candidates.extend(&must_answer);
+        candidates.extend(&released);
         let mut seen: HashSet<&str> = HashSet::with_capacity(candidates.len());
         for name in candidates {
             if seen.insert(name) {
@@ -253,6 +267,18 @@ impl Tracker {
             return Some(plan);
         }
         (!plan.is_empty()).then_some(plan)
+    }
+
+    /// Once a resource of a rejected response changes, the whole response
+    /// is released: the names to compare again.
+    fn release_rejected(&mut self, snapshot: &TypeSnapshot) -> Vec<Arc<str>> {
+        let changed = self.rejected.iter().any(|(name, rejected)| {
+            snapshot.resources.get(name).map(Resource::version) != Some(*rejected)
+        });
+        if !changed {
+            return Vec::new();
+        }
+        self.rejected.drain().map(|(name, _)| name).collect()
     }
 
     /// If the snapshot now is exactly what a resuming client reported, the
@@ -292,7 +318,9 @@ impl Tracker {
         }
         match snapshot.resources.get(name) {
             Some(resource) => {
-                if must_answer.contains(name) || held != Some(&Held::Version(resource.version())) {
+                let differs = held != Some(&Held::Version(resource.version()))
+                    && self.rejected.get(name) != Some(&resource.version());
+                if must_answer.contains(name) || differs {
                     plan.upserts.push(resource.clone());
                 }
             }
@@ -315,6 +343,14 @@ impl Tracker {
     /// The client was sent `plan` (whatever it answers).
     pub(crate) fn record(&mut self, plan: &Plan) {
         self.resumed_version = None;
+        if self.mode == Mode::SotwPartial {
+            self.before_last.clear();
+            for resource in &plan.upserts {
+                let name = resource.shared_name();
+                self.before_last
+                    .push((name.clone(), self.held.get(name).copied()));
+            }
+        }
         for resource in &plan.upserts {
             self.held.insert(
                 resource.shared_name().clone(),
@@ -323,6 +359,23 @@ impl Tracker {
         }
         for name in &plan.removals {
             self.held.remove(name);
+        }
+    }
+
+    /// The client rejected the last response. In SotW EDS/RDS/SDS it still
+    /// holds what it held before; the rejected versions are held back.
+    pub(crate) fn rejected(&mut self) {
+        if self.mode != Mode::SotwPartial {
+            return;
+        }
+        for (name, before) in self.before_last.drain(..) {
+            if let Some(Held::Version(sent)) = self.held.get(&name) {
+                self.rejected.insert(name.clone(), *sent);
+            }
+            match before {
+                Some(held) => self.held.insert(name, held),
+                None => self.held.remove(&name),
+            };
         }
     }
 

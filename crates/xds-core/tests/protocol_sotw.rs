@@ -104,6 +104,31 @@ async fn a_nack_is_counted_and_the_rejected_version_is_not_sent_again() {
 }
 
 #[tokio::test]
+async fn after_a_nack_the_next_change_resends_what_the_rejected_response_carried() {
+    let (server, mut client, good) = acked_subscription(&["a", "b", "c"], &["a", "b", "c"]).await;
+    let all = ["a", "b", "c"];
+
+    // a and b change in one write; Envoy rejects the response for a's sake,
+    // and so holds neither of them.
+    server.update_endpoints(&[assignment("a", &[addr(2)]), assignment("b", &[addr(2)])]);
+    let bad = client.recv().await;
+    assert_eq!(names(&bad), ["a", "b"]);
+    client.nack(&bad, &good.version_info, &all, "endpoint a is unacceptable");
+    eventually("the NACK", || server.metrics.nack_count(EDS) == 1).await;
+
+    // Once a is fixed, b goes with it: the client never took b's change.
+    server.update_endpoints(&[assignment("a", &[addr(3)])]);
+    let fixed = client.recv().await;
+    assert_eq!(names(&fixed), ["a", "b"]);
+    let b = fixed
+        .resources
+        .iter()
+        .map(decode::<ClusterLoadAssignment>)
+        .find(|assignment| assignment.cluster_name == "b");
+    assert_eq!(b, Some(assignment("b", &[addr(2)])));
+}
+
+#[tokio::test]
 async fn a_request_with_a_stale_nonce_is_ignored() {
     let (server, mut client, first) = acked_subscription(&["a", "c"], &["a"]).await;
     server.update_endpoints(&[assignment("a", &[addr(2)])]);
