@@ -71,26 +71,27 @@ impl ClientMetrics {
         Self::default()
     }
 
-    /// Registers `consul_client_*` families in `registry`.
+    /// Registers the metrics under `consul_client_` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("consul_client");
         registry.register_with_unit(
-            "consul_client_request_duration",
+            "request_duration",
             "Time from sending a request to Consul to having its whole answer",
             Unit::Seconds,
             self.duration.clone(),
         );
         registry.register(
-            "consul_client_request_errors",
+            "request_errors",
             "Requests to Consul that failed, by endpoint kind and error kind",
             self.errors.clone(),
         );
         registry.register(
-            "consul_client_requests_in_flight",
+            "requests_in_flight",
             "Requests to Consul awaiting their answer",
             self.in_flight.clone(),
         );
         registry.register(
-            "consul_client_requests_queued",
+            "requests_queued",
             "Requests waiting for a slot of the per-agent request budget",
             self.queued.clone(),
         );
@@ -149,5 +150,36 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_under_the_consul_client_prefix_and_export() {
+        let mut registry = Registry::default();
+        let metrics = ClientMetrics::default();
+        metrics.register(&mut registry);
+        metrics.observe(
+            EndpointKind::CatalogServices,
+            RequestClass::Blocking,
+            Duration::from_millis(3),
+            Some(ErrorKind::Timeout),
+        );
+        let _queued = metrics.track_queued(RequestClass::Other);
+        let _in_flight = metrics.track_in_flight(RequestClass::Blocking);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        for line in [
+            "# UNIT consul_client_request_duration_seconds seconds",
+            "consul_client_request_duration_seconds_count{endpoint=",
+            "consul_client_request_errors_total{endpoint=",
+            "consul_client_requests_in_flight{class=\"blocking\"} 1",
+            "consul_client_requests_queued{class=\"other\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 }

@@ -43,8 +43,10 @@ async fn run(config: Config) -> Result<()> {
 
     // Every Envoy shares one snapshot: endpoints do not depend on who asks.
     let cache = SnapshotCache::new(SharedKey(SHARED_NODE_KEY.to_owned()));
+    let xds_metrics = xds_core::Metrics::default();
+    xds_metrics.register(&mut registry);
     let server = XdsServer::new(cache.clone())
-        .with_metrics(xds_core::Metrics::new(&mut registry))
+        .with_metrics(xds_metrics)
         .with_options(ServerOptions {
             drain_timeout: config.shutdown_grace,
             tls: xds_tls(&config)?,

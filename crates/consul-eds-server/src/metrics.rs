@@ -34,6 +34,7 @@ pub struct EngineMetrics {
 }
 
 impl EngineMetrics {
+    /// Registers the metrics under `consul_eds_` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("consul_eds");
         registry.register(
@@ -66,5 +67,46 @@ impl EngineMetrics {
             "Empty answers following a Consul index reset, held back during the grace period",
             self.empty_after_reset_held.clone(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_under_the_consul_eds_prefix_and_export() {
+        let mut registry = Registry::default();
+        let metrics = EngineMetrics::default();
+        metrics.register(&mut registry);
+        metrics.watches.set(2);
+        metrics
+            .endpoints
+            .get_or_create(&ClusterLabel {
+                cluster: "web".to_owned(),
+            })
+            .set(3);
+        metrics
+            .degraded
+            .get_or_create(&ServiceLabel {
+                service: "web".to_owned(),
+                datacenter: "dc1".to_owned(),
+            })
+            .set(1);
+        metrics.pushes.inc();
+        metrics.cluster_updates.inc_by(4);
+        metrics.empty_after_reset_held.inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        for line in [
+            "consul_eds_watches 2",
+            "consul_eds_cluster_endpoints{cluster=\"web\"} 3",
+            "consul_eds_service_degraded{service=\"web\",datacenter=\"dc1\"} 1",
+            "consul_eds_pushes_total 1",
+            "consul_eds_cluster_updates_total 4",
+            "consul_eds_empty_after_reset_held_total 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 }

@@ -50,8 +50,10 @@ async fn serve(args: RunArgs) -> Result<()> {
     let shutdown = service_support::shutdown::on_signal();
 
     let mut registry = Registry::default();
-    let metrics = ServiceMetrics::new(&mut registry);
-    let xds_metrics = xds_core::Metrics::new(&mut registry);
+    let metrics = ServiceMetrics::default();
+    metrics.register(&mut registry);
+    let xds_metrics = xds_core::Metrics::default();
+    xds_metrics.register(&mut registry);
     let consul = match &settings.storage.consul {
         Some(config) => {
             let client_metrics = ClientMetrics::new();

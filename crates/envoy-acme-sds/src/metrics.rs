@@ -51,32 +51,39 @@ pub struct ServiceMetrics {
     lock_holder: Gauge,
 }
 
-impl ServiceMetrics {
-    pub fn new(registry: &mut Registry) -> Self {
-        let metrics = Self {
+impl Default for ServiceMetrics {
+    /// Unregistered metrics: they count, and export once [`ServiceMetrics::register`]ed.
+    fn default() -> Self {
+        Self {
             certificates: Arc::new(CertificateDates::default()),
             renewals: Family::default(),
             // 5 ms .. ~40 s.
             acme_request_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             lock_holder: Gauge::default(),
-        };
-        registry.register_collector(Box::new(Arc::clone(&metrics.certificates)));
+        }
+    }
+}
+
+impl ServiceMetrics {
+    /// Registers the metrics under `envoy_acme_sds_` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("envoy_acme_sds");
+        registry.register_collector(Box::new(Arc::clone(&self.certificates)));
         registry.register(
-            "envoy_acme_sds_renewals",
+            "renewals",
             "Certificate renewals (orders) by outcome",
-            metrics.renewals.clone(),
+            self.renewals.clone(),
         );
         registry.register(
-            "envoy_acme_sds_acme_request_duration_seconds",
+            "acme_request_duration_seconds",
             "Time to the ACME server's response headers, per HTTP request",
-            metrics.acme_request_duration.clone(),
+            self.acme_request_duration.clone(),
         );
         registry.register(
-            "envoy_acme_sds_lock_holder",
+            "lock_holder",
             "1 while this replica holds the renewal lock (always 1 with disk storage)",
-            metrics.lock_holder.clone(),
+            self.lock_holder.clone(),
         );
-        metrics
     }
 
     /// The histogram the ACME client times its requests into.
@@ -175,13 +182,13 @@ impl Collector for CertificateDates {
             }
         }
         not_after.encode(encoder.encode_descriptor(
-            "envoy_acme_sds_certificate_not_after_timestamp_seconds",
+            "certificate_not_after_timestamp_seconds",
             "Expiry (Unix time) of the certificate served under each secret name",
             None,
             not_after.metric_type(),
         )?)?;
         renewal_in.encode(encoder.encode_descriptor(
-            "envoy_acme_sds_certificate_renewal_in_seconds",
+            "certificate_renewal_in_seconds",
             "Seconds until the served certificate is due for renewal (negative: overdue)",
             None,
             renewal_in.metric_type(),
@@ -210,7 +217,8 @@ mod tests {
     #[test]
     fn exposition_carries_dates_renewals_and_the_lock() {
         let mut registry = Registry::default();
-        let metrics = ServiceMetrics::new(&mut registry);
+        let metrics = ServiceMetrics::default();
+        metrics.register(&mut registry);
         let name = SecretName::new("example.com").expect("name");
         let now = OffsetDateTime::now_utc();
         let metadata = CertificateMetadata {

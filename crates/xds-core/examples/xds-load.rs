@@ -28,10 +28,13 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::Streaming;
 use tonic::transport::Channel;
 use xds_core::{Listen, ResourceType, SharedKey, SnapshotCache, XdsServer};
 
@@ -188,101 +191,142 @@ struct Receipt {
     bytes: usize,
 }
 
+impl Receipt {
+    fn new(at_nanos: u128, resources: usize, bytes: usize) -> Self {
+        Self {
+            at_nanos,
+            resources,
+            bytes,
+        }
+    }
+}
+
+/// The node stream `id` speaks as.
+fn load_node(id: usize) -> Node {
+    Node {
+        id: format!("load-{id}"),
+        cluster: "load".to_owned(),
+        ..Node::default()
+    }
+}
+
 async fn connect(url: &str) -> Result<Channel> {
     Ok(Channel::from_shared(url.to_owned())?.connect().await?)
 }
 
-/// A SotW ADS stream that ACKs everything and reports each response.
-async fn sotw_stream(
-    channel: Channel,
-    id: usize,
-    names: Arc<Vec<String>>,
-    receipts: mpsc::UnboundedSender<Receipt>,
-) -> Result<()> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(DiscoveryRequest {
-        node: Some(Node {
-            id: format!("load-{id}"),
-            cluster: "load".to_owned(),
-            ..Node::default()
-        }),
-        type_url: ResourceType::Endpoint.type_url().to_owned(),
-        resource_names: names.to_vec(),
-        ..DiscoveryRequest::default()
-    })?;
-    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    while let Some(response) = responses.message().await? {
-        let at_nanos = unix_nanos();
+/// What the load client does differently in each protocol variant.
+trait LoadRequest: std::fmt::Debug + Send + Sync + Sized + 'static {
+    type Response;
+
+    /// The first request: the node and every name.
+    fn subscribe(id: usize, names: &[String]) -> Self;
+
+    fn open(
+        client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: UnboundedReceiverStream<Self>,
+    ) -> impl Future<Output = Result<tonic::Response<Streaming<Self::Response>>, tonic::Status>>;
+
+    /// How many resources a response carries, and their encoded bytes.
+    fn size(response: &Self::Response) -> (usize, usize);
+
+    /// The ACK of `response`, still subscribed to every name.
+    fn ack(response: Self::Response, names: &[String]) -> Self;
+}
+
+impl LoadRequest for DiscoveryRequest {
+    type Response = DiscoveryResponse;
+
+    fn subscribe(id: usize, names: &[String]) -> Self {
+        Self {
+            node: Some(load_node(id)),
+            type_url: ResourceType::Endpoint.type_url().to_owned(),
+            resource_names: names.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    async fn open(
+        mut client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: UnboundedReceiverStream<Self>,
+    ) -> Result<tonic::Response<Streaming<DiscoveryResponse>>, tonic::Status> {
+        client.stream_aggregated_resources(requests).await
+    }
+
+    fn size(response: &DiscoveryResponse) -> (usize, usize) {
         let bytes = response.resources.iter().map(|r| r.value.len()).sum();
-        let resources = response.resources.len();
-        tx.send(DiscoveryRequest {
+        (response.resources.len(), bytes)
+    }
+
+    fn ack(response: DiscoveryResponse, names: &[String]) -> Self {
+        Self {
             version_info: response.version_info,
             type_url: response.type_url,
             resource_names: names.to_vec(),
             response_nonce: response.nonce,
-            ..DiscoveryRequest::default()
-        })?;
-        if receipts
-            .send(Receipt {
-                at_nanos,
-                resources,
-                bytes,
-            })
-            .is_err()
-        {
-            break;
+            ..Self::default()
         }
     }
-    Ok(())
 }
 
-/// The same over delta ADS.
-async fn delta_stream(
-    channel: Channel,
-    id: usize,
-    names: Arc<Vec<String>>,
-    receipts: mpsc::UnboundedSender<Receipt>,
-) -> Result<()> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(DeltaDiscoveryRequest {
-        node: Some(Node {
-            id: format!("load-{id}"),
-            cluster: "load".to_owned(),
-            ..Node::default()
-        }),
-        type_url: ResourceType::Endpoint.type_url().to_owned(),
-        resource_names_subscribe: names.to_vec(),
-        ..DeltaDiscoveryRequest::default()
-    })?;
-    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    while let Some(response) = responses.message().await? {
-        let at_nanos = unix_nanos();
+impl LoadRequest for DeltaDiscoveryRequest {
+    type Response = DeltaDiscoveryResponse;
+
+    fn subscribe(id: usize, names: &[String]) -> Self {
+        Self {
+            node: Some(load_node(id)),
+            type_url: ResourceType::Endpoint.type_url().to_owned(),
+            resource_names_subscribe: names.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    async fn open(
+        mut client: AggregatedDiscoveryServiceClient<Channel>,
+        requests: UnboundedReceiverStream<Self>,
+    ) -> Result<tonic::Response<Streaming<DeltaDiscoveryResponse>>, tonic::Status> {
+        client.delta_aggregated_resources(requests).await
+    }
+
+    fn size(response: &DeltaDiscoveryResponse) -> (usize, usize) {
         let bytes = response
             .resources
             .iter()
             .filter_map(|r| r.resource.as_ref())
             .map(|a| a.value.len())
             .sum();
-        let resources = response.resources.len();
-        tx.send(DeltaDiscoveryRequest {
+        (response.resources.len(), bytes)
+    }
+
+    fn ack(response: DeltaDiscoveryResponse, _names: &[String]) -> Self {
+        Self {
             type_url: response.type_url,
             response_nonce: response.nonce,
-            ..DeltaDiscoveryRequest::default()
-        })?;
+            ..Self::default()
+        }
+    }
+}
+
+/// An ADS stream of either variant that ACKs everything and reports each
+/// response.
+async fn ads_stream<R: LoadRequest>(
+    channel: Channel,
+    id: usize,
+    names: Arc<Vec<String>>,
+    receipts: mpsc::UnboundedSender<Receipt>,
+) -> Result<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(R::subscribe(id, &names))?;
+    let client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut responses = R::open(client, UnboundedReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(response) = responses.message().await? {
+        let at_nanos = unix_nanos();
+        let (resources, bytes) = R::size(&response);
+        tx.send(R::ack(response, &names))?;
         if receipts
-            .send(Receipt {
-                at_nanos,
-                resources,
-                bytes,
-            })
+            .send(Receipt::new(at_nanos, resources, bytes))
             .is_err()
         {
             break;
@@ -403,9 +447,9 @@ async fn run(args: RunArgs) -> Result<()> {
             };
             drop(permit);
             let result = if delta {
-                delta_stream(channel, id, names, receipts).await
+                ads_stream::<DeltaDiscoveryRequest>(channel, id, names, receipts).await
             } else {
-                sotw_stream(channel, id, names, receipts).await
+                ads_stream::<DiscoveryRequest>(channel, id, names, receipts).await
             };
             let shut_down = |e: &anyhow::Error| {
                 e.downcast_ref::<tonic::Status>()

@@ -22,10 +22,8 @@ use std::time::Instant;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -249,7 +247,7 @@ impl SnapshotCache {
 
     /// Adds or replaces `upserts` and removes `removals`, leaving the other
     /// resources of the type as they are.
-    pub fn update_resources<S: AsRef<str>>(
+    fn update_resources<S: AsRef<str>>(
         &self,
         node_key: &str,
         resource_type: ResourceType,
@@ -267,24 +265,8 @@ impl SnapshotCache {
         ))
     }
 
-    /// The generic setter: packed `Any`s with their names.
-    pub fn set_anys(
-        &self,
-        node_key: &str,
-        type_url: &str,
-        resources: &[(String, Any)],
-    ) -> Result<usize, CacheError> {
-        let resource_type = ResourceType::from_type_url(type_url)
-            .ok_or_else(|| ResourceError::UnknownType(type_url.to_owned()))?;
-        let resources = resources
-            .iter()
-            .map(|(name, any)| Resource::from_typed_any(resource_type, name, any))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.set_resources(node_key, resource_type, resources)
-    }
-
     /// Replaces all resources of `M`'s type with `messages`.
-    pub fn set_typed<M: XdsResource>(
+    fn set_typed<M: XdsResource>(
         &self,
         node_key: &str,
         messages: &[M],
@@ -297,7 +279,7 @@ impl SnapshotCache {
     }
 
     /// Adds or replaces `messages` and removes `removals` of `M`'s type.
-    pub fn update_typed<M: XdsResource, S: AsRef<str>>(
+    fn update_typed<M: XdsResource, S: AsRef<str>>(
         &self,
         node_key: &str,
         messages: &[M],
@@ -330,14 +312,6 @@ impl SnapshotCache {
         removals: &[S],
     ) -> Result<usize, CacheError> {
         self.update_typed(node_key, assignments, removals)
-    }
-
-    pub fn set_listeners(
-        &self,
-        node_key: &str,
-        listeners: &[Listener],
-    ) -> Result<usize, CacheError> {
-        self.set_typed(node_key, listeners)
     }
 
     pub fn set_routes(
@@ -507,37 +481,9 @@ fn check_type(expected: ResourceType, resource: &Resource) -> Result<(), CacheEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{assignment, cluster};
     use crate::node::SharedKey;
-
-    fn assignment(name: &str, weight: u32) -> ClusterLoadAssignment {
-        use envoy_types::pb::envoy::config::endpoint::v3::Endpoint;
-        use envoy_types::pb::envoy::config::endpoint::v3::{
-            LbEndpoint, LocalityLbEndpoints, lb_endpoint,
-        };
-        ClusterLoadAssignment {
-            cluster_name: name.to_owned(),
-            endpoints: vec![LocalityLbEndpoints {
-                lb_endpoints: vec![LbEndpoint {
-                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
-                        Endpoint::default(),
-                    )),
-                    load_balancing_weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
-                        value: weight,
-                    }),
-                    ..LbEndpoint::default()
-                }],
-                ..LocalityLbEndpoints::default()
-            }],
-            ..ClusterLoadAssignment::default()
-        }
-    }
-
-    fn cluster(name: &str) -> Cluster {
-        Cluster {
-            name: name.to_owned(),
-            ..Cluster::default()
-        }
-    }
+    use envoy_types::pb::google::protobuf::Any;
 
     fn names(snapshot: &Snapshot, ty: ResourceType) -> Vec<String> {
         snapshot
@@ -700,11 +646,17 @@ mod tests {
         let cluster = Resource::encode(&cluster("c")).expect("encodes");
         let wrong = cache.set_resources("k", ResourceType::Endpoint, [cluster]);
         assert!(matches!(wrong, Err(CacheError::WrongType { .. })));
-        let unknown = cache.set_anys("k", "type.googleapis.com/x.Y", &[]);
-        assert!(matches!(
-            unknown,
-            Err(CacheError::Resource(ResourceError::UnknownType(_)))
-        ));
+        let unknown = Resource::from_any(
+            "x",
+            &Any {
+                type_url: "type.googleapis.com/x.Y".to_owned(),
+                value: Vec::new(),
+            },
+        );
+        assert!(
+            matches!(unknown, Err(ResourceError::UnknownType(_))),
+            "an unknown type never becomes a resource to write"
+        );
         let unnamed = cache.set_endpoints("k", &[assignment("", 1)]);
         assert_eq!(unnamed, Err(CacheError::Resource(ResourceError::EmptyName)));
         let snapshot = cache.snapshot("k").expect("entry");
@@ -740,19 +692,16 @@ mod tests {
     }
 
     #[test]
-    fn the_generic_setter_takes_packed_anys() {
+    fn packed_anys_are_set_as_resources() {
         use prost::Message;
         let cache = SnapshotCache::new(SharedKey("k".to_owned()));
         let any = Any {
             type_url: ResourceType::Cluster.type_url().to_owned(),
             value: cluster("a").encode_to_vec(),
         };
+        let resource = Resource::from_any("a", &any).expect("a served type");
         cache
-            .set_anys(
-                "k",
-                ResourceType::Cluster.type_url(),
-                &[("a".to_owned(), any)],
-            )
+            .set_resources("k", ResourceType::Cluster, [resource])
             .expect("set");
         let snapshot = cache.snapshot("k").expect("entry");
         assert_eq!(names(&snapshot, ResourceType::Cluster), ["a"]);

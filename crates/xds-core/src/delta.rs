@@ -11,17 +11,15 @@
 //!   says what it holds (`initial_resource_versions`), so it is sent only
 //!   what differs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
 
 use crate::cache::Snapshot;
 use crate::codec::DeltaResponse;
-use crate::protocol::{Protocol, StreamContext, TypeWatch};
-use crate::resource::ResourceType;
+use crate::protocol::{PerType, Protocol, Reply, TypeWatch};
 use crate::status::Rejection;
 use crate::subscription::{Subscription, WILDCARD};
 use crate::tracker::{Mode, Tracker};
@@ -30,14 +28,10 @@ use crate::tracker::{Mode, Tracker};
 /// answers cannot grow this without bound.
 const MAX_OUTSTANDING: usize = 64;
 
-#[derive(Debug)]
-pub(crate) struct Delta {
-    ctx: StreamContext,
-    types: BTreeMap<ResourceType, DeltaType>,
-}
+pub(crate) type Delta = PerType<DeltaType>;
 
 #[derive(Debug)]
-struct DeltaType {
+pub(crate) struct DeltaType {
     subscription: Subscription,
     tracker: Tracker,
     /// (nonce, system version) of responses not yet answered, oldest first.
@@ -45,23 +39,10 @@ struct DeltaType {
     _watch: TypeWatch,
 }
 
-impl Delta {
-    pub(crate) fn new(ctx: StreamContext) -> Self {
-        Self {
-            ctx,
-            types: BTreeMap::new(),
-        }
-    }
-}
-
 impl Protocol for Delta {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaResponse;
     const NAME: &'static str = "delta";
-
-    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
-    }
 
     fn on_request(
         &mut self,
@@ -99,22 +80,14 @@ impl Protocol for Delta {
                             error = %error.message,
                             "Envoy rejected a response"
                         );
-                        ctx.metrics.nacked(resource_type);
                         let rejection = Rejection {
                             version,
                             message: error.message.clone(),
                         };
-                        ctx.status.update_type(resource_type, |status| {
-                            status.nacks += 1;
-                            status.last_rejection = Some(rejection);
-                        });
+                        ctx.record_reply(resource_type, Reply::Rejected(rejection));
                     } else {
                         tracing::debug!(%resource_type, %version, "acknowledged");
-                        ctx.metrics.acked(resource_type);
-                        ctx.status.update_type(resource_type, |status| {
-                            status.acks += 1;
-                            status.acked_version = Some(version);
-                        });
+                        ctx.record_reply(resource_type, Reply::Accepted { version });
                     }
                 }
                 None => {
@@ -160,14 +133,7 @@ impl Protocol for Delta {
                 resuming = request.initial_resource_versions.len(),
                 "subscription changed"
             );
-            let (wildcard, subscribed) = (
-                state.subscription.is_wildcard(),
-                state.subscription.names().count(),
-            );
-            ctx.status.update_type(resource_type, |status| {
-                status.wildcard = wildcard;
-                status.subscribed = subscribed;
-            });
+            ctx.record_subscription(resource_type, &state.subscription);
         }
         Ok(())
     }
@@ -187,15 +153,12 @@ impl Protocol for Delta {
             state
                 .outstanding
                 .push_back((nonce.clone(), version.clone()));
-            self.ctx.metrics.pushed(
+            self.ctx.record_push(
                 *resource_type,
+                &version,
                 plan.upserts.len() + plan.removals.len(),
                 plan.after_write,
             );
-            self.ctx.status.update_type(*resource_type, |status| {
-                status.pushes += 1;
-                status.sent_version = Some(version.clone());
-            });
             tracing::debug!(
                 resource_type = %resource_type,
                 %version,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
@@ -68,45 +68,47 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 /// before trying again, so that the accept loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts forever, wrapping each connection so `abort` can cut it.
-pub(crate) fn accept_tcp(
-    listener: TcpListener,
-    abort: CancellationToken,
-) -> impl Stream<Item = io::Result<AbortableIo<tokio::net::TcpStream>>> {
-    futures::stream::unfold(listener, move |listener| {
-        let abort = abort.clone();
-        async move {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        // xDS responses are latency-sensitive and written whole.
-                        if let Err(e) = stream.set_nodelay(true) {
-                            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                        }
-                        return Some((Ok(AbortableIo::new(stream, abort)), listener));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                }
-            }
-        }
-    })
+/// A listener the accept loop can drive: TCP and Unix differ only in how
+/// one connection is taken and prepared.
+pub(crate) trait Accept: Send + 'static {
+    type Io: Send + 'static;
+
+    fn accept_io(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
-pub(crate) fn accept_unix(
-    listener: UnixListener,
+impl Accept for TcpListener {
+    type Io = TcpStream;
+
+    async fn accept_io(&self) -> io::Result<TcpStream> {
+        let (stream, _) = self.accept().await?;
+        // xDS responses are latency-sensitive and written whole.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        Ok(stream)
+    }
+}
+
+impl Accept for UnixListener {
+    type Io = UnixStream;
+
+    async fn accept_io(&self) -> io::Result<UnixStream> {
+        let (stream, _) = self.accept().await?;
+        Ok(stream)
+    }
+}
+
+/// Accepts forever, wrapping each connection so `abort` can cut it.
+pub(crate) fn accept<L: Accept>(
+    listener: L,
     abort: CancellationToken,
-) -> impl Stream<Item = io::Result<AbortableIo<tokio::net::UnixStream>>> {
+) -> impl Stream<Item = io::Result<AbortableIo<L::Io>>> {
     futures::stream::unfold(listener, move |listener| {
         let abort = abort.clone();
         async move {
             loop {
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        return Some((Ok(AbortableIo::new(stream, abort)), listener));
-                    }
+                match listener.accept_io().await {
+                    Ok(stream) => return Some((Ok(AbortableIo::new(stream, abort)), listener)),
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a connection failed");
                         tokio::time::sleep(ACCEPT_BACKOFF).await;

@@ -12,7 +12,9 @@
 //!
 //! let mut registry = prometheus_client::registry::Registry::default();
 //! let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
-//! let server = XdsServer::new(cache.clone()).with_metrics(Metrics::new(&mut registry));
+//! let metrics = Metrics::default();
+//! metrics.register(&mut registry);
+//! let server = XdsServer::new(cache.clone()).with_metrics(metrics);
 //! // What Envoys want: the application fetches exactly these.
 //! let wanted = server.subscriptions().watch(ResourceType::Endpoint);
 //! let bound = server.bind(Listen::Tcp("127.0.0.1:18000".parse()?)).await?;
@@ -38,6 +40,8 @@
 pub mod cache;
 mod codec;
 mod delta;
+#[cfg(test)]
+mod fixtures;
 mod incoming;
 pub mod metrics;
 pub mod node;

@@ -57,7 +57,7 @@ fn label(resource_type: ResourceType) -> TypeLabel {
 }
 
 impl Default for Metrics {
-    /// Unregistered metrics, for callers that do not export them.
+    /// Unregistered metrics: they count, and export once [`Metrics::register`]ed.
     fn default() -> Self {
         Self {
             streams: Family::default(),
@@ -74,44 +74,42 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them under `xds_` in `registry`.
-    pub fn new(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
+    /// Registers the metrics under `xds_` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("xds");
         registry.register(
             "streams",
             "Connected xDS streams by gRPC service and protocol",
-            metrics.streams.clone(),
+            self.streams.clone(),
         );
         registry.register(
             "type_streams",
             "Connected streams that subscribe to each resource type",
-            metrics.type_streams.clone(),
+            self.type_streams.clone(),
         );
-        registry.register("pushes", "Discovery responses sent", metrics.pushes.clone());
+        registry.register("pushes", "Discovery responses sent", self.pushes.clone());
         registry.register(
             "pushed_resources",
             "Resources sent, summed over responses",
-            metrics.pushed_resources.clone(),
+            self.pushed_resources.clone(),
         );
-        registry.register("acks", "Responses Envoy accepted", metrics.acks.clone());
-        registry.register("nacks", "Responses Envoy rejected", metrics.nacks.clone());
+        registry.register("acks", "Responses Envoy accepted", self.acks.clone());
+        registry.register("nacks", "Responses Envoy rejected", self.nacks.clone());
         registry.register(
             "stale_requests",
             "Requests ignored because they answer a superseded response",
-            metrics.stale_requests.clone(),
+            self.stale_requests.clone(),
         );
         registry.register(
             "push_latency_seconds",
             "Time from a snapshot write to the response carrying it being sent",
-            metrics.push_latency.clone(),
+            self.push_latency.clone(),
         );
         registry.register(
             "snapshot_generation",
             "Generation of the latest snapshot write, per type",
-            metrics.snapshot_generation.clone(),
+            self.snapshot_generation.clone(),
         );
-        metrics
     }
 
     pub(crate) fn record_snapshot(&self, resource_type: ResourceType, generation: u64) {
@@ -214,7 +212,8 @@ mod tests {
     #[test]
     fn metrics_register_under_the_xds_prefix_and_export() {
         let mut registry = Registry::default();
-        let metrics = Metrics::new(&mut registry);
+        let metrics = Metrics::default();
+        metrics.register(&mut registry);
         metrics.pushed(ResourceType::Endpoint, 3, Some(Duration::from_millis(2)));
         metrics.nacked(ResourceType::Endpoint);
         metrics.stream_opened(&StreamLabel {

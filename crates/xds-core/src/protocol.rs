@@ -1,9 +1,12 @@
 //! What the two xDS protocol variants share: the stream's context and the
 //! interface the stream driver calls.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::Message;
 use tonic::Status;
 
@@ -11,8 +14,8 @@ use crate::cache::Snapshot;
 use crate::codec::EncodeMessage;
 use crate::metrics::Metrics;
 use crate::resource::ResourceType;
-use crate::status::StatusHandle;
-use crate::subscription::SubscriptionRegistry;
+use crate::status::{Rejection, StatusHandle};
+use crate::subscription::{Subscription, SubscriptionRegistry};
 
 /// One protocol variant's state machine for one stream.
 ///
@@ -22,19 +25,52 @@ use crate::subscription::SubscriptionRegistry;
 /// the moment they can be sent, so a burst of cache writes collapses into
 /// one response carrying the latest state.
 pub(crate) trait Protocol: Send + 'static {
-    type Request: Message + Default + Send + 'static;
+    type Request: XdsRequest;
     type Response: EncodeMessage + Send + 'static;
 
     /// `sotw` or `delta`, for logs and metrics.
     const NAME: &'static str;
-
-    fn node(request: &Self::Request) -> Option<&Node>;
 
     /// Applies a request; an error ends the stream with that status.
     fn on_request(&mut self, request: Self::Request, snapshot: &Snapshot) -> Result<(), Status>;
 
     /// The next response due, if any.
     fn next_response(&mut self, snapshot: &Snapshot) -> Option<Self::Response>;
+}
+
+/// A request of either protocol variant.
+pub(crate) trait XdsRequest: Message + Default + Send + 'static {
+    /// The node the request names; the first request of a stream must.
+    fn node(&self) -> Option<&Node>;
+}
+
+impl XdsRequest for DiscoveryRequest {
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+}
+
+impl XdsRequest for DeltaDiscoveryRequest {
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+}
+
+/// One stream's protocol state: its context and, per type it subscribes
+/// to, the variant's state for that type, ordered by type (the push order).
+#[derive(Debug)]
+pub(crate) struct PerType<T> {
+    pub(crate) ctx: StreamContext,
+    pub(crate) types: BTreeMap<ResourceType, T>,
+}
+
+impl<T> PerType<T> {
+    pub(crate) fn new(ctx: StreamContext) -> Self {
+        Self {
+            ctx,
+            types: BTreeMap::new(),
+        }
+    }
 }
 
 /// What a protocol state machine needs from the server.
@@ -89,6 +125,64 @@ impl StreamContext {
         self.next_nonce += 1;
         self.next_nonce.to_string()
     }
+
+    /// Counts and shows Envoy's answer to a response: both protocols
+    /// report ACKs and NACKs alike, whatever tells them which was answered.
+    pub(crate) fn record_reply(&self, resource_type: ResourceType, reply: Reply) {
+        match reply {
+            Reply::Accepted { version } => {
+                self.metrics.acked(resource_type);
+                self.status.update_type(resource_type, |status| {
+                    status.acks += 1;
+                    status.acked_version = Some(version);
+                });
+            }
+            Reply::Rejected(rejection) => {
+                self.metrics.nacked(resource_type);
+                self.status.update_type(resource_type, |status| {
+                    status.nacks += 1;
+                    status.last_rejection = Some(rejection);
+                });
+            }
+        }
+    }
+
+    /// Shows what a stream now subscribes to of `resource_type`.
+    pub(crate) fn record_subscription(
+        &self,
+        resource_type: ResourceType,
+        subscription: &Subscription,
+    ) {
+        let (wildcard, subscribed) = (subscription.is_wildcard(), subscription.names().count());
+        self.status.update_type(resource_type, |status| {
+            status.wildcard = wildcard;
+            status.subscribed = subscribed;
+        });
+    }
+
+    /// Counts and shows a response about to be sent.
+    pub(crate) fn record_push(
+        &self,
+        resource_type: ResourceType,
+        version: &str,
+        resources: usize,
+        after_write: Option<Duration>,
+    ) {
+        self.metrics.pushed(resource_type, resources, after_write);
+        self.status.update_type(resource_type, |status| {
+            status.pushes += 1;
+            status.sent_version = Some(version.to_owned());
+        });
+    }
+}
+
+/// Envoy's answer to one response.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// An ACK: the client now runs `version`.
+    Accepted { version: String },
+    /// A NACK, with the version refused and Envoy's message.
+    Rejected(Rejection),
 }
 
 /// Counts a stream as watching a type for as long as it lives.

@@ -219,17 +219,14 @@ impl BoundServer {
         };
         let serving: std::pin::Pin<
             Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
-        > =
-            match listener {
-                Listener::Tcp(tcp) => Box::pin(router.serve_with_incoming_shutdown(
-                    incoming::accept_tcp(tcp, abort.clone()),
-                    signal,
-                )),
-                Listener::Unix(unix, _) => Box::pin(router.serve_with_incoming_shutdown(
-                    incoming::accept_unix(unix, abort.clone()),
-                    signal,
-                )),
-            };
+        > = match listener {
+            Listener::Tcp(tcp) => Box::pin(
+                router.serve_with_incoming_shutdown(incoming::accept(tcp, abort.clone()), signal),
+            ),
+            Listener::Unix(unix, _) => Box::pin(
+                router.serve_with_incoming_shutdown(incoming::accept(unix, abort.clone()), signal),
+            ),
+        };
         let mut serving = serving;
         let deadline = async {
             drain.cancelled().await;

@@ -11,31 +11,23 @@
 //!   meanwhile). Every rejection is therefore seen, logged and counted.
 //! - An ACK records the version the client now runs. A NACK is logged with
 //!   Envoy's message and counted; what was rejected is not sent again until
-//!   the application changes it.
+//!   the application changes it, and then all of the rejected response the
+//!   client lacks is (see the tracker).
 
-use std::collections::BTreeMap;
-
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
 use crate::cache::Snapshot;
 use crate::codec::SotwResponse;
-use crate::protocol::{Protocol, StreamContext, TypeWatch};
-use crate::resource::ResourceType;
+use crate::protocol::{PerType, Protocol, Reply, TypeWatch};
 use crate::status::Rejection;
 use crate::subscription::Subscription;
 use crate::tracker::{Mode, Tracker};
 
-#[derive(Debug)]
-pub(crate) struct Sotw {
-    ctx: StreamContext,
-    /// Ordered by type, which is the push order.
-    types: BTreeMap<ResourceType, SotwType>,
-}
+pub(crate) type Sotw = PerType<SotwType>;
 
 #[derive(Debug)]
-struct SotwType {
+pub(crate) struct SotwType {
     subscription: Subscription,
     tracker: Tracker,
     last_nonce: Option<String>,
@@ -44,23 +36,10 @@ struct SotwType {
     _watch: TypeWatch,
 }
 
-impl Sotw {
-    pub(crate) fn new(ctx: StreamContext) -> Self {
-        Self {
-            ctx,
-            types: BTreeMap::new(),
-        }
-    }
-}
-
 impl Protocol for Sotw {
     type Request = DiscoveryRequest;
     type Response = SotwResponse;
     const NAME: &'static str = "sotw";
-
-    fn node(request: &DiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
-    }
 
     fn on_request(&mut self, request: DiscoveryRequest, snapshot: &Snapshot) -> Result<(), Status> {
         let Some(resource_type) = self.ctx.request_type(&request.type_url)? else {
@@ -112,22 +91,18 @@ impl Protocol for Sotw {
                         error = %error.message,
                         "Envoy rejected a response"
                     );
-                    self.ctx.metrics.nacked(resource_type);
+                    state.tracker.rejected();
                     let rejection = Rejection {
                         version: state.sent_version.clone(),
                         message: error.message.clone(),
                     };
-                    self.ctx.status.update_type(resource_type, |status| {
-                        status.nacks += 1;
-                        status.last_rejection = Some(rejection);
-                    });
+                    self.ctx
+                        .record_reply(resource_type, Reply::Rejected(rejection));
                 } else {
                     tracing::debug!(%resource_type, version = %request.version_info, "acknowledged");
-                    self.ctx.metrics.acked(resource_type);
-                    self.ctx.status.update_type(resource_type, |status| {
-                        status.acks += 1;
-                        status.acked_version = Some(request.version_info.clone());
-                    });
+                    let version = request.version_info.clone();
+                    self.ctx
+                        .record_reply(resource_type, Reply::Accepted { version });
                 }
             }
             Some(last) => {
@@ -158,14 +133,8 @@ impl Protocol for Sotw {
                 wildcard = state.subscription.is_wildcard(),
                 "subscription changed"
             );
-            let (wildcard, subscribed) = (
-                state.subscription.is_wildcard(),
-                state.subscription.names().count(),
-            );
-            self.ctx.status.update_type(resource_type, |status| {
-                status.wildcard = wildcard;
-                status.subscribed = subscribed;
-            });
+            self.ctx
+                .record_subscription(resource_type, &state.subscription);
         }
         Ok(())
     }
@@ -193,12 +162,7 @@ impl Protocol for Sotw {
             state.sent_version.clone_from(&version);
             state.awaiting_reply = true;
             self.ctx
-                .metrics
-                .pushed(*resource_type, resources.len(), plan.after_write);
-            self.ctx.status.update_type(*resource_type, |status| {
-                status.pushes += 1;
-                status.sent_version = Some(version.clone());
-            });
+                .record_push(*resource_type, &version, resources.len(), plan.after_write);
             tracing::debug!(
                 resource_type = %resource_type,
                 %version,

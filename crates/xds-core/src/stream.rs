@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::cache::{Snapshot, SnapshotCache};
 use crate::metrics::{Metrics, StreamLabel};
-use crate::protocol::Protocol;
+use crate::protocol::{Protocol, XdsRequest};
 use crate::status::StatusHandle;
 
 /// Everything a stream needs besides its protocol state.
@@ -115,7 +115,7 @@ impl<P: Protocol> Driver<P> {
 
     fn handle(&mut self, request: P::Request) -> Result<(), Status> {
         if self.watch.is_none() {
-            let node = P::node(&request).ok_or_else(|| {
+            let node = request.node().ok_or_else(|| {
                 Status::invalid_argument("the first request of a stream must identify its node")
             })?;
             let node_key = self.parts.cache.node_key(node);

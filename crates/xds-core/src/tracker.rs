@@ -5,10 +5,15 @@
 //! compares that with the snapshot: only resources whose version differs
 //! are sent, so an endpoint change in one cluster sends that cluster alone.
 //!
-//! A NACK does not roll the tracker back: the rejected version stays
-//! recorded as sent, so it is not sent again until the application changes
-//! the resource (re-sending a config Envoy just rejected would only be
-//! rejected again, in a loop).
+//! A NACKed version is not sent again until the application changes the
+//! resource (re-sending a config Envoy just rejected would only be rejected
+//! again, in a loop). Envoy rejects a response as a whole, though: in
+//! SotW EDS/RDS/SDS the resources that were not at fault are not held
+//! either, so the tracker rolls the whole response back to what the client
+//! held before it, holds those resources back at the rejected versions,
+//! and once any of them changes sends every one the client lacks. (SotW
+//! CDS/LDS need none of this: each of their responses carries the whole
+//! set. Delta is unchanged: the rejected versions stay recorded as sent.)
 //!
 //! Absent resources are where protocols and safety meet:
 //! - A requested cluster with no endpoints in the cache gets an empty
@@ -92,6 +97,11 @@ pub(crate) struct Tracker {
     /// yet. If the application restores exactly that state (a restarted
     /// control plane refilling its cache), the client is known to hold it.
     resumed_version: Option<Version>,
+    /// SotW EDS/RDS/SDS: what the client held, before the last response,
+    /// of each resource that response carried.
+    before_last: Vec<(Arc<str>, Option<Held>)>,
+    /// The resources of a rejected response, at the versions rejected.
+    rejected: HashMap<Arc<str>, Version>,
 }
 
 impl Tracker {
@@ -104,6 +114,8 @@ impl Tracker {
             must_answer: HashSet::new(),
             answer_all: false,
             resumed_version: None,
+            before_last: Vec::new(),
+            rejected: HashMap::new(),
         }
     }
 
@@ -214,6 +226,7 @@ impl Tracker {
             .is_some_and(|synced| synced != snapshot.generation);
         let incremental = self.synced == Some(snapshot.base_generation);
         let must_answer = std::mem::take(&mut self.must_answer);
+        let released = self.release_rejected(snapshot);
         let mut candidates: Vec<&Arc<str>> = Vec::new();
         if self.synced == Some(snapshot.generation) {
             // Nothing changed in the cache: only new subscriptions.
@@ -227,6 +240,7 @@ impl Tracker {
             candidates.extend(self.held.keys());
         }
         candidates.extend(&must_answer);
+        candidates.extend(&released);
         let mut seen: HashSet<&str> = HashSet::with_capacity(candidates.len());
         for name in candidates {
             if seen.insert(name) {
@@ -253,6 +267,18 @@ impl Tracker {
             return Some(plan);
         }
         (!plan.is_empty()).then_some(plan)
+    }
+
+    /// Once a resource of a rejected response changes, the whole response
+    /// is released: the names to compare again.
+    fn release_rejected(&mut self, snapshot: &TypeSnapshot) -> Vec<Arc<str>> {
+        let changed = self.rejected.iter().any(|(name, rejected)| {
+            snapshot.resources.get(name).map(Resource::version) != Some(*rejected)
+        });
+        if !changed {
+            return Vec::new();
+        }
+        self.rejected.drain().map(|(name, _)| name).collect()
     }
 
     /// If the snapshot now is exactly what a resuming client reported, the
@@ -292,7 +318,9 @@ impl Tracker {
         }
         match snapshot.resources.get(name) {
             Some(resource) => {
-                if must_answer.contains(name) || held != Some(&Held::Version(resource.version())) {
+                let differs = held != Some(&Held::Version(resource.version()))
+                    && self.rejected.get(name) != Some(&resource.version());
+                if must_answer.contains(name) || differs {
                     plan.upserts.push(resource.clone());
                 }
             }
@@ -315,6 +343,14 @@ impl Tracker {
     /// The client was sent `plan` (whatever it answers).
     pub(crate) fn record(&mut self, plan: &Plan) {
         self.resumed_version = None;
+        if self.mode == Mode::SotwPartial {
+            self.before_last.clear();
+            for resource in &plan.upserts {
+                let name = resource.shared_name();
+                self.before_last
+                    .push((name.clone(), self.held.get(name).copied()));
+            }
+        }
         for resource in &plan.upserts {
             self.held.insert(
                 resource.shared_name().clone(),
@@ -323,6 +359,23 @@ impl Tracker {
         }
         for name in &plan.removals {
             self.held.remove(name);
+        }
+    }
+
+    /// The client rejected the last response. In SotW EDS/RDS/SDS it still
+    /// holds what it held before; the rejected versions are held back.
+    pub(crate) fn rejected(&mut self) {
+        if self.mode != Mode::SotwPartial {
+            return;
+        }
+        for (name, before) in self.before_last.drain(..) {
+            if let Some(Held::Version(sent)) = self.held.get(&name) {
+                self.rejected.insert(name.clone(), *sent);
+            }
+            match before {
+                Some(held) => self.held.insert(name, held),
+                None => self.held.remove(&name),
+            };
         }
     }
 
@@ -362,36 +415,12 @@ impl Tracker {
 mod tests {
     use super::*;
     use crate::cache::SnapshotCache;
+    use crate::fixtures::{assignment, cluster, strings};
     use crate::node::SharedKey;
     use crate::subscription::SubscriptionRegistry;
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use envoy_types::pb::envoy::config::endpoint::v3::{
-        ClusterLoadAssignment, LocalityLbEndpoints,
-    };
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
     const KEY: &str = "k";
-
-    fn assignment(name: &str, priority: u32) -> ClusterLoadAssignment {
-        ClusterLoadAssignment {
-            cluster_name: name.to_owned(),
-            endpoints: vec![LocalityLbEndpoints {
-                priority,
-                ..LocalityLbEndpoints::default()
-            }],
-            ..ClusterLoadAssignment::default()
-        }
-    }
-
-    fn cluster(name: &str) -> Cluster {
-        Cluster {
-            name: name.to_owned(),
-            ..Cluster::default()
-        }
-    }
-
-    fn strings(names: &[&str]) -> Vec<String> {
-        names.iter().map(|n| (*n).to_owned()).collect()
-    }
 
     struct Fixture {
         cache: SnapshotCache,
@@ -408,6 +437,25 @@ mod tests {
                 subscription: Subscription::new(SubscriptionRegistry::new(), resource_type),
                 tracker: Tracker::new(resource_type, mode),
             }
+        }
+
+        fn set_endpoints(&self, assignments: &[ClusterLoadAssignment]) {
+            self.cache.set_endpoints(KEY, assignments).expect("set");
+        }
+
+        fn update_endpoints(&self, assignments: &[ClusterLoadAssignment]) {
+            self.cache
+                .update_endpoints(KEY, assignments, &[] as &[&str])
+                .expect("update");
+        }
+
+        /// Opens the SotW subscription to `names`, the client reporting
+        /// `version` as held.
+        fn start_sotw(&mut self, names: &[&str], version: &str) {
+            self.subscription.replace(&strings(names));
+            let snapshot = self.snapshot(self.tracker.resource_type);
+            self.tracker
+                .start_sotw(version, &snapshot, &self.subscription);
         }
 
         fn snapshot(&self, resource_type: ResourceType) -> Arc<TypeSnapshot> {
@@ -432,19 +480,13 @@ mod tests {
     #[test]
     fn only_changed_resources_are_planned() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0), assignment("b", 0)])
-            .expect("set");
-        f.subscription.replace(&strings(&["a", "b"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker.start_sotw("", &snapshot, &f.subscription);
+        f.set_endpoints(&[assignment("a", 0), assignment("b", 0)]);
+        f.start_sotw(&["a", "b"], "");
         let (mut first, _) = f.send(ResourceType::Endpoint).expect("initial answer");
         first.sort();
         assert_eq!(first, ["a", "b"]);
         assert_eq!(f.send(ResourceType::Endpoint), None, "nothing new");
-        f.cache
-            .update_endpoints(KEY, &[assignment("b", 1)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("b", 1)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["b".to_owned()], vec![]))
@@ -454,20 +496,14 @@ mod tests {
     #[test]
     fn unknown_requested_clusters_get_an_empty_assignment_once() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.subscription.replace(&strings(&["missing"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker.start_sotw("", &snapshot, &f.subscription);
+        f.start_sotw(&["missing"], "");
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["missing".to_owned()], vec![]))
         );
-        f.cache
-            .set_endpoints(KEY, &[assignment("other", 0)])
-            .expect("set");
+        f.set_endpoints(&[assignment("other", 0)]);
         assert_eq!(f.send(ResourceType::Endpoint), None, "answered already");
-        f.cache
-            .set_endpoints(KEY, &[assignment("missing", 0)])
-            .expect("set");
+        f.set_endpoints(&[assignment("missing", 0)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["missing".to_owned()], vec![]))
@@ -477,31 +513,22 @@ mod tests {
     #[test]
     fn a_resuming_client_at_the_current_version_is_sent_nothing() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0)])
-            .expect("set");
-        f.subscription.replace(&strings(&["a"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker
-            .start_sotw(&snapshot.version.to_string(), &snapshot, &f.subscription);
+        f.set_endpoints(&[assignment("a", 0)]);
+        let current = f.snapshot(ResourceType::Endpoint).version.to_string();
+        f.start_sotw(&["a"], &current);
         assert_eq!(f.send(ResourceType::Endpoint), None);
     }
 
     #[test]
     fn a_resuming_client_keeps_its_endpoints_until_the_cache_knows_them() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.subscription.replace(&strings(&["a", "b"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker
-            .start_sotw("0123456789abcdef", &snapshot, &f.subscription);
+        f.start_sotw(&["a", "b"], "0123456789abcdef");
         assert_eq!(
             f.send(ResourceType::Endpoint),
             None,
             "no empty stand-ins for clusters the client holds"
         );
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0)])
-            .expect("set");
+        f.set_endpoints(&[assignment("a", 0)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["a".to_owned()], vec![]))
@@ -520,34 +547,22 @@ mod tests {
             .snapshot(KEY)
             .expect("entry")
             .version(ResourceType::Endpoint);
-        f.subscription.replace(&strings(&["a", "b"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker
-            .start_sotw(&reported.to_string(), &snapshot, &f.subscription);
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0)])
-            .expect("set");
+        f.start_sotw(&["a", "b"], &reported.to_string());
+        f.set_endpoints(&[assignment("a", 0)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["a".to_owned()], vec![])),
             "a partial refill cannot be proven equal: a is sent"
         );
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.subscription.replace(&strings(&["a", "b"]));
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker
-            .start_sotw(&reported.to_string(), &snapshot, &f.subscription);
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0), assignment("b", 0)])
-            .expect("set");
+        f.start_sotw(&["a", "b"], &reported.to_string());
+        f.set_endpoints(&[assignment("a", 0), assignment("b", 0)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             None,
             "the very state it reported"
         );
-        f.cache
-            .update_endpoints(KEY, &[assignment("b", 1)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("b", 1)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["b".to_owned()], vec![]))
@@ -557,25 +572,17 @@ mod tests {
     #[test]
     fn a_nacked_version_is_not_planned_again_until_it_changes() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
-        f.subscription.replace(&strings(&["a", "b"]));
-        f.cache
-            .set_endpoints(KEY, &[assignment("a", 0), assignment("b", 0)])
-            .expect("set");
-        let snapshot = f.snapshot(ResourceType::Endpoint);
-        f.tracker.start_sotw("", &snapshot, &f.subscription);
+        f.set_endpoints(&[assignment("a", 0), assignment("b", 0)]);
+        f.start_sotw(&["a", "b"], "");
         f.send(ResourceType::Endpoint).expect("initial");
         // "a" at priority 5 is what the client will reject; the tracker
         // records it as sent all the same.
-        f.cache
-            .update_endpoints(KEY, &[assignment("a", 5)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("a", 5)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["a".to_owned()], vec![]))
         );
-        f.cache
-            .update_endpoints(KEY, &[assignment("b", 1)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("b", 1)]);
         assert_eq!(
             f.send(ResourceType::Endpoint),
             Some((vec!["b".to_owned()], vec![])),
@@ -634,9 +641,7 @@ mod tests {
     #[test]
     fn full_state_waits_for_the_type_to_be_set() {
         let mut f = Fixture::new(ResourceType::Cluster, Mode::SotwFullState);
-        f.subscription.replace(&[]);
-        let snapshot = f.snapshot(ResourceType::Cluster);
-        f.tracker.start_sotw("", &snapshot, &f.subscription);
+        f.start_sotw(&[], "");
         assert_eq!(f.send(ResourceType::Cluster), None);
         f.cache.set_clusters(KEY, &[]).expect("set");
         let snapshot = f.snapshot(ResourceType::Cluster);
@@ -649,14 +654,12 @@ mod tests {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
         let names: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
         let all: Vec<ClusterLoadAssignment> = names.iter().map(|n| assignment(n, 0)).collect();
-        f.cache.set_endpoints(KEY, &all).expect("set");
+        f.set_endpoints(&all);
         f.subscription.replace(&names);
         let snapshot = f.snapshot(ResourceType::Endpoint);
         f.tracker.start_sotw("", &snapshot, &f.subscription);
         f.send(ResourceType::Endpoint).expect("initial");
-        f.cache
-            .update_endpoints(KEY, &[assignment("c500", 1)], &[] as &[&str])
-            .expect("update");
+        f.update_endpoints(&[assignment("c500", 1)]);
         let snapshot = f.snapshot(ResourceType::Endpoint);
         assert_eq!(snapshot.changed.len(), 1);
         assert_eq!(

@@ -31,7 +31,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use test_support::bootstrap::{EdsTransport, GatewayBootstrap};
 use test_support::{Backend, Envoy, TestCa, free_port, http_get, https_get};
-use xds_core::{Resource, ResourceType, ServerOptions, SharedKey, SnapshotCache};
+use xds_core::{Resource, ResourceType};
 
 const EDS: ResourceType = ResourceType::Endpoint;
 /// Envoy's reconnect backoff and config application are eventually
@@ -50,67 +50,93 @@ fn gateway(node_id: &str, xds: SocketAddr, transport: EdsTransport, listener_por
     .yaml()
 }
 
+/// Probes until `probe` yields something, for as long as Envoy may take to settle.
+async fn settled<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    probe: impl FnMut() -> Fut,
+) -> test_support::Result<T> {
+    test_support::eventually(what, SETTLE, Duration::from_millis(50), probe).await
+}
+
 /// Waits until a request through Envoy is answered by `backend`.
 async fn eventually_served_by(listener: SocketAddr, backend: &str) {
-    test_support::eventually(
-        &format!("a request served by {backend}"),
-        SETTLE,
-        Duration::from_millis(50),
-        || async move {
-            http_get(listener, "/")
-                .await
-                .ok()
-                .filter(|r| r.status == 200 && r.body == backend)
-        },
-    )
+    settled(&format!("a request served by {backend}"), || async move {
+        http_get(listener, "/")
+            .await
+            .ok()
+            .filter(|r| r.status == 200 && r.body == backend)
+    })
     .await
     .expect("Envoy routes to the backend");
 }
 
+/// Waits until Envoy's stat `name` is `at_least` or more.
 async fn stat_at_least(envoy: &Envoy, name: &str, at_least: u64) {
-    test_support::eventually(
-        &format!("{name} >= {at_least}"),
-        SETTLE,
-        Duration::from_millis(50),
-        || async move {
-            envoy
-                .stat(name)
-                .await
-                .ok()
-                .flatten()
-                .filter(|value| *value >= at_least)
-        },
-    )
+    stat_becomes(envoy, name, |value| value >= at_least)
+        .await
+        .expect("Envoy reports the stat");
+}
+
+async fn stat_becomes(
+    envoy: &Envoy,
+    name: &str,
+    wanted: impl Fn(u64) -> bool + Copy,
+) -> test_support::Result<u64> {
+    settled(&format!("{name} as wanted"), || async move {
+        envoy
+            .stat(name)
+            .await
+            .ok()
+            .flatten()
+            .filter(|value| wanted(*value))
+    })
     .await
-    .expect("Envoy reports the stat");
+}
+
+/// A server, two backends and an Envoy (node `node_id`) whose cluster
+/// `web` is backend-a, already routing requests to it.
+struct Gateway {
+    server: TestServer,
+    a: Backend,
+    b: Backend,
+    envoy: Envoy,
+    listener: SocketAddr,
+}
+
+impl Gateway {
+    async fn start(node_id: &str, transport: EdsTransport) -> Self {
+        let server = TestServer::start().await;
+        let a = Backend::start("backend-a").await.expect("backend a");
+        let b = Backend::start("backend-b").await.expect("backend b");
+        server.set_endpoints(&[assignment("web", &[a.addr()])]);
+        let port = free_port();
+        let envoy = Envoy::start(&gateway(node_id, server.addr, transport, port))
+            .await
+            .expect("Envoy starts and initialises");
+        let listener = addr(port);
+        eventually_served_by(listener, "backend-a").await;
+        Self {
+            server,
+            a,
+            b,
+            envoy,
+            listener,
+        }
+    }
 }
 
 async fn endpoints_are_served_and_updated(transport: EdsTransport, service: &'static str) {
-    let server = TestServer::start().await;
-    let a = Backend::start("backend-a").await.expect("backend a");
-    let b = Backend::start("backend-b").await.expect("backend b");
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("web", &[a.addr()])])
-        .expect("set");
-    let port = free_port();
-    let envoy = Envoy::start(&gateway("gw-1", server.addr, transport, port))
-        .await
-        .expect("Envoy starts and initialises");
-    let listener = addr(port);
-    eventually_served_by(listener, "backend-a").await;
-    let streams = server.clients.of_node("gw-1");
+    let gw = Gateway::start("gw-1", transport).await;
+    let streams = gw.server.clients.of_node("gw-1");
     assert_eq!(streams.len(), 1);
     assert_eq!(streams[0].service, service);
 
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("web", &[b.addr()])])
-        .expect("set");
-    eventually_served_by(listener, "backend-b").await;
-    stat_at_least(&envoy, "cluster.web.update_success", 2).await;
+    gw.server
+        .set_endpoints(&[assignment("web", &[gw.b.addr()])]);
+    eventually_served_by(gw.listener, "backend-b").await;
+    stat_at_least(&gw.envoy, "cluster.web.update_success", 2).await;
     assert_eq!(
-        envoy
+        gw.envoy
             .stat("cluster.web.update_rejected")
             .await
             .expect("stats"),
@@ -130,85 +156,52 @@ async fn envoy_gets_endpoints_from_the_eds_service_and_applies_updates_live() {
 
 #[tokio::test]
 async fn an_update_envoy_rejects_is_nacked_and_the_last_good_config_keeps_serving() {
-    let server = TestServer::start().await;
-    let a = Backend::start("backend-a").await.expect("backend a");
-    let b = Backend::start("backend-b").await.expect("backend b");
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("web", &[a.addr()])])
-        .expect("set");
-    let port = free_port();
-    let envoy = Envoy::start(&gateway("gw-nack", server.addr, EdsTransport::Ads, port))
-        .await
-        .expect("Envoy starts");
-    let listener = addr(port);
-    eventually_served_by(listener, "backend-a").await;
+    let gw = Gateway::start("gw-nack", EdsTransport::Ads).await;
 
     // A load balancing weight of 0 violates Envoy's validation (>= 1).
-    let mut invalid = assignment("web", &[b.addr()]);
+    let mut invalid = assignment("web", &[gw.b.addr()]);
     invalid.endpoints[0].lb_endpoints[0].load_balancing_weight = Some(UInt32Value { value: 0 });
-    server.cache.set_endpoints(KEY, &[invalid]).expect("set");
-    eventually("the NACK", || server.metrics.nack_count(EDS) == 1).await;
-    stat_at_least(&envoy, "cluster.web.update_rejected", 1).await;
-    let status = &server.clients.of_node("gw-nack")[0].types[&EDS];
+    gw.server.set_endpoints(&[invalid]);
+    eventually("the NACK", || gw.server.metrics.nack_count(EDS) == 1).await;
+    stat_at_least(&gw.envoy, "cluster.web.update_rejected", 1).await;
+    let status = gw.server.type_status("gw-nack", EDS);
     let rejection = status.last_rejection.as_ref().expect("recorded");
     assert!(!rejection.message.is_empty(), "Envoy's explanation is kept");
     for _ in 0..5 {
-        let response = http_get(listener, "/").await.expect("served");
+        let response = http_get(gw.listener, "/").await.expect("served");
         assert_eq!(
             response.body, "backend-a",
             "the previous endpoints still serve"
         );
     }
     assert_eq!(
-        server.metrics.nack_count(EDS),
+        gw.server.metrics.nack_count(EDS),
         1,
         "the rejected update is not re-sent"
     );
 
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("web", &[b.addr()])])
-        .expect("set");
-    eventually_served_by(listener, "backend-b").await;
-    assert_eq!(server.metrics.nack_count(EDS), 1);
+    gw.server
+        .set_endpoints(&[assignment("web", &[gw.b.addr()])]);
+    eventually_served_by(gw.listener, "backend-b").await;
+    assert_eq!(gw.server.metrics.nack_count(EDS), 1);
 }
 
 #[tokio::test]
 async fn envoy_keeps_its_endpoints_while_the_server_restarts_and_resumes_after() {
-    let server = TestServer::start().await;
-    let a = Backend::start("backend-a").await.expect("backend a");
-    let b = Backend::start("backend-b").await.expect("backend b");
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("web", &[a.addr()])])
-        .expect("set");
-    let port = free_port();
-    let envoy = Envoy::start(&gateway("gw-restart", server.addr, EdsTransport::Ads, port))
-        .await
-        .expect("Envoy starts");
-    let listener = addr(port);
-    eventually_served_by(listener, "backend-a").await;
+    let Gateway {
+        server,
+        a,
+        b,
+        envoy,
+        listener,
+    } = Gateway::start("gw-restart", EdsTransport::Ads).await;
     stat_at_least(&envoy, "control_plane.connected_state", 1).await;
 
     let at = server.addr;
     server.stop().await.expect("graceful stop");
-    test_support::eventually(
-        "Envoy to notice the disconnect",
-        SETTLE,
-        Duration::from_millis(50),
-        || async {
-            (envoy
-                .stat("control_plane.connected_state")
-                .await
-                .ok()
-                .flatten()
-                == Some(0))
-            .then_some(())
-        },
-    )
-    .await
-    .expect("disconnected");
+    stat_becomes(&envoy, "control_plane.connected_state", |value| value == 0)
+        .await
+        .expect("disconnected");
     let response = http_get(listener, "/").await.expect("served");
     assert_eq!(
         response.body, "backend-a",
@@ -216,8 +209,7 @@ async fn envoy_keeps_its_endpoints_while_the_server_restarts_and_resumes_after()
     );
 
     // A new server process: its cache starts empty.
-    let cache = SnapshotCache::new(SharedKey(KEY.to_owned()));
-    let server = TestServer::start_with(cache, ServerOptions::default(), at).await;
+    let server = TestServer::restart_at(at).await;
     stat_at_least(&envoy, "control_plane.connected_state", 1).await;
     eventually("the resumed EDS subscription", || {
         server.subscriptions.names(EDS).contains("web")
@@ -232,15 +224,9 @@ async fn envoy_keeps_its_endpoints_while_the_server_restarts_and_resumes_after()
     assert_eq!(response.body, "backend-a");
 
     // The application refills the cache with what Envoy has: nothing to send.
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("web", &[a.addr()])])
-        .expect("set");
+    server.set_endpoints(&[assignment("web", &[a.addr()])]);
     // A real change goes through the new server.
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("web", &[b.addr()])])
-        .expect("set");
+    server.set_endpoints(&[assignment("web", &[b.addr()])]);
     eventually_served_by(listener, "backend-b").await;
     assert_eq!(
         server.metrics.push_count(EDS),
@@ -497,10 +483,8 @@ fn der_of(pem: &str) -> Vec<u8> {
 
 /// Waits until the TLS listener at `port` presents `expected`.
 async fn eventually_presents(port: u16, ca: &TestCa, expected: &[u8]) {
-    test_support::eventually(
+    settled(
         "the TLS listener to present the certificate",
-        SETTLE,
-        Duration::from_millis(50),
         || async move {
             let (response, presented) = https_get(addr(port), "localhost", ca.cert_pem(), "/")
                 .await

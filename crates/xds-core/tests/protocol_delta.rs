@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use common::*;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use envoy_types::pb::google::rpc;
-use xds_core::{Resource, ResourceType, ServerOptions, SharedKey, SnapshotCache};
+use xds_core::{Resource, ResourceType};
 
 const CDS: ResourceType = ResourceType::Cluster;
 const EDS: ResourceType = ResourceType::Endpoint;
@@ -16,10 +15,7 @@ const EDS: ResourceType = ResourceType::Endpoint;
 #[tokio::test]
 async fn responses_carry_nonces_and_acks_advance_the_recorded_version() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_clusters(KEY, &[eds_cluster("a")])
-        .expect("set");
+    server.set_clusters(&[eds_cluster("a")]);
     let mut client = DeltaClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(CDS, &["*"]);
     let first = client.recv().await;
@@ -32,16 +28,13 @@ async fn responses_carry_nonces_and_acks_advance_the_recorded_version() {
     );
     client.ack(&first);
     eventually("the ACK", || server.metrics.ack_count(CDS) == 1).await;
-    let status = &server.clients.of_node("envoy-1")[0].types[&CDS];
+    let status = server.type_status("envoy-1", CDS);
     assert_eq!(
         status.acked_version.as_deref(),
         Some(first.system_version_info.as_str())
     );
 
-    server
-        .cache
-        .set_clusters(KEY, &[eds_cluster("a"), eds_cluster("b")])
-        .expect("set");
+    server.set_clusters(&[eds_cluster("a"), eds_cluster("b")]);
     let second = client.recv().await;
     assert_ne!(second.nonce, first.nonce);
     assert_eq!(delta_names(&second), ["b"], "only what changed");
@@ -50,19 +43,13 @@ async fn responses_carry_nonces_and_acks_advance_the_recorded_version() {
 #[tokio::test]
 async fn removed_resources_are_announced() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_clusters(KEY, &[eds_cluster("a"), eds_cluster("b")])
-        .expect("set");
+    server.set_clusters(&[eds_cluster("a"), eds_cluster("b")]);
     let mut client = DeltaClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(CDS, &[]);
     let first = client.recv().await;
     assert_eq!(delta_names(&first), ["a", "b"]);
     client.ack(&first);
-    server
-        .cache
-        .set_clusters(KEY, &[eds_cluster("a")])
-        .expect("set");
+    server.set_clusters(&[eds_cluster("a")]);
     let removal = client.recv().await;
     assert!(removal.resources.is_empty());
     assert_eq!(removal.removed_resources, ["b"]);
@@ -71,10 +58,7 @@ async fn removed_resources_are_announced() {
 #[tokio::test]
 async fn a_named_resource_that_does_not_exist_is_reported_removed() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_routes(KEY, &[route("exists")])
-        .expect("set");
+    server.set_routes(&[route("exists")]);
     let mut client = DeltaClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(ResourceType::Route, &["exists", "missing"]);
     let response = client.recv().await;
@@ -85,55 +69,28 @@ async fn a_named_resource_that_does_not_exist_is_reported_removed() {
 #[tokio::test]
 async fn a_nack_is_counted_and_not_answered_with_the_same_resource() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(
-            KEY,
-            &[assignment("a", &[addr(1)]), assignment("b", &[addr(1)])],
-        )
-        .expect("set");
+    server.set_endpoints(&[assignment("a", &[addr(1)]), assignment("b", &[addr(1)])]);
     let mut client = DeltaClient::eds(&server.url(), "envoy-1").await;
     client.subscribe(EDS, &["a", "b"]);
     let first = client.recv().await;
     client.ack(&first);
-    server
-        .cache
-        .update_endpoints(KEY, &[assignment("a", &[addr(2)])], &[] as &[&str])
-        .expect("update");
+    server.update_endpoints(&[assignment("a", &[addr(2)])]);
     let bad = client.recv().await;
-    client.send(DeltaDiscoveryRequest {
-        type_url: bad.type_url.clone(),
-        response_nonce: bad.nonce.clone(),
-        error_detail: Some(rpc::Status {
-            code: 3,
-            message: "a is rejected".to_owned(),
-            ..rpc::Status::default()
-        }),
-        ..DeltaDiscoveryRequest::default()
-    });
+    client.nack(&bad, "a is rejected");
     eventually("the NACK", || server.metrics.nack_count(EDS) == 1).await;
-    let status = &server.clients.of_node("envoy-1")[0].types[&EDS];
+    let status = server.type_status("envoy-1", EDS);
     assert_eq!(
         status.last_rejection.as_ref().map(|r| r.message.as_str()),
         Some("a is rejected")
     );
-    server
-        .cache
-        .update_endpoints(KEY, &[assignment("b", &[addr(3)])], &[] as &[&str])
-        .expect("update");
+    server.update_endpoints(&[assignment("b", &[addr(3)])]);
     assert_eq!(delta_names(&client.recv().await), ["b"]);
 }
 
 #[tokio::test]
 async fn a_stale_nonce_is_ignored_but_its_subscription_change_is_kept() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(
-            KEY,
-            &[assignment("a", &[addr(1)]), assignment("b", &[addr(1)])],
-        )
-        .expect("set");
+    server.set_endpoints(&[assignment("a", &[addr(1)]), assignment("b", &[addr(1)])]);
     let mut client = DeltaClient::eds(&server.url(), "envoy-1").await;
     client.subscribe(EDS, &["a"]);
     let first = client.recv().await;
@@ -163,7 +120,7 @@ async fn a_stale_nonce_is_ignored_but_its_subscription_change_is_kept() {
 #[tokio::test]
 async fn subscribing_again_to_a_held_resource_resends_it() {
     let server = TestServer::start().await;
-    server.cache.set_routes(KEY, &[route("r")]).expect("set");
+    server.set_routes(&[route("r")]);
     let mut client = DeltaClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(ResourceType::Route, &["r"]);
     let first = client.recv().await;
@@ -205,10 +162,7 @@ async fn unknown_clusters_get_no_endpoints_and_unsubscribing_releases_them() {
 #[tokio::test]
 async fn a_reconnecting_client_is_sent_only_what_differs_from_what_it_holds() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_clusters(KEY, &[eds_cluster("a"), eds_cluster("b")])
-        .expect("set");
+    server.set_clusters(&[eds_cluster("a"), eds_cluster("b")]);
     let mut client = DeltaClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(CDS, &["*"]);
     let first = client.recv().await;
@@ -221,8 +175,7 @@ async fn a_reconnecting_client_is_sent_only_what_differs_from_what_it_holds() {
     let at = server.addr;
     server.stop().await.expect("clean stop");
 
-    let cache = SnapshotCache::new(SharedKey(KEY.to_owned()));
-    let server = TestServer::start_with(cache, ServerOptions::default(), at).await;
+    let server = TestServer::restart_at(at).await;
     let mut client = DeltaClient::ads(&server.url(), "envoy-1").await;
     client.send(DeltaDiscoveryRequest {
         node: Some(node("envoy-1")),
@@ -237,10 +190,7 @@ async fn a_reconnecting_client_is_sent_only_what_differs_from_what_it_holds() {
     .await;
     // While the cache is empty, nothing is removed; when it is refilled,
     // only the cluster that differs is sent.
-    server
-        .cache
-        .set_clusters(KEY, &[eds_cluster("a"), eds_cluster("c")])
-        .expect("set");
+    server.set_clusters(&[eds_cluster("a"), eds_cluster("c")]);
     let first = client.recv().await;
     assert_eq!(delta_names(&first), ["c"]);
     assert_eq!(first.removed_resources, ["b"]);
@@ -249,7 +199,7 @@ async fn a_reconnecting_client_is_sent_only_what_differs_from_what_it_holds() {
 #[tokio::test]
 async fn delta_ads_pushes_in_dependency_order() {
     let server = TestServer::start().await;
-    server.cache.set_routes(KEY, &[]).expect("set");
+    server.set_routes(&[]);
     let mut client = DeltaClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(ResourceType::Route, &["r"]);
     client.subscribe(ResourceType::Listener, &["*"]);

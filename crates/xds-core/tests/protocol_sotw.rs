@@ -4,18 +4,32 @@ mod common;
 
 use common::*;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use xds_core::{Resource, ResourceType, ServerOptions, SharedKey, SnapshotCache};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds_core::{Resource, ResourceType};
 
 const EDS: ResourceType = ResourceType::Endpoint;
+
+/// A server with endpoints for `clusters` (one address each), and an ADS
+/// client, `envoy-1`, that subscribed to `subscribed` and ACKed the first
+/// response, which is returned.
+async fn acked_subscription(
+    clusters: &[&str],
+    subscribed: &[&str],
+) -> (TestServer, SotwClient, DiscoveryResponse) {
+    let server = TestServer::start().await;
+    let assignments: Vec<_> = clusters.iter().map(|c| assignment(c, &[addr(1)])).collect();
+    server.set_endpoints(&assignments);
+    let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
+    client.subscribe(EDS, subscribed);
+    let first = client.recv().await;
+    client.ack(&first, subscribed);
+    (server, client, first)
+}
 
 #[tokio::test]
 async fn every_response_carries_a_fresh_nonce() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(1)])])
-        .expect("set");
+    server.set_endpoints(&[assignment("a", &[addr(1)])]);
     let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(EDS, &["a"]);
     let mut nonces = std::collections::HashSet::new();
@@ -24,40 +38,26 @@ async fn every_response_carries_a_fresh_nonce() {
         assert!(!response.nonce.is_empty());
         assert!(nonces.insert(response.nonce.clone()), "nonce reused");
         client.ack(&response, &["a"]);
-        server
-            .cache
-            .set_endpoints(KEY, &[assignment("a", &[addr(port)])])
-            .expect("set");
+        server.set_endpoints(&[assignment("a", &[addr(port)])]);
     }
 }
 
 #[tokio::test]
 async fn an_ack_advances_the_version_the_server_records() {
-    let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(1)])])
-        .expect("set");
-    let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
-    client.subscribe(EDS, &["a"]);
-    let first = client.recv().await;
-    client.ack(&first, &["a"]);
+    let (server, mut client, first) = acked_subscription(&["a"], &["a"]).await;
     eventually("the first ACK", || server.metrics.ack_count(EDS) == 1).await;
-    let status = &server.clients.of_node("envoy-1")[0].types[&EDS];
+    let status = server.type_status("envoy-1", EDS);
     assert_eq!(
         status.acked_version.as_deref(),
         Some(first.version_info.as_str())
     );
 
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(2)])])
-        .expect("set");
+    server.set_endpoints(&[assignment("a", &[addr(2)])]);
     let second = client.recv().await;
     assert_ne!(second.version_info, first.version_info);
     client.ack(&second, &["a"]);
     eventually("the second ACK", || server.metrics.ack_count(EDS) == 2).await;
-    let status = &server.clients.of_node("envoy-1")[0].types[&EDS];
+    let status = server.type_status("envoy-1", EDS);
     assert_eq!(
         status.acked_version.as_deref(),
         Some(second.version_info.as_str())
@@ -70,23 +70,9 @@ async fn an_ack_advances_the_version_the_server_records() {
 
 #[tokio::test]
 async fn a_nack_is_counted_and_the_rejected_version_is_not_sent_again() {
-    let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(
-            KEY,
-            &[assignment("a", &[addr(1)]), assignment("b", &[addr(1)])],
-        )
-        .expect("set");
-    let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
-    client.subscribe(EDS, &["a", "b"]);
-    let good = client.recv().await;
-    client.ack(&good, &["a", "b"]);
+    let (server, mut client, good) = acked_subscription(&["a", "b"], &["a", "b"]).await;
 
-    server
-        .cache
-        .update_endpoints(KEY, &[assignment("a", &[addr(2)])], &[] as &[&str])
-        .expect("update");
+    server.update_endpoints(&[assignment("a", &[addr(2)])]);
     let bad = client.recv().await;
     assert_eq!(names(&bad), ["a"]);
     client.nack(
@@ -96,7 +82,7 @@ async fn a_nack_is_counted_and_the_rejected_version_is_not_sent_again() {
         "endpoint a is unacceptable",
     );
     eventually("the NACK", || server.metrics.nack_count(EDS) == 1).await;
-    let status = &server.clients.of_node("envoy-1")[0].types[&EDS];
+    let status = server.type_status("envoy-1", EDS);
     let rejection = status.last_rejection.as_ref().expect("rejection recorded");
     assert_eq!(rejection.message, "endpoint a is unacceptable");
     assert_eq!(rejection.version, bad.version_info);
@@ -106,41 +92,46 @@ async fn a_nack_is_counted_and_the_rejected_version_is_not_sent_again() {
     );
 
     // Another cluster changes: the push carries it alone, not the rejected a.
-    server
-        .cache
-        .update_endpoints(KEY, &[assignment("b", &[addr(3)])], &[] as &[&str])
-        .expect("update");
+    server.update_endpoints(&[assignment("b", &[addr(3)])]);
     let next = client.recv().await;
     assert_eq!(names(&next), ["b"]);
     client.ack(&next, &["a", "b"]);
 
     // Once a changes, it is sent again.
-    server
-        .cache
-        .update_endpoints(KEY, &[assignment("a", &[addr(4)])], &[] as &[&str])
-        .expect("update");
+    server.update_endpoints(&[assignment("a", &[addr(4)])]);
     let fixed = client.recv().await;
     assert_eq!(names(&fixed), ["a"]);
 }
 
 #[tokio::test]
+async fn after_a_nack_the_next_change_resends_what_the_rejected_response_carried() {
+    let (server, mut client, good) = acked_subscription(&["a", "b", "c"], &["a", "b", "c"]).await;
+    let all = ["a", "b", "c"];
+
+    // a and b change in one write; Envoy rejects the response for a's sake,
+    // and so holds neither of them.
+    server.update_endpoints(&[assignment("a", &[addr(2)]), assignment("b", &[addr(2)])]);
+    let bad = client.recv().await;
+    assert_eq!(names(&bad), ["a", "b"]);
+    client.nack(&bad, &good.version_info, &all, "endpoint a is unacceptable");
+    eventually("the NACK", || server.metrics.nack_count(EDS) == 1).await;
+
+    // Once a is fixed, b goes with it: the client never took b's change.
+    server.update_endpoints(&[assignment("a", &[addr(3)])]);
+    let fixed = client.recv().await;
+    assert_eq!(names(&fixed), ["a", "b"]);
+    let b = fixed
+        .resources
+        .iter()
+        .map(decode::<ClusterLoadAssignment>)
+        .find(|assignment| assignment.cluster_name == "b");
+    assert_eq!(b, Some(assignment("b", &[addr(2)])));
+}
+
+#[tokio::test]
 async fn a_request_with_a_stale_nonce_is_ignored() {
-    let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(
-            KEY,
-            &[assignment("a", &[addr(1)]), assignment("c", &[addr(1)])],
-        )
-        .expect("set");
-    let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
-    client.subscribe(EDS, &["a"]);
-    let first = client.recv().await;
-    client.ack(&first, &["a"]);
-    server
-        .cache
-        .update_endpoints(KEY, &[assignment("a", &[addr(2)])], &[] as &[&str])
-        .expect("update");
+    let (server, mut client, first) = acked_subscription(&["a", "c"], &["a"]).await;
+    server.update_endpoints(&[assignment("a", &[addr(2)])]);
     let second = client.recv().await;
 
     // An answer to the first response, arriving late, asks for c as well.
@@ -156,11 +147,7 @@ async fn a_request_with_a_stale_nonce_is_ignored() {
     })
     .await;
     assert_eq!(
-        server
-            .subscriptions
-            .names(EDS)
-            .into_iter()
-            .collect::<Vec<_>>(),
+        server.subscribed(EDS),
         ["a"],
         "the stale request changed nothing"
     );
@@ -175,34 +162,22 @@ async fn a_request_with_a_stale_nonce_is_ignored() {
 #[tokio::test]
 async fn named_subscriptions_get_only_what_they_name() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(
-            KEY,
-            &[
-                assignment("a", &[addr(1)]),
-                assignment("b", &[addr(1)]),
-                assignment("c", &[addr(1)]),
-            ],
-        )
-        .expect("set");
+    server.set_endpoints(&[
+        assignment("a", &[addr(1)]),
+        assignment("b", &[addr(1)]),
+        assignment("c", &[addr(1)]),
+    ]);
     let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(EDS, &["a", "c"]);
     let response = client.recv().await;
     assert_eq!(names(&response), ["a", "c"]);
     client.ack(&response, &["a", "c"]);
     // A change to b is not for this client; a change to c is.
-    server
-        .cache
-        .set_endpoints(
-            KEY,
-            &[
-                assignment("a", &[addr(1)]),
-                assignment("b", &[addr(2)]),
-                assignment("c", &[addr(2)]),
-            ],
-        )
-        .expect("set");
+    server.set_endpoints(&[
+        assignment("a", &[addr(1)]),
+        assignment("b", &[addr(2)]),
+        assignment("c", &[addr(2)]),
+    ]);
     assert_eq!(names(&client.recv().await), ["c"]);
 }
 
@@ -221,19 +196,13 @@ async fn an_unknown_cluster_is_answered_at_once_with_no_endpoints() {
 #[tokio::test]
 async fn wildcard_subscriptions_get_every_cluster_and_removals() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_clusters(KEY, &[eds_cluster("a"), eds_cluster("b")])
-        .expect("set");
+    server.set_clusters(&[eds_cluster("a"), eds_cluster("b")]);
     let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(ResourceType::Cluster, &[]);
     let all = client.recv().await;
     assert_eq!(names(&all), ["a", "b"]);
     client.ack(&all, &[]);
-    server
-        .cache
-        .set_clusters(KEY, &[eds_cluster("b"), eds_cluster("c")])
-        .expect("set");
+    server.set_clusters(&[eds_cluster("b"), eds_cluster("c")]);
     let next = client.recv().await;
     assert_eq!(
         names(&next),
@@ -256,7 +225,7 @@ async fn an_endpoint_change_sends_only_the_clusters_that_changed() {
         .iter()
         .map(|n| assignment(n, &[addr(1)]))
         .collect();
-    server.cache.set_endpoints(KEY, &all).expect("set");
+    server.set_endpoints(&all);
     let refs: Vec<&str> = names_all.iter().map(String::as_str).collect();
     let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(EDS, &refs);
@@ -264,10 +233,7 @@ async fn an_endpoint_change_sends_only_the_clusters_that_changed() {
     assert_eq!(initial.resources.len(), 100);
     client.ack(&initial, &refs);
     let pushed_before = server.metrics.pushed_resource_count(EDS);
-    server
-        .cache
-        .update_endpoints(KEY, &[assignment("c42", &[addr(2)])], &[] as &[&str])
-        .expect("update");
+    server.update_endpoints(&[assignment("c42", &[addr(2)])]);
     let update = client.recv().await;
     assert_eq!(names(&update), ["c42"]);
     assert_eq!(server.metrics.pushed_resource_count(EDS) - pushed_before, 1);
@@ -332,21 +298,12 @@ async fn ads_pushes_clusters_then_endpoints_then_listeners_then_routes() {
 #[tokio::test]
 async fn a_client_resuming_after_a_restart_is_not_sent_an_empty_config() {
     // The first server life: the client gets a's endpoints and ACKs them.
-    let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(1)])])
-        .expect("set");
-    let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
-    client.subscribe(EDS, &["a"]);
-    let before = client.recv().await;
-    client.ack(&before, &["a"]);
+    let (server, _client, before) = acked_subscription(&["a"], &["a"]).await;
     let at = server.addr;
     server.stop().await.expect("clean stop");
 
     // A new server: empty cache at first. The client resumes at its version.
-    let cache = SnapshotCache::new(SharedKey(KEY.to_owned()));
-    let server = TestServer::start_with(cache, ServerOptions::default(), at).await;
+    let server = TestServer::restart_at(at).await;
     let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
     client.send(DiscoveryRequest {
         version_info: before.version_info.clone(),
@@ -360,15 +317,9 @@ async fn a_client_resuming_after_a_restart_is_not_sent_an_empty_config() {
     })
     .await;
     // The application restores the same endpoints: the client has them.
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(1)])])
-        .expect("set");
+    server.set_endpoints(&[assignment("a", &[addr(1)])]);
     // Then they really change: that is the first thing the client hears.
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(2)])])
-        .expect("set");
+    server.set_endpoints(&[assignment("a", &[addr(2)])]);
     let first = client.recv().await;
     assert_eq!(names(&first), ["a"]);
     assert_eq!(
@@ -381,10 +332,7 @@ async fn a_client_resuming_after_a_restart_is_not_sent_an_empty_config() {
 #[tokio::test]
 async fn the_per_type_eds_service_serves_endpoints_and_refuses_other_types() {
     let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(1)])])
-        .expect("set");
+    server.set_endpoints(&[assignment("a", &[addr(1)])]);
     let mut client = SotwClient::eds(&server.url(), "envoy-1").await;
     client.send(DiscoveryRequest {
         node: Some(node("envoy-1")),
@@ -415,26 +363,12 @@ async fn subscriptions_follow_streams_and_vanish_when_they_disconnect() {
     let response = one.recv().await;
     one.ack(&response, &["a"]);
     eventually("a narrowed subscription", || {
-        server
-            .subscriptions
-            .names(EDS)
-            .into_iter()
-            .collect::<Vec<_>>()
-            == ["a", "b", "c"]
-            && server.metrics.ack_count(EDS) == 1
+        server.subscribed(EDS) == ["a", "b", "c"] && server.metrics.ack_count(EDS) == 1
     })
     .await;
     let _ = two.recv().await;
     drop(two);
-    eventually("the disconnect", || {
-        server
-            .subscriptions
-            .names(EDS)
-            .into_iter()
-            .collect::<Vec<_>>()
-            == ["a"]
-    })
-    .await;
+    eventually("the disconnect", || server.subscribed(EDS) == ["a"]).await;
     eventually("the stream gauge", || {
         server.metrics.stream_count("ads", "sotw") == 1
     })
@@ -455,19 +389,8 @@ async fn the_first_request_must_name_the_node() {
 
 #[tokio::test]
 async fn pushes_and_their_latency_are_exported() {
-    let server = TestServer::start().await;
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(1)])])
-        .expect("set");
-    let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
-    client.subscribe(EDS, &["a"]);
-    let first = client.recv().await;
-    client.ack(&first, &["a"]);
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(2)])])
-        .expect("set");
+    let (server, mut client, _) = acked_subscription(&["a"], &["a"]).await;
+    server.set_endpoints(&[assignment("a", &[addr(2)])]);
     let _ = client.recv().await;
     let text = server.metrics_text();
     assert!(

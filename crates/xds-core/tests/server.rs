@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use xds_core::{
     Listen, Resource, ResourceType, ServerOptions, SharedKey, SnapshotCache, TlsOptions, XdsServer,
@@ -34,28 +32,18 @@ fn large_set(count: usize, endpoints: usize) -> Vec<ClusterLoadAssignment> {
         .collect()
 }
 
+/// The answer to one EDS subscription over ADS on `channel`, or how the
+/// server refused the stream.
 async fn first_response(
     channel: Channel,
     names: &[&str],
 ) -> Result<DiscoveryResponse, tonic::Status> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(DiscoveryRequest {
-        node: Some(node("envoy-1")),
-        type_url: EDS.type_url().to_owned(),
-        resource_names: strings(names),
-        ..DiscoveryRequest::default()
-    })
-    .expect("queued");
-    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+    let mut client = SotwClient::open(channel, Service::Ads, "envoy-1").await?;
+    client.subscribe(EDS, names);
+    client
+        .next()
         .await?
-        .into_inner();
-    let response = tokio::time::timeout(HANG_GUARD, responses.message())
-        .await
-        .expect("an answer in time")?;
-    drop(tx);
-    response.ok_or_else(|| tonic::Status::unknown("stream ended"))
+        .ok_or_else(|| tonic::Status::unknown("stream ended"))
 }
 
 #[tokio::test]
@@ -88,16 +76,8 @@ async fn the_message_size_limit_is_configurable() {
         max_message_size: 1024 * 1024,
         ..ServerOptions::default()
     };
-    let server = TestServer::start_with(
-        SnapshotCache::new(SharedKey(KEY.to_owned())),
-        options,
-        addr(0),
-    )
-    .await;
-    server
-        .cache
-        .set_endpoints(KEY, &large_set(1, 50_000))
-        .expect("set");
+    let server = TestServer::with_options(options).await;
+    server.set_endpoints(&large_set(1, 50_000));
     let error = first_response(channel(&server.url()).await, &["cluster-0"])
         .await
         .expect_err("too large for the configured limit");
@@ -159,16 +139,8 @@ async fn tls_server(pki: &Pki, mutual: bool) -> TestServer {
         }),
         ..ServerOptions::default()
     };
-    let server = TestServer::start_with(
-        SnapshotCache::new(SharedKey(KEY.to_owned())),
-        options,
-        addr(0),
-    )
-    .await;
-    server
-        .cache
-        .set_endpoints(KEY, &[assignment("a", &[addr(1)])])
-        .expect("set");
+    let server = TestServer::with_options(options).await;
+    server.set_endpoints(&[assignment("a", &[addr(1)])]);
     server
 }
 
@@ -242,12 +214,7 @@ async fn streams_beyond_the_limit_are_refused() {
         max_streams: Some(1),
         ..ServerOptions::default()
     };
-    let server = TestServer::start_with(
-        SnapshotCache::new(SharedKey(KEY.to_owned())),
-        options,
-        addr(0),
-    )
-    .await;
+    let server = TestServer::with_options(options).await;
     let mut first = SotwClient::ads(&server.url(), "envoy-1").await;
     first.subscribe(EDS, &["a"]);
     let _ = first.recv().await;
@@ -273,12 +240,7 @@ async fn shutdown_ends_streams_with_unavailable_without_waiting_for_the_deadline
         drain_timeout: HANG_GUARD * 3,
         ..ServerOptions::default()
     };
-    let server = TestServer::start_with(
-        SnapshotCache::new(SharedKey(KEY.to_owned())),
-        options,
-        addr(0),
-    )
-    .await;
+    let server = TestServer::with_options(options).await;
     let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
     client.subscribe(EDS, &["a"]);
     let _ = client.recv().await;
@@ -296,18 +258,10 @@ async fn a_client_that_stops_reading_is_cut_at_the_drain_deadline() {
         drain_timeout: Duration::from_millis(300),
         ..ServerOptions::default()
     };
-    let server = TestServer::start_with(
-        SnapshotCache::new(SharedKey(KEY.to_owned())),
-        options,
-        addr(0),
-    )
-    .await;
+    let server = TestServer::with_options(options).await;
     // About 10 MB: more than hyper's default windows (2 MB per stream,
     // 5 MB per connection) can absorb.
-    server
-        .cache
-        .set_endpoints(KEY, &large_set(10, 40_000))
-        .expect("set");
+    server.set_endpoints(&large_set(10, 40_000));
     let names = [
         "cluster-0",
         "cluster-1",
@@ -320,25 +274,14 @@ async fn a_client_that_stops_reading_is_cut_at_the_drain_deadline() {
         "cluster-8",
         "cluster-9",
     ];
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(DiscoveryRequest {
-        node: Some(node("stuck")),
-        type_url: EDS.type_url().to_owned(),
-        resource_names: strings(&names),
-        ..DiscoveryRequest::default()
-    })
-    .expect("queued");
     // The response (megabytes) exceeds the flow-control windows, and this
     // client never reads it: the server's write is stuck.
-    let _unread = AggregatedDiscoveryServiceClient::new(channel(&server.url()).await)
-        .max_decoding_message_size(usize::MAX)
-        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await
-        .expect("stream opens");
+    let unread = SotwClient::ads(&server.url(), "stuck").await;
+    unread.subscribe(EDS, &names);
     eventually("the push to start", || server.metrics.push_count(EDS) == 1).await;
     server
         .stop()
         .await
         .expect("stops once the deadline cuts the connection");
-    drop(tx);
+    drop(unread);
 }

@@ -30,7 +30,7 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use xds_core::{
     Listen, Metrics, ResourceType, ServerError, ServerOptions, SharedKey, SnapshotCache,
-    SubscriptionRegistry, XdsServer,
+    SubscriptionRegistry, TypeStatus, XdsServer,
 };
 
 /// The node key every test Envoy maps to.
@@ -172,18 +172,26 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server with default options and an empty cache.
     pub async fn start() -> Self {
-        Self::start_with(
-            SnapshotCache::new(SharedKey(KEY.to_owned())),
-            ServerOptions::default(),
-            addr(0),
-        )
-        .await
+        Self::with_options(ServerOptions::default()).await
+    }
+
+    /// A server with `options` and an empty cache.
+    pub async fn with_options(options: ServerOptions) -> Self {
+        Self::start_with(new_cache(), options, addr(0)).await
+    }
+
+    /// A new server process at the address of one that stopped: its cache
+    /// starts empty, as after a restart.
+    pub async fn restart_at(at: SocketAddr) -> Self {
+        Self::start_with(new_cache(), ServerOptions::default(), at).await
     }
 
     pub async fn start_with(cache: SnapshotCache, options: ServerOptions, at: SocketAddr) -> Self {
         let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::new(&mut registry);
+        let metrics = Metrics::default();
+        metrics.register(&mut registry);
         let server = XdsServer::new(cache.clone())
             .with_metrics(metrics.clone())
             .with_options(options);
@@ -209,6 +217,41 @@ impl TestServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Replaces every endpoint assignment of [`KEY`].
+    pub fn set_endpoints(&self, assignments: &[ClusterLoadAssignment]) {
+        self.cache.set_endpoints(KEY, assignments).expect("set");
+    }
+
+    /// Adds or replaces these assignments of [`KEY`], leaving the others.
+    pub fn update_endpoints(&self, assignments: &[ClusterLoadAssignment]) {
+        self.cache
+            .update_endpoints(KEY, assignments, &[] as &[&str])
+            .expect("update");
+    }
+
+    /// Replaces every cluster of [`KEY`].
+    pub fn set_clusters(&self, clusters: &[Cluster]) {
+        self.cache.set_clusters(KEY, clusters).expect("set");
+    }
+
+    /// Replaces every route configuration of [`KEY`].
+    pub fn set_routes(&self, routes: &[RouteConfiguration]) {
+        self.cache.set_routes(KEY, routes).expect("set");
+    }
+
+    /// What the (first) stream of `node_id` reports for `resource_type`.
+    pub fn type_status(&self, node_id: &str, resource_type: ResourceType) -> TypeStatus {
+        self.clients.of_node(node_id)[0].types[&resource_type].clone()
+    }
+
+    /// The names of `resource_type` some stream subscribes to, in order.
+    pub fn subscribed(&self, resource_type: ResourceType) -> Vec<String> {
+        self.subscriptions
+            .names(resource_type)
+            .into_iter()
+            .collect()
     }
 
     /// Starts the graceful shutdown and waits for the server to stop.
@@ -238,6 +281,11 @@ impl Drop for TestServer {
     }
 }
 
+/// An empty cache serving every node from [`KEY`].
+pub fn new_cache() -> SnapshotCache {
+    SnapshotCache::new(SharedKey(KEY.to_owned()))
+}
+
 pub async fn channel(url: &str) -> Channel {
     Channel::from_shared(url.to_owned())
         .expect("valid url")
@@ -246,48 +294,154 @@ pub async fn channel(url: &str) -> Channel {
         .expect("connects")
 }
 
-/// A raw state-of-the-world client (ADS or EDS).
-pub struct SotwClient {
-    requests: mpsc::UnboundedSender<DiscoveryRequest>,
-    responses: Streaming<DiscoveryResponse>,
+/// The gRPC service a raw client opens its stream on.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    Ads,
+    Eds,
+}
+
+/// The request of one protocol variant (state of the world or delta), and
+/// how a stream of it is opened on each service.
+pub trait XdsRequest: Sized + Send + 'static {
+    type Response: std::fmt::Debug;
+
+    fn open(
+        channel: Channel,
+        service: Service,
+        requests: UnboundedReceiverStream<Self>,
+    ) -> impl Future<Output = Result<tonic::Response<Streaming<Self::Response>>, tonic::Status>>;
+}
+
+fn ads_client(channel: Channel) -> AggregatedDiscoveryServiceClient<Channel> {
+    AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX)
+}
+
+fn eds_client(channel: Channel) -> EndpointDiscoveryServiceClient<Channel> {
+    EndpointDiscoveryServiceClient::new(channel).max_decoding_message_size(usize::MAX)
+}
+
+impl XdsRequest for DiscoveryRequest {
+    type Response = DiscoveryResponse;
+
+    async fn open(
+        channel: Channel,
+        service: Service,
+        requests: UnboundedReceiverStream<Self>,
+    ) -> Result<tonic::Response<Streaming<DiscoveryResponse>>, tonic::Status> {
+        match service {
+            Service::Ads => {
+                ads_client(channel)
+                    .stream_aggregated_resources(requests)
+                    .await
+            }
+            Service::Eds => eds_client(channel).stream_endpoints(requests).await,
+        }
+    }
+}
+
+impl XdsRequest for DeltaDiscoveryRequest {
+    type Response = DeltaDiscoveryResponse;
+
+    async fn open(
+        channel: Channel,
+        service: Service,
+        requests: UnboundedReceiverStream<Self>,
+    ) -> Result<tonic::Response<Streaming<DeltaDiscoveryResponse>>, tonic::Status> {
+        match service {
+            Service::Ads => {
+                ads_client(channel)
+                    .delta_aggregated_resources(requests)
+                    .await
+            }
+            Service::Eds => eds_client(channel).delta_endpoints(requests).await,
+        }
+    }
+}
+
+/// A raw xDS client on one stream, speaking as the node it was opened for.
+pub struct XdsClient<R: XdsRequest> {
+    requests: mpsc::UnboundedSender<R>,
+    responses: Streaming<R::Response>,
     node: Node,
 }
 
-impl SotwClient {
+/// A raw state-of-the-world client (ADS or EDS).
+pub type SotwClient = XdsClient<DiscoveryRequest>;
+/// A raw delta client (ADS or EDS).
+pub type DeltaClient = XdsClient<DeltaDiscoveryRequest>;
+
+impl<R: XdsRequest> XdsClient<R> {
     pub async fn ads(url: &str, node_id: &str) -> Self {
-        let (requests, rx) = mpsc::unbounded_channel();
-        let responses = AggregatedDiscoveryServiceClient::new(channel(url).await)
-            .max_decoding_message_size(usize::MAX)
-            .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+        Self::open(channel(url).await, Service::Ads, node_id)
             .await
             .expect("stream opens")
-            .into_inner();
-        Self {
-            requests,
-            responses,
-            node: node(node_id),
-        }
     }
 
     pub async fn eds(url: &str, node_id: &str) -> Self {
-        let (requests, rx) = mpsc::unbounded_channel();
-        let responses = EndpointDiscoveryServiceClient::new(channel(url).await)
-            .max_decoding_message_size(usize::MAX)
-            .stream_endpoints(UnboundedReceiverStream::new(rx))
+        Self::open(channel(url).await, Service::Eds, node_id)
             .await
             .expect("stream opens")
+    }
+
+    /// Opens a stream on `channel`; the error is the server's refusal.
+    pub async fn open(
+        channel: Channel,
+        service: Service,
+        node_id: &str,
+    ) -> Result<Self, tonic::Status> {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let responses = R::open(channel, service, UnboundedReceiverStream::new(rx))
+            .await?
             .into_inner();
-        Self {
+        Ok(Self {
             requests,
             responses,
             node: node(node_id),
-        }
+        })
     }
 
-    pub fn send(&self, request: DiscoveryRequest) {
+    pub fn send(&self, request: R) {
         self.requests.send(request).expect("stream open");
     }
 
+    pub async fn recv(&mut self) -> R::Response {
+        self.next()
+            .await
+            .expect("the stream is healthy")
+            .expect("the stream is open")
+    }
+
+    /// The next response, `None` if the stream ended, or its error status.
+    pub async fn next(&mut self) -> Result<Option<R::Response>, tonic::Status> {
+        tokio::time::timeout(HANG_GUARD, self.responses.message())
+            .await
+            .expect("a response arrives")
+    }
+
+    /// Waits for the stream to end and returns its status.
+    pub async fn ended(&mut self) -> tonic::Status {
+        match tokio::time::timeout(HANG_GUARD, self.responses.message())
+            .await
+            .expect("the stream ends")
+        {
+            Err(status) => status,
+            Ok(Some(response)) => panic!("unexpected response {response:?}"),
+            Ok(None) => tonic::Status::ok(""),
+        }
+    }
+}
+
+/// Envoy's way of saying it rejected a response.
+fn rejection(message: &str) -> rpc::Status {
+    rpc::Status {
+        code: 3,
+        message: message.to_owned(),
+        ..rpc::Status::default()
+    }
+}
+
+impl SotwClient {
     /// The first request of a type (carries the node).
     pub fn subscribe(&self, resource_type: ResourceType, names: &[&str]) {
         self.send(DiscoveryRequest {
@@ -322,78 +476,14 @@ impl SotwClient {
             type_url: response.type_url.clone(),
             resource_names: strings(names),
             response_nonce: response.nonce.clone(),
-            error_detail: Some(rpc::Status {
-                code: 3,
-                message: message.to_owned(),
-                ..rpc::Status::default()
-            }),
+            error_detail: Some(rejection(message)),
             ..DiscoveryRequest::default()
         });
     }
-
-    pub async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(HANG_GUARD, self.responses.message())
-            .await
-            .expect("a response arrives")
-            .expect("the stream is healthy")
-            .expect("the stream is open")
-    }
-
-    /// Waits for the stream to end and returns its status.
-    pub async fn ended(&mut self) -> tonic::Status {
-        match tokio::time::timeout(HANG_GUARD, self.responses.message())
-            .await
-            .expect("the stream ends")
-        {
-            Err(status) => status,
-            Ok(Some(response)) => panic!("unexpected response {response:?}"),
-            Ok(None) => tonic::Status::ok(""),
-        }
-    }
-}
-
-/// A raw delta client (ADS or EDS).
-pub struct DeltaClient {
-    requests: mpsc::UnboundedSender<DeltaDiscoveryRequest>,
-    responses: Streaming<DeltaDiscoveryResponse>,
-    node: Node,
 }
 
 impl DeltaClient {
-    pub async fn ads(url: &str, node_id: &str) -> Self {
-        let (requests, rx) = mpsc::unbounded_channel();
-        let responses = AggregatedDiscoveryServiceClient::new(channel(url).await)
-            .max_decoding_message_size(usize::MAX)
-            .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
-            .await
-            .expect("stream opens")
-            .into_inner();
-        Self {
-            requests,
-            responses,
-            node: node(node_id),
-        }
-    }
-
-    pub async fn eds(url: &str, node_id: &str) -> Self {
-        let (requests, rx) = mpsc::unbounded_channel();
-        let responses = EndpointDiscoveryServiceClient::new(channel(url).await)
-            .max_decoding_message_size(usize::MAX)
-            .delta_endpoints(UnboundedReceiverStream::new(rx))
-            .await
-            .expect("stream opens")
-            .into_inner();
-        Self {
-            requests,
-            responses,
-            node: node(node_id),
-        }
-    }
-
-    pub fn send(&self, request: DeltaDiscoveryRequest) {
-        self.requests.send(request).expect("stream open");
-    }
-
+    /// The first request of a type (carries the node).
     pub fn subscribe(&self, resource_type: ResourceType, names: &[&str]) {
         self.send(DeltaDiscoveryRequest {
             node: Some(self.node.clone()),
@@ -411,12 +501,13 @@ impl DeltaClient {
         });
     }
 
-    pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        tokio::time::timeout(HANG_GUARD, self.responses.message())
-            .await
-            .expect("a response arrives")
-            .expect("the stream is healthy")
-            .expect("the stream is open")
+    pub fn nack(&self, response: &DeltaDiscoveryResponse, message: &str) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail: Some(rejection(message)),
+            ..DeltaDiscoveryRequest::default()
+        });
     }
 }
 
