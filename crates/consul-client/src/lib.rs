@@ -67,5 +67,5 @@ pub use endpoint::EndpointKind;
 pub use error::{Error, ErrorKind};
 pub use metrics::ClientMetrics;
 pub use query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, QueryResponse};
-pub use tls::{TlsConfig, TlsError};
+pub use tls::{TlsConfig, TlsError, root_store};
 pub use watch::{Backoff, Watch, WatchConfig, WatchEvent};

@@ -1,5 +1,6 @@
 //! The rustls client configuration for `https` agents: which roots to trust
-//! and which certificate to present (Consul's `verify_incoming`).
+//! and which certificate to present (Consul's `verify_incoming`), and
+//! [`root_store`], the trust decision shared with other HTTPS clients.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub enum TlsError {
     IncompleteClientIdentity,
     #[error("no trusted root certificate could be loaded: {reason}")]
     NoRoots { reason: String },
+    #[error("CA certificate PEM: {reason}")]
+    CaPem { reason: String },
     #[error("`{name}` is not a valid TLS server name")]
     ServerName { name: String },
     #[error("TLS configuration: {0}")]
@@ -91,23 +94,10 @@ impl TlsConfig {
     }
 
     fn roots(&self) -> Result<RootCertStore, TlsError> {
-        let mut roots = RootCertStore::empty();
         if self.ca_cert.is_none() && self.ca_path.is_none() {
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-            if added == 0 {
-                return Err(TlsError::NoRoots {
-                    reason: native
-                        .errors
-                        .first()
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| {
-                            "the system store is empty; set CONSUL_CACERT".to_owned()
-                        }),
-                });
-            }
-            return Ok(roots);
+            return system_roots("set CONSUL_CACERT");
         }
+        let mut roots = RootCertStore::empty();
         if let Some(file) = &self.ca_cert {
             add_roots(&mut roots, "CA certificate", file)?;
         }
@@ -139,15 +129,71 @@ impl TlsConfig {
     }
 }
 
+/// The roots an HTTPS client trusts: the CA certificates in `ca_pem` when
+/// given (a private CA), the system's otherwise.
+///
+/// Public, and free of anything Consul, because a program's other HTTPS
+/// clients (an ACME client, say) should trust exactly as its Consul client
+/// does, through one implementation.
+pub fn root_store(ca_pem: Option<&[u8]>) -> Result<RootCertStore, TlsError> {
+    let Some(pem) = ca_pem else {
+        return system_roots("configure a CA certificate");
+    };
+    let mut roots = RootCertStore::empty();
+    let certificates = parse_certificates(pem).map_err(|reason| TlsError::CaPem { reason })?;
+    add_certificates(&mut roots, certificates).map_err(|reason| TlsError::CaPem { reason })?;
+    if roots.is_empty() {
+        return Err(TlsError::NoRoots {
+            reason: "the CA PEM holds no certificate".to_owned(),
+        });
+    }
+    Ok(roots)
+}
+
+/// The system's roots; `hint` ends the error when there are none, naming
+/// the caller's own way to configure a CA instead.
+fn system_roots(hint: &str) -> Result<RootCertStore, TlsError> {
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::debug!(%error, "skipping unreadable system root certificates");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        return Err(TlsError::NoRoots {
+            reason: native.errors.first().map_or_else(
+                || format!("the system store is empty; {hint}"),
+                ToString::to_string,
+            ),
+        });
+    }
+    Ok(roots)
+}
+
 fn add_roots(roots: &mut RootCertStore, what: &'static str, path: &Path) -> Result<(), TlsError> {
-    for cert in read_certificates(what, path)? {
-        roots.add(cert).map_err(|e| TlsError::Pem {
-            what,
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    add_certificates(roots, read_certificates(what, path)?).map_err(|reason| TlsError::Pem {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Adds every certificate as a trust anchor; the error is rustls' reason.
+fn add_certificates(
+    roots: &mut RootCertStore,
+    certificates: Vec<CertificateDer<'static>>,
+) -> Result<(), String> {
+    for certificate in certificates {
+        roots.add(certificate).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Every certificate in `pem`; the error is the decoder's reason.
+fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
 }
 
 fn read_certificates(
@@ -159,13 +205,11 @@ fn read_certificates(
         path: path.to_path_buf(),
         source,
     })?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            what,
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    let certs = parse_certificates(&pem).map_err(|reason| TlsError::Pem {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             what,
@@ -227,5 +271,16 @@ mod tests {
         };
         let error = config.rustls_config().expect_err("missing CA file");
         assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+    }
+
+    #[test]
+    fn a_ca_pem_is_trusted_instead_of_the_system_store() {
+        let ca = test_support::TestCa::new("root store test CA").expect("CA");
+        let roots = root_store(Some(ca.cert_pem().as_bytes())).expect("roots");
+        assert_eq!(roots.len(), 1);
+        assert!(matches!(
+            root_store(Some(b"not a certificate")),
+            Err(TlsError::NoRoots { .. })
+        ));
     }
 }

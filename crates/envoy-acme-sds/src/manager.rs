@@ -439,11 +439,12 @@ impl CertManager {
         not_before: Option<OffsetDateTime>,
     ) -> Outcome {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        // Only the hint the CA gave with this failure: one given with another
+        // certificate's call is that certificate's.
         let retry_after = match &error {
             ManagerError::Acme(acme_error) => acme_error.retry_after(),
             _ => None,
-        }
-        .or_else(|| self.acme.take_retry_after());
+        };
         let jitter = rand::rng().random_range(-1.0..=1.0);
         let delay = failure_delay(self.consecutive_failures, jitter, retry_after);
         let mut retry_at = now + delay;
