@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul_client::{KvPair, WatchConfig, WatchEvent};
+use consul_client::{Continuity, KvPair, WatchConfig, WatchEvent};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -66,9 +66,12 @@ impl KvFollower {
                 event = watch.next() => event,
             };
             match event {
-                Some(WatchEvent::Changed { value, .. }) => self.apply(&value),
-                Some(WatchEvent::Recovered { value, .. }) => {
-                    info!(%prefix, "Consul answers again; following the certificates");
+                Some(WatchEvent::Value {
+                    value, continuity, ..
+                }) => {
+                    if matches!(continuity, Continuity::Recovered { .. }) {
+                        info!(%prefix, "Consul answers again; following the certificates");
+                    }
                     self.apply(&value);
                 }
                 Some(WatchEvent::Degraded {
