@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use consul_client::{Client, ClientConfig, WatchConfig};
+use consul_client::{Client, ClientConfig, RequestClass, WatchConfig};
 use consul_eds_server::config::AddressSource;
 use consul_eds_server::engine::{ServiceSource, SourceEvent, WatchKey};
 use consul_eds_server::source::{ConsulSource, EntryReader};
@@ -249,4 +249,59 @@ async fn a_sweep_does_not_hold_up_new_subscribers_or_the_views_watches() {
     )
     .await
     .expect("every covered service read");
+}
+
+#[tokio::test]
+async fn the_view_stops_when_its_last_subscriber_goes() {
+    let fake = FakeConsul::start().await;
+    let client = Client::new(ClientConfig::new(
+        format!("http://{}", fake.addr).parse().expect("address"),
+    ))
+    .expect("client");
+    let source = ConsulSource::new(
+        client.clone(),
+        EntryReader::new(AddressSource::Service, "zone".to_owned()),
+        WatchConfig::default(),
+        0,
+        Duration::from_secs(10),
+    );
+    let blocking = || client.metrics().requests_in_flight(RequestClass::Blocking);
+    let mut web = source.watch(&key("web"));
+    let mut api = source.watch(&key("api"));
+    assert_eq!(first_instances(&mut web).await, 1);
+    assert_eq!(first_instances(&mut api).await, 1);
+    eventually(
+        "the view's two blocking queries",
+        HANG_GUARD,
+        Duration::from_millis(5),
+        || async { (blocking() == 2).then_some(()) },
+    )
+    .await
+    .expect("the checks and catalog queries in flight");
+
+    drop(web);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(blocking(), 2, "api still needs the view");
+
+    drop(api);
+    eventually(
+        "the view to stop",
+        Duration::from_secs(3),
+        Duration::from_millis(5),
+        || async { (blocking() == 0).then_some(()) },
+    )
+    .await
+    .expect("no blocking query left once nothing is subscribed");
+
+    // A later subscriber starts a new view.
+    let mut again = source.watch(&key("web"));
+    assert_eq!(first_instances(&mut again).await, 1);
+    eventually(
+        "the new view's queries",
+        HANG_GUARD,
+        Duration::from_millis(5),
+        || async { (blocking() == 2).then_some(()) },
+    )
+    .await
+    .expect("a new view");
 }

@@ -44,9 +44,15 @@ pub struct ConsulSource {
     config: WatchConfig,
     per_service_limit: usize,
     per_service_active: Arc<AtomicUsize>,
-    dc_wide: Mutex<HashMap<Option<String>, DcWideView>>,
+    dc_wide: Arc<Mutex<DcWideViews>>,
     dc_wide_sweep: Duration,
 }
+
+/// The running DC-wide views by datacenter, each with its subscriber count:
+/// a view runs while some service needs it, since its two blocking queries
+/// (one of them every check of the datacenter) cost the agent even when
+/// nobody listens.
+type DcWideViews = HashMap<Option<String>, (DcWideView, usize)>;
 
 impl ConsulSource {
     pub fn new(
@@ -62,7 +68,7 @@ impl ConsulSource {
             config,
             per_service_limit,
             per_service_active: Arc::new(AtomicUsize::new(0)),
-            dc_wide: Mutex::new(HashMap::new()),
+            dc_wide: Arc::default(),
             dc_wide_sweep,
         }
     }
@@ -102,7 +108,7 @@ impl ConsulSource {
 
     fn dc_wide(&self, key: &WatchKey) -> BoxStream<'static, SourceEvent> {
         let mut views = self.dc_wide.lock().unwrap_or_else(|e| e.into_inner());
-        let view = views.entry(key.datacenter.clone()).or_insert_with(|| {
+        let (view, subscribers) = views.entry(key.datacenter.clone()).or_insert_with(|| {
             tracing::info!(
                 dc = key.datacenter.as_deref().unwrap_or("local"),
                 limit = self.per_service_limit,
@@ -110,14 +116,27 @@ impl ConsulSource {
             );
             let mut config = self.config.clone();
             config.datacenter = key.datacenter.clone();
-            DcWideView::start(
+            let view = DcWideView::start(
                 self.client.clone(),
                 self.reader.clone(),
                 config,
                 self.dc_wide_sweep,
-            )
+            );
+            (view, 0)
         });
+        *subscribers += 1;
+        let guard = ViewSubscription {
+            views: Arc::clone(&self.dc_wide),
+            datacenter: key.datacenter.clone(),
+        };
         view.subscribe(&key.service)
+            .map(move |event| {
+                // Lives as long as the stream: the last one dropped stops
+                // the view.
+                let _guard = &guard;
+                event
+            })
+            .boxed()
     }
 }
 
@@ -127,6 +146,30 @@ impl ServiceSource for ConsulSource {
             self.per_service(key)
         } else {
             self.dc_wide(key)
+        }
+    }
+}
+
+/// Counts a subscriber of a DC-wide view while it lives; the last one to go
+/// stops the view.
+#[derive(Debug)]
+struct ViewSubscription {
+    views: Arc<Mutex<DcWideViews>>,
+    datacenter: Option<String>,
+}
+
+impl Drop for ViewSubscription {
+    fn drop(&mut self) {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, subscribers)) = views.get_mut(&self.datacenter) {
+            *subscribers -= 1;
+            if *subscribers == 0 {
+                tracing::info!(
+                    dc = self.datacenter.as_deref().unwrap_or("local"),
+                    "no service needs the DC-wide view any more; stopping it"
+                );
+                views.remove(&self.datacenter);
+            }
         }
     }
 }
