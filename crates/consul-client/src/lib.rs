@@ -68,4 +68,4 @@ pub use error::{Error, ErrorKind};
 pub use metrics::ClientMetrics;
 pub use query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, QueryResponse};
 pub use tls::{TlsConfig, TlsError, root_store};
-pub use watch::{Backoff, Watch, WatchConfig, WatchEvent};
+pub use watch::{Backoff, Continuity, Watch, WatchConfig, WatchEvent};

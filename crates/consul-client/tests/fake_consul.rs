@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{FakeConsul, Recorded, Reply, health_body, lock, scripted};
 use consul_client::watch::{Watch, watch};
 use consul_client::{
-    Address, Backoff, Client, ClientConfig, Error, HealthFilter, HealthState, QueryOptions,
-    ServiceEntry, TlsConfig, Token, WatchConfig, WatchEvent,
+    Address, Backoff, Client, ClientConfig, Continuity, Error, HealthFilter, HealthState,
+    QueryOptions, ServiceEntry, TlsConfig, Token, WatchConfig, WatchEvent,
 };
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -55,13 +55,21 @@ fn ids(entries: &[ServiceEntry]) -> Vec<&str> {
     entries.iter().map(|e| e.service.id.as_str()).collect()
 }
 
-/// The next event must be `Changed`; returns its index and instance IDs.
-async fn next_change(watch: &mut Watch<Vec<ServiceEntry>>) -> (u64, Vec<String>) {
+/// The next event must be a value; returns its index, instance IDs and
+/// continuity.
+async fn next_value(watch: &mut Watch<Vec<ServiceEntry>>) -> (u64, Vec<String>, Continuity) {
     match next(watch).await {
-        WatchEvent::Changed { value, index, .. } => {
-            (index, ids(&value).into_iter().map(str::to_owned).collect())
-        }
-        other => panic!("expected Changed, got {other:?}"),
+        WatchEvent::Value {
+            value,
+            index,
+            continuity,
+            ..
+        } => (
+            index,
+            ids(&value).into_iter().map(str::to_owned).collect(),
+            continuity,
+        ),
+        other => panic!("expected a value, got {other:?}"),
     }
 }
 
@@ -82,16 +90,23 @@ async fn an_index_going_backwards_resets_to_zero_then_continues() {
     .await;
     let mut watch = client_for(&fake).watch_health_service("web", HealthFilter::All, fast_watch());
 
-    assert_eq!(next_change(&mut watch).await, (10, vec!["a".into()]));
     assert_eq!(
-        next_change(&mut watch).await,
-        (12, vec!["a".into(), "b".into()])
+        next_value(&mut watch).await,
+        (10, vec!["a".into()], Continuity::Initial)
     );
-    assert_eq!(next_change(&mut watch).await, (3, vec!["c".into()]));
+    assert_eq!(
+        next_value(&mut watch).await,
+        (12, vec!["a".into(), "b".into()], Continuity::Advanced)
+    );
+    assert_eq!(
+        next_value(&mut watch).await,
+        (3, vec!["c".into()], Continuity::Reset),
+        "the event says the index went backwards"
+    );
     // The plain re-read at index 3 is no change; the next event is index 4.
     assert_eq!(
-        next_change(&mut watch).await,
-        (4, vec!["c".into(), "d".into()])
+        next_value(&mut watch).await,
+        (4, vec!["c".into(), "d".into()], Continuity::Advanced)
     );
 
     let requests = fake.requests();
@@ -112,8 +127,14 @@ async fn a_missing_or_zero_index_is_blocked_on_as_one() {
     .await;
     let mut watch = client_for(&fake).watch_health_service("web", HealthFilter::All, fast_watch());
 
-    assert_eq!(next_change(&mut watch).await, (1, vec!["a".into()]));
-    assert_eq!(next_change(&mut watch).await, (2, vec!["b".into()]));
+    assert_eq!(
+        next_value(&mut watch).await,
+        (1, vec!["a".into()], Continuity::Initial)
+    );
+    assert_eq!(
+        next_value(&mut watch).await,
+        (2, vec!["b".into()], Continuity::Advanced)
+    );
     assert_eq!(indexes(&fake.requests()[..3]), [None, Some(1), Some(1)]);
 }
 
@@ -129,9 +150,15 @@ async fn an_unchanged_index_after_a_timeout_yields_nothing() {
     .await;
     let mut watch = client_for(&fake).watch_health_service("web", HealthFilter::All, fast_watch());
 
-    assert_eq!(next_change(&mut watch).await, (5, vec!["a".into()]));
+    assert_eq!(
+        next_value(&mut watch).await,
+        (5, vec!["a".into()], Continuity::Initial)
+    );
     // Were the unchanged answers yielded, this would be index 5 again.
-    assert_eq!(next_change(&mut watch).await, (6, vec!["b".into()]));
+    assert_eq!(
+        next_value(&mut watch).await,
+        (6, vec!["b".into()], Continuity::Advanced)
+    );
     assert_eq!(
         indexes(&fake.requests()[..4]),
         [None, Some(5), Some(5), Some(5)]
@@ -159,7 +186,10 @@ async fn failures_back_off_keep_the_last_value_and_recover() {
     };
     let mut watch = client_for(&fake).watch_health_service("web", HealthFilter::All, config);
 
-    assert_eq!(next_change(&mut watch).await, (5, vec!["a".into()]));
+    assert_eq!(
+        next_value(&mut watch).await,
+        (5, vec!["a".into()], Continuity::Initial)
+    );
     let mut advertised = Vec::new();
     for attempt in 1..=4u32 {
         match next(&mut watch).await {
@@ -192,17 +222,17 @@ async fn failures_back_off_keep_the_last_value_and_recover() {
         }
     }
     match next(&mut watch).await {
-        WatchEvent::Recovered {
+        WatchEvent::Value {
             value,
             index,
-            changed,
+            continuity,
             ..
         } => {
-            assert!(changed);
+            assert_eq!(continuity, Continuity::Recovered { index_moved: true });
             assert_eq!(index, 6);
             assert_eq!(ids(&value), ["a", "b"]);
         }
-        other => panic!("expected Recovered, got {other:?}"),
+        other => panic!("expected the recovered value, got {other:?}"),
     }
 
     // The watch really waited: each retry arrived at least the advertised
@@ -245,7 +275,10 @@ async fn an_answer_slower_than_the_deadline_is_a_timeout_then_a_retry() {
     };
     let mut watch = client.watch_health_service("web", HealthFilter::All, config);
 
-    assert_eq!(next_change(&mut watch).await, (5, vec!["a".into()]));
+    assert_eq!(
+        next_value(&mut watch).await,
+        (5, vec!["a".into()], Continuity::Initial)
+    );
     match next(&mut watch).await {
         WatchEvent::Degraded {
             error: Error::Timeout { after, endpoint },
@@ -260,11 +293,16 @@ async fn an_answer_slower_than_the_deadline_is_a_timeout_then_a_retry() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     match next(&mut watch).await {
-        WatchEvent::Recovered { value, index, .. } => {
+        WatchEvent::Value {
+            value,
+            index,
+            continuity: Continuity::Recovered { .. },
+            ..
+        } => {
             assert_eq!(index, 7);
             assert_eq!(ids(&value), ["b"]);
         }
-        other => panic!("expected Recovered, got {other:?}"),
+        other => panic!("expected the recovered value, got {other:?}"),
     }
 
     // A non-blocking request has its own deadline.
@@ -307,7 +345,10 @@ async fn malformed_json_is_an_error_naming_the_field() {
 
     // In a watch, a malformed answer degrades it; the last value stays.
     let mut watch = client.watch_health_service("web", HealthFilter::All, fast_watch());
-    assert_eq!(next_change(&mut watch).await, (5, vec!["a".into()]));
+    assert_eq!(
+        next_value(&mut watch).await,
+        (5, vec!["a".into()], Continuity::Initial)
+    );
     match next(&mut watch).await {
         WatchEvent::Degraded {
             error: Error::Decode { path, .. },
@@ -321,7 +362,11 @@ async fn malformed_json_is_an_error_naming_the_field() {
     }
     assert!(matches!(
         next(&mut watch).await,
-        WatchEvent::Recovered { index: 7, .. }
+        WatchEvent::Value {
+            index: 7,
+            continuity: Continuity::Recovered { .. },
+            ..
+        }
     ));
 }
 
@@ -431,11 +476,16 @@ async fn a_large_checks_answer_is_folded_check_by_check_and_a_bad_check_is_named
     let mut watch =
         client.watch_health_state_fold(HealthState::Any, fast_watch(), Tally::default, tally);
     match next(&mut watch).await {
-        WatchEvent::Changed { value, index, .. } => {
+        WatchEvent::Value {
+            value,
+            index,
+            continuity: Continuity::Initial,
+            ..
+        } => {
             assert_eq!(index, 9);
             assert_eq!(*value, expected);
         }
-        other => panic!("expected Changed, got {other:?}"),
+        other => panic!("expected the first value, got {other:?}"),
     }
     match next(&mut watch).await {
         WatchEvent::Degraded {
@@ -591,11 +641,15 @@ async fn datacenter_and_stale_reads_are_sent_and_their_meta_surfaced() {
     };
     let mut watch = client.watch_health_service("web", HealthFilter::PassingOnly, config);
     match next(&mut watch).await {
-        WatchEvent::Changed { meta, .. } => {
+        WatchEvent::Value {
+            meta,
+            continuity: Continuity::Initial,
+            ..
+        } => {
             assert_eq!(meta.last_contact, Some(Duration::from_millis(120)));
             assert_eq!(meta.known_leader, Some(true));
         }
-        other => panic!("expected Changed, got {other:?}"),
+        other => panic!("expected the first value, got {other:?}"),
     }
     let first = &fake.requests()[0];
     assert_eq!(first.query.get("dc").map(String::as_str), Some("dc2"));
@@ -638,8 +692,18 @@ async fn a_fast_changing_index_is_rate_limited() {
     );
     for expected in 1..=6 {
         match next(&mut watch).await {
-            WatchEvent::Changed { index, .. } => assert_eq!(index, expected),
-            other => panic!("expected Changed, got {other:?}"),
+            WatchEvent::Value {
+                index, continuity, ..
+            } => {
+                assert_eq!(index, expected);
+                let follows = if expected == 1 {
+                    Continuity::Initial
+                } else {
+                    Continuity::Advanced
+                };
+                assert_eq!(continuity, follows);
+            }
+            other => panic!("expected a value, got {other:?}"),
         }
     }
     // Every answer returns at once: only the rate limit paces the watch,

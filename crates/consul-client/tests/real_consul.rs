@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use consul_client::{
     AgentCheck, AgentServiceRegistration, Backoff, CatalogCheck, CatalogDeregistration,
-    CatalogRegistration, CatalogService, CheckStatus, Client, ClientConfig, Error, HealthFilter,
-    HealthState, KvCondition, KvWrite, Lock, Maintenance, QueryOptions, RequestClass,
+    CatalogRegistration, CatalogService, CheckStatus, Client, ClientConfig, Continuity, Error,
+    HealthFilter, HealthState, KvCondition, KvWrite, Lock, Maintenance, QueryOptions, RequestClass,
     ServiceAddress, ServiceEntry, SessionBehavior, SessionId, SessionRequest, Token, TxnOp,
     TxnOutcome, Watch, WatchConfig, WatchEvent, Weights,
 };
@@ -755,7 +755,11 @@ async fn a_watch_sees_a_registration_within_100ms() {
     let mut watch =
         client.watch_health_service("latency", HealthFilter::All, WatchConfig::default());
     match next(&mut watch).await {
-        WatchEvent::Changed { value, .. } => assert!(value.is_empty()),
+        WatchEvent::Value {
+            value,
+            continuity: Continuity::Initial,
+            ..
+        } => assert!(value.is_empty()),
         other => panic!("expected the initial (empty) state, got {other:?}"),
     }
 
@@ -777,8 +781,15 @@ async fn a_watch_sees_a_registration_within_100ms() {
         let registered = Instant::now();
         loop {
             match next(&mut watch).await {
-                WatchEvent::Changed { value, .. } if ids(&value).contains(&id.as_str()) => break,
-                WatchEvent::Changed { .. } => continue,
+                WatchEvent::Value {
+                    value,
+                    continuity: Continuity::Advanced,
+                    ..
+                } if ids(&value).contains(&id.as_str()) => break,
+                WatchEvent::Value {
+                    continuity: Continuity::Advanced,
+                    ..
+                } => continue,
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -840,11 +851,16 @@ async fn a_watch_follows_an_agent_that_restarted_with_lower_indexes() {
     };
     let mut events = drive(client.watch_catalog_services(config));
     let old_index = match received(&mut events).await {
-        WatchEvent::Changed { value, index, .. } => {
+        WatchEvent::Value {
+            value,
+            index,
+            continuity: Continuity::Initial,
+            ..
+        } => {
             assert!(value.contains_key("before"));
             index
         }
-        other => panic!("expected Changed, got {other:?}"),
+        other => panic!("expected the first value, got {other:?}"),
     };
 
     // Restart while the watch is parked in its blocking query, as happens in
@@ -871,20 +887,21 @@ async fn a_watch_follows_an_agent_that_restarted_with_lower_indexes() {
                     "the last good value is kept"
                 );
             }
-            WatchEvent::Recovered {
+            WatchEvent::Value {
                 value,
                 index,
-                changed,
+                continuity: Continuity::Recovered { index_moved },
                 ..
             } => {
-                assert!(changed);
+                assert!(index_moved);
                 assert!(
                     !value.contains_key("before"),
                     "the new agent's state: {value:?}"
                 );
                 break index;
             }
-            WatchEvent::Changed { value, index, .. } => {
+            // Without a failure in between, the lower index is a reset.
+            WatchEvent::Value { value, index, .. } => {
                 assert!(!value.contains_key("before"));
                 break index;
             }
@@ -896,8 +913,15 @@ async fn a_watch_follows_an_agent_that_restarted_with_lower_indexes() {
     register("after").await;
     loop {
         match received(&mut events).await {
-            WatchEvent::Changed { value, .. } if value.contains_key("after") => break,
-            WatchEvent::Changed { .. } => continue,
+            WatchEvent::Value {
+                value,
+                continuity: Continuity::Advanced | Continuity::Reset,
+                ..
+            } if value.contains_key("after") => break,
+            WatchEvent::Value {
+                continuity: Continuity::Advanced | Continuity::Reset,
+                ..
+            } => continue,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -941,12 +965,20 @@ async fn kv_and_health_state_watches_follow_changes() {
 
     let mut key = client.watch_kv("config/flag", WatchConfig::default());
     match next(&mut key).await {
-        WatchEvent::Changed { value, .. } => assert_eq!(*value, None, "absent at first"),
+        WatchEvent::Value {
+            value,
+            continuity: Continuity::Initial,
+            ..
+        } => assert_eq!(*value, None, "absent at first"),
         other => panic!("{other:?}"),
     }
     client.kv_put("config/flag", "on").await.expect("put");
     match next(&mut key).await {
-        WatchEvent::Changed { value, .. } => {
+        WatchEvent::Value {
+            value,
+            continuity: Continuity::Advanced,
+            ..
+        } => {
             let pair = value.as_ref().as_ref().expect("present now");
             assert_eq!(pair.value.as_deref(), Some(&b"on"[..]));
         }
@@ -955,16 +987,20 @@ async fn kv_and_health_state_watches_follow_changes() {
 
     let mut prefix = client.watch_kv_prefix("config/", WatchConfig::default());
     assert!(
-        matches!(next(&mut prefix).await, WatchEvent::Changed { value, .. } if value.len() == 1)
+        matches!(next(&mut prefix).await, WatchEvent::Value { value, continuity: Continuity::Initial, .. } if value.len() == 1)
     );
     client.kv_put("config/other", "x").await.expect("put");
     assert!(
-        matches!(next(&mut prefix).await, WatchEvent::Changed { value, .. } if value.len() == 2)
+        matches!(next(&mut prefix).await, WatchEvent::Value { value, continuity: Continuity::Advanced, .. } if value.len() == 2)
     );
 
     let mut critical = client.watch_health_state(HealthState::Critical, WatchConfig::default());
     match next(&mut critical).await {
-        WatchEvent::Changed { value, .. } => assert!(value.is_empty(), "{value:?}"),
+        WatchEvent::Value {
+            value,
+            continuity: Continuity::Initial,
+            ..
+        } => assert!(value.is_empty(), "{value:?}"),
         other => panic!("{other:?}"),
     }
     client
@@ -979,19 +1015,25 @@ async fn kv_and_health_state_watches_follow_changes() {
         .expect("registered");
     loop {
         match next(&mut critical).await {
-            WatchEvent::Changed { value, .. }
-                if value.iter().any(|c| c.check_id == "api-1:ttl") =>
-            {
+            WatchEvent::Value {
+                value,
+                continuity: Continuity::Advanced,
+                ..
+            } if value.iter().any(|c| c.check_id == "api-1:ttl") => {
                 break;
             }
-            WatchEvent::Changed { .. } => continue,
+            WatchEvent::Value {
+                continuity: Continuity::Advanced,
+                ..
+            } => continue,
             other => panic!("{other:?}"),
         }
     }
     let mut checks = client.watch_health_checks("api", WatchConfig::default());
     assert!(matches!(
         next(&mut checks).await,
-        WatchEvent::Changed { value, .. } if value.len() == 1 && value[0].status == CheckStatus::Critical
+        WatchEvent::Value { value, continuity: Continuity::Initial, .. }
+            if value.len() == 1 && value[0].status == CheckStatus::Critical
     ));
     client
         .agent_check_pass("api-1:ttl", "ok")
@@ -999,8 +1041,15 @@ async fn kv_and_health_state_watches_follow_changes() {
         .expect("pass");
     loop {
         match next(&mut checks).await {
-            WatchEvent::Changed { value, .. } if value[0].status == CheckStatus::Passing => break,
-            WatchEvent::Changed { .. } => continue,
+            WatchEvent::Value {
+                value,
+                continuity: Continuity::Advanced,
+                ..
+            } if value[0].status == CheckStatus::Passing => break,
+            WatchEvent::Value {
+                continuity: Continuity::Advanced,
+                ..
+            } => continue,
             other => panic!("{other:?}"),
         }
     }

@@ -135,12 +135,12 @@ pub enum AddressSource {
 
 impl Config {
     /// Services watched one blocking query each; the rest share the DC-wide
-    /// view, whose two queries per datacenter (and a spare for other reads)
-    /// come out of the same budget.
+    /// view (see [`crate::source::per_service_watch_limit`]).
     pub fn per_service_watch_limit(&self) -> usize {
-        let datacenters = 1 + self.failover_dcs.len();
-        self.max_blocking_queries
-            .saturating_sub(2 * datacenters + 1)
+        crate::source::per_service_watch_limit(
+            self.max_blocking_queries,
+            1 + self.failover_dcs.len(),
+        )
     }
 
     pub fn health_policy(&self) -> HealthPolicy {

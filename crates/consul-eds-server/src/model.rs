@@ -1,8 +1,10 @@
 //! What the server knows about Consul services, in its own terms.
 //!
-//! These types sit between Consul's JSON (converted in `source`) and Envoy's
-//! protobuf (produced in `translate`): health policy and address selection
-//! are decided here, once, and are testable without either.
+//! These types sit between Consul's JSON and Envoy's protobuf, so the
+//! decisions between the two are testable without either: `source` reads
+//! Consul's answers into them (choosing each instance's address there, per
+//! `--address`), `health` turns instances into endpoints by the health
+//! policy, and `translate` writes the protobuf.
 
 use std::sync::Arc;
 

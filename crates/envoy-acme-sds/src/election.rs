@@ -233,7 +233,7 @@ impl Election {
                 event = lock_watch.next() => {
                     let Some(event) = event else { return SessionEnd::Lost };
                     let pair = match event {
-                        WatchEvent::Changed { value, .. } | WatchEvent::Recovered { value, .. } => value,
+                        WatchEvent::Value { value, .. } => value,
                         WatchEvent::Degraded { .. } => continue,
                     };
                     let holder = pair.as_ref().as_ref().and_then(|p| p.session.clone());

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul_client::{KvPair, WatchConfig, WatchEvent};
+use consul_client::{Continuity, KvPair, WatchConfig, WatchEvent};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -74,9 +74,12 @@ impl KvFollower {
     /// at the event's variants.
     fn on_event(&mut self, prefix: &str, event: WatchEvent<Vec<KvPair>>) {
         match event {
-            WatchEvent::Changed { value, .. } => self.apply(&value),
-            WatchEvent::Recovered { value, .. } => {
-                info!(%prefix, "Consul answers again; following the certificates");
+            WatchEvent::Value {
+                value, continuity, ..
+            } => {
+                if matches!(continuity, Continuity::Recovered { .. }) {
+                    info!(%prefix, "Consul answers again; following the certificates");
+                }
                 self.apply(&value);
             }
             WatchEvent::Degraded {

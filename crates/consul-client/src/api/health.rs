@@ -281,18 +281,6 @@ impl Client {
         self.execute(call).await?.into_response()
     }
 
-    /// [`Client::health_state`] decoded into [`CheckBrief`]s.
-    pub async fn health_state_brief(
-        &self,
-        state: HealthState,
-        options: &QueryOptions,
-    ) -> Result<QueryResponse<Vec<CheckBrief<'static>>>, Error> {
-        self.health_state_fold(state, options, Vec::new(), |checks, check| {
-            checks.push(check.into_owned());
-        })
-        .await
-    }
-
     /// [`Client::health_state`] folded into `init` one [`CheckBrief`] at a
     /// time, as the answer arrives: the answer's text is never held whole
     /// and no list of checks is built, so what a read of every check in a

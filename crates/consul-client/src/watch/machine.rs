@@ -1,10 +1,10 @@
 //! The watch as a state machine: a state, and one function that takes a
 //! request's outcome to the next state and at most one event.
 //!
-//! No I/O here. The driver (`super::driver`) sleeps until
-//! [`State::next_request`] says, sends the request, and feeds the outcome to
-//! [`State::step`]; everything the watch decides is decided here and can be
-//! tested without a network or a clock.
+//! No I/O here. The driver ([`super::watch`], in the parent module) sleeps
+//! until [`State::next_request`] says, sends the request, and feeds the
+//! outcome to [`State::step`]; everything the watch decides is decided here
+//! and can be tested without a network or a clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::WatchConfig;
-use super::event::WatchEvent;
+use super::event::{Continuity, WatchEvent};
 use super::index::IndexCursor;
 use crate::{Error, QueryResponse};
 
@@ -120,9 +120,9 @@ impl<T> State<T> {
         // server whose fresh state happens to carry the same index as the
         // old one (a restarted dev agent reaches the same raft index after
         // the same start-up writes): only the answer itself is trustworthy.
-        let changed = cursor.observe(response.meta.index).is_change();
-        let value = match previous {
-            Some(previous) if !changed && !recovering => previous,
+        let continuity = Continuity::of(cursor.observe(response.meta.index), recovering);
+        let value = match (previous, continuity) {
+            (Some(previous), None) => previous,
             _ => Arc::new(response.value),
         };
         let index = cursor.last_seen().unwrap_or(1);
@@ -142,22 +142,12 @@ impl<T> State<T> {
             Some(earlier) => earlier + config.min_interval,
             None => timing.started,
         };
-        let event = if recovering {
-            Some(WatchEvent::Recovered {
-                value: Arc::clone(&value),
-                index,
-                meta: response.meta,
-                changed,
-            })
-        } else if changed {
-            Some(WatchEvent::Changed {
-                value: Arc::clone(&value),
-                index,
-                meta: response.meta,
-            })
-        } else {
-            None
-        };
+        let event = continuity.map(|continuity| WatchEvent::Value {
+            value: Arc::clone(&value),
+            index,
+            meta: response.meta,
+            continuity,
+        });
         (
             Self::Healthy {
                 value,
@@ -259,7 +249,7 @@ mod tests {
 
         let (state, event) = state.step(answer("a", Some(5)), at(t0, 0), &config, 0.5);
         assert!(
-            matches!(event, Some(WatchEvent::Changed { index: 5, ref value, .. }) if **value == "a")
+            matches!(event, Some(WatchEvent::Value { index: 5, ref value, continuity: Continuity::Initial, .. }) if **value == "a")
         );
         // Only one request so far: the blocking query may follow at once.
         assert_eq!(
@@ -281,7 +271,7 @@ mod tests {
 
         let (_, event) = state.step(answer("b", Some(9)), at(t0, 60_100), &config, 0.5);
         assert!(
-            matches!(event, Some(WatchEvent::Changed { index: 9, ref value, .. }) if **value == "b")
+            matches!(event, Some(WatchEvent::Value { index: 9, ref value, continuity: Continuity::Advanced, .. }) if **value == "b")
         );
     }
 
@@ -414,13 +404,17 @@ mod tests {
             [100, 200, 400, 800].map(Duration::from_millis).to_vec()
         );
 
-        // Consul is back at the same index: one Recovered carrying what it
+        // Consul is back at the same index: one recovered value carrying what it
         // answered now, since a replaced agent can reach the same index with
         // other data.
         let (state, event) = state.step(answer("now", Some(5)), at(t0, 5_000), &config, 0.0);
         assert!(matches!(
             event,
-            Some(WatchEvent::Recovered { changed: false, ref value, .. }) if **value == "now"
+            Some(WatchEvent::Value {
+                continuity: Continuity::Recovered { index_moved: false },
+                ref value,
+                ..
+            }) if **value == "now"
         ));
         assert_eq!(
             state.next_request().index,
@@ -451,8 +445,8 @@ mod tests {
         let (_, event) = state.step(answer("a", Some(3)), at(t0, 100), &config, 0.0);
         assert!(matches!(
             event,
-            Some(WatchEvent::Recovered {
-                changed: true,
+            Some(WatchEvent::Value {
+                continuity: Continuity::Recovered { index_moved: true },
                 index: 3,
                 ..
             })
@@ -465,7 +459,14 @@ mod tests {
         let t0 = Instant::now();
         let (state, _) = State::Initial.step(answer("a", Some(500)), at(t0, 0), &config, 0.0);
         let (state, event) = state.step(answer("fresh", Some(3)), at(t0, 10), &config, 0.0);
-        assert!(matches!(event, Some(WatchEvent::Changed { index: 3, .. })));
+        assert!(matches!(
+            event,
+            Some(WatchEvent::Value {
+                index: 3,
+                continuity: Continuity::Reset,
+                ..
+            })
+        ));
         assert_eq!(state.next_request().index, 0);
         let (state, event) = state.step(answer("fresh", Some(3)), at(t0, 20), &config, 0.0);
         assert!(event.is_none(), "the re-read after a reset is not a change");

@@ -8,8 +8,10 @@
 //! let mut watch = client.watch_health_service("web", HealthFilter::All, WatchConfig::default());
 //! while let Some(event) = watch.next().await {
 //!     match event {
-//!         WatchEvent::Changed { value, .. } | WatchEvent::Recovered { value, .. } => {
-//!             println!("{} instances", value.len());
+//!         WatchEvent::Value { value, continuity, .. } => {
+//!             // `continuity` says whether this follows on from the last
+//!             // answer or replaces it (an index reset, an outage).
+//!             println!("{} instances ({continuity:?})", value.len());
 //!         }
 //!         WatchEvent::Degraded { error, last_good, .. } => {
 //!             // Keep serving `last_good`; the watch retries by itself.
@@ -42,7 +44,7 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use tokio::time::Instant;
 
 pub use backoff::Backoff;
-pub use event::WatchEvent;
+pub use event::{Continuity, WatchEvent};
 
 use self::machine::{State, Timing};
 use crate::api::health::{CheckBrief, HealthCheck, HealthFilter, HealthState, ServiceEntry};
@@ -206,19 +208,6 @@ impl Client {
         })
     }
 
-    /// Watches `GET /v1/health/state/<state>` decoded into [`CheckBrief`]s.
-    pub fn watch_health_state_brief(
-        &self,
-        state: HealthState,
-        config: WatchConfig,
-    ) -> Watch<Vec<CheckBrief<'static>>> {
-        let client = self.clone();
-        watch(config, move |options| {
-            let client = client.clone();
-            async move { client.health_state_brief(state, &options).await }
-        })
-    }
-
     /// Watches `GET /v1/health/state/<state>`, each answer folded into a
     /// fresh `init()` by `fold` (see [`Client::health_state_fold`]): the
     /// light way to follow every check of a large datacenter, since the
@@ -341,7 +330,7 @@ mod tests {
         let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             while let Some(event) = changes.next().await {
-                if let WatchEvent::Changed { index, .. } = event {
+                if let WatchEvent::Value { index, .. } = event {
                     let _ = seen_tx.send((index, Instant::now()));
                 }
             }
