@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use serde::Deserialize;
 use consul_client::config::{Address, Token};
 use consul_client::{ClientConfig, ConfigError};
 
@@ -12,7 +13,10 @@ use consul_client::{ClientConfig, ConfigError};
 /// Every field is optional so that a caller can fill gaps from elsewhere
 /// (envoy-acme-sds's config file, see [`ConsulArgs::or`]) before
 /// [`ConsulArgs::client_config`] applies the defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+///
+/// It is also the `consul_*` keys of a config file, less the token: secrets
+/// stay out of config files (`consul_token_file` names where one is).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Deserialize)]
 // Without these, clap makes this doc comment the about text of whichever
 // command flattens the struct.
 #[command(about = None, long_about = None)]
@@ -23,6 +27,7 @@ pub struct ConsulArgs {
 
     /// Consul ACL token (prefer --consul-token-file: a flag shows in `ps`).
     #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
     pub consul_token: Option<String>,
 
     /// File holding the Consul ACL token.
