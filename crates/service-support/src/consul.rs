@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Deserialize;
 use consul_client::config::{Address, Token};
 use consul_client::{ClientConfig, ConfigError};
+use serde::Deserialize;
 
 /// Where the Consul agent is and how to authenticate to it.
 ///

@@ -296,7 +296,9 @@ where
                 let text: String = map
                     .next_value()
                     .map_err(|e| de::Error::custom(format!("{key}: {e}")))?;
-                value = Some((self.parse)(&text).map_err(|e| de::Error::custom(format!("{key}: {e}")))?);
+                value = Some(
+                    (self.parse)(&text).map_err(|e| de::Error::custom(format!("{key}: {e}")))?,
+                );
             }
             Ok(value)
         }

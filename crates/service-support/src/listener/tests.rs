@@ -73,7 +73,10 @@ fn defaults_apply_when_nothing_is_given_and_show_in_help() {
         help.contains("Where Envoy connects [default: 127.0.0.1:15000]"),
         "{help}"
     );
-    assert!(help.contains("--xds-tls-client-ca <XDS_TLS_CLIENT_CA>"), "{help}");
+    assert!(
+        help.contains("--xds-tls-client-ca <XDS_TLS_CLIENT_CA>"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -114,11 +117,19 @@ fn tls_files_go_together_and_errors_name_the_flag() {
     let cert = dir.path().join("cert.pem");
     std::fs::write(&cert, "CERT").expect("write");
     let cert = cert.display().to_string();
-    let cli = parse(&["--xds-tls-cert", &cert, "--xds-tls-key", "/nonexistent/key.pem"])
-        .expect("parses");
+    let cli = parse(&[
+        "--xds-tls-cert",
+        &cert,
+        "--xds-tls-key",
+        "/nonexistent/key.pem",
+    ])
+    .expect("parses");
     let error = cli.server.tls_options().expect_err("no key file");
     assert!(error.to_string().contains("--xds-tls-key"), "{error}");
-    assert!(error.to_string().contains("/nonexistent/key.pem"), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/key.pem"),
+        "{error}"
+    );
 }
 
 #[test]
