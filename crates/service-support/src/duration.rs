@@ -38,12 +38,12 @@ pub fn deserialize_optional<'de, D: Deserializer<'de>>(
 /// As [`parse_duration`] reads them: `15s` for 15 seconds, `5ms`, `2m`, `1h`.
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         return format!("{millis}ms");
     }
     match duration.as_secs() {
-        secs if secs != 0 && secs % 3600 == 0 => format!("{}h", secs / 3600),
-        secs if secs != 0 && secs % 60 == 0 => format!("{}m", secs / 60),
+        secs if secs != 0 && secs.is_multiple_of(3600) => format!("{}h", secs / 3600),
+        secs if secs != 0 && secs.is_multiple_of(60) => format!("{}m", secs / 60),
         secs => format!("{secs}s"),
     }
 }
