@@ -41,12 +41,14 @@ impl Layer {
         rules::certificates_fit(&certificates, &challenge)?;
         let session_ttl = self.session_ttl.unwrap_or(defaults::SESSION_TTL);
         rules::session_ttl_allowed(session_ttl)?;
+        let lock_delay = self.lock_delay.unwrap_or(defaults::LOCK_DELAY);
+        rules::lock_delay_allowed(lock_delay)?;
         Ok(Settings {
             acme,
             certificates,
             challenge,
             storage,
-            lock_delay: self.lock_delay.unwrap_or(defaults::LOCK_DELAY),
+            lock_delay,
             session_ttl,
             instance_name: self.instance_name.clone().unwrap_or_else(host_name),
             sds_listen: self.sds.listen(),

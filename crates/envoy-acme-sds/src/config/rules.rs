@@ -55,6 +55,23 @@ pub fn session_ttl_allowed(ttl: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The longest lock delay Consul accepts; it refuses every session asking
+/// for more, so no replica could ever hold the renewal lock.
+pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+
+pub fn lock_delay_allowed(delay: Duration) -> Result<(), ConfigError> {
+    if delay > MAX_LOCK_DELAY {
+        return Err(invalid(
+            "--lock-delay",
+            format!(
+                "Consul refuses lock delays over {}s",
+                MAX_LOCK_DELAY.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// At least one certificate; every secret name (certificates and their
 /// validation contexts) served once; wildcards only where dns-01 proves them.
 pub fn certificates_fit(

@@ -271,7 +271,7 @@ fn file_values_parse_as_their_flags_do() {
 storage = "disk:/x"
 challenge = "http-01"
 key_type = "rsa2048"
-lock_delay = "2m"
+lock_delay = "45s"
 session_ttl = "30s"
 sds_listen = "unix:/run/sds.sock"
 admin_listen = "127.0.0.1:19103"
@@ -285,7 +285,7 @@ domains = ["a.example"]
         .resolve()
         .expect("resolves");
     assert_eq!(settings.certificates[0].spec.key_type, KeyType::Rsa2048);
-    assert_eq!(settings.lock_delay, Duration::from_secs(120));
+    assert_eq!(settings.lock_delay, Duration::from_secs(45));
     assert_eq!(settings.session_ttl, Duration::from_secs(30));
     assert_eq!(settings.sds_listen, Listen::Unix("/run/sds.sock".into()));
     assert_eq!(settings.admin_listen.to_string(), "127.0.0.1:19103");
@@ -380,4 +380,24 @@ fn help_shows_the_defaults_resolution_uses() {
         settings.challenge,
         ChallengeSettings::Http01 { listen } if listen == defaults::HTTP01_LISTEN
     ));
+}
+
+#[test]
+fn a_lock_delay_consul_would_refuse_is_refused_at_start() {
+    let error = parse(&[
+        "--storage",
+        "disk:/x",
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+        "--lock-delay",
+        "90s",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect_err("over Consul's maximum");
+    assert!(error.to_string().contains("--lock-delay"), "{error}");
+    assert!(error.to_string().contains("60s"), "{error}");
 }
