@@ -1,13 +1,13 @@
 //! Command-line flags (each also an environment variable), parsed once at start.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
 use service_support::consul::ConsulArgs;
 use service_support::duration::parse_duration;
+use service_support::listener::{AdminArgs, AdminFlags, Flag, ServerArgs, ServerFlags};
 use service_support::logging::LogFormat;
 
 use crate::health::{CriticalPolicy, HealthPolicy, WarningPolicy};
@@ -38,29 +38,11 @@ pub struct Config {
     #[arg(long, env = "CONSUL_EDS_STALE")]
     pub stale: bool,
 
-    /// Where Envoy connects for xDS: host:port or unix:/path.
-    #[arg(long, env = "CONSUL_EDS_XDS_LISTEN", default_value = "127.0.0.1:15000")]
-    pub xds_listen: String,
+    #[command(flatten)]
+    pub xds: ServerArgs<XdsListener>,
 
-    /// PEM certificate chain for TLS on the xDS listener (with --xds-tls-key).
-    #[arg(long, env = "CONSUL_EDS_XDS_TLS_CERT", requires = "xds_tls_key")]
-    pub xds_tls_cert: Option<PathBuf>,
-
-    /// PEM private key for --xds-tls-cert.
-    #[arg(long, env = "CONSUL_EDS_XDS_TLS_KEY", requires = "xds_tls_cert")]
-    pub xds_tls_key: Option<PathBuf>,
-
-    /// PEM CA that Envoys' client certificates must chain to (mTLS).
-    #[arg(long, env = "CONSUL_EDS_XDS_TLS_CLIENT_CA", requires = "xds_tls_cert")]
-    pub xds_tls_client_ca: Option<PathBuf>,
-
-    /// Admin HTTP listener (/metrics, /healthz, /readyz, /debug/snapshot).
-    #[arg(
-        long,
-        env = "CONSUL_EDS_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9102"
-    )]
-    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub admin: AdminArgs<AdminListener>,
 
     /// Only these services are served (comma-separated); default: any a client asks for.
     #[arg(long, env = "CONSUL_EDS_SERVICES", value_delimiter = ',')]
@@ -119,6 +101,52 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+/// The names of the xDS listener flags.
+#[derive(Debug, Clone, Copy)]
+pub struct XdsListener;
+
+impl ServerFlags for XdsListener {
+    const LISTEN: Flag = Flag {
+        long: "xds-listen",
+        env: "CONSUL_EDS_XDS_LISTEN",
+        value_name: "XDS_LISTEN",
+        help: "Where Envoy connects for xDS: host:port or unix:/path",
+    };
+    const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15000);
+    const TLS_CERT: Flag = Flag {
+        long: "xds-tls-cert",
+        env: "CONSUL_EDS_XDS_TLS_CERT",
+        value_name: "XDS_TLS_CERT",
+        help: "PEM certificate chain for TLS on the xDS listener (with --xds-tls-key)",
+    };
+    const TLS_KEY: Flag = Flag {
+        long: "xds-tls-key",
+        env: "CONSUL_EDS_XDS_TLS_KEY",
+        value_name: "XDS_TLS_KEY",
+        help: "PEM private key for --xds-tls-cert",
+    };
+    const TLS_CLIENT_CA: Flag = Flag {
+        long: "xds-tls-client-ca",
+        env: "CONSUL_EDS_XDS_TLS_CLIENT_CA",
+        value_name: "XDS_TLS_CLIENT_CA",
+        help: "PEM CA that Envoys' client certificates must chain to (mTLS)",
+    };
+}
+
+/// The name of the admin listener flag.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminListener;
+
+impl AdminFlags for AdminListener {
+    const LISTEN: Flag = Flag {
+        long: "admin-listen",
+        env: "CONSUL_EDS_ADMIN_LISTEN",
+        value_name: "ADMIN_LISTEN",
+        help: "Admin HTTP listener (/metrics, /healthz, /readyz, /debug/snapshot)",
+    };
+    const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9102);
+}
+
 /// The address Envoy is given for an instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum AddressSource {
@@ -158,8 +186,11 @@ mod tests {
     #[test]
     fn defaults_match_the_seed_layout() {
         let config = Config::try_parse_from(["consul-eds-server"]).expect("defaults parse");
-        assert_eq!(config.xds_listen, "127.0.0.1:15000");
-        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9102");
+        assert_eq!(
+            config.xds.listen(),
+            xds_core::Listen::Tcp("127.0.0.1:15000".parse().expect("addr"))
+        );
+        assert_eq!(config.admin.listen().to_string(), "127.0.0.1:9102");
         assert_eq!(config.max_blocking_queries, 64);
         assert_eq!(config.coalesce, Duration::from_millis(5));
     }
@@ -172,6 +203,10 @@ mod tests {
         let error = Config::try_parse_from(["consul-eds-server", "--warning", "maybe"])
             .expect_err("rejected");
         assert!(error.to_string().contains("--warning"), "{error}");
+        let error = Config::try_parse_from(["consul-eds-server", "--xds-listen", "unix:"])
+            .expect_err("rejected");
+        assert!(error.to_string().contains("--xds-listen"), "{error}");
+        assert!(error.to_string().contains("socket path"), "{error}");
     }
 
     #[test]

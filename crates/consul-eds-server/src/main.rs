@@ -19,9 +19,7 @@ use consul_eds_server::state::ServedState;
 use prometheus_client::registry::Registry;
 use service_support::admin::AdminServer;
 use service_support::{logging, shutdown};
-use xds_core::{
-    Listen, ResourceType, ServerOptions, SharedKey, SnapshotCache, TlsOptions, XdsServer,
-};
+use xds_core::{ResourceType, ServerOptions, SharedKey, SnapshotCache, XdsServer};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -49,7 +47,7 @@ async fn run(config: Config) -> Result<()> {
         .with_metrics(xds_metrics)
         .with_options(ServerOptions {
             drain_timeout: config.shutdown_grace,
-            tls: xds_tls(&config)?,
+            tls: config.xds.tls_options()?,
             ..ServerOptions::default()
         });
     let demand = server.subscriptions().watch(ResourceType::Endpoint);
@@ -84,14 +82,15 @@ async fn run(config: Config) -> Result<()> {
     );
 
     let shutdown = shutdown::on_signal();
-    let admin = AdminServer::bind(config.admin_listen).await?;
+    let admin = AdminServer::bind(config.admin.listen()).await?;
+    let xds_listen = config.xds.listen();
     let bound = server
-        .bind(parse_listen(&config.xds_listen)?)
+        .bind(xds_listen.clone())
         .await
-        .with_context(|| format!("binding the xDS listener {}", config.xds_listen))?;
+        .with_context(|| format!("binding the xDS listener {xds_listen:?}"))?;
     tracing::info!(
-        xds = %config.xds_listen,
-        admin = %config.admin_listen,
+        xds = ?xds_listen,
+        admin = %config.admin.listen(),
         consul = %config.consul.address(),
         "consul-eds-server serving"
     );
@@ -152,32 +151,4 @@ fn consul_client(config: &Config, registry: &mut Registry) -> Result<Client> {
     let metrics = ClientMetrics::default();
     metrics.register(registry);
     Client::with_metrics(client_config, metrics).context("building the Consul client")
-}
-
-fn xds_tls(config: &Config) -> Result<Option<TlsOptions>> {
-    let (Some(cert), Some(key)) = (&config.xds_tls_cert, &config.xds_tls_key) else {
-        return Ok(None);
-    };
-    let read = |path: &std::path::PathBuf, flag: &str| {
-        std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
-    };
-    Ok(Some(TlsOptions {
-        certificate_chain_pem: read(cert, "--xds-tls-cert")?,
-        private_key_pem: read(key, "--xds-tls-key")?,
-        client_ca_pem: config
-            .xds_tls_client_ca
-            .as_ref()
-            .map(|path| read(path, "--xds-tls-client-ca"))
-            .transpose()?,
-    }))
-}
-
-/// `host:port` or `unix:/path`.
-fn parse_listen(text: &str) -> Result<Listen> {
-    if let Some(path) = text.strip_prefix("unix:") {
-        return Ok(Listen::Unix(path.trim_start_matches("//").into()));
-    }
-    text.parse()
-        .map(Listen::Tcp)
-        .with_context(|| format!("--xds-listen `{text}`: expected host:port or unix:/path"))
 }

@@ -23,7 +23,7 @@ use envoy_acme_sds::challenge::dns01::{Rfc2136Config, Rfc2136Solver};
 use envoy_acme_sds::challenge::exec::{ExecHookConfig, ExecHookSolver};
 use envoy_acme_sds::challenge::http01::{Http01Server, Http01Solver, MemoryTokenStore, TokenStore};
 use envoy_acme_sds::config::{
-    ChallengeSettings, Cli, Command, RenewArgs, RunArgs, Settings, StorageLocation,
+    ChallengeSettings, Cli, Command, Layer, RenewArgs, Settings, StorageLocation,
 };
 use envoy_acme_sds::metrics::ServiceMetrics;
 use envoy_acme_sds::renewer::{ManagedCertificate, Renewer};
@@ -44,7 +44,7 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn serve(args: RunArgs) -> Result<()> {
+async fn serve(args: Layer) -> Result<()> {
     service_support::logging::init(args.log_format.unwrap_or_default());
     let settings = args.resolve().context("invalid configuration")?;
     let shutdown = service_support::shutdown::on_signal();

@@ -6,13 +6,17 @@ use std::path::PathBuf;
 use clap::Args;
 use consul_client::config::{Address, Token};
 use consul_client::{ClientConfig, ConfigError};
+use serde::Deserialize;
 
 /// Where the Consul agent is and how to authenticate to it.
 ///
 /// Every field is optional so that a caller can fill gaps from elsewhere
 /// (envoy-acme-sds's config file, see [`ConsulArgs::or`]) before
 /// [`ConsulArgs::client_config`] applies the defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+///
+/// It is also the `consul_*` keys of a config file, less the token: secrets
+/// stay out of config files (`consul_token_file` names where one is).
+#[derive(Clone, Default, PartialEq, Eq, Args, Deserialize)]
 // Without these, clap makes this doc comment the about text of whichever
 // command flattens the struct.
 #[command(about = None, long_about = None)]
@@ -23,6 +27,7 @@ pub struct ConsulArgs {
 
     /// Consul ACL token (prefer --consul-token-file: a flag shows in `ps`).
     #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
     pub consul_token: Option<String>,
 
     /// File holding the Consul ACL token.
@@ -40,6 +45,23 @@ pub struct ConsulArgs {
     /// Client key (PEM) for --consul-client-cert.
     #[arg(long, env = "CONSUL_CLIENT_KEY", requires = "consul_client_cert")]
     pub consul_client_key: Option<PathBuf>,
+}
+
+// By hand, so that no `{:?}` of the flags can print the token.
+impl std::fmt::Debug for ConsulArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulArgs")
+            .field("consul_addr", &self.consul_addr)
+            .field(
+                "consul_token",
+                &self.consul_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("consul_token_file", &self.consul_token_file)
+            .field("consul_cacert", &self.consul_cacert)
+            .field("consul_client_cert", &self.consul_client_cert)
+            .field("consul_client_key", &self.consul_client_key)
+            .finish()
+    }
 }
 
 /// The agent address when none is given, as for the `consul` CLI.
@@ -136,6 +158,17 @@ mod tests {
         let config = cli.consul.client_config().expect("config");
         assert!(config.token.is_some());
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let args = ConsulArgs {
+            consul_token: Some("s3cr3t-token".to_owned()),
+            ..ConsulArgs::default()
+        };
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("consul_token"), "{shown}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer, de};
+
 /// Parses `<digits><unit>` with unit `ms`, `s` (the default), `m` or `h`;
 /// usable as a clap `value_parser`, whose error then names the flag.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -21,6 +23,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => Err(format!(
             "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
         )),
+    }
+}
+
+/// A config file's duration, read exactly as the flag is: for
+/// `#[serde(default, deserialize_with = "...")]` on an `Option<Duration>`.
+pub fn deserialize_optional<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map(Some).map_err(de::Error::custom)
+}
+
+/// As [`parse_duration`] reads them: `15s` for 15 seconds, `5ms`, `2m`, `1h`.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if !millis.is_multiple_of(1000) {
+        return format!("{millis}ms");
+    }
+    match duration.as_secs() {
+        secs if secs != 0 && secs.is_multiple_of(3600) => format!("{}h", secs / 3600),
+        secs if secs != 0 && secs.is_multiple_of(60) => format!("{}m", secs / 60),
+        secs => format!("{secs}s"),
     }
 }
 
@@ -49,5 +73,15 @@ mod tests {
                 .contains("unknown unit `d`")
         );
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn formatting_reads_back_as_the_same_duration() {
+        for text in ["0s", "5ms", "15s", "90s", "2m", "1h"] {
+            let duration = parse_duration(text).expect("parses");
+            assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
+        }
+        assert_eq!(format_duration(Duration::from_secs(15)), "15s");
+        assert_eq!(format_duration(Duration::from_millis(5)), "5ms");
     }
 }

@@ -1,5 +1,6 @@
 //! What both services share around their core: the admin HTTP server, the
-//! Consul connection flags, logging set-up and the shutdown signal.
+//! Consul connection and listener flags, logging set-up and the shutdown
+//! signal.
 //!
 //! Kept apart from `xds-core` (which knows only xDS) and from the services
 //! (which know their domain), so each service's `main` reads as wiring.
@@ -7,6 +8,7 @@
 pub mod admin;
 pub mod consul;
 pub mod duration;
+pub mod listener;
 pub mod logging;
 pub mod shutdown;
 pub mod time;

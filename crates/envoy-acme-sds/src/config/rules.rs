@@ -1,0 +1,116 @@
+//! Rules across settings: what no single flag's parser can see. Each is
+//! checked on the merged layer (or the certificates resolved from it), so a
+//! flag and a file key that break a rule together are caught alike; each
+//! error names the flag it concerns.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::{CertificateSettings, ChallengeSettings, ConfigError, Layer, invalid};
+use crate::election::MIN_SESSION_TTL;
+
+/// An exec hook publishes challenges itself; an RFC 2136 server as well
+/// would leave it unclear which one answers.
+pub fn one_challenge_publisher(layer: &Layer) -> Result<(), ConfigError> {
+    if layer.exec_hook.is_some() && layer.rfc2136.rfc2136_server.is_some() {
+        return Err(invalid(
+            "--exec-hook",
+            "give either an exec hook or an RFC 2136 server, not both",
+        ));
+    }
+    Ok(())
+}
+
+/// An External Account Binding needs both its key id and its key.
+pub fn eab_complete(layer: &Layer) -> Result<(), ConfigError> {
+    if layer.eab_kid.is_some() != layer.eab_hmac_key_file.is_some() {
+        return Err(invalid(
+            "--eab-kid",
+            "--eab-kid and --eab-hmac-key-file go together",
+        ));
+    }
+    Ok(())
+}
+
+/// `--validation-context-secret` names one certificate's CA secret, so it
+/// needs exactly one `--cert` to belong to.
+pub fn validation_context_has_one_cert(flag_certs: usize) -> Result<(), ConfigError> {
+    if flag_certs != 1 {
+        return Err(invalid(
+            "--validation-context-secret",
+            "applies to exactly one --cert; give each certificate its own in the config file",
+        ));
+    }
+    Ok(())
+}
+
+/// Consul refuses shorter session TTLs.
+pub fn session_ttl_allowed(ttl: Duration) -> Result<(), ConfigError> {
+    if ttl < MIN_SESSION_TTL {
+        return Err(invalid(
+            "--session-ttl",
+            "Consul refuses session TTLs under 10s",
+        ));
+    }
+    Ok(())
+}
+
+/// The longest lock delay Consul accepts; it refuses every session asking
+/// for more, so no replica could ever hold the renewal lock.
+pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+
+pub fn lock_delay_allowed(delay: Duration) -> Result<(), ConfigError> {
+    if delay > MAX_LOCK_DELAY {
+        return Err(invalid(
+            "--lock-delay",
+            format!(
+                "Consul refuses lock delays over {}s",
+                MAX_LOCK_DELAY.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// At least one certificate; every secret name (certificates and their
+/// validation contexts) served once; wildcards only where dns-01 proves them.
+pub fn certificates_fit(
+    certificates: &[CertificateSettings],
+    challenge: &ChallengeSettings,
+) -> Result<(), ConfigError> {
+    if certificates.is_empty() {
+        return Err(invalid(
+            "--cert",
+            "no certificate configured (give --cert or [[certificate]] in --config)",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for certificate in certificates {
+        let names = [
+            Some(certificate.spec.secret_name.as_str()),
+            certificate.validation_context.as_deref(),
+        ];
+        for name in names.into_iter().flatten() {
+            if !seen.insert(name) {
+                return Err(invalid(
+                    "--cert",
+                    format!("the secret name `{name}` is used twice"),
+                ));
+            }
+        }
+    }
+    if challenge.is_http01()
+        && let Some(certificate) = certificates
+            .iter()
+            .find(|c| c.spec.names.iter().any(|n| n.is_wildcard()))
+    {
+        return Err(invalid(
+            "--challenge",
+            format!(
+                "certificate `{}` has a wildcard name, which only dns-01 can validate",
+                certificate.spec.secret_name
+            ),
+        ));
+    }
+    Ok(())
+}

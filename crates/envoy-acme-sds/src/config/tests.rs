@@ -1,0 +1,403 @@
+use std::path::Path;
+use std::time::Duration;
+
+use xds_core::Listen;
+
+use super::*;
+use crate::keys::KeyType;
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("envoy-acme-sds").chain(args.iter().copied()))
+}
+
+fn tsig_file(dir: &tempfile::TempDir) -> String {
+    let path = dir.path().join("tsig.key");
+    std::fs::write(
+        &path,
+        "key \"update-key\" { algorithm hmac-sha256; secret \"c2VjcmV0c2VjcmV0c2VjcmV0\"; };",
+    )
+    .expect("write");
+    path.display().to_string()
+}
+
+#[test]
+fn the_documented_command_line_resolves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tsig = tsig_file(&dir);
+    let storage = format!("disk:{}", dir.path().display());
+    let cli = parse(&[
+        "--acme-directory",
+        "https://ca.example/dir",
+        "--email",
+        "ops@example.com",
+        "--cert",
+        "example.com,*.example.com",
+        "--cert",
+        "api=api.example.com",
+        "--challenge",
+        "dns-01",
+        "--rfc2136-server",
+        "127.0.0.1:53",
+        "--tsig-key-file",
+        &tsig,
+        "--storage",
+        &storage,
+        "--key-type",
+        "rsa2048",
+        "--lock-delay",
+        "0s",
+    ])
+    .expect("parses");
+    assert!(cli.command.is_none());
+    let settings = cli.run.resolve().expect("resolves");
+    assert_eq!(settings.acme.directory_url, "https://ca.example/dir");
+    assert_eq!(settings.acme.contact, vec!["ops@example.com"]);
+    assert_eq!(settings.certificates.len(), 2);
+    let first = &settings.certificates[0];
+    assert_eq!(first.spec.secret_name.as_str(), "example.com");
+    assert_eq!(first.zone, "example.com");
+    assert_eq!(first.spec.key_type, KeyType::Rsa2048);
+    assert_eq!(settings.certificates[1].spec.secret_name.as_str(), "api");
+    assert_eq!(settings.lock_delay, Duration::ZERO);
+    assert_eq!(
+        settings.sds_listen,
+        Listen::Tcp("127.0.0.1:20000".parse().expect("addr"))
+    );
+    assert_eq!(settings.admin_listen.to_string(), "127.0.0.1:9103");
+    assert!(matches!(
+        settings.challenge,
+        ChallengeSettings::Rfc2136 { .. }
+    ));
+    assert!(matches!(
+        settings.storage.location,
+        StorageLocation::Disk(_)
+    ));
+}
+
+#[test]
+fn consul_connection_comes_from_flags_then_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        r#"
+storage = "consul:certs"
+consul_addr = "https://consul.internal:8501"
+consul_cacert = "/etc/consul/ca.pem"
+consul_client_cert = "/etc/consul/client.pem"
+consul_client_key = "/etc/consul/client-key.pem"
+"#,
+    )
+    .expect("write");
+    let config_arg = config.display().to_string();
+    let resolve = |extra: &[&str]| {
+        let mut args = vec!["--config", &config_arg, "--cert", "example.org"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--challenge", "http-01"]);
+        parse(&args)
+            .expect("parses")
+            .run
+            .resolve()
+            .expect("resolves")
+            .storage
+            .consul
+            .expect("consul storage")
+    };
+    let from_file = resolve(&[]);
+    assert_eq!(
+        from_file.address.to_string(),
+        "https://consul.internal:8501"
+    );
+    assert_eq!(
+        from_file.tls.client_cert.as_deref(),
+        Some(Path::new("/etc/consul/client.pem"))
+    );
+    let flag_wins = resolve(&["--consul-addr", "http://127.0.0.1:8500"]);
+    assert_eq!(flag_wins.address.to_string(), "http://127.0.0.1:8500");
+    assert_eq!(flag_wins.tls.ca_cert, from_file.tls.ca_cert);
+}
+
+#[test]
+fn file_certificates_add_to_flags_and_bad_fields_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tsig = tsig_file(&dir);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+storage = "consul:certs"
+challenge = "dns-01"
+[rfc2136]
+server = "127.0.0.1:5353"
+tsig_key_file = "{tsig}"
+zone = "example.org"
+[[certificate]]
+name = "www"
+domains = ["www.example.org"]
+validation_context_secret = "www-ca"
+"#
+        ),
+    )
+    .expect("write");
+    let config_arg = config.display().to_string();
+    let cli = parse(&["--config", &config_arg, "--cert", "example.org"]).expect("parses");
+    let settings = cli.run.resolve().expect("resolves");
+    assert_eq!(settings.certificates.len(), 2);
+    let www = &settings.certificates[1];
+    assert_eq!(www.spec.secret_name.as_str(), "www");
+    assert_eq!(www.validation_context.as_deref(), Some("www-ca"));
+    assert_eq!(www.zone, "example.org");
+    assert!(settings.storage.consul.is_some());
+
+    std::fs::write(
+        &config,
+        "storage = \"disk:/x\"\n[[certificate]]\ndomains = [\"a.example\"]\nkey_typ = \"rsa\"\n",
+    )
+    .expect("write");
+    let error = parse(&["--config", &config_arg])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("unknown field");
+    assert!(error.to_string().contains("key_typ"), "{error}");
+
+    std::fs::write(
+        &config,
+        "storage = \"disk:/x\"\n[[certificate]]\ndomains = \"a.example\"\n",
+    )
+    .expect("write");
+    let error = parse(&["--config", &config_arg])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("wrong type");
+    assert!(
+        error.to_string().contains("certificate[0].domains"),
+        "{error}"
+    );
+
+    std::fs::write(
+        &config,
+        "storage = \"disk:/x\"\n[[certificate]]\ndomains = [\"bad_name.example\"]\n",
+    )
+    .expect("write");
+    let error = parse(&["--config", &config_arg, "--challenge", "http-01"])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("bad domain");
+    assert!(error.to_string().contains("certificate[0]"), "{error}");
+}
+
+#[test]
+fn wildcards_with_http01_and_missing_pieces_are_refused() {
+    let error = parse(&[
+        "--storage",
+        "disk:/x",
+        "--challenge",
+        "http-01",
+        "--cert",
+        "*.example.com",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect_err("wildcard over http-01");
+    assert!(error.to_string().contains("only dns-01"), "{error}");
+
+    let error = parse(&["--storage", "disk:/x", "--cert", "example.com"])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("no DNS server");
+    assert!(error.to_string().contains("--rfc2136-server"), "{error}");
+
+    let error = parse(&["--storage", "s3:bucket", "--cert", "example.com"])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("bad storage");
+    assert!(error.to_string().contains("--storage"), "{error}");
+
+    let error = parse(&["--lock-delay", "soon"]).expect_err("bad duration");
+    assert!(error.to_string().contains("--lock-delay"), "{error}");
+}
+
+#[test]
+fn renew_subcommand_takes_storage_and_names() {
+    let cli = parse(&[
+        "renew",
+        "--cert",
+        "example.com",
+        "--storage",
+        "consul:certs",
+    ])
+    .expect("parses");
+    let Some(Command::Renew(args)) = cli.command else {
+        panic!("not the renew subcommand");
+    };
+    let (storage, names) = args.resolve().expect("resolves");
+    assert_eq!(names[0].as_str(), "example.com");
+    assert_eq!(
+        storage.location,
+        StorageLocation::Consul {
+            prefix: "certs".to_owned()
+        }
+    );
+}
+
+#[test]
+fn durations_read_as_written() {
+    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert!(parse_duration("1d").is_err());
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write");
+    path.display().to_string()
+}
+
+#[test]
+fn file_values_parse_as_their_flags_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        &dir,
+        r#"
+storage = "disk:/x"
+challenge = "http-01"
+key_type = "rsa2048"
+lock_delay = "45s"
+session_ttl = "30s"
+sds_listen = "unix:/run/sds.sock"
+admin_listen = "127.0.0.1:19103"
+[[certificate]]
+domains = ["a.example"]
+"#,
+    );
+    let settings = parse(&["--config", &config])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect("resolves");
+    assert_eq!(settings.certificates[0].spec.key_type, KeyType::Rsa2048);
+    assert_eq!(settings.lock_delay, Duration::from_secs(45));
+    assert_eq!(settings.session_ttl, Duration::from_secs(30));
+    assert_eq!(settings.sds_listen, Listen::Unix("/run/sds.sock".into()));
+    assert_eq!(settings.admin_listen.to_string(), "127.0.0.1:19103");
+
+    let flags_win = parse(&[
+        "--config",
+        &config,
+        "--lock-delay",
+        "0s",
+        "--key-type",
+        "ecdsa-p256",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect("resolves");
+    assert_eq!(flags_win.lock_delay, Duration::ZERO);
+    assert_eq!(flags_win.certificates[0].spec.key_type, KeyType::EcdsaP256);
+}
+
+#[test]
+fn bad_file_values_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("key_type = \"dsa\"", "key_type"),
+        ("lock_delay = \"soon\"", "lock_delay"),
+        ("sds_listen = \"unix:\"", "sds_listen"),
+        ("admin_listen = \"nowhere\"", "admin_listen"),
+        ("consul_token = \"secret\"", "consul_token"),
+        ("log_format = \"json\"", "log_format"),
+        (
+            "[[certificate]]\ndomains = [\"a.example\"]\nkey_type = \"dsa\"",
+            "certificate[0].key_type",
+        ),
+    ];
+    for (text, key) in cases {
+        let config = write_config(&dir, &format!("storage = \"disk:/x\"\n{text}\n"));
+        let error = parse(&["--config", &config])
+            .expect("parses")
+            .run
+            .resolve()
+            .expect_err(text);
+        assert!(error.to_string().contains(key), "{text}: {error}");
+    }
+}
+
+#[test]
+fn an_empty_unix_socket_path_is_refused_naming_the_flag() {
+    let error = parse(&["--sds-listen", "unix:"]).expect_err("empty unix path");
+    assert!(error.to_string().contains("--sds-listen"), "{error}");
+    assert!(error.to_string().contains("socket path"), "{error}");
+}
+
+#[test]
+fn help_shows_the_defaults_resolution_uses() {
+    let help = <Cli as clap::CommandFactory>::command()
+        .render_long_help()
+        .to_string();
+    for shown in [
+        "[default: 127.0.0.1:20000]",
+        "[default: 127.0.0.1:9103]",
+        "[default: 0.0.0.0:80]",
+        "Consul lock delay after the renewing replica's session is invalidated [default: 15s]",
+        "TTL of the lock session, at least 10s [default: 15s]",
+        "Private key type of new certificates [default: ecdsa-p256]",
+        "[default: dns-01]",
+        "Log format [default: pretty]",
+        "[default: 5s]",
+    ] {
+        assert!(help.contains(shown), "--help lacks {shown}:\n{help}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = format!("disk:{}", dir.path().display());
+    let settings = parse(&[
+        "--storage",
+        &storage,
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect("resolves");
+    assert_eq!(settings.sds_listen, Listen::Tcp(defaults::SDS_LISTEN));
+    assert_eq!(settings.admin_listen, defaults::ADMIN_LISTEN);
+    assert_eq!(settings.lock_delay, defaults::LOCK_DELAY);
+    assert_eq!(settings.session_ttl, defaults::SESSION_TTL);
+    assert_eq!(settings.shutdown_grace, defaults::SHUTDOWN_GRACE);
+    assert!(matches!(
+        settings.challenge,
+        ChallengeSettings::Http01 { listen } if listen == defaults::HTTP01_LISTEN
+    ));
+}
+
+#[test]
+fn a_lock_delay_consul_would_refuse_is_refused_at_start() {
+    let error = parse(&[
+        "--storage",
+        "disk:/x",
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+        "--lock-delay",
+        "90s",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect_err("over Consul's maximum");
+    assert!(error.to_string().contains("--lock-delay"), "{error}");
+    assert!(error.to_string().contains("60s"), "{error}");
+}
