@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consul_client::{Continuity, KvPair, WatchConfig, WatchEvent};
+use consul_client::{Client, Continuity, KvPair, WatchConfig, WatchEvent};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -53,21 +53,11 @@ impl KvFollower {
 
     pub async fn run(mut self, shutdown: CancellationToken) {
         let prefix = format!("{}/", self.store.prefix());
-        let mut watch = self.store.client().watch_kv_prefix(
-            prefix.clone(),
-            WatchConfig {
-                wait: Duration::from_secs(300),
-                ..WatchConfig::default()
-            },
-        );
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => return,
-                event = watch.next() => event,
-            };
-            let Some(event) = event else { return };
+        let client = self.store.client().clone();
+        follow_prefix(&client, prefix.clone(), shutdown, |event| {
             self.on_event(&prefix, event);
-        }
+        })
+        .await;
     }
 
     /// What one event of the watch means here: the only place that looks
@@ -142,5 +132,33 @@ impl ItemsSignature {
             .collect();
         items.sort_by_key(|(part, index)| (part.file_name(), *index));
         Self(items)
+    }
+}
+
+/// Follows every key under `prefix` with one long blocking query, handing
+/// each event of the watch to `on_event`, until `shutdown`.
+///
+/// Why a 5-minute wait: these keys change rarely, and every replica holds
+/// one such query open; a longer wait means fewer idle round trips.
+pub async fn follow_prefix(
+    client: &Client,
+    prefix: String,
+    shutdown: CancellationToken,
+    mut on_event: impl FnMut(WatchEvent<Vec<KvPair>>),
+) {
+    let mut watch = client.watch_kv_prefix(
+        prefix,
+        WatchConfig {
+            wait: Duration::from_secs(300),
+            ..WatchConfig::default()
+        },
+    );
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = watch.next() => event,
+        };
+        let Some(event) = event else { return };
+        on_event(event);
     }
 }

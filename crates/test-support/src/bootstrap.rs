@@ -93,25 +93,35 @@ impl GatewayBootstrap {
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
-{clusters}  - name: xds
+{clusters}{xds_cluster}"#,
+            node = self.node_id,
+            listener_port = self.listener_port,
+            xds_cluster = control_plane_cluster("xds", self.xds, ""),
+        )
+    }
+}
+
+/// A static cluster `name` reaching a control plane at `addr` over gRPC
+/// (HTTP/2), with `transport_socket` (YAML at the cluster's indentation, or
+/// empty for plaintext).
+pub fn control_plane_cluster(name: &str, addr: SocketAddr, transport_socket: &str) -> String {
+    format!(
+        r#"  - name: {name}
     type: STATIC
     connect_timeout: 1s
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
+{transport_socket}    load_assignment:
+      cluster_name: {name}
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {xds_ip}, port_value: {xds_port} }} }} }}
+        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
 "#,
-            node = self.node_id,
-            listener_port = self.listener_port,
-            xds_ip = self.xds.ip(),
-            xds_port = self.xds.port(),
-        )
-    }
+        ip = addr.ip(),
+        port = addr.port(),
+    )
 }
 
 /// How Envoy asks for secrets.
@@ -243,24 +253,11 @@ impl SdsListenerBootstrap {
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:
-  - name: sds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-{transport_socket}    load_assignment:
-      cluster_name: sds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
-"#,
+{sds_cluster}"#,
             node = self.node_id,
             listener_port = self.listener_port,
             secret = self.secret,
-            ip = self.sds.ip(),
-            port = self.sds.port(),
+            sds_cluster = control_plane_cluster("sds", self.sds, &transport_socket),
         )
     }
 }

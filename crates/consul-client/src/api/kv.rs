@@ -140,11 +140,8 @@ impl Client {
         value: impl Into<Bytes>,
         index: u64,
     ) -> Result<bool, Error> {
-        let write = KvWrite {
-            flags: None,
-            condition: KvCondition::Cas { index },
-        };
-        self.kv_write(key, value, &write).await
+        self.kv_write_if(key, value, KvCondition::Cas { index })
+            .await
     }
 
     /// Takes `key`'s lock for `session` and sets its value; `Ok(false)` if
@@ -155,11 +152,8 @@ impl Client {
         value: impl Into<Bytes>,
         session: &SessionId,
     ) -> Result<bool, Error> {
-        let write = KvWrite {
-            flags: None,
-            condition: KvCondition::Acquire(session.clone()),
-        };
-        self.kv_write(key, value, &write).await
+        self.kv_write_if(key, value, KvCondition::Acquire(session.clone()))
+            .await
     }
 
     /// Releases `key`'s lock held by `session`, setting its value.
@@ -169,9 +163,20 @@ impl Client {
         value: impl Into<Bytes>,
         session: &SessionId,
     ) -> Result<bool, Error> {
+        self.kv_write_if(key, value, KvCondition::Release(session.clone()))
+            .await
+    }
+
+    /// [`Self::kv_write`] with no flags.
+    async fn kv_write_if(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        condition: KvCondition,
+    ) -> Result<bool, Error> {
         let write = KvWrite {
             flags: None,
-            condition: KvCondition::Release(session.clone()),
+            condition,
         };
         self.kv_write(key, value, &write).await
     }

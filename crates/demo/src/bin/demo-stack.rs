@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use demo::load::{LoadPlan, run as run_load};
 use service_support::shutdown;
+use test_support::bootstrap::control_plane_cluster;
 use test_support::{
     ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, eventually, free_port,
     http_get,
@@ -395,23 +396,7 @@ fn gateway_bootstrap(
             "{{ resource_api_version: V3, api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: {cluster} }} }}] }} }}"
         )
     };
-    let xds_cluster = |name: &str, addr: SocketAddr| {
-        format!(
-            r#"  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }} }}] }}]
-"#,
-            ip = addr.ip(),
-            port = addr.port()
-        )
-    };
+    let xds_cluster = |name: &str, addr: SocketAddr| control_plane_cluster(name, addr, "");
     let hcm = |prefix: &str| {
         format!(
             r#"      - name: envoy.filters.network.http_connection_manager

@@ -20,11 +20,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use consul_client::{Client, KvPair, QueryOptions, WatchConfig};
-use futures::StreamExt;
+use consul_client::{Client, KvPair, QueryOptions};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -66,19 +64,8 @@ impl ConsulTokenStore {
     /// Keeps the in-memory copy of the tokens current until `shutdown`.
     /// While Consul fails, the last copy stays.
     pub async fn follow(self, shutdown: CancellationToken) {
-        let mut watch = self.client.watch_kv_prefix(
-            self.dir.clone(),
-            WatchConfig {
-                wait: Duration::from_secs(300),
-                ..WatchConfig::default()
-            },
-        );
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => return,
-                event = watch.next() => event,
-            };
-            let Some(event) = event else { return };
+        let client = self.client.clone();
+        crate::kv_watch::follow_prefix(&client, self.dir.clone(), shutdown, |event| {
             match (event.is_healthy(), event.value()) {
                 (true, Some(pairs)) => self.replace_known(pairs),
                 (true, None) => {}
@@ -87,7 +74,8 @@ impl ConsulTokenStore {
                     "cannot read the HTTP-01 tokens from Consul; answering from the last copy"
                 ),
             }
-        }
+        })
+        .await;
     }
 
     /// How many times a request was answered by reading Consul.
@@ -215,6 +203,8 @@ impl ReadAllowance {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
