@@ -118,6 +118,8 @@ mod tests {
             id: "web-1".into(),
             node: "node-a".into(),
             address: "10.0.0.1".into(),
+            address_is_ip: true,
+            address_is_ip: true,
             port: 8080,
             checks,
             maintenance: false,

@@ -60,6 +60,11 @@ pub struct ServiceInstance {
     /// The address chosen by the address policy (IPv4, IPv6 or hostname).
     #[serde(serialize_with = "shared")]
     pub address: Arc<str>,
+    /// Whether `address` is an IP address, decided once when the entry is
+    /// read: EDS endpoints must be IPs, so an instance registered with a
+    /// hostname is shown as excluded instead of being served.
+    #[serde(skip)]
+    pub address_is_ip: bool,
     pub port: u16,
     pub checks: CheckState,
     /// Node or service maintenance mode is on.

@@ -11,6 +11,7 @@ pub(super) fn instance(id: &str, checks: CheckState, tags: &[&str]) -> ServiceIn
         id: id.into(),
         node: "node".into(),
         address: "10.0.0.1".into(),
+        address_is_ip: true,
         port: 8080,
         checks,
         maintenance: false,

@@ -3,8 +3,6 @@
 //! Pure like the per-service rule: built from the settings and the services'
 //! states, so the actor only decides *when* a cluster is built again.
 
-use std::net::IpAddr;
-
 use super::WatchKey;
 use super::rules::ServiceState;
 use crate::health::HealthPolicy;
@@ -79,7 +77,7 @@ impl ClusterPlan {
                 {
                     continue;
                 }
-                if instance.address.parse::<IpAddr>().is_err() {
+                if !instance.address_is_ip {
                     excluded.push(Excluded {
                         instance_id: instance.id.to_string(),
                         reason: format!(

@@ -358,6 +358,7 @@ async fn hostnames_are_excluded_with_a_reason() {
     let mut h = Harness::demanding(&["web"]).await;
     let mut by_name = instance("web-1", CheckState::Passing, &[]);
     by_name.address = "web.internal".into();
+    by_name.address_is_ip = false;
     h.source.send(
         "web",
         instances(

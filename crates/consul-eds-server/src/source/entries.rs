@@ -3,6 +3,7 @@
 //! shared copy of the names and localities that instances repeat.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use consul_client::{CheckStatus, ServiceEntry};
@@ -77,6 +78,7 @@ impl EntryReader {
             id: entry.service.id.as_str().into(),
             node: interner.text(&node.node),
             address: interner.text(address),
+            address_is_ip: address.parse::<IpAddr>().is_ok(),
             port: entry.service.port,
             checks: match entry.status() {
                 CheckStatus::Passing => CheckState::Passing,
@@ -221,6 +223,25 @@ mod tests {
             &*reader(AddressSource::Node).instance(&own).address,
             "10.0.0.1"
         );
+    }
+
+    #[test]
+    fn an_address_is_classed_as_ip_or_hostname_when_read() {
+        let entry: ServiceEntry = serde_json::from_str(ENTRY).expect("entry");
+        assert!(
+            reader(AddressSource::Service)
+                .instance(&entry)
+                .address_is_ip
+        );
+        assert!(
+            reader(AddressSource::Wan).instance(&entry).address_is_ip,
+            "IPv6"
+        );
+        let mut by_name = entry.clone();
+        by_name.service.address = "web.internal".to_owned();
+        let instance = reader(AddressSource::Service).instance(&by_name);
+        assert_eq!(&*instance.address, "web.internal");
+        assert!(!instance.address_is_ip, "EDS endpoints must be IPs");
     }
 
     #[test]
