@@ -119,7 +119,6 @@ mod tests {
             node: "node-a".into(),
             address: "10.0.0.1".into(),
             address_is_ip: true,
-            address_is_ip: true,
             port: 8080,
             checks,
             maintenance: false,
