@@ -7,13 +7,14 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -77,14 +78,36 @@ pub enum AdminError {
 #[derive(Debug)]
 pub struct AdminServer {
     listener: TcpListener,
+    header_read_timeout: Duration,
 }
+
+/// How long a client may take to send a request's headers. The admin port is
+/// reachable by whatever can reach the node's address (Consul's checks,
+/// Prometheus); without a bound, connections that never finish their
+/// headers (slowloris) would each hold a task and a file descriptor forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pause after a failed accept. Accept fails when the process is out of
+/// file descriptors (EMFILE) and keeps failing until one is freed: retrying
+/// at once would spin a core and flood the log.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 impl AdminServer {
     pub async fn bind(addr: SocketAddr) -> Result<Self, AdminError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
-        Ok(Self { listener })
+        Ok(Self {
+            listener,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        })
+    }
+
+    /// Another bound for a request's headers than [`HEADER_READ_TIMEOUT`].
+    #[must_use]
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -108,9 +131,14 @@ impl AdminServer {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "admin accept failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                    }
                     continue;
                 }
             };
+            let header_read_timeout = self.header_read_timeout;
             let registry = registry.clone();
             let routes = routes.clone();
             tokio::spawn(async move {
@@ -119,6 +147,8 @@ impl AdminServer {
                     async move { Ok::<_, Infallible>(response) }
                 });
                 if let Err(error) = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {

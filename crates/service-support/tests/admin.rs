@@ -68,3 +68,42 @@ async fn serves_probes_metrics_and_service_routes_until_shutdown() {
         "still accepting after shutdown"
     );
 }
+
+/// A client that never finishes its headers is cut off, and the server keeps
+/// answering others.
+#[tokio::test]
+async fn a_request_whose_headers_never_end_is_cut_off() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let routes = Arc::new(Routes {
+        ready: AtomicBool::new(true),
+    });
+    let server = AdminServer::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind")
+        .with_header_read_timeout(Duration::from_millis(300));
+    let addr = server.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.serve(Arc::new(Registry::default()), routes, shutdown.clone()));
+
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial headers");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection is still open after 5 s of unfinished headers"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the bound"
+    );
+
+    let healthz = http_get(addr, "/healthz").await.expect("healthz");
+    assert_eq!(healthz.status, 200);
+    shutdown.cancel();
+}
