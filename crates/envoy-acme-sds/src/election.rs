@@ -177,12 +177,7 @@ impl Election {
         let mut acquire_at = Some(Instant::now());
         let mut lock_free = true;
         loop {
-            let acquire_due = async {
-                match acquire_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let acquire_due = service_support::time::sleep_until_opt(acquire_at);
             tokio::select! {
                 () = shutdown.cancelled() => {
                     self.step_down(&mut term, "shutting down");
@@ -191,7 +186,26 @@ impl Election {
                 }
                 () = tokio::time::sleep_until(next_renewal) => {
                     next_renewal = Instant::now() + renew_every;
-                    match self.client.session_renew(session).await {
+                    // A renewal that hangs must not outlive the TTL: once it
+                    // has run out, Consul may let another replica take the
+                    // lock, and this one must have stopped by then. Nor may
+                    // it hold up a SIGTERM.
+                    let ttl_left = (last_renewed + self.config.session_ttl)
+                        .saturating_duration_since(Instant::now());
+                    let renewed = tokio::select! {
+                        () = shutdown.cancelled() => {
+                            self.step_down(&mut term, "shutting down");
+                            self.resign(session).await;
+                            return SessionEnd::Shutdown;
+                        }
+                        renewed = tokio::time::timeout(ttl_left, self.client.session_renew(session)) => renewed,
+                    };
+                    let Ok(renewed) = renewed else {
+                        self.step_down(&mut term, "the session renewal got no answer within the TTL");
+                        self.destroy(session).await;
+                        return SessionEnd::Lost;
+                    };
+                    match renewed {
                         Ok(Some(_)) => last_renewed = Instant::now(),
                         Ok(None) => {
                             self.step_down(&mut term, "the session expired or was destroyed");

@@ -24,6 +24,7 @@ mod knot;
 pub mod nomad;
 mod pebble;
 mod process;
+mod proxy;
 mod tls;
 
 use std::future::Future;
@@ -38,6 +39,7 @@ pub use http::{HttpResponse, http_get, http_request};
 pub use knot::{Knot, TsigKey};
 pub use pebble::{Pebble, PebbleOptions};
 pub use process::ManagedProcess;
+pub use proxy::FreezableProxy;
 pub use tls::{LeafPem, TestCa, https_get};
 
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
