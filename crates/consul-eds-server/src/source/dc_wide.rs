@@ -22,7 +22,7 @@ use consul_client::{Client, HealthFilter, HealthState, QueryOptions, QueryRespon
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use service_support::time::sleep_until_opt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -82,9 +82,21 @@ impl DcWideView {
             ChecksDigest::add,
         );
         let catalog = client.watch_catalog_services(view_config);
+        // Why the checks watch waits for the reads: each of its answers is
+        // every check of the datacenter (tens of MiB to fold), and the reads
+        // it leads to say more than its next answer would. Reading it again
+        // while they run costs a core's quarter at 100 changes a second and
+        // finds only what the reads are about to tell. The catalog watch
+        // (small answers) and new subscribers never wait.
+        let (reads_idle, reads_idle_rx) = watch::channel(true);
         let watches = [
-            drive(checks, answers.clone(), WatchAnswer::Checks),
-            drive(catalog, answers, WatchAnswer::Catalog),
+            drive(
+                checks,
+                answers.clone(),
+                WatchAnswer::Checks,
+                Some(reads_idle_rx),
+            ),
+            drive(catalog, answers, WatchAnswer::Catalog, None),
         ];
         let options = QueryOptions {
             datacenter: config.datacenter,
@@ -100,7 +112,7 @@ impl DcWideView {
                     .await
             }
         });
-        let view = View::new(reader, sweep, reads);
+        let view = View::new(reader, sweep, reads, reads_idle);
         let task = tokio::spawn(view.run(subscriptions, answered, watches));
         Self {
             subscribe,
@@ -128,14 +140,25 @@ enum WatchAnswer {
 }
 
 /// Drives `watch` in its own task, handing each event to the view; the task
-/// stops when the view does.
+/// stops when the view does. With `after_reads`, the next request waits
+/// until the view's targeted reads are done (a watch sends its next request
+/// only when polled).
 fn drive<T: Send + Sync + 'static>(
     mut watch: Watch<T>,
     view: mpsc::UnboundedSender<WatchAnswer>,
     wrap: fn(WatchEvent<T>) -> WatchAnswer,
+    mut after_reads: Option<watch::Receiver<bool>>,
 ) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(async move {
-        while let Some(event) = watch.next().await {
+        loop {
+            if let Some(idle) = after_reads.as_mut()
+                && idle.wait_for(|idle| *idle).await.is_err()
+            {
+                return;
+            }
+            let Some(event) = watch.next().await else {
+                return;
+            };
             if view.send(wrap(event)).is_err() {
                 return;
             }
@@ -167,12 +190,19 @@ struct View {
     /// The last catalog answer, shared with its watch (never copied).
     catalog: Option<Arc<Catalog>>,
     reads: TargetedReads<Answer>,
+    /// Whether `reads` has nothing queued or in flight, for the checks watch.
+    reads_idle: watch::Sender<bool>,
     sweep_due: Option<Instant>,
     last_sweep: Instant,
 }
 
 impl View {
-    fn new(reader: EntryReader, sweep: Duration, reads: TargetedReads<Answer>) -> Self {
+    fn new(
+        reader: EntryReader,
+        sweep: Duration,
+        reads: TargetedReads<Answer>,
+        reads_idle: watch::Sender<bool>,
+    ) -> Self {
         Self {
             reader,
             sweep,
@@ -180,6 +210,7 @@ impl View {
             checks: Arc::default(),
             catalog: None,
             reads,
+            reads_idle,
             sweep_due: None,
             last_sweep: Instant::now(),
         }
@@ -204,6 +235,9 @@ impl View {
                 (service, answer) = self.reads.next() => self.deliver(&service, answer),
                 () = sleep_until_opt(sweep_at), if sweep_at.is_some() => self.start_sweep(),
             }
+            let idle = self.reads.is_idle();
+            self.reads_idle
+                .send_if_modified(|was| std::mem::replace(was, idle) != idle);
         }
     }
 
@@ -369,6 +403,7 @@ mod tests {
             EntryReader::new(AddressSource::Service, "zone".to_owned()),
             Duration::from_secs(10),
             reads,
+            watch::channel(true).0,
         );
         // Covered: web (on n1 and n2) and api (on n2); db is not.
         let mut subscribers = Vec::new();

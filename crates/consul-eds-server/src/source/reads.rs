@@ -78,6 +78,11 @@ impl<A: Send + 'static> TargetedReads<A> {
         }
     }
 
+    /// Whether no read is queued or in flight.
+    pub(super) fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.states.is_empty()
+    }
+
     /// Asks for a read of `service`, started at once if the limits allow.
     pub(super) fn ask(&mut self, service: &str, priority: Priority) {
         match self.states.get_mut(service) {
