@@ -136,10 +136,17 @@ async fn serve(args: Layer) -> Result<()> {
         settings.instance_name.clone(),
     ));
     tasks.spawn(admin.serve(Arc::new(registry), routes, shutdown.clone()));
+    // A process without its SDS server serves nothing while looking alive
+    // (`/readyz` would stay 200): if the server fails, the whole process
+    // stops with an error, so the orchestrator restarts it.
+    let sds_failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let xds_shutdown = shutdown.clone();
+    let failure = Arc::clone(&sds_failure);
     tasks.spawn(async move {
-        if let Err(error) = xds.serve(xds_shutdown.cancelled_owned()).await {
-            error!(error = %error, "SDS server failed");
+        if let Err(error) = xds.serve(xds_shutdown.clone().cancelled_owned()).await {
+            error!(error = %error, "SDS server failed; stopping");
+            *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+            xds_shutdown.cancel();
         }
     });
 
@@ -155,6 +162,9 @@ async fn serve(args: Layer) -> Result<()> {
             ?deadline,
             "tasks still running after the shutdown deadline; exiting anyway"
         );
+    }
+    if let Some(error) = sds_failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        anyhow::bail!("SDS server failed: {error}");
     }
     info!("stopped");
     Ok(())

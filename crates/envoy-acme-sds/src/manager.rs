@@ -24,8 +24,8 @@ use crate::challenge::ChallengeSolver;
 use crate::domain::NameSet;
 use crate::keys::KeyType;
 use crate::policy::{
-    self, AriWindow, OrderBudgetExhausted, RenewReason, RenewalDecision, failure_delay,
-    next_ari_check,
+    self, AriWindow, OrderBudgetExhausted, OrderHistory, OrderOutcome, RenewReason,
+    RenewalDecision, failure_delay, next_ari_check,
 };
 use crate::store::{CertificateStore, InvalidSecretName, SecretName, StoreError};
 
@@ -237,6 +237,16 @@ impl CertManager {
             Err(error @ StoreError::Encryption { .. }) => {
                 return self.fail(now, ManagerError::Load(error), None);
             }
+            // The read itself failed (Consul answered 500 or not at all, the
+            // disk refused): what is stored is unknown, not absent. Deciding
+            // "missing" here would order a replacement for a valid
+            // certificate and spend the order budget, exactly when storage is
+            // unwell; read again after the backoff instead.
+            Err(
+                error @ (StoreError::Consul { .. } | StoreError::Io { .. } | StoreError::Task(_)),
+            ) => {
+                return self.fail(now, ManagerError::Load(error), None);
+            }
             Err(error) => {
                 error!(secret = %name, %error, "stored certificate unusable; keeping the last good one");
             }
@@ -348,7 +358,16 @@ impl CertManager {
             profile: self.spec.profile.as_deref(),
             replaces,
         };
-        let issued = self.acme.issue(&request, self.solver.as_ref()).await?;
+        let issued = match self.acme.issue(&request, &self.solver).await {
+            Ok(issued) => issued,
+            Err(error) => {
+                // No certificate exists: this order counts against the
+                // failure budget, not the duplicate-certificate one.
+                self.settle_order(name, &mut history, &names_key, OrderOutcome::Failed)
+                    .await;
+                return Err(error.into());
+            }
+        };
         let bundle = CertificateBundle::from_issued(
             issued.chain_pem,
             issued.key_pem,
@@ -363,7 +382,24 @@ impl CertManager {
             .save_certificate(name, &bundle)
             .await
             .map_err(ManagerError::Store)?;
+        self.settle_order(name, &mut history, &names_key, OrderOutcome::Issued)
+            .await;
         Ok(bundle)
+    }
+
+    /// Records how the order ended. Best effort: left unsettled, the order
+    /// counts as issued, the safe side.
+    async fn settle_order(
+        &self,
+        name: &SecretName,
+        history: &mut OrderHistory,
+        names_key: &str,
+        outcome: OrderOutcome,
+    ) {
+        history.settle(names_key, outcome);
+        if let Err(error) = self.store.save_order_history(name, history).await {
+            warn!(secret = %name, %error, "cannot record the order's outcome");
+        }
     }
 
     /// Fetches the CA's renewal window when due (twice a day) and picks the

@@ -34,10 +34,18 @@ pub const BACKOFF_STEPS: [Duration; 4] = [
 /// certificates that failed together do not retry together.
 pub const BACKOFF_JITTER: f64 = 0.1;
 
-/// Orders allowed per identical name set in [`ORDER_WINDOW`]; Let's Encrypt
-/// refuses the sixth duplicate certificate in a week.
+/// Certificates allowed per identical name set in [`ORDER_WINDOW`]; Let's
+/// Encrypt refuses the sixth duplicate certificate in a week. Only orders
+/// that issued (or whose outcome is unknown) count: failed ones do not, as
+/// at the CA.
 pub const ORDER_LIMIT: usize = 5;
 pub const ORDER_WINDOW: time::Duration = time::Duration::days(7);
+
+/// Failed orders allowed per name set in [`FAILURE_WINDOW`]; Let's Encrypt
+/// allows 5 failed authorizations per identifier per hour. Failures pace
+/// the retries this way but never stop them for longer than the window.
+pub const FAILURE_LIMIT: usize = 5;
+pub const FAILURE_WINDOW: time::Duration = time::Duration::hours(1);
 
 /// When a certificate is due for renewal without ARI: once less than a third
 /// of its lifetime remains (a half for certificates shorter than 10 days).
@@ -185,12 +193,16 @@ pub fn next_ari_check(retry_after: Option<Duration>) -> Duration {
 /// Refusal to place another order for a name set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{count} orders for this exact set of names in the last 7 days (limit {limit}); \
+    "{count} {counted} for this exact set of names in the last {window} (limit {limit}); \
      not ordering again before {next_allowed}"
 )]
 pub struct OrderBudgetExhausted {
     pub count: usize,
     pub limit: usize,
+    /// What was counted: "issued orders" or "failed orders".
+    pub counted: &'static str,
+    /// Over which span: "7 days" or "hour".
+    pub window: &'static str,
     pub next_allowed: OffsetDateTime,
 }
 
@@ -209,28 +221,48 @@ struct Order {
     at: OffsetDateTime,
     /// [`crate::domain::NameSet::canonical_key`] of the order.
     names: String,
+    /// Absent in records written before outcomes were kept: those count as
+    /// placed, which is the safe reading.
+    #[serde(default)]
+    outcome: OrderOutcome,
+}
+
+/// How an order ended, as far as this service knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderOutcome {
+    /// Placed, outcome not (yet) known: the process may have stopped after
+    /// the CA issued, so it counts as issued.
+    #[default]
+    Placed,
+    Issued,
+    /// The CA refused it or a challenge failed: no certificate exists.
+    Failed,
 }
 
 impl OrderHistory {
     /// Whether one more order for the name set `names` is allowed at `now`.
     pub fn check(&self, names: &str, now: OffsetDateTime) -> Result<(), OrderBudgetExhausted> {
-        let recent: Vec<OffsetDateTime> = self
-            .orders
-            .iter()
-            .filter(|order| order.names == names)
-            .map(|order| order.at)
-            .filter(|at| *at > now - ORDER_WINDOW)
-            .collect();
-        if recent.len() < ORDER_LIMIT {
-            return Ok(());
-        }
-        // The oldest order in the window must leave it before another fits.
-        let oldest = recent.iter().copied().min().unwrap_or(now);
-        Err(OrderBudgetExhausted {
-            count: recent.len(),
-            limit: ORDER_LIMIT,
-            next_allowed: oldest + ORDER_WINDOW,
-        })
+        let issued = self.within(names, now, ORDER_WINDOW, |outcome| {
+            outcome != OrderOutcome::Failed
+        });
+        budget(
+            &issued,
+            ORDER_LIMIT,
+            ORDER_WINDOW,
+            "issued orders",
+            "7 days",
+        )?;
+        let failed = self.within(names, now, FAILURE_WINDOW, |outcome| {
+            outcome == OrderOutcome::Failed
+        });
+        budget(
+            &failed,
+            FAILURE_LIMIT,
+            FAILURE_WINDOW,
+            "failed orders",
+            "hour",
+        )
     }
 
     /// Records an order for `names` placed at `now`, forgetting those out of the window.
@@ -239,7 +271,37 @@ impl OrderHistory {
         self.orders.push(Order {
             at: now,
             names: names.to_owned(),
+            outcome: OrderOutcome::Placed,
         });
+    }
+
+    /// Notes how the last order placed for `names` ended.
+    pub fn settle(&mut self, names: &str, outcome: OrderOutcome) {
+        if let Some(order) = self
+            .orders
+            .iter_mut()
+            .rev()
+            .find(|order| order.names == names && order.outcome == OrderOutcome::Placed)
+        {
+            order.outcome = outcome;
+        }
+    }
+
+    /// When orders for `names` whose outcome `counts` were placed within
+    /// `window` before `now`.
+    fn within(
+        &self,
+        names: &str,
+        now: OffsetDateTime,
+        window: time::Duration,
+        counts: impl Fn(OrderOutcome) -> bool,
+    ) -> Vec<OffsetDateTime> {
+        self.orders
+            .iter()
+            .filter(|order| order.names == names && counts(order.outcome))
+            .map(|order| order.at)
+            .filter(|at| *at > now - window)
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -249,6 +311,37 @@ impl OrderHistory {
     pub fn is_empty(&self) -> bool {
         self.orders.is_empty()
     }
+
+    /// How each recorded order ended, oldest first.
+    pub fn outcomes(&self) -> Vec<OrderOutcome> {
+        self.orders.iter().map(|order| order.outcome).collect()
+    }
+}
+
+/// Refuses when `recent` already holds `limit` entries; the oldest must
+/// leave the window before another fits.
+fn budget(
+    recent: &[OffsetDateTime],
+    limit: usize,
+    window: time::Duration,
+    counted: &'static str,
+    window_name: &'static str,
+) -> Result<(), OrderBudgetExhausted> {
+    if recent.len() < limit {
+        return Ok(());
+    }
+    let oldest = recent
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    Err(OrderBudgetExhausted {
+        count: recent.len(),
+        limit,
+        counted,
+        window: window_name,
+        next_allowed: oldest + window,
+    })
 }
 
 #[cfg(test)]
@@ -473,6 +566,62 @@ mod tests {
             .expect("first order left the window");
         history.record(NAMES, START + time::Duration::days(8));
         assert_eq!(history.len(), 4, "orders older than a week are forgotten");
+    }
+
+    #[test]
+    fn failed_orders_do_not_use_up_the_weekly_budget_but_pace_retries_within_an_hour() {
+        let mut history = OrderHistory::default();
+        // A day of a CA or DNS outage: an order every 10 minutes, all failing.
+        for attempt in 0..144 {
+            let at = START + time::Duration::minutes(10 * attempt);
+            if history.check(NAMES, at).is_ok() {
+                history.record(NAMES, at);
+                history.settle(NAMES, OrderOutcome::Failed);
+            }
+        }
+        let after_a_day = START + time::Duration::days(1);
+        history
+            .check(NAMES, after_a_day)
+            .expect("a day of failures never stops ordering");
+        // Five failures within an hour make the next wait for the first to age out.
+        let mut burst = OrderHistory::default();
+        for minute in 0..5 {
+            let at = START + time::Duration::minutes(minute);
+            burst.check(NAMES, at).expect("within the failure budget");
+            burst.record(NAMES, at);
+            burst.settle(NAMES, OrderOutcome::Failed);
+        }
+        let refused = burst
+            .check(NAMES, START + time::Duration::minutes(5))
+            .expect_err("sixth failure in an hour waits");
+        assert_eq!(refused.next_allowed, START + time::Duration::hours(1));
+        assert!(refused.to_string().contains("failed orders"), "{refused}");
+        burst
+            .check(
+                NAMES,
+                START + time::Duration::hours(1) + time::Duration::seconds(1),
+            )
+            .expect("the first failure left the hour");
+    }
+
+    #[test]
+    fn orders_with_an_unknown_outcome_count_as_issued() {
+        let mut history = OrderHistory::default();
+        for day in 0..5 {
+            // Placed, never settled: the process stopped mid-order.
+            history.record(NAMES, START + time::Duration::days(day));
+        }
+        assert!(
+            history
+                .check(NAMES, START + time::Duration::days(5))
+                .is_err()
+        );
+        // An old record without an outcome reads as placed.
+        let old: OrderHistory = serde_json::from_str(
+            r#"{"orders":[{"at":"2025-03-01T00:00:00Z","names":"*.example.com,example.com"}]}"#,
+        )
+        .expect("old record");
+        assert_eq!(old.orders[0].outcome, OrderOutcome::Placed);
     }
 
     #[test]

@@ -20,11 +20,11 @@ use envoy_acme_sds::challenge::http01::{Http01Server, Http01Solver, MemoryTokenS
 use envoy_acme_sds::domain::NameSet;
 use envoy_acme_sds::keys::KeyType;
 use envoy_acme_sds::manager::{CertManager, CertificateSpec, ManagerError, Outcome};
-use envoy_acme_sds::policy::{OrderHistory, default_renewal_time};
+use envoy_acme_sds::policy::{OrderHistory, OrderOutcome, default_renewal_time};
 use envoy_acme_sds::secret::Secret;
 use envoy_acme_sds::store::codec::CertificatePart;
 use envoy_acme_sds::store::disk::DiskStore;
-use envoy_acme_sds::store::{CertificateStore, SecretName};
+use envoy_acme_sds::store::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
 use test_support::{Knot, PebbleOptions};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -194,6 +194,12 @@ fn due_certificate() -> CertificateBundle {
 }
 
 fn due_certificate_for(names: &[&str]) -> CertificateBundle {
+    certificate_for(names, 80, 10)
+}
+
+/// A certificate for `names` issued `days_ago` by a throw-away CA, expiring
+/// in `days_left`.
+fn certificate_for(names: &[&str], days_ago: i64, days_left: i64) -> CertificateBundle {
     let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp())
         .expect("now");
     let ca_key = rcgen::KeyPair::generate().expect("key");
@@ -205,13 +211,13 @@ fn due_certificate_for(names: &[&str]) -> CertificateBundle {
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
             .expect("params");
-    params.not_before = now - time::Duration::days(80);
-    params.not_after = now + time::Duration::days(10);
+    params.not_before = now - time::Duration::days(days_ago);
+    params.not_after = now + time::Duration::days(days_left);
     let leaf = params.signed_by(&key, &issuer).expect("leaf");
     CertificateBundle::from_issued(
         format!("{}{}", leaf.pem(), ca.pem()),
         Secret::new(key.serialize_pem()),
-        now - time::Duration::days(80),
+        now - time::Duration::days(days_ago),
         IssuanceFacts {
             key_type: Some(KeyType::EcdsaP256),
             profile: None,
@@ -305,6 +311,13 @@ async fn first_failure_keeps(
         .expect("still stored");
     assert_eq!(on_disk.metadata(), old.metadata());
     assert_eq!(on_disk.key_pem(), old.key_pem());
+    // No certificate came of it: the order counts as failed, not against
+    // the weekly duplicate-certificate budget.
+    let history = store
+        .load_order_history(secret_name)
+        .await
+        .expect("history");
+    assert_eq!(history.outcomes(), vec![OrderOutcome::Failed]);
     message
 }
 
@@ -502,4 +515,203 @@ async fn rsa_certificate_through_the_run_loop() {
 
     shutdown.cancel();
     running.await.expect("run loop ends on shutdown");
+}
+
+/// A store whose first `failing_reads` certificate reads fail as a Consul
+/// 500 or a timeout would; everything else goes to `inner`.
+#[derive(Debug)]
+struct FailingReads {
+    inner: Arc<DiskStore>,
+    failing_reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl CertificateStore for FailingReads {
+    async fn load_certificate(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<CertificateBundle>, StoreError> {
+        use std::sync::atomic::Ordering;
+        let left = self.failing_reads.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failing_reads.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Io {
+                operation: "reading",
+                item: format!("certificates/{name}"),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+            });
+        }
+        self.inner.load_certificate(name).await
+    }
+    async fn save_certificate(
+        &self,
+        name: &SecretName,
+        bundle: &CertificateBundle,
+    ) -> Result<(), StoreError> {
+        self.inner.save_certificate(name, bundle).await
+    }
+    async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
+        self.inner.load_order_history(name).await
+    }
+    async fn save_order_history(
+        &self,
+        name: &SecretName,
+        history: &OrderHistory,
+    ) -> Result<(), StoreError> {
+        self.inner.save_order_history(name, history).await
+    }
+    async fn load_account(&self, id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
+        self.inner.load_account(id).await
+    }
+    async fn save_account(
+        &self,
+        id: &AccountId,
+        account: &StoredAccount,
+    ) -> Result<(), StoreError> {
+        self.inner.save_account(id, account).await
+    }
+    async fn load_renewal_request(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.inner.load_renewal_request(name).await
+    }
+    async fn request_renewal(
+        &self,
+        name: &SecretName,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.inner.request_renewal(name, at).await
+    }
+}
+
+/// A fresh manager (a new lock term, a restart) whose first read of a
+/// stored, valid certificate fails must not take it for absent: it backs off
+/// and reads again, and orders nothing.
+#[tokio::test]
+async fn a_failed_read_of_the_stored_certificate_orders_nothing() {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot, PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = Arc::new(DiskStore::open(dir.path().join("store"), None).expect("store"));
+    let secret_name = SecretName::new(ZONE).expect("name");
+    let stored = certificate_for(&[ZONE, "*.example.test"], 1, 89);
+    disk.save_certificate(&secret_name, &stored)
+        .await
+        .expect("stored");
+    let store = Arc::new(FailingReads {
+        inner: Arc::clone(&disk),
+        failing_reads: 1.into(),
+    });
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), disk.as_ref())
+            .await
+            .expect("account"),
+    );
+    let mut manager = CertManager::new(
+        apex_and_wildcard(),
+        acme,
+        dns01_solver(&knot, tsig_key(&knot)),
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+    );
+
+    let outcome = manager.reconcile(OffsetDateTime::now_utc()).await;
+    let Outcome::Failed { error, .. } = &outcome else {
+        panic!("a failed read must not be taken for a missing certificate: {outcome:?}");
+    };
+    assert!(matches!(error, ManagerError::Load(_)), "{error}");
+    let history = disk
+        .load_order_history(&secret_name)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 0, "no order placed");
+    let on_disk = disk
+        .load_certificate(&secret_name)
+        .await
+        .expect("load")
+        .expect("still stored");
+    assert_eq!(on_disk.metadata(), stored.metadata(), "not replaced");
+
+    // The read works again: the stored certificate is served, nothing ordered.
+    let outcome = manager.reconcile(OffsetDateTime::now_utc()).await;
+    assert!(matches!(outcome, Outcome::Unchanged { .. }), "{outcome:?}");
+    assert_eq!(
+        manager.current().expect("served").metadata(),
+        stored.metadata()
+    );
+    assert_eq!(
+        disk.load_order_history(&secret_name)
+            .await
+            .expect("history")
+            .len(),
+        0
+    );
+}
+
+/// Presents nothing and never finishes presenting; records cleanups.
+#[derive(Debug, Default)]
+struct StuckSolver {
+    cleaned_up: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl envoy_acme_sds::challenge::ChallengeSolver for StuckSolver {
+    fn kind(&self) -> envoy_acme_sds::challenge::ChallengeKind {
+        envoy_acme_sds::challenge::ChallengeKind::Dns01
+    }
+
+    async fn present(
+        &self,
+        _challenges: &[envoy_acme_sds::challenge::Challenge],
+    ) -> Result<(), envoy_acme_sds::challenge::SolverError> {
+        std::future::pending().await
+    }
+
+    async fn cleanup(
+        &self,
+        challenges: &[envoy_acme_sds::challenge::Challenge],
+    ) -> Result<(), envoy_acme_sds::challenge::SolverError> {
+        let mut cleaned = self.cleaned_up.lock().expect("lock");
+        cleaned.extend(challenges.iter().map(|c| c.identifier().to_string()));
+        Ok(())
+    }
+}
+
+/// An order dropped half-way (the renewal lock lost, SIGTERM: the manager's
+/// future is dropped) still withdraws the challenge responses it published.
+#[tokio::test]
+async fn an_order_dropped_half_way_withdraws_its_challenges() {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot, PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path().join("store"), None).expect("store"));
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let solver = Arc::new(StuckSolver::default());
+    let mut manager = CertManager::new(
+        apex_and_wildcard(),
+        acme,
+        Arc::clone(&solver) as Arc<dyn envoy_acme_sds::challenge::ChallengeSolver>,
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+    );
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        manager.reconcile(OffsetDateTime::now_utc()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the order cannot finish: {dropped:?}");
+    test_support::eventually(
+        "the dropped order's challenges withdrawn",
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_millis(10),
+        || async {
+            let cleaned = solver.cleaned_up.lock().expect("lock").clone();
+            (cleaned.len() == 2).then_some(cleaned)
+        },
+    )
+    .await
+    .expect("cleanup ran for both names");
 }

@@ -14,6 +14,7 @@
 //! beyond the library's own three attempts (CAs may reject any nonce;
 //! pebble rejects 5 % by default).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{Account, CertificateIdentifier};
@@ -247,7 +248,7 @@ impl AcmeClient {
     pub async fn issue(
         &self,
         request: &OrderRequest<'_>,
-        solver: &dyn ChallengeSolver,
+        solver: &Arc<dyn ChallengeSolver>,
     ) -> Result<IssuedCertificate, AcmeError> {
         let orders = order::Orders {
             account: &self.account,

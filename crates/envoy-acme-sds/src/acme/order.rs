@@ -5,6 +5,7 @@
 //! against the directory first, and `replaces` (RFC 9773 §5), dropped when
 //! the CA turns it down.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -107,7 +108,7 @@ impl Orders<'_> {
     pub(super) async fn issue(
         &self,
         request: &OrderRequest<'_>,
-        solver: &dyn ChallengeSolver,
+        solver: &Arc<dyn ChallengeSolver>,
     ) -> Result<IssuedCertificate, OrderError> {
         let mut order = self.new_order(request).await?;
         let order_url = order.url().to_owned();
@@ -115,15 +116,14 @@ impl Orders<'_> {
 
         let challenges = retry_bad_nonce!(pending_challenges(&mut order, solver.kind()))?;
         if !challenges.is_empty() {
-            let presented = solver.present(&challenges).await;
-            let validated = match presented {
+            // Armed before presenting: a cleanup tolerates responses that
+            // were never (fully) published.
+            let presented = PresentedChallenges::new(Arc::clone(solver), challenges);
+            let validated = match solver.present(presented.challenges()).await {
                 Ok(()) => self.validate(&mut order, solver.kind()).await,
                 Err(e) => Err(e.into()),
             };
-            // Whatever happened, do not leave records or tokens behind.
-            if let Err(error) = solver.cleanup(&challenges).await {
-                warn!(%error, "challenge cleanup failed");
-            }
+            presented.withdraw().await;
             validated?;
         }
 
@@ -385,6 +385,59 @@ fn replaces_refusal(error: &OrderError) -> Option<ReplacesRefusal> {
         }
         instant_acme::Error::Unsupported(_) => Some(ReplacesRefusal::Unsupported),
         _ => None,
+    }
+}
+
+/// Challenge responses published for an order, withdrawn however the order
+/// ends: after validation, on an error, and also when the order is dropped
+/// half-way (the renewal lock lost, SIGTERM), so that no `_acme-challenge`
+/// record or HTTP-01 token outlives the order.
+struct PresentedChallenges {
+    solver: Arc<dyn ChallengeSolver>,
+    /// `None` once withdrawn.
+    challenges: Option<Vec<Challenge>>,
+}
+
+impl PresentedChallenges {
+    fn new(solver: Arc<dyn ChallengeSolver>, challenges: Vec<Challenge>) -> Self {
+        Self {
+            solver,
+            challenges: Some(challenges),
+        }
+    }
+
+    fn challenges(&self) -> &[Challenge] {
+        self.challenges.as_deref().unwrap_or_default()
+    }
+
+    async fn withdraw(mut self) {
+        if let Some(challenges) = &self.challenges {
+            if let Err(error) = self.solver.cleanup(challenges).await {
+                warn!(%error, "challenge cleanup failed");
+            }
+            // Only now: dropped during the cleanup, the guard tries again.
+            self.challenges = None;
+        }
+    }
+}
+
+impl Drop for PresentedChallenges {
+    fn drop(&mut self) {
+        let Some(challenges) = self.challenges.take() else {
+            return;
+        };
+        // Dropped with the order's future: the cleanup cannot be awaited
+        // here, so it runs on its own.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let solver = Arc::clone(&self.solver);
+        runtime.spawn(async move {
+            match solver.cleanup(&challenges).await {
+                Ok(()) => info!("challenges of a cancelled order withdrawn"),
+                Err(error) => warn!(%error, "challenge cleanup after a cancelled order failed"),
+            }
+        });
     }
 }
 
