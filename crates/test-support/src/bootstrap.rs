@@ -124,6 +124,29 @@ pub fn control_plane_cluster(name: &str, addr: SocketAddr, transport_socket: &st
     )
 }
 
+/// The head of a listener `name` on `addr` whose certificate is the SDS
+/// secret `secret`, asked through `sds_config`: up to `filters:`, which the
+/// caller's filters follow.
+pub fn sds_tls_listener(name: &str, addr: SocketAddr, secret: &str, sds_config: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs:
+            - name: "{secret}"
+              sds_config: {sds_config}
+      filters:
+"#,
+        ip = addr.ip(),
+        port = addr.port(),
+    )
+}
+
 /// How Envoy asks for secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SdsTransport {
@@ -230,19 +253,7 @@ impl SdsListenerBootstrap {
             r#"node: {{ id: {node}, cluster: test-gateway }}
 {ads}static_resources:
   listeners:
-  - name: https
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }} }}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: "{secret}"
-              sds_config: {config_source}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
+{listener}      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: https
@@ -255,8 +266,12 @@ impl SdsListenerBootstrap {
   clusters:
 {sds_cluster}"#,
             node = self.node_id,
-            listener_port = self.listener_port,
-            secret = self.secret,
+            listener = sds_tls_listener(
+                "https",
+                SocketAddr::from(([127, 0, 0, 1], self.listener_port)),
+                &self.secret,
+                &config_source,
+            ),
             sds_cluster = control_plane_cluster("sds", self.sds, &transport_socket),
         )
     }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use demo::load::{LoadPlan, run as run_load};
 use service_support::shutdown;
-use test_support::bootstrap::control_plane_cluster;
+use test_support::bootstrap::{control_plane_cluster, sds_tls_listener};
 use test_support::{
     ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, eventually, free_port,
     http_get,
@@ -422,19 +422,7 @@ static_resources:
     address: {{ socket_address: {{ address: {http_ip}, port_value: {http_port} }} }}
     filter_chains:
     - filters:
-{http_hcm}  - name: https
-    address: {{ socket_address: {{ address: {https_ip}, port_value: {https_port} }} }}
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: demo.test
-              sds_config: {sds_source}
-      filters:
-{https_hcm}  clusters:
+{http_hcm}{https_listener}{https_hcm}  clusters:
   - name: web
     type: EDS
     connect_timeout: 1s
@@ -442,11 +430,9 @@ static_resources:
 {eds_cluster}{sds_cluster}"#,
         http_ip = http.ip(),
         http_port = http.port(),
-        https_ip = https.ip(),
-        https_port = https.port(),
+        https_listener = sds_tls_listener("https", https, "demo.test", &grpc("sds")),
         http_hcm = hcm("http"),
         https_hcm = hcm("https"),
-        sds_source = grpc("sds"),
         eds_source = grpc("eds"),
         eds_cluster = xds_cluster("eds", eds),
         sds_cluster = xds_cluster("sds", sds),
