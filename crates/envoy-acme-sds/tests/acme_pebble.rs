@@ -715,3 +715,63 @@ async fn an_order_dropped_half_way_withdraws_its_challenges() {
     .await
     .expect("cleanup ran for both names");
 }
+
+/// Four certificates issued this week, then the CA refuses an order: the
+/// refused one issued nothing, so it must not use up the fifth and last
+/// slot of the week. The next attempt asks the CA again.
+#[tokio::test]
+async fn a_refused_order_does_not_use_up_the_weekly_budget() {
+    let knot = Knot::start(ZONE, &["www A 127.0.0.1"])
+        .await
+        .expect("knot starts");
+    let pebble = start_pebble(
+        &knot,
+        PebbleOptions {
+            // Free, and nothing binds it: every validation is refused.
+            http01_port: Some(test_support::free_port()),
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+    let secret_name = SecretName::new("www.example.test").expect("name");
+    let spec =
+        CertificateSpec::new(NameSet::parse(&["www.example.test"]).expect("names")).expect("spec");
+    let now = OffsetDateTime::now_utc();
+    let mut history = OrderHistory::default();
+    for hours_ago in [100, 80, 60, 40] {
+        history.record(
+            &spec.names.canonical_key(),
+            now - time::Duration::hours(hours_ago),
+        );
+    }
+    store
+        .save_order_history(&secret_name, &history)
+        .await
+        .expect("seed");
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let tokens: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+    let mut manager = CertManager::new(
+        spec,
+        acme,
+        Arc::new(Http01Solver::new(tokens)),
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+    );
+    for attempt in 0..2 {
+        let outcome = manager
+            .reconcile(now + time::Duration::minutes(2 * attempt))
+            .await;
+        let Outcome::Failed { error, .. } = outcome else {
+            panic!("the CA refuses every order: {outcome:?}");
+        };
+        assert!(
+            matches!(error, ManagerError::Acme(_)),
+            "attempt {attempt} must reach the CA, got: {error}"
+        );
+    }
+}
