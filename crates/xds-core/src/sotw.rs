@@ -100,6 +100,7 @@ impl Protocol for Sotw {
                         .record_reply(resource_type, Reply::Rejected(rejection));
                 } else {
                     tracing::debug!(%resource_type, version = %request.version_info, "acknowledged");
+                    state.tracker.accepted();
                     let version = request.version_info.clone();
                     self.ctx
                         .record_reply(resource_type, Reply::Accepted { version });

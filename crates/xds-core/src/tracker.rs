@@ -362,6 +362,14 @@ impl Tracker {
         }
     }
 
+    /// The client accepted the last response: what it held before is no
+    /// longer needed. Freed, not just cleared: kept for every stream, the
+    /// record of one full response (a thousand names) would stay allocated
+    /// for the stream's life.
+    pub(crate) fn accepted(&mut self) {
+        self.before_last = Vec::new();
+    }
+
     /// The client rejected the last response. In SotW EDS/RDS/SDS it still
     /// holds what it held before; the rejected versions are held back.
     pub(crate) fn rejected(&mut self) {
