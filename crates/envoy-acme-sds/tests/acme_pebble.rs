@@ -226,46 +226,76 @@ fn certificate_for(names: &[&str], days_ago: i64, days_left: i64) -> Certificate
     .expect("bundle")
 }
 
+/// A CA that refuses every order for `www.example.test`: pebble's HTTP-01
+/// validation finds nothing listening, so the authorization and the order
+/// end invalid with an ACME error document.
+struct RefusingCa {
+    _knot: Knot,
+    pebble: test_support::Pebble,
+    _dir: tempfile::TempDir,
+    store: Arc<DiskStore>,
+    secret_name: SecretName,
+}
+
+impl RefusingCa {
+    async fn start() -> Self {
+        let knot = Knot::start(ZONE, &["www A 127.0.0.1"])
+            .await
+            .expect("knot starts");
+        let pebble = start_pebble(
+            &knot,
+            PebbleOptions {
+                // Free, and nothing binds it: every validation is refused.
+                http01_port: Some(test_support::free_port()),
+                ..PebbleOptions::default()
+            },
+        )
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
+        Self {
+            _knot: knot,
+            pebble,
+            _dir: dir,
+            store,
+            secret_name: SecretName::new("www.example.test").expect("name"),
+        }
+    }
+
+    fn spec() -> CertificateSpec {
+        CertificateSpec::new(NameSet::parse(&["www.example.test"]).expect("names")).expect("spec")
+    }
+
+    /// A manager for the certificate, answering HTTP-01 from memory.
+    async fn manager(&self) -> CertManager {
+        let acme = Arc::new(
+            AcmeClient::connect(acme_config(&self.pebble), self.store.as_ref())
+                .await
+                .expect("account"),
+        );
+        let tokens: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
+        CertManager::new(
+            Self::spec(),
+            acme,
+            Arc::new(Http01Solver::new(tokens)),
+            Arc::clone(&self.store) as Arc<dyn CertificateStore>,
+        )
+    }
+}
+
 /// pebble itself refuses: its HTTP-01 validation finds nothing listening, so
 /// the authorization and the order end invalid with an ACME error document.
 #[tokio::test]
 async fn ca_refusing_the_order_backs_off_and_keeps_the_old_certificate() {
-    let knot = Knot::start(ZONE, &["www A 127.0.0.1"])
-        .await
-        .expect("knot starts");
-    let pebble = start_pebble(
-        &knot,
-        PebbleOptions {
-            // Free, and nothing binds it: every validation is refused.
-            http01_port: Some(test_support::free_port()),
-            ..PebbleOptions::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
-    let secret_name = SecretName::new("www.example.test").expect("name");
+    let ca = RefusingCa::start().await;
     let old = due_certificate_for(&["www.example.test"]);
-    store
-        .save_certificate(&secret_name, &old)
+    ca.store
+        .save_certificate(&ca.secret_name, &old)
         .await
         .expect("seed");
-    let acme = Arc::new(
-        AcmeClient::connect(acme_config(&pebble), store.as_ref())
-            .await
-            .expect("account"),
-    );
-    let spec =
-        CertificateSpec::new(NameSet::parse(&["www.example.test"]).expect("names")).expect("spec");
-    let tokens: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
-    let mut manager = CertManager::new(
-        spec,
-        acme,
-        Arc::new(Http01Solver::new(tokens)),
-        Arc::clone(&store) as Arc<dyn CertificateStore>,
-    );
+    let mut manager = ca.manager().await;
 
-    let message = first_failure_keeps(&mut manager, store.as_ref(), &secret_name, &old).await;
+    let message = first_failure_keeps(&mut manager, ca.store.as_ref(), &ca.secret_name, &old).await;
     // pebble's own problem document, passed on: type and detail.
     assert!(
         message.contains("urn:ietf:params:acme:error:connection"),
@@ -721,47 +751,20 @@ async fn an_order_dropped_half_way_withdraws_its_challenges() {
 /// slot of the week. The next attempt asks the CA again.
 #[tokio::test]
 async fn a_refused_order_does_not_use_up_the_weekly_budget() {
-    let knot = Knot::start(ZONE, &["www A 127.0.0.1"])
-        .await
-        .expect("knot starts");
-    let pebble = start_pebble(
-        &knot,
-        PebbleOptions {
-            // Free, and nothing binds it: every validation is refused.
-            http01_port: Some(test_support::free_port()),
-            ..PebbleOptions::default()
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(DiskStore::open(dir.path(), None).expect("store"));
-    let secret_name = SecretName::new("www.example.test").expect("name");
-    let spec =
-        CertificateSpec::new(NameSet::parse(&["www.example.test"]).expect("names")).expect("spec");
+    let ca = RefusingCa::start().await;
     let now = OffsetDateTime::now_utc();
     let mut history = OrderHistory::default();
     for hours_ago in [100, 80, 60, 40] {
         history.record(
-            &spec.names.canonical_key(),
+            &RefusingCa::spec().names.canonical_key(),
             now - time::Duration::hours(hours_ago),
         );
     }
-    store
-        .save_order_history(&secret_name, &history)
+    ca.store
+        .save_order_history(&ca.secret_name, &history)
         .await
         .expect("seed");
-    let acme = Arc::new(
-        AcmeClient::connect(acme_config(&pebble), store.as_ref())
-            .await
-            .expect("account"),
-    );
-    let tokens: Arc<dyn TokenStore> = Arc::new(MemoryTokenStore::new());
-    let mut manager = CertManager::new(
-        spec,
-        acme,
-        Arc::new(Http01Solver::new(tokens)),
-        Arc::clone(&store) as Arc<dyn CertificateStore>,
-    );
+    let mut manager = ca.manager().await;
     for attempt in 0..2 {
         let outcome = manager
             .reconcile(now + time::Duration::minutes(2 * attempt))
