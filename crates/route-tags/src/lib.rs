@@ -1,0 +1,12 @@
+//! The route-tag schema: what a service's tags ask the gateway for.
+//!
+//! A service opts in with tags (`edge.route=shop.example.com/api strip=/api`,
+//! or the long form `edge.http.routes.NAME.KEY=VALUE`), because tags are what
+//! both Consul and Nomad's native services carry. This crate reads them into
+//! domain types and merges every service's routes into one table; it knows
+//! neither Consul's JSON nor Envoy's protobuf, so the server that serves the
+//! routes and the one that obtains their certificates read the same rules.
+
+pub mod model;
+
+pub use model::*;
