@@ -127,8 +127,9 @@ pub struct HeaderMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum Rewrite {
-    /// `strip=/api`: the route's prefix is removed (`/api/x` -> `/x`).
-    Strip,
+    /// `strip=/api`: this leading part of the path is removed at a segment
+    /// boundary (`/api/x` -> `/x`, `/api` -> `/`).
+    Strip(String),
     /// `rewrite=/v2`: the matched prefix is replaced (`/api/x` -> `/v2/x`).
     Prefix(String),
     /// `rewrite_regex=PATTERN` + `rewrite_to=SUBSTITUTION`.
@@ -221,8 +222,8 @@ pub struct RouteOptions {
 /// One route a service declares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct RouteDecl {
-    /// The route's name: `NAME` of the long form, `route` for the one-line
-    /// form (`route-2`, `route-3` ... when a service carries several).
+    /// The route's name: `NAME` of the long form; for the one-line form its
+    /// `HOST/PATH` as written (so the name does not depend on tag order).
     pub name: String,
     /// The tags it was read from, as written, for reports.
     pub tags: Vec<String>,
