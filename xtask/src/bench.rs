@@ -30,7 +30,6 @@ fn eds(root: &Path, tools: &tools::Tools, args: &[String]) -> Result<()> {
             &[
                 "build",
                 "--release",
-                "--quiet",
                 "-p",
                 "consul-eds-server",
                 "-p",

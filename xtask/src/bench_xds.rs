@@ -24,7 +24,6 @@ pub fn run(root: &Path, sh_args: &[String]) -> Result<()> {
             &[
                 "build",
                 "--release",
-                "--quiet",
                 "-p",
                 "xds-core",
                 "--example",

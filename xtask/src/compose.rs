@@ -23,6 +23,7 @@ pub const ENVOY_CONFIG: &str = "docker/envoy/envoy.yaml";
 pub const EXAMPLE_BOOTSTRAPS: &[&str] = &[
     "docs/envoy/eds-grpc-seed.yaml",
     "docs/envoy/ads-gateway.yaml",
+    "docs/envoy/gateway.yaml",
 ];
 /// The Prometheus configuration the compose file mounts.
 pub const PROMETHEUS_CONFIG: &str = "docker/prometheus/prometheus.yml";

@@ -34,7 +34,6 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
             &[
                 "build",
                 "--release",
-                "--quiet",
                 "-p",
                 "consul-eds-server",
                 "-p",
