@@ -20,7 +20,8 @@ const MASTER: &str = "3f1b6f0e-8a55-4c0e-9d4e-acl-master-token";
 /// The test servers' `--reset-grace`.
 const GRACE: Duration = Duration::from_secs(3);
 
-const READ_ALL: &str = r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#;
+const READ_ALL: &str =
+    r#"service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }"#;
 const READ_NOTHING: &str = r#"key_prefix "unrelated/" { policy = "read" }"#;
 
 async fn acl_put(consul: &ConsulAgent, path: &str, body: String) -> Value {
@@ -79,7 +80,12 @@ async fn a_narrowed_policy_keeps_the_endpoints_degraded_for_the_grace_then_reads
     // The operator narrows the policy; then the service changes, so the
     // blocking query returns, with what the token may now see: nothing.
     let narrowed = serde_json::json!({"ID": policy_id, "Name": "eds-read", "Rules": READ_NOTHING});
-    acl_put(&consul, &format!("/v1/acl/policy/{policy_id}"), narrowed.to_string()).await;
+    acl_put(
+        &consul,
+        &format!("/v1/acl/policy/{policy_id}"),
+        narrowed.to_string(),
+    )
+    .await;
     let web2 = Backend::start("web-2").await.expect("backend");
     register_passing(&master, "web", &web2).await;
     let changed = Instant::now();
@@ -113,7 +119,12 @@ async fn a_narrowed_policy_keeps_the_endpoints_degraded_for_the_grace_then_reads
     // The policy is restored before the grace ends. Its index does not
     // move, so only the fresh read at the deadline can see both instances.
     let restored = serde_json::json!({"ID": policy_id, "Name": "eds-read", "Rules": READ_ALL});
-    acl_put(&consul, &format!("/v1/acl/policy/{policy_id}"), restored.to_string()).await;
+    acl_put(
+        &consul,
+        &format!("/v1/acl/policy/{policy_id}"),
+        restored.to_string(),
+    )
+    .await;
     wait_for_hostnames(&envoy, "web", &["web-1", "web-2"], GRACE * 3).await;
     test_support::eventually(
         "readyz to recover",
