@@ -31,6 +31,7 @@ const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
 const INDEX_HEADER: &str = "x-consul-index";
 const LAST_CONTACT_HEADER: &str = "x-consul-lastcontact";
 const KNOWN_LEADER_HEADER: &str = "x-consul-knownleader";
+const FILTERED_BY_ACLS_HEADER: &str = "x-consul-results-filtered-by-acls";
 /// Far above any real answer (a DC-wide `/v1/health/state/any` of 100,000
 /// checks is about 38 MB), low enough that a broken peer cannot exhaust
 /// memory or, for a streamed answer, keep a read going forever.
@@ -533,6 +534,8 @@ fn query_meta(headers: &HeaderMap, endpoint: &str) -> Result<QueryMeta, Error> {
         last_contact: header::<u64>(headers, LAST_CONTACT_HEADER, endpoint)?
             .map(Duration::from_millis),
         known_leader: header::<bool>(headers, KNOWN_LEADER_HEADER, endpoint)?,
+        results_filtered_by_acls: header::<bool>(headers, FILTERED_BY_ACLS_HEADER, endpoint)?
+            .unwrap_or(false),
     })
 }
 
@@ -589,7 +592,15 @@ mod tests {
                 index: Some(17),
                 last_contact: Some(Duration::from_millis(250)),
                 known_leader: Some(true),
+                results_filtered_by_acls: false,
             }
+        );
+        headers.insert(FILTERED_BY_ACLS_HEADER, HeaderValue::from_static("true"));
+        assert!(
+            query_meta(&headers, "GET /v1/x")
+                .expect("valid")
+                .results_filtered_by_acls,
+            "Consul 1.11+ says when ACLs filtered the answer"
         );
         headers.insert(INDEX_HEADER, HeaderValue::from_static("-3"));
         match query_meta(&headers, "GET /v1/x") {

@@ -59,6 +59,10 @@ pub struct QueryMeta {
     pub last_contact: Option<Duration>,
     /// `X-Consul-KnownLeader`: whether the answering server knew a leader.
     pub known_leader: Option<bool>,
+    /// `X-Consul-Results-Filtered-By-ACLs: true` (Consul 1.11 and later):
+    /// the token's ACLs hid some of the answer, so it may lack entries that
+    /// exist. Older versions never send it: false says nothing there.
+    pub results_filtered_by_acls: bool,
 }
 
 /// A read's value with its [`QueryMeta`].

@@ -117,6 +117,29 @@ async fn an_index_going_backwards_resets_to_zero_then_continues() {
     );
 }
 
+/// Consul 1.11+ answers a read its token may not fully see with 200, the
+/// entries it may see (often none) and a header saying so: the watch passes
+/// that on, so no consumer takes the answer for the whole truth.
+#[tokio::test]
+async fn an_answer_filtered_by_acls_says_so_in_its_meta() {
+    let fake = FakeConsul::start(scripted(vec![
+        Reply::json(Some(10), health_body(&[("a", 1)])),
+        Reply::json(Some(11), "[]").header("X-Consul-Results-Filtered-By-ACLs", "true"),
+    ]))
+    .await;
+    let mut watch = client_for(&fake).watch_health_service("web", HealthFilter::All, fast_watch());
+    let mut filtered = Vec::new();
+    for _ in 0..2 {
+        match next(&mut watch).await {
+            WatchEvent::Value { value, meta, .. } => {
+                filtered.push((ids(&value).len(), meta.results_filtered_by_acls));
+            }
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+    assert_eq!(filtered, [(1, false), (0, true)]);
+}
+
 #[tokio::test]
 async fn a_missing_or_zero_index_is_blocked_on_as_one() {
     let fake = FakeConsul::start(scripted(vec![

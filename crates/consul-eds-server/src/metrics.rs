@@ -31,6 +31,11 @@ pub struct EngineMetrics {
     pub cluster_updates: Counter,
     /// Empty answers after a Consul index reset held back during the grace period.
     pub empty_after_reset_held: Counter,
+    /// Answers that removed every instance of a service at once (no reset),
+    /// held back during the grace period, degraded, then read afresh.
+    pub vanished_held: Counter,
+    /// Answers Consul said its ACLs filtered, not believed.
+    pub acl_filtered: Counter,
 }
 
 impl EngineMetrics {
@@ -67,6 +72,17 @@ impl EngineMetrics {
             "Empty answers following a Consul index reset, held back during the grace period",
             self.empty_after_reset_held.clone(),
         );
+        registry.register(
+            "vanished_held",
+            "Answers that removed every instance of a service at once, held back during the \
+             grace period, then read afresh",
+            self.vanished_held.clone(),
+        );
+        registry.register(
+            "acl_filtered_answers",
+            "Answers Consul said its ACLs filtered (X-Consul-Results-Filtered-By-ACLs), not believed",
+            self.acl_filtered.clone(),
+        );
     }
 }
 
@@ -96,6 +112,8 @@ mod tests {
         metrics.pushes.inc();
         metrics.cluster_updates.inc_by(4);
         metrics.empty_after_reset_held.inc();
+        metrics.vanished_held.inc();
+        metrics.acl_filtered.inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         for line in [
@@ -105,6 +123,8 @@ mod tests {
             "consul_eds_pushes_total 1",
             "consul_eds_cluster_updates_total 4",
             "consul_eds_empty_after_reset_held_total 1",
+            "consul_eds_vanished_held_total 1",
+            "consul_eds_acl_filtered_answers_total 1",
         ] {
             assert!(text.contains(line), "{line} missing from {text}");
         }

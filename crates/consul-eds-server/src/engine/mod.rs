@@ -66,6 +66,9 @@ pub enum SourceEvent {
         /// The first read after Consul's index went backwards.
         after_reset: bool,
     },
+    /// Consul answered but said its ACLs filtered the answer (Consul 1.11
+    /// and later): it may lack instances that exist, so it is not believed.
+    Filtered,
     /// Reads are failing; whatever was read last is still the best data.
     Failing { error: String },
 }
@@ -99,6 +102,8 @@ pub struct EngineSettings {
 #[derive(Debug)]
 struct Watch {
     task: JoinHandle<()>,
+    /// Tells this watch's events from those a replaced one left queued.
+    generation: u64,
     service: ServiceState,
 }
 
@@ -116,8 +121,10 @@ pub struct Engine<S, K> {
     metrics: EngineMetrics,
     plans: BTreeMap<String, ClusterPlan>,
     watches: HashMap<WatchKey, Watch>,
-    events_tx: mpsc::UnboundedSender<(WatchKey, SourceEvent)>,
-    events_rx: mpsc::UnboundedReceiver<(WatchKey, SourceEvent)>,
+    events_tx: mpsc::UnboundedSender<(WatchKey, u64, SourceEvent)>,
+    events_rx: mpsc::UnboundedReceiver<(WatchKey, u64, SourceEvent)>,
+    /// The generation the next started watch gets.
+    next_generation: u64,
     dirty: BTreeSet<String>,
     flush_at: Option<Instant>,
     /// What the sink has per cluster, so unchanged clusters are not re-sent.
@@ -153,6 +160,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             watches: HashMap::new(),
             events_tx,
             events_rx,
+            next_generation: 0,
             dirty: BTreeSet::new(),
             flush_at: None,
             published: HashMap::new(),
@@ -186,7 +194,9 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                     let wanted = demand.borrow_and_update().clone();
                     self.set_demand(&wanted);
                 }
-                Some((key, event)) = self.events_rx.recv() => self.on_source_event(key, event),
+                Some((key, generation, event)) = self.events_rx.recv() => {
+                    self.on_source_event(key, generation, event);
+                }
                 () = sleep_until_opt(flush_at), if flush_at.is_some() => self.flush(),
                 _ = grace_tick.tick() => self.check_holds(),
             }
@@ -234,11 +244,12 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         for key in needed {
             if !self.watches.contains_key(&key) {
                 tracing::info!(service = %key.service, dc = %key.datacenter_label(), "starting watch");
-                let task = self.spawn_watch(key.clone());
+                let (task, generation) = self.spawn_watch(key.clone());
                 self.watches.insert(
                     key,
                     Watch {
                         task,
+                        generation,
                         service: ServiceState::default(),
                     },
                 );
@@ -269,19 +280,46 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         wanted
     }
 
-    fn spawn_watch(&self, key: WatchKey) -> JoinHandle<()> {
+    fn spawn_watch(&mut self, key: WatchKey) -> (JoinHandle<()>, u64) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
         let mut stream = self.source.watch(&key);
         let events = self.events_tx.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some(event) = stream.next().await {
-                if events.send((key.clone(), event)).is_err() {
+                if events.send((key.clone(), generation, event)).is_err() {
                     break;
                 }
             }
-        })
+        });
+        (task, generation)
     }
 
-    fn on_source_event(&mut self, key: WatchKey, event: SourceEvent) {
+    /// Replaces the service's watch with a new one, whose first answer is a
+    /// fresh read (a blocking query on an unmoved index would say nothing
+    /// of an ACL policy restored meanwhile). The state stays.
+    fn restart_watch(&mut self, key: &WatchKey) {
+        if !self.watches.contains_key(key) {
+            return;
+        }
+        tracing::info!(service = %key.service, dc = %key.datacenter_label(), "reading the service afresh");
+        let (task, generation) = self.spawn_watch(key.clone());
+        if let Some(watch) = self.watches.get_mut(key) {
+            watch.task.abort();
+            watch.task = task;
+            watch.generation = generation;
+        }
+    }
+
+    fn on_source_event(&mut self, key: WatchKey, generation: u64, event: SourceEvent) {
+        if self
+            .watches
+            .get(&key)
+            .is_none_or(|watch| watch.generation != generation)
+        {
+            // A late event from a watch stopped or replaced a moment ago.
+            return;
+        }
         if let SourceEvent::Instances {
             instances,
             index,
@@ -318,7 +356,17 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             return;
         };
         let change = watch.service.apply(input, now, grace);
+        // The gauge follows the service's freshness, whatever degraded it.
+        let label = service_label(key);
+        if matches!(watch.service.freshness(), Freshness::Degraded { .. }) {
+            self.metrics.degraded.get_or_create(&label).set(1);
+        } else {
+            self.metrics.degraded.remove(&label);
+        }
         self.record(key, &change);
+        if change == Change::Reread {
+            self.restart_watch(key);
+        }
         if change.touches_clusters() {
             for cluster in self.clusters_fed_by(key) {
                 self.mark_dirty(cluster);
@@ -326,13 +374,11 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         }
     }
 
-    /// What a change says to operators: logs and metrics.
+    /// What a change says to operators: logs and counters.
     fn record(&self, key: &WatchKey, change: &Change) {
         let grace = self.settings.reset_grace;
         match change {
-            Change::Served | Change::StillHeld => {
-                self.metrics.degraded.remove(&service_label(key));
-            }
+            Change::Served | Change::StillHeld | Change::Nothing => {}
             Change::HoldStarted { .. } => {
                 tracing::warn!(
                     service = %key.service,
@@ -340,19 +386,32 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                      keeping the last endpoints for {grace:?}"
                 );
                 self.metrics.empty_after_reset_held.inc();
-                self.metrics.degraded.remove(&service_label(key));
+            }
+            Change::VanishedHeld { .. } => {
+                tracing::warn!(
+                    service = %key.service,
+                    "Consul answers no instances for a service that had some (the token's ACLs \
+                     may have been narrowed); keeping the last endpoints for {grace:?}, then \
+                     reading it afresh"
+                );
+                self.metrics.vanished_held.inc();
+            }
+            Change::Filtered => {
+                tracing::warn!(
+                    service = %key.service,
+                    "Consul filtered the answer by the token's ACLs; serving the last endpoints"
+                );
+                self.metrics.acl_filtered.inc();
+            }
+            Change::Reread => {
+                tracing::warn!(service = %key.service, "no instances came back within {grace:?}; the next read is believed");
             }
             Change::Failing { error } => {
                 tracing::warn!(service = %key.service, %error, "Consul reads failing; serving the last endpoints");
-                self.metrics
-                    .degraded
-                    .get_or_create(&service_label(key))
-                    .set(1);
             }
             Change::Released => {
                 tracing::warn!(service = %key.service, "no instances came back within {grace:?} of the reset; serving none");
             }
-            Change::Nothing => {}
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! No I/O and no clock here. The actor (`super`) hands every watch event and
 //! every grace check to [`ServiceState::apply`] with the time, and acts on the
-//! [`Change`] that comes out (logs, metrics, which clusters to build again);
+//! [`Change`] that comes out (logs, metrics, which clusters to build again,
+//! a fresh read);
 //! everything the engine decides about one service is decided here and is
 //! tested without a runtime.
 //!
@@ -14,8 +15,20 @@
 //!   re-register their services within seconds of a restored or restarted
 //!   server, and serving nothing in between would be an outage caused by
 //!   Consul, not by the backends. More empty reads during the hold keep it;
-//!   a read with instances ends it.
-//! - A hold still on at its deadline is released: the service serves nothing.
+//!   a read with instances ends it. A hold still on at its deadline is
+//!   released: the service serves nothing.
+//! - An empty read that removes every instance of a service that had some,
+//!   with no reset, is held the same way, degraded meanwhile, and at the
+//!   deadline the service is read afresh and that read is believed, empty or
+//!   not. Consul before 1.11 answers a read its token's ACLs filtered (a
+//!   policy narrowed while the server runs) with 200 and `[]`, without
+//!   moving the index and without saying so: such an answer cannot be told
+//!   from every instance leaving at once, so it is not believed at once. The
+//!   fresh read catches a policy restored meanwhile, which a blocking query
+//!   on an unmoved index would not report. The price: a service whose
+//!   instances really all go serves them `reset_grace` longer.
+//! - An answer Consul says its ACLs filtered (Consul 1.11 and later) changes
+//!   no instances and degrades the service, like a failing read.
 //! - A failing read changes no instances: the service is degraded from the
 //!   first failure until the next successful read, and the last good
 //!   instances stay served (a hold keeps its deadline).
@@ -26,6 +39,15 @@ use std::time::{Duration, Instant};
 use super::SourceEvent;
 use crate::model::ServiceInstance;
 use crate::state::Freshness;
+
+/// Why a service whose instances all vanished at once is degraded while
+/// held.
+pub(crate) const VANISHED: &str = "every instance vanished in one answer: kept for the reset \
+grace, then read afresh (a token whose ACLs were narrowed gets such answers)";
+
+/// Why a service whose answer Consul filtered is degraded.
+pub(crate) const FILTERED: &str =
+    "Consul filtered the answer by the token's ACLs (X-Consul-Results-Filtered-By-ACLs)";
 
 /// The moment an input is applied: the monotonic instant times holds, the
 /// wall clock dates a degradation for the admin API.
@@ -52,12 +74,20 @@ pub(crate) enum Change {
     /// An empty read after an index reset: the last instances stay until
     /// `until`.
     HoldStarted { until: Instant },
+    /// An empty read removing every instance, with no reset: the last
+    /// instances stay until `until`, degraded, then the service is re-read.
+    VanishedHeld { until: Instant },
     /// Another empty read during a hold: still held, at the read's index.
     StillHeld,
+    /// Consul said its ACLs filtered the answer; the last instances stay.
+    Filtered,
     /// Reads fail (this time with `error`); the last instances stay.
     Failing { error: String },
     /// The grace deadline passed with no instances back: none are served.
     Released,
+    /// The grace deadline of vanished instances passed: the actor must read
+    /// the service afresh, and the next read is believed.
+    Reread,
     /// Nothing changed (a grace check with no hold due).
     Nothing,
 }
@@ -71,6 +101,15 @@ impl Change {
     }
 }
 
+/// Why an empty read is held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldCause {
+    /// It came right after an index reset: released at the deadline.
+    Reset,
+    /// Every instance went in one answer: re-read at the deadline.
+    Vanished,
+}
+
 /// Which instances the service serves.
 #[derive(Debug, Clone, Default)]
 enum Phase {
@@ -79,12 +118,16 @@ enum Phase {
     Unread,
     /// The last successful read's instances (possibly none).
     Read(Arc<Vec<ServiceInstance>>),
-    /// An empty read after a reset is held back: `last` (never empty) is
-    /// still served until `until`.
+    /// An empty read is held back: `last` (never empty) is still served
+    /// until `until`.
     Holding {
         last: Arc<Vec<ServiceInstance>>,
         until: Instant,
+        cause: HoldCause,
     },
+    /// A vanished hold ran out: `last` is served until the fresh read the
+    /// actor started answers, and that answer is believed.
+    Rereading { last: Arc<Vec<ServiceInstance>> },
 }
 
 /// One watched service: what it serves and how fresh that is.
@@ -102,7 +145,8 @@ impl ServiceState {
             Phase::Read(instances)
             | Phase::Holding {
                 last: instances, ..
-            } => Some(instances),
+            }
+            | Phase::Rereading { last: instances } => Some(instances),
         }
     }
 
@@ -110,16 +154,16 @@ impl ServiceState {
         &self.freshness
     }
 
-    /// When a held empty answer is released, while one is held.
+    /// When a held empty answer is released or re-read, while one is held.
     pub(crate) fn hold_until(&self) -> Option<Instant> {
         match self.phase {
             Phase::Holding { until, .. } => Some(until),
-            Phase::Unread | Phase::Read(_) => None,
+            Phase::Unread | Phase::Read(_) | Phase::Rereading { .. } => None,
         }
     }
 
     /// Applies one input at `now`; `reset_grace` is how long an empty answer
-    /// after a reset is held.
+    /// is held.
     pub(crate) fn apply(&mut self, input: Input, now: Now, reset_grace: Duration) -> Change {
         match input {
             Input::Source(SourceEvent::Instances {
@@ -127,21 +171,45 @@ impl ServiceState {
                 index,
                 after_reset,
             }) => {
-                self.freshness = Freshness::Synced { index };
-                self.on_read(instances, after_reset, now.instant + reset_grace)
+                let change = self.on_read(instances, after_reset, now.instant + reset_grace);
+                if matches!(
+                    self.phase,
+                    Phase::Holding {
+                        cause: HoldCause::Vanished,
+                        ..
+                    }
+                ) {
+                    // Held vanished instances stay degraded until a read
+                    // with instances or the fresh read at the deadline.
+                    self.degrade(VANISHED, now);
+                } else {
+                    self.freshness = Freshness::Synced { index };
+                }
+                change
+            }
+            Input::Source(SourceEvent::Filtered) => {
+                self.degrade(FILTERED, now);
+                Change::Filtered
             }
             Input::Source(SourceEvent::Failing { error }) => {
-                // The first failure dates the degradation; later ones only
-                // confirm it.
-                if !matches!(self.freshness, Freshness::Degraded { .. }) {
-                    self.freshness = Freshness::Degraded {
-                        error: error.clone(),
-                        since_unix: now.unix_secs,
-                    };
-                }
+                self.degrade(&error, now);
                 Change::Failing { error }
             }
             Input::GraceCheck => self.on_grace_check(now.instant),
+        }
+    }
+
+    fn is_degraded(&self) -> bool {
+        matches!(self.freshness, Freshness::Degraded { .. })
+    }
+
+    /// The first cause dates the degradation; later ones only confirm it.
+    fn degrade(&mut self, error: &str, now: Now) {
+        if !self.is_degraded() {
+            self.freshness = Freshness::Degraded {
+                error: error.to_owned(),
+                since_unix: now.unix_secs,
+            };
         }
     }
 
@@ -152,17 +220,22 @@ impl ServiceState {
         deadline: Instant,
     ) -> Change {
         let (phase, change) = match std::mem::take(&mut self.phase) {
-            Phase::Holding { last, until } if instances.is_empty() => {
-                (Phase::Holding { last, until }, Change::StillHeld)
+            Phase::Holding { last, until, cause } if instances.is_empty() => {
+                (Phase::Holding { last, until, cause }, Change::StillHeld)
             }
-            Phase::Read(last) if instances.is_empty() && after_reset && !last.is_empty() => (
-                Phase::Holding {
-                    last,
-                    until: deadline,
-                },
-                Change::HoldStarted { until: deadline },
-            ),
-            Phase::Unread | Phase::Read(_) | Phase::Holding { .. } => {
+            Phase::Read(last) if instances.is_empty() && !last.is_empty() => {
+                let (cause, change) = if after_reset {
+                    (HoldCause::Reset, Change::HoldStarted { until: deadline })
+                } else {
+                    (
+                        HoldCause::Vanished,
+                        Change::VanishedHeld { until: deadline },
+                    )
+                };
+                let until = deadline;
+                (Phase::Holding { last, until, cause }, change)
+            }
+            Phase::Unread | Phase::Read(_) | Phase::Holding { .. } | Phase::Rereading { .. } => {
                 (Phase::Read(Arc::new(instances)), Change::Served)
             }
         };
@@ -171,12 +244,27 @@ impl ServiceState {
     }
 
     fn on_grace_check(&mut self, now: Instant) -> Change {
-        match self.phase {
-            Phase::Holding { until, .. } if now >= until => {
+        match std::mem::take(&mut self.phase) {
+            Phase::Holding {
+                until,
+                cause: HoldCause::Reset,
+                ..
+            } if now >= until => {
                 self.phase = Phase::Read(Arc::new(Vec::new()));
                 Change::Released
             }
-            Phase::Unread | Phase::Read(_) | Phase::Holding { .. } => Change::Nothing,
+            Phase::Holding {
+                last,
+                until,
+                cause: HoldCause::Vanished,
+            } if now >= until => {
+                self.phase = Phase::Rereading { last };
+                Change::Reread
+            }
+            phase => {
+                self.phase = phase;
+                Change::Nothing
+            }
         }
     }
 }
@@ -283,10 +371,100 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_read_without_a_reset_is_served() {
-        let mut service = Service::serving_web_1();
+    fn an_empty_read_is_served_when_nothing_was_served() {
+        let mut service = Service::new();
+        assert_eq!(service.at(0, read(&[], 50)), Change::Served);
         assert_eq!(service.at(1, read(&[], 51)), Change::Served);
         assert_eq!(service.ids(), Some(vec![]));
+        assert_eq!(service.freshness(), &Freshness::Synced { index: 51 });
+    }
+
+    #[test]
+    fn fewer_instances_are_served_at_once_while_some_remain() {
+        let mut service = Service::new();
+        service.at(0, read(&["web-1", "web-2"], 50));
+        assert_eq!(service.at(1, read(&["web-2"], 51)), Change::Served);
+        assert_eq!(service.ids(), Some(vec!["web-2"]));
+    }
+
+    #[test]
+    fn every_instance_vanishing_at_once_is_held_degraded_then_read_afresh() {
+        // Consul 1.8.7 answers a token whose policy was narrowed with `[]`
+        // at an index that moved for another reason: held, not believed.
+        let mut service = Service::serving_web_1();
+        let deadline = service.instant(12_000);
+        assert_eq!(
+            service.at(2, read(&[], 51)),
+            Change::VanishedHeld { until: deadline }
+        );
+        assert_eq!(
+            service.ids(),
+            Some(vec!["web-1"]),
+            "the last instances stay"
+        );
+        assert_eq!(service.freshness(), &service.degraded_since(VANISHED, 2));
+        assert_eq!(service.at(5, read(&[], 52)), Change::StillHeld);
+        assert_eq!(
+            service.freshness(),
+            &service.degraded_since(VANISHED, 2),
+            "still degraded, since the first empty answer"
+        );
+        assert_eq!(service.at_ms(11_999, Input::GraceCheck), Change::Nothing);
+        assert_eq!(service.at(12, Input::GraceCheck), Change::Reread);
+        assert_eq!(
+            service.ids(),
+            Some(vec!["web-1"]),
+            "kept until the fresh read"
+        );
+        assert_eq!(service.state.hold_until(), None);
+        assert_eq!(service.at(13, Input::GraceCheck), Change::Nothing);
+        // The fresh read is believed, empty or not.
+        assert_eq!(service.at(14, read(&[], 52)), Change::Served);
+        assert_eq!(service.ids(), Some(vec![]));
+        assert_eq!(service.freshness(), &Freshness::Synced { index: 52 });
+    }
+
+    #[test]
+    fn the_fresh_read_after_vanished_instances_brings_them_back() {
+        let mut service = Service::serving_web_1();
+        service.at(0, read(&[], 51));
+        service.at(10, Input::GraceCheck);
+        assert_eq!(service.at(11, read(&["web-1"], 51)), Change::Served);
+        assert_eq!(service.ids(), Some(vec!["web-1"]));
+        assert_eq!(service.freshness(), &Freshness::Synced { index: 51 });
+    }
+
+    #[test]
+    fn instances_coming_back_during_a_vanished_hold_end_it_and_the_degradation() {
+        let mut service = Service::serving_web_1();
+        service.at(0, read(&[], 51));
+        assert_eq!(service.at(3, read(&["web-2"], 52)), Change::Served);
+        assert_eq!(service.ids(), Some(vec!["web-2"]));
+        assert_eq!(service.freshness(), &Freshness::Synced { index: 52 });
+        assert_eq!(service.at(11, Input::GraceCheck), Change::Nothing);
+    }
+
+    #[test]
+    fn an_answer_filtered_by_acls_degrades_and_keeps_the_last_instances() {
+        let mut service = Service::serving_web_1();
+        assert_eq!(
+            service.at(3, Input::Source(SourceEvent::Filtered)),
+            Change::Filtered
+        );
+        assert_eq!(service.ids(), Some(vec!["web-1"]));
+        assert_eq!(service.freshness(), &service.degraded_since(FILTERED, 3));
+        assert_eq!(
+            service.state.hold_until(),
+            None,
+            "no deadline: never believed"
+        );
+        assert_eq!(service.at(60, Input::GraceCheck), Change::Nothing);
+        assert_eq!(service.ids(), Some(vec!["web-1"]));
+        assert_eq!(
+            service.at(61, read(&["web-1", "web-2"], 60)),
+            Change::Served
+        );
+        assert_eq!(service.freshness(), &Freshness::Synced { index: 60 });
     }
 
     #[test]
@@ -440,9 +618,14 @@ mod tests {
             Change::HoldStarted {
                 until: Instant::now(),
             },
+            Change::VanishedHeld {
+                until: Instant::now(),
+            },
             Change::StillHeld,
+            Change::Filtered,
             failure("connection refused"),
             Change::Released,
+            Change::Reread,
         ] {
             assert!(change.touches_clusters(), "{change:?}");
         }

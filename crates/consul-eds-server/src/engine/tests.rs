@@ -256,6 +256,73 @@ async fn an_empty_answer_after_an_index_reset_is_held_for_the_grace_period() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn vanished_instances_are_kept_degraded_then_the_service_is_read_afresh() {
+    let mut h = Harness::serving_web_1(50).await;
+    assert_eq!(h.source.watch_calls(), 1);
+    let first_watch = {
+        let senders = h.source.senders.lock().expect("lock");
+        senders.values().next().expect("watched").clone()
+    };
+    // What Consul 1.8.7 answers once the token's policy lost service read.
+    h.source.send("web", passing(&[], 51));
+    h.settle().await;
+    assert_eq!(h.state.clusters()[0].endpoints.len(), 1, "kept");
+    assert!(
+        matches!(h.state.readiness(), Readiness::Degraded { .. }),
+        "degraded while held"
+    );
+    while let Ok(call) = h.sink.try_recv() {
+        if let SinkCall::Publish(batch) = call {
+            assert!(
+                !batch[0].endpoints.is_empty(),
+                "nothing empty is pushed: {batch:?}"
+            );
+        }
+    }
+
+    // The 10 s grace, checked on a 2.5 s tick.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(h.source.watch_calls(), 2, "read afresh at the deadline");
+    assert_eq!(
+        h.state.clusters()[0].endpoints.len(),
+        1,
+        "kept until it answers"
+    );
+    // A late answer of the replaced watch is not the fresh read.
+    let _ = first_watch.send(passing(&[], 52));
+    h.settle().await;
+    assert_eq!(h.state.clusters()[0].endpoints.len(), 1);
+    // The fresh read (a policy restored meanwhile) is believed.
+    h.source.send("web", passing(&["web-1"], 51));
+    h.settle().await;
+    assert_eq!(h.state.clusters()[0].endpoints.len(), 1);
+    assert_eq!(h.state.readiness(), Readiness::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fresh_read_after_vanished_instances_is_believed_when_empty() {
+    let mut h = Harness::serving_web_1(50).await;
+    h.source.send("web", passing(&[], 51));
+    h.settle().await;
+    // The 10 s grace, checked on a 2.5 s tick.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    h.source.send("web", passing(&[], 51));
+    let batch = h.next_publish().await;
+    assert!(batch[0].endpoints.is_empty(), "believed after the grace");
+    assert_eq!(h.state.readiness(), Readiness::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_filtered_by_acls_keeps_the_endpoints_and_degrades() {
+    let mut h = Harness::serving_web_1(50).await;
+    h.source.send("web", SourceEvent::Filtered);
+    h.settle().await;
+    assert!(h.no_more_calls(), "a filtered answer changes no endpoints");
+    assert_eq!(h.state.clusters()[0].endpoints.len(), 1);
+    assert!(matches!(h.state.readiness(), Readiness::Degraded { .. }));
+}
+
+#[tokio::test(start_paused = true)]
 async fn instances_coming_back_within_the_grace_period_end_the_hold() {
     let mut h = Harness::serving_web_1(50).await;
     h.source.send("web", empty_after_reset(2));

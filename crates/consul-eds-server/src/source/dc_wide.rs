@@ -326,6 +326,9 @@ impl View {
             return;
         };
         let event = match answer {
+            // Consul 1.11+ says when the token's ACLs hid part of the
+            // answer: it is not the whole truth, so not believed.
+            Ok(response) if response.meta.results_filtered_by_acls => SourceEvent::Filtered,
             Ok(response) => {
                 let after_failures = std::mem::take(&mut covered.failed);
                 let observed = covered.cursor.observe(response.meta.index);

@@ -85,6 +85,11 @@ impl ConsulSource {
                 // frees its per-service slot.
                 let _slot = &slot;
                 match event {
+                    // Consul 1.11+ says when the token's ACLs hid part of
+                    // the answer: it is not the whole truth, so not believed.
+                    WatchEvent::Value { meta, .. } if meta.results_filtered_by_acls => {
+                        SourceEvent::Filtered
+                    }
                     WatchEvent::Value {
                         value,
                         index,
