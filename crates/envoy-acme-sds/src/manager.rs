@@ -260,7 +260,7 @@ impl CertManager {
             AriState::Known { renew_at, .. } => *renew_at,
             _ => None,
         };
-        let requested_at = match self.store.load_renewal_request(&name).await {
+        let request = match self.store.load_renewal_request(&name).await {
             Ok(at) => at,
             Err(error) => {
                 warn!(secret = %name, %error, "renewal request unreadable; ignoring it");
@@ -268,7 +268,7 @@ impl CertManager {
             }
         };
         let decision = match current.as_deref() {
-            Some(bundle) if policy::renewal_requested(bundle.metadata(), requested_at) => {
+            Some(bundle) if policy::renewal_requested(bundle.metadata(), request.as_ref()) => {
                 RenewalDecision::RenewNow(RenewReason::Requested)
             }
             _ => policy::decide(

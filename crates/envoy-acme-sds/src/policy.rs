@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::certificate::CertificateMetadata;
+use crate::store::RenewalRequest;
 
 /// Certificates shorter-lived than this renew at half their lifetime rather
 /// than at two thirds: a 6-day certificate then still has 3 days of retries.
@@ -145,15 +146,17 @@ pub fn decide(
     }
 }
 
-/// Whether an operator's renewal request, made at `requested_at`, is still
-/// open: the stored certificate was received before it. A request is thus
-/// satisfied by the first certificate issued after it, by any replica, and
-/// never needs deleting.
-pub fn renewal_requested(
-    stored: &CertificateMetadata,
-    requested_at: Option<OffsetDateTime>,
-) -> bool {
-    requested_at.is_some_and(|at| stored.issued_at < at)
+/// Whether an operator's renewal request is still open: the stored
+/// certificate is the one it asked to replace. A request is thus answered by
+/// the first certificate stored after it, by any replica, and never needs
+/// deleting; no clock takes part, so a requester's clock running ahead
+/// cannot keep it open. A request of an older version names no serial: only
+/// then is its time compared with the certificate's.
+pub fn renewal_requested(stored: &CertificateMetadata, request: Option<&RenewalRequest>) -> bool {
+    request.is_some_and(|request| match &request.replaces_serial {
+        Some(serial) => *serial == stored.serial,
+        None => stored.issued_at < request.requested_at,
+    })
 }
 
 /// `Retry-After` bounded to [1 minute, 1 day]: a CA's hint is honoured, but a
@@ -462,17 +465,31 @@ mod tests {
     }
 
     #[test]
-    fn a_renewal_request_holds_until_a_newer_certificate_is_issued() {
+    fn a_renewal_request_holds_until_another_certificate_is_stored() {
         let meta = metadata(START, time::Duration::days(90));
         assert!(!renewal_requested(&meta, None));
+        // Stamped a year ahead of this clock: open only while `meta` is stored.
+        let ahead = RenewalRequest::replacing(&meta, START + time::Duration::days(365));
+        assert!(renewal_requested(&meta, Some(&ahead)));
+        let mut renewed = meta.clone();
+        renewed.serial = "0bad".to_owned();
+        assert!(!renewal_requested(&renewed, Some(&ahead)));
+    }
+
+    #[test]
+    fn a_request_naming_no_serial_is_compared_by_time() {
+        let meta = metadata(START, time::Duration::days(90));
+        let legacy = |at| RenewalRequest {
+            requested_at: at,
+            replaces_serial: None,
+        };
         assert!(renewal_requested(
             &meta,
-            Some(START + time::Duration::days(1))
+            Some(&legacy(START + time::Duration::days(1)))
         ));
-        // Issued after the request: satisfied.
         assert!(!renewal_requested(
             &meta,
-            Some(START - time::Duration::seconds(1))
+            Some(&legacy(START - time::Duration::seconds(1)))
         ));
     }
 
