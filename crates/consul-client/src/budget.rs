@@ -5,7 +5,9 @@
 //! holds a connection for up to its `wait`. Blocking queries therefore take a
 //! permit from a bounded FIFO queue (tokio's `Semaphore` is fair, so no watch
 //! starves); other requests take one from a separate budget, so a write or
-//! a read never queues behind long-polls.
+//! a read never queues behind long-polls. Session requests (create, renew,
+//! destroy) have a budget of their own: a lock is lost when its session's
+//! renewal comes late, so no flood of reads or writes may hold one up.
 
 use std::sync::Arc;
 
@@ -17,6 +19,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub enum RequestClass {
     /// `?index=N` with N > 0: Consul may hold it up to `wait`.
     Blocking,
+    /// Creating, renewing and destroying sessions: what keeps a lock.
+    Session,
     /// Everything else: answered at once.
     Other,
 }
@@ -25,6 +29,7 @@ impl RequestClass {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Blocking => "blocking",
+            Self::Session => "session",
             Self::Other => "other",
         }
     }
@@ -36,9 +41,15 @@ impl EncodeLabelValue for RequestClass {
     }
 }
 
+/// Session requests in flight at once. A process keeps a session or two
+/// (one per lock), each renewed every few seconds: a handful of slots is
+/// never the bottleneck, and keeps a runaway caller from opening hundreds.
+const SESSION_REQUESTS: usize = 4;
+
 #[derive(Debug)]
 pub(crate) struct RequestBudget {
     blocking: Arc<Semaphore>,
+    session: Arc<Semaphore>,
     other: Arc<Semaphore>,
 }
 
@@ -47,6 +58,7 @@ impl RequestBudget {
         let bounded = |n: usize| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
         Self {
             blocking: bounded(max_blocking),
+            session: bounded(SESSION_REQUESTS),
             other: bounded(max_other),
         }
     }
@@ -58,6 +70,7 @@ impl RequestBudget {
     pub(crate) async fn admit(&self, class: RequestClass) -> Option<OwnedSemaphorePermit> {
         let semaphore = match class {
             RequestClass::Blocking => &self.blocking,
+            RequestClass::Session => &self.session,
             RequestClass::Other => &self.other,
         };
         Arc::clone(semaphore).acquire_owned().await.ok()
@@ -86,5 +99,18 @@ mod tests {
         assert!(futures::poll!(second.as_mut()).is_pending());
         drop(_blocking);
         assert!(second.await.is_some());
+    }
+
+    #[tokio::test]
+    async fn sessions_do_not_wait_for_the_other_budget() {
+        let budget = RequestBudget::new(1, 1);
+        let _other = budget.admit(RequestClass::Other).await;
+        let session = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            budget.admit(RequestClass::Session),
+        )
+        .await
+        .expect("the session budget is independent");
+        assert!(session.is_some());
     }
 }

@@ -175,6 +175,7 @@ impl Client {
                 RequestClass::Blocking,
                 wait + wait / 16 + inner.blocking_timeout_margin,
             ),
+            None if call.kind.keeps_a_session() => (RequestClass::Session, inner.request_timeout),
             None => (RequestClass::Other, inner.request_timeout),
         };
         let request = self.build_request(&call.method, &url, call.body, &endpoint)?;

@@ -33,6 +33,15 @@ pub enum EndpointKind {
 }
 
 impl EndpointKind {
+    /// Whether the request creates, renews or ends a session: those draw
+    /// from their own budget (see `budget`), since a late renewal loses a lock.
+    pub fn keeps_a_session(self) -> bool {
+        matches!(
+            self,
+            Self::SessionCreate | Self::SessionRenew | Self::SessionDestroy
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AgentSelf => "agent_self",

@@ -13,7 +13,8 @@
 //!   `X-Consul-Token` header and is redacted from every `Debug`.
 //! - A per-agent request budget: at most `max_blocking_queries` blocking
 //!   queries in flight (FIFO queue for the rest), a separate budget for
-//!   other requests, and HTTP/2 over TLS so queries share connections.
+//!   session requests (a renewal never waits behind reads), one for other
+//!   requests, and HTTP/2 over TLS so queries share connections.
 //! - The endpoints, as methods of [`Client`] grouped by module in [`api`]:
 //!   catalog, health, KV, sessions and [`Lock`], transactions, agent.
 //! - [`Error`], one enum naming the endpoint, telling ACL denials, missing

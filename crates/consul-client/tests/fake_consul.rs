@@ -12,7 +12,7 @@ use common::{FakeConsul, Recorded, Reply, health_body, lock, scripted};
 use consul_client::watch::{Watch, watch};
 use consul_client::{
     Address, Backoff, Client, ClientConfig, Continuity, Error, HealthFilter, HealthState,
-    QueryOptions, ServiceEntry, TlsConfig, Token, WatchConfig, WatchEvent,
+    QueryOptions, RequestClass, ServiceEntry, TlsConfig, Token, WatchConfig, WatchEvent,
 };
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -829,6 +829,58 @@ async fn blocking_queries_are_capped_and_never_starve_other_requests() {
             .count(),
         5
     );
+}
+
+#[tokio::test]
+async fn session_renewals_never_wait_behind_other_requests() {
+    // KV reads hang at the agent until the gate opens: a flood that holds
+    // every slot of the budget quick requests share.
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let fake = FakeConsul::start(move |request| {
+        if request.path.starts_with("/v1/kv/") {
+            Reply::json(Some(7), "[]").gated(gate.clone())
+        } else {
+            Reply::json(
+                Some(1),
+                r#"[{"ID": "4ca8e74b-6350-7587-addf-a18084928f3c", "Node": "n1", "Behavior": "delete", "TTL": "15s"}]"#,
+            )
+        }
+    })
+    .await;
+    let client = Client::new(ClientConfig {
+        max_concurrent_requests: 2,
+        ..config_for(&fake)
+    })
+    .expect("valid config");
+    let flood: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.kv_get("k", &QueryOptions::default()).await })
+        })
+        .collect();
+    test_support::eventually(
+        "the shared budget is exhausted",
+        HANG_GUARD,
+        Duration::from_millis(10),
+        || async { (client.metrics().requests_queued(RequestClass::Other) == 18).then_some(()) },
+    )
+    .await
+    .expect("two reads in flight, the rest queued");
+
+    // Well inside the shortest TTL Consul allows (10 s).
+    let session = consul_client::SessionId::new("4ca8e74b-6350-7587-addf-a18084928f3c");
+    let renewed = tokio::time::timeout(Duration::from_secs(2), client.session_renew(&session))
+        .await
+        .expect("the renewal is not queued behind the reads");
+    assert!(
+        renewed.expect("answered").is_some(),
+        "the session is renewed"
+    );
+
+    open.send_replace(true);
+    for read in flood {
+        read.await.expect("joined").expect("answered");
+    }
 }
 
 #[tokio::test]

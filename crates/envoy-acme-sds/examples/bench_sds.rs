@@ -24,7 +24,7 @@ use envoy_acme_sds::manager::{CertManager, CertificateSpec, Outcome};
 use envoy_acme_sds::store::codec::{CertificatePart, certificate_item};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::disk::DiskStore;
-use envoy_acme_sds::store::{CertificateStore, SecretName};
+use envoy_acme_sds::store::{CertificateStore, RenewalRequest, SecretName};
 use test_support::bootstrap::SdsListenerBootstrap;
 use test_support::{
     ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, free_port, http_get, https_get,
@@ -256,7 +256,10 @@ async fn propagation(binary: &std::path::Path, rotations: usize) -> Vec<Duration
             .await
             .expect("reset history");
         store
-            .request_renewal(&name, OffsetDateTime::now_utc())
+            .request_renewal(
+                &name,
+                &RenewalRequest::replacing(old.metadata(), OffsetDateTime::now_utc()),
+            )
             .await
             .expect("request");
 

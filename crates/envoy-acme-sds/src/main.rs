@@ -29,6 +29,7 @@ use envoy_acme_sds::metrics::ServiceMetrics;
 use envoy_acme_sds::renewer::{ManagedCertificate, Renewer};
 use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
 use envoy_acme_sds::storage_mode::{LockSettings, Replica, StorageMode};
+use envoy_acme_sds::store::RenewalRequest;
 
 /// Every Envoy gets the same secrets: one snapshot under one key.
 const NODE_KEY: &str = "envoy-acme-sds";
@@ -279,11 +280,21 @@ async fn renew(args: RenewArgs) -> Result<()> {
     let store = mode.store();
     let now = OffsetDateTime::now_utc();
     for name in &names {
+        // The request names the certificate it replaces, so the renewing
+        // replica never compares this machine's clock with its own.
+        let stored = store
+            .load_certificate_metadata(name)
+            .await
+            .with_context(|| format!("reading the stored certificate {name}"))?;
+        let Some(stored) = stored else {
+            println!("no certificate {name} is stored yet: it is ordered without a request");
+            continue;
+        };
         store
-            .request_renewal(name, now)
+            .request_renewal(name, &RenewalRequest::replacing(&stored, now))
             .await
             .with_context(|| format!("requesting the renewal of {name}"))?;
-        println!("renewal of {name} requested");
+        println!("renewal of {name} (serial {}) requested", stored.serial);
     }
     if mode.needs_a_signal_for_requests() {
         println!("send SIGHUP to the running envoy-acme-sds to renew now");

@@ -24,7 +24,7 @@ use crate::challenge::ChallengeSolver;
 use crate::domain::NameSet;
 use crate::keys::KeyType;
 use crate::policy::{
-    self, AriWindow, OrderBudgetExhausted, OrderHistory, OrderOutcome, RenewReason,
+    self, AccountOrders, AriWindow, OrderBudgetExhausted, OrderHistory, OrderOutcome, RenewReason,
     RenewalDecision, failure_delay, next_ari_check,
 };
 use crate::store::{CertificateStore, InvalidSecretName, SecretName, StoreError};
@@ -146,6 +146,8 @@ pub struct CertManager {
     ari: AriState,
     wake: Option<watch::Receiver<()>>,
     observer: Option<Arc<dyn RenewalObserver>>,
+    /// New orders of the ACME account, shared with the other managers.
+    account_orders: Arc<std::sync::Mutex<AccountOrders>>,
 }
 
 impl CertManager {
@@ -165,7 +167,16 @@ impl CertManager {
             ari: AriState::Unknown,
             wake: None,
             observer: None,
+            account_orders: Arc::default(),
         }
+    }
+
+    /// Counts new orders against `orders`, the account-wide budget shared
+    /// by every manager ordering with the same ACME account.
+    #[must_use]
+    pub fn with_account_orders(mut self, orders: Arc<std::sync::Mutex<AccountOrders>>) -> Self {
+        self.account_orders = orders;
+        self
     }
 
     /// Reconcile at once, instead of sleeping on, whenever `wake` is
@@ -260,7 +271,7 @@ impl CertManager {
             AriState::Known { renew_at, .. } => *renew_at,
             _ => None,
         };
-        let requested_at = match self.store.load_renewal_request(&name).await {
+        let request = match self.store.load_renewal_request(&name).await {
             Ok(at) => at,
             Err(error) => {
                 warn!(secret = %name, %error, "renewal request unreadable; ignoring it");
@@ -268,7 +279,7 @@ impl CertManager {
             }
         };
         let decision = match current.as_deref() {
-            Some(bundle) if policy::renewal_requested(bundle.metadata(), requested_at) => {
+            Some(bundle) if policy::renewal_requested(bundle.metadata(), request.as_ref()) => {
                 RenewalDecision::RenewNow(RenewReason::Requested)
             }
             _ => policy::decide(
@@ -342,6 +353,16 @@ impl CertManager {
             .await
             .map_err(ManagerError::Store)?;
         history.check(&names_key, now)?;
+        {
+            // Checked and recorded under one lock: two managers cannot both
+            // take the account's last slot.
+            let mut account = self
+                .account_orders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            account.check(now)?;
+            account.record(now);
+        }
         history.record(&names_key, now);
         self.store
             .save_order_history(name, &history)

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::certificate::CertificateMetadata;
+use crate::store::RenewalRequest;
 
 /// Certificates shorter-lived than this renew at half their lifetime rather
 /// than at two thirds: a 6-day certificate then still has 3 days of retries.
@@ -46,6 +47,14 @@ pub const ORDER_WINDOW: time::Duration = time::Duration::days(7);
 /// the retries this way but never stop them for longer than the window.
 pub const FAILURE_LIMIT: usize = 5;
 pub const FAILURE_WINDOW: time::Duration = time::Duration::hours(1);
+
+/// New orders allowed per ACME account in [`ACCOUNT_ORDER_WINDOW`]: Let's
+/// Encrypt's limit of 300 new orders per account per 3 hours. Counted over
+/// every certificate this process orders for; like the failure budget it
+/// paces orders (the next one waits for the oldest to leave the window) and
+/// never stops them for longer than the window.
+pub const ACCOUNT_ORDER_LIMIT: usize = 300;
+pub const ACCOUNT_ORDER_WINDOW: time::Duration = time::Duration::hours(3);
 
 /// When a certificate is due for renewal without ARI: once less than a third
 /// of its lifetime remains (a half for certificates shorter than 10 days).
@@ -145,15 +154,17 @@ pub fn decide(
     }
 }
 
-/// Whether an operator's renewal request, made at `requested_at`, is still
-/// open: the stored certificate was received before it. A request is thus
-/// satisfied by the first certificate issued after it, by any replica, and
-/// never needs deleting.
-pub fn renewal_requested(
-    stored: &CertificateMetadata,
-    requested_at: Option<OffsetDateTime>,
-) -> bool {
-    requested_at.is_some_and(|at| stored.issued_at < at)
+/// Whether an operator's renewal request is still open: the stored
+/// certificate is the one it asked to replace. A request is thus answered by
+/// the first certificate stored after it, by any replica, and never needs
+/// deleting; no clock takes part, so a requester's clock running ahead
+/// cannot keep it open. A request of an older version names no serial: only
+/// then is its time compared with the certificate's.
+pub fn renewal_requested(stored: &CertificateMetadata, request: Option<&RenewalRequest>) -> bool {
+    request.is_some_and(|request| match &request.replaces_serial {
+        Some(serial) => *serial == stored.serial,
+        None => stored.issued_at < request.requested_at,
+    })
 }
 
 /// `Retry-After` bounded to [1 minute, 1 day]: a CA's hint is honoured, but a
@@ -318,6 +329,48 @@ impl OrderHistory {
     }
 }
 
+/// New orders placed with one ACME account, by every certificate of this
+/// process: shared by the managers (see [`ACCOUNT_ORDER_LIMIT`]). Kept in
+/// memory: only the replica holding the renewal lock orders, and a new
+/// holder starts counting afresh, which at worst lets one window hold twice
+/// the limit once, where the CA answers `rateLimited` and the manager backs
+/// off as for any refusal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountOrders {
+    placed: std::collections::VecDeque<OffsetDateTime>,
+}
+
+impl AccountOrders {
+    /// Whether one more new order fits the account's budget at `now`.
+    pub fn check(&self, now: OffsetDateTime) -> Result<(), OrderBudgetExhausted> {
+        let recent: Vec<OffsetDateTime> = self
+            .placed
+            .iter()
+            .copied()
+            .filter(|at| *at > now - ACCOUNT_ORDER_WINDOW)
+            .collect();
+        budget(
+            &recent,
+            ACCOUNT_ORDER_LIMIT,
+            ACCOUNT_ORDER_WINDOW,
+            "new orders of the ACME account (every certificate)",
+            "3 hours",
+        )
+    }
+
+    /// Records a new order placed at `now`, forgetting those out of the window.
+    pub fn record(&mut self, now: OffsetDateTime) {
+        while self
+            .placed
+            .front()
+            .is_some_and(|at| *at <= now - ACCOUNT_ORDER_WINDOW)
+        {
+            self.placed.pop_front();
+        }
+        self.placed.push_back(now);
+    }
+}
+
 /// Refuses when `recent` already holds `limit` entries; the oldest must
 /// leave the window before another fits.
 fn budget(
@@ -462,18 +515,63 @@ mod tests {
     }
 
     #[test]
-    fn a_renewal_request_holds_until_a_newer_certificate_is_issued() {
+    fn a_renewal_request_holds_until_another_certificate_is_stored() {
         let meta = metadata(START, time::Duration::days(90));
         assert!(!renewal_requested(&meta, None));
+        // Stamped a year ahead of this clock: open only while `meta` is stored.
+        let ahead = RenewalRequest::replacing(&meta, START + time::Duration::days(365));
+        assert!(renewal_requested(&meta, Some(&ahead)));
+        let mut renewed = meta.clone();
+        renewed.serial = "0bad".to_owned();
+        assert!(!renewal_requested(&renewed, Some(&ahead)));
+    }
+
+    #[test]
+    fn a_request_naming_no_serial_is_compared_by_time() {
+        let meta = metadata(START, time::Duration::days(90));
+        let legacy = |at| RenewalRequest {
+            requested_at: at,
+            replaces_serial: None,
+        };
         assert!(renewal_requested(
             &meta,
-            Some(START + time::Duration::days(1))
+            Some(&legacy(START + time::Duration::days(1)))
         ));
-        // Issued after the request: satisfied.
         assert!(!renewal_requested(
             &meta,
-            Some(START - time::Duration::seconds(1))
+            Some(&legacy(START - time::Duration::seconds(1)))
         ));
+    }
+
+    #[test]
+    fn the_account_budget_paces_new_orders_and_never_stops_them() {
+        let mut account = AccountOrders::default();
+        // 300 orders, one a second from START: the 301st waits.
+        for second in 0..ACCOUNT_ORDER_LIMIT as i64 {
+            let at = START + time::Duration::seconds(second);
+            account.check(at).expect("within the budget");
+            account.record(at);
+        }
+        let later = START + time::Duration::minutes(30);
+        let refused = account.check(later).expect_err("the 301st in 3 hours");
+        assert_eq!(refused.count, ACCOUNT_ORDER_LIMIT);
+        assert_eq!(refused.next_allowed, START + ACCOUNT_ORDER_WINDOW);
+        assert!(refused.to_string().contains("ACME account"), "{refused}");
+        // Once the first order leaves the window, one more fits, then the
+        // next waits for the second: paced, one slot at a time.
+        let reopened = refused.next_allowed;
+        account.check(reopened).expect("a slot freed");
+        account.record(reopened);
+        let refused = account.check(reopened).expect_err("full again");
+        assert_eq!(
+            refused.next_allowed,
+            START + time::Duration::seconds(1) + ACCOUNT_ORDER_WINDOW
+        );
+        // Never for days: after a window without orders the budget is whole.
+        let quiet = reopened + ACCOUNT_ORDER_WINDOW;
+        account.check(quiet).expect("a window later");
+        account.record(quiet);
+        assert_eq!(account.placed.len(), 1, "old orders forgotten");
     }
 
     #[test]

@@ -75,6 +75,8 @@ impl Renewer {
             return;
         };
         let mut tasks = JoinSet::new();
+        // One account, one budget of new orders for all its certificates.
+        let account_orders = Arc::default();
         for certificate in &self.certificates {
             let mut manager = CertManager::new(
                 certificate.spec.clone(),
@@ -82,7 +84,8 @@ impl Renewer {
                 Arc::clone(&certificate.solver),
                 Arc::clone(&store),
             )
-            .with_wake(self.wake.clone());
+            .with_wake(self.wake.clone())
+            .with_account_orders(Arc::clone(&account_orders));
             if let Some(observer) = &self.observer {
                 manager = manager.with_observer(Arc::clone(observer));
             }

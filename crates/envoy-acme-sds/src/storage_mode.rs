@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use consul_client::Client;
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +34,9 @@ use crate::sds::SecretPublisher;
 use crate::store::consul::ConsulStore;
 use crate::store::disk::DiskStore;
 use crate::store::encryption::KeyEncryption;
-use crate::store::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
+use crate::store::{
+    AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageModeError {
@@ -244,15 +245,15 @@ impl CertificateStore for ServedOnUse {
     async fn load_renewal_request(
         &self,
         name: &SecretName,
-    ) -> Result<Option<OffsetDateTime>, StoreError> {
+    ) -> Result<Option<RenewalRequest>, StoreError> {
         self.store.load_renewal_request(name).await
     }
 
     async fn request_renewal(
         &self,
         name: &SecretName,
-        at: OffsetDateTime,
+        request: &RenewalRequest,
     ) -> Result<(), StoreError> {
-        self.store.request_renewal(name, at).await
+        self.store.request_renewal(name, request).await
     }
 }

@@ -24,7 +24,9 @@ use envoy_acme_sds::policy::{OrderHistory, OrderOutcome, default_renewal_time};
 use envoy_acme_sds::secret::Secret;
 use envoy_acme_sds::store::codec::CertificatePart;
 use envoy_acme_sds::store::disk::DiskStore;
-use envoy_acme_sds::store::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
+use envoy_acme_sds::store::{
+    AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount,
+};
 use test_support::{Knot, PebbleOptions};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -603,15 +605,15 @@ impl CertificateStore for FailingReads {
     async fn load_renewal_request(
         &self,
         name: &SecretName,
-    ) -> Result<Option<OffsetDateTime>, StoreError> {
+    ) -> Result<Option<RenewalRequest>, StoreError> {
         self.inner.load_renewal_request(name).await
     }
     async fn request_renewal(
         &self,
         name: &SecretName,
-        at: OffsetDateTime,
+        request: &RenewalRequest,
     ) -> Result<(), StoreError> {
-        self.inner.request_renewal(name, at).await
+        self.inner.request_renewal(name, request).await
     }
 }
 
@@ -777,4 +779,64 @@ async fn a_refused_order_does_not_use_up_the_weekly_budget() {
             "attempt {attempt} must reach the CA, got: {error}"
         );
     }
+}
+
+/// `renew` run on a machine whose clock is a year ahead of the renewing
+/// replica's: one renewal answers the request, and the next reconcile
+/// orders nothing (the request names the certificate to replace, so no two
+/// clocks are compared).
+#[tokio::test]
+async fn a_request_stamped_by_a_clock_far_ahead_is_answered_by_one_renewal() {
+    let knot = Knot::start(ZONE, &[]).await.expect("knot starts");
+    let pebble = start_pebble(&knot, PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(DiskStore::open(dir.path().join("store"), None).expect("store"));
+    let secret_name = SecretName::new(ZONE).expect("name");
+    let stored = certificate_for(&[ZONE, "*.example.test"], 1, 89);
+    store
+        .save_certificate(&secret_name, &stored)
+        .await
+        .expect("stored");
+    let acme = Arc::new(
+        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+            .await
+            .expect("account"),
+    );
+    let mut manager = CertManager::new(
+        apex_and_wildcard(),
+        acme,
+        dns01_solver(&knot, tsig_key(&knot)),
+        Arc::clone(&store) as Arc<dyn CertificateStore>,
+    );
+    let now = OffsetDateTime::now_utc();
+    let outcome = manager.reconcile(now).await;
+    assert!(matches!(outcome, Outcome::Unchanged { .. }), "{outcome:?}");
+
+    store
+        .request_renewal(
+            &secret_name,
+            &RenewalRequest::replacing(stored.metadata(), now + time::Duration::days(365)),
+        )
+        .await
+        .expect("request");
+    let outcome = manager.reconcile(now).await;
+    let Outcome::Issued { serial, .. } = &outcome else {
+        panic!("the request is answered: {outcome:?}");
+    };
+    assert_ne!(serial, &stored.metadata().serial);
+
+    for minutes in [1, 10] {
+        let outcome = manager
+            .reconcile(now + time::Duration::minutes(minutes))
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Unchanged { .. }),
+            "the request was answered; ordering again spends the budget: {outcome:?}"
+        );
+    }
+    let history = store
+        .load_order_history(&secret_name)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1, "one order for one request");
 }

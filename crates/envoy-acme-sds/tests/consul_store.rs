@@ -17,7 +17,7 @@ use envoy_acme_sds::kv_watch::KvFollower;
 use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::encryption::KeyEncryption;
-use envoy_acme_sds::store::{CertificateStore, SecretName, StoreError};
+use envoy_acme_sds::store::{CertificateStore, RenewalRequest, SecretName, StoreError};
 use store_suite::certificate;
 use test_support::{ConsulAgent, eventually};
 use time::OffsetDateTime;
@@ -230,11 +230,17 @@ async fn only_the_lock_holders_session_can_write() {
     );
 
     // Renewal requests are operator input: written without the lock.
-    let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
-    store.request_renewal(&name, at).await.expect("request");
+    let request = RenewalRequest {
+        requested_at: OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time"),
+        replaces_serial: Some("01ab".to_owned()),
+    };
+    store
+        .request_renewal(&name, &request)
+        .await
+        .expect("request");
     assert_eq!(
         store.load_renewal_request(&name).await.expect("load"),
-        Some(at)
+        Some(request)
     );
 }
 
@@ -311,7 +317,10 @@ async fn followers_serve_the_last_good_certificate_through_corrupt_entries() {
     let next = certificate(&["example.com"]);
     writer.save_certificate(&name, &next).await.expect("write");
     store
-        .request_renewal(&name, OffsetDateTime::now_utc())
+        .request_renewal(
+            &name,
+            &RenewalRequest::replacing(next.metadata(), OffsetDateTime::now_utc()),
+        )
         .await
         .expect("request");
     follower.apply(&listing().await);

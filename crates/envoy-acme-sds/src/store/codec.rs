@@ -32,7 +32,7 @@ pub use super::layout::{
     CERTIFICATES_DIR, CertificatePart, account_item, certificate_dir, certificate_item,
     order_history_item, parse_certificate_item, renewal_request_item,
 };
-use super::{AccountId, SecretName, StoreError, StoredAccount};
+use super::{AccountId, RenewalRequest, SecretName, StoreError, StoredAccount};
 use time::OffsetDateTime;
 
 use crate::certificate::{CertificateBundle, CertificateMetadata};
@@ -47,6 +47,9 @@ const FORMAT_VERSION: u32 = 1;
 struct RenewalRequestDocument {
     #[serde(with = "time::serde::rfc3339")]
     requested_at: OffsetDateTime,
+    /// Absent in requests written before requests named a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replaces_serial: Option<String>,
 }
 
 /// The `metadata` item of a certificate.
@@ -283,6 +286,22 @@ impl Codec {
             })
     }
 
+    /// The `metadata` item of a stored certificate alone (no private key
+    /// is opened); `Ok(None)` when none is stored.
+    pub fn decode_metadata(
+        &self,
+        name: &SecretName,
+        stored: &StoredCertificate,
+    ) -> Result<Option<CertificateMetadata>, StoreError> {
+        let item = certificate_item(name, CertificatePart::Metadata);
+        let Some(bytes) = &stored.metadata else {
+            return Ok(None);
+        };
+        let document: MetadataDocument = from_json(&item, bytes)?;
+        check_version(&item, document.version)?;
+        Ok(Some(document.metadata))
+    }
+
     /// A private key item: PEM in clear, or a sealed JSON envelope.
     fn open_key(&self, item: &str, bytes: &[u8]) -> Result<Secret<String>, StoreError> {
         let text = bytes.trim_ascii_start();
@@ -352,11 +371,14 @@ impl Codec {
     pub fn encode_renewal_request(
         &self,
         name: &SecretName,
-        requested_at: OffsetDateTime,
+        request: &RenewalRequest,
     ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         to_json(
             &renewal_request_item(name),
-            &RenewalRequestDocument { requested_at },
+            &RenewalRequestDocument {
+                requested_at: request.requested_at,
+                replaces_serial: request.replaces_serial.clone(),
+            },
         )
     }
 
@@ -364,9 +386,13 @@ impl Codec {
         &self,
         name: &SecretName,
         bytes: &[u8],
-    ) -> Result<OffsetDateTime, StoreError> {
-        from_json::<RenewalRequestDocument>(&renewal_request_item(name), bytes)
-            .map(|document| document.requested_at)
+    ) -> Result<RenewalRequest, StoreError> {
+        from_json::<RenewalRequestDocument>(&renewal_request_item(name), bytes).map(|document| {
+            RenewalRequest {
+                requested_at: document.requested_at,
+                replaces_serial: document.replaces_serial,
+            }
+        })
     }
 
     fn seal(&self, item: &str, secret: &str) -> Result<SecretField, StoreError> {

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use time::OffsetDateTime;
 
-use crate::certificate::CertificateBundle;
+use crate::certificate::{CertificateBundle, CertificateMetadata};
 use crate::policy::OrderHistory;
 use crate::secret::Secret;
 
@@ -189,6 +189,33 @@ pub struct StoredAccount {
     pub credentials_json: Secret<String>,
 }
 
+/// An operator's request to renew one certificate (`envoy-acme-sds renew`).
+///
+/// It names the certificate it wants replaced, so whether it is answered is
+/// decided without comparing the clock of the machine that asked with the
+/// renewing replica's: a clock ahead would otherwise make a request look
+/// open after every renewal, and the replica would order until its budget
+/// is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalRequest {
+    /// When it was made, by the asking machine's clock: shown, and compared
+    /// only for a request that names no serial (written by older versions).
+    pub requested_at: OffsetDateTime,
+    /// Serial of the certificate stored when it was asked; the request is
+    /// answered once another certificate is stored.
+    pub replaces_serial: Option<String>,
+}
+
+impl RenewalRequest {
+    /// A request to replace the certificate described by `stored`.
+    pub fn replacing(stored: &CertificateMetadata, requested_at: OffsetDateTime) -> Self {
+        Self {
+            requested_at,
+            replaces_serial: Some(stored.serial.clone()),
+        }
+    }
+}
+
 /// Loads and saves certificates, their order history and ACME accounts.
 ///
 /// `load_*` return `Ok(None)` for an absent item and [`StoreError::Corrupt`]
@@ -207,6 +234,19 @@ pub trait CertificateStore: Send + Sync + fmt::Debug {
         bundle: &CertificateBundle,
     ) -> Result<(), StoreError>;
 
+    /// What is recorded of the stored certificate (names, validity, serial),
+    /// read without opening its private key: `renew` names the certificate
+    /// to replace without needing the encryption key.
+    async fn load_certificate_metadata(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<CertificateMetadata>, StoreError> {
+        Ok(self
+            .load_certificate(name)
+            .await?
+            .map(|bundle| bundle.metadata().clone()))
+    }
+
     /// Orders placed for the certificate; empty when none were recorded.
     async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError>;
 
@@ -221,19 +261,19 @@ pub trait CertificateStore: Send + Sync + fmt::Debug {
     async fn save_account(&self, id: &AccountId, account: &StoredAccount)
     -> Result<(), StoreError>;
 
-    /// When an operator last asked for the certificate to be renewed
+    /// The operator's last request to renew the certificate
     /// (`envoy-acme-sds renew`); `None` if never.
     async fn load_renewal_request(
         &self,
         name: &SecretName,
-    ) -> Result<Option<OffsetDateTime>, StoreError>;
+    ) -> Result<Option<RenewalRequest>, StoreError>;
 
     /// Records an operator's renewal request. Not fenced: it is input for
     /// whichever replica holds the lock, written from outside any replica.
     async fn request_renewal(
         &self,
         name: &SecretName,
-        at: OffsetDateTime,
+        request: &RenewalRequest,
     ) -> Result<(), StoreError>;
 }
 

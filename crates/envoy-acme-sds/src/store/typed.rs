@@ -5,13 +5,12 @@
 //! to items is written once, here, and a backend only moves bytes.
 
 use async_trait::async_trait;
-use time::OffsetDateTime;
 
 use super::backend::{ItemBackend, Writer};
 use super::codec::Codec;
 use super::layout::{account_item, order_history_item, renewal_request_item};
-use super::{AccountId, CertificateStore, SecretName, StoreError, StoredAccount};
-use crate::certificate::CertificateBundle;
+use super::{AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount};
+use crate::certificate::{CertificateBundle, CertificateMetadata};
 use crate::policy::OrderHistory;
 
 /// Certificates, order histories, accounts and renewal requests kept in `B`.
@@ -64,6 +63,14 @@ impl<B: ItemBackend> CertificateStore for Store<B> {
         self.backend.write_certificate(name, encoded).await
     }
 
+    async fn load_certificate_metadata(
+        &self,
+        name: &SecretName,
+    ) -> Result<Option<CertificateMetadata>, StoreError> {
+        let stored = self.backend.read_certificate(name).await?;
+        self.codec.decode_metadata(name, &stored)
+    }
+
     async fn load_order_history(&self, name: &SecretName) -> Result<OrderHistory, StoreError> {
         match self.backend.read_item(&order_history_item(name)).await? {
             Some(bytes) => self.codec.decode_order_history(name, &bytes),
@@ -103,7 +110,7 @@ impl<B: ItemBackend> CertificateStore for Store<B> {
     async fn load_renewal_request(
         &self,
         name: &SecretName,
-    ) -> Result<Option<OffsetDateTime>, StoreError> {
+    ) -> Result<Option<RenewalRequest>, StoreError> {
         match self.backend.read_item(&renewal_request_item(name)).await? {
             Some(bytes) => self.codec.decode_renewal_request(name, &bytes).map(Some),
             None => Ok(None),
@@ -113,9 +120,9 @@ impl<B: ItemBackend> CertificateStore for Store<B> {
     async fn request_renewal(
         &self,
         name: &SecretName,
-        at: OffsetDateTime,
+        request: &RenewalRequest,
     ) -> Result<(), StoreError> {
-        let bytes = self.codec.encode_renewal_request(name, at)?;
+        let bytes = self.codec.encode_renewal_request(name, request)?;
         self.backend
             .write_item(&renewal_request_item(name), bytes, Writer::Operator)
             .await

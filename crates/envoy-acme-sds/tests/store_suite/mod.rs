@@ -16,7 +16,9 @@ use envoy_acme_sds::policy::OrderHistory;
 use envoy_acme_sds::secret::Secret;
 use envoy_acme_sds::store::codec::{CertificatePart, certificate_item};
 use envoy_acme_sds::store::encryption::KeyEncryption;
-use envoy_acme_sds::store::{AccountId, CertificateStore, SecretName, StoredAccount};
+use envoy_acme_sds::store::{
+    AccountId, CertificateStore, RenewalRequest, SecretName, StoredAccount,
+};
 use time::OffsetDateTime;
 
 /// One place a backend keeps items: a directory, a KV prefix.
@@ -175,11 +177,17 @@ pub async fn every_kind_of_item_round_trips(location: &impl Location) {
         .expect("present");
     assert_eq!(loaded.directory_url, account.directory_url);
 
-    let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
-    store.request_renewal(&name, at).await.expect("request");
+    let request = RenewalRequest {
+        requested_at: OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time"),
+        replaces_serial: Some("01ab".to_owned()),
+    };
+    store
+        .request_renewal(&name, &request)
+        .await
+        .expect("request");
     assert_eq!(
         store.load_renewal_request(&name).await.expect("load"),
-        Some(at)
+        Some(request)
     );
 }
 
