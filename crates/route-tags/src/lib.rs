@@ -7,6 +7,12 @@
 //! neither Consul's JSON nor Envoy's protobuf, so the server that serves the
 //! routes and the one that obtains their certificates read the same rules.
 
+mod duration;
 pub mod model;
+mod options;
+pub mod parse;
+mod syntax;
 
+pub use duration::DurationError;
 pub use model::*;
+pub use parse::{InstanceTags, ListenerSpecError, mentions_prefix, service_decl};

@@ -332,11 +332,27 @@ pub struct ClusterOptions {
 }
 
 /// A tag that could not be used, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct TagProblem {
     /// The tag as written.
     pub tag: String,
     pub reason: String,
+    /// What the tag leaves undeclared, so the table knows which last good
+    /// version to keep.
+    pub scope: TagScope,
+}
+
+/// The part of a service's declaration an unreadable tag spoils.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum TagScope {
+    /// The route of this name (long-form NAME, or one-line `HOST/PATH`) is
+    /// not declared.
+    Route(String),
+    /// Some cluster option fell back to its default.
+    Cluster,
+    /// Nothing the service declares: an unknown key or a misspelt flag.
+    Service,
 }
 
 /// What one service's tags declare, once its instances' tags are reconciled.
