@@ -525,52 +525,71 @@ fn http_filter_of<M: Message + Name>(name: &str, config: &M) -> HttpFilter {
     }
 }
 
+/// The access log's JSON fields: key and Envoy command operator.
+const ACCESS_LOG_FIELDS: [(&str, &str); 16] = [
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("status", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration_ms", "%DURATION%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("route", "%ROUTE_NAME%"),
+    ("client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+];
+
 /// One JSON object per request on Envoy's stdout.
 fn json_access_log() -> AccessLog {
-    let fields = [
-        ("start_time", "%START_TIME%"),
-        ("method", "%REQ(:METHOD)%"),
-        ("authority", "%REQ(:AUTHORITY)%"),
-        ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
-        ("protocol", "%PROTOCOL%"),
-        ("status", "%RESPONSE_CODE%"),
-        ("response_flags", "%RESPONSE_FLAGS%"),
-        ("bytes_received", "%BYTES_RECEIVED%"),
-        ("bytes_sent", "%BYTES_SENT%"),
-        ("duration_ms", "%DURATION%"),
-        ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
-        ("upstream_host", "%UPSTREAM_HOST%"),
-        ("route", "%ROUTE_NAME%"),
-        ("client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
-        ("request_id", "%REQ(X-REQUEST-ID)%"),
-        ("user_agent", "%REQ(USER-AGENT)%"),
-    ];
-    let json = Struct {
-        fields: fields
-            .into_iter()
-            .map(|(key, operator)| {
-                (
-                    key.to_owned(),
-                    Value {
-                        kind: Some(value::Kind::StringValue(operator.to_owned())),
-                    },
-                )
-            })
-            .collect(),
-    };
-    let stdout = StdoutAccessLog {
-        access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(
-            SubstitutionFormatString {
-                format: Some(substitution_format_string::Format::JsonFormat(json)),
-                ..SubstitutionFormatString::default()
-            },
-        )),
-    };
     AccessLog {
         name: STDOUT_ACCESS_LOG.to_owned(),
-        config_type: Some(access_log::ConfigType::TypedConfig(any(&stdout))),
+        config_type: Some(access_log::ConfigType::TypedConfig(Any {
+            type_url: StdoutAccessLog::type_url(),
+            value: stdout_json_log_bytes(&ACCESS_LOG_FIELDS),
+        })),
         ..AccessLog::default()
     }
+}
+
+/// The encoded `StdoutAccessLog` with a `json_format` of `fields`, in a
+/// fixed order.
+///
+/// `google.protobuf.Struct` is a map, which prost writes in `HashMap`
+/// order: a different byte string on every build, so every publish would
+/// look like a changed listener to the cache and to Envoy, which drains a
+/// changed listener's connections. Instead each field is encoded as a
+/// `StdoutAccessLog` of its own and the encodings are concatenated in the
+/// given order: protobuf parses concatenated messages as one message whose
+/// nested messages and map entries are merged, so Envoy reads the whole
+/// format while the bytes stay the same for the same fields.
+fn stdout_json_log_bytes(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (key, operator) in fields {
+        let json = Struct {
+            fields: HashMap::from([(
+                (*key).to_owned(),
+                Value {
+                    kind: Some(value::Kind::StringValue((*operator).to_owned())),
+                },
+            )]),
+        };
+        let stdout = StdoutAccessLog {
+            access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(
+                SubstitutionFormatString {
+                    format: Some(substitution_format_string::Format::JsonFormat(json)),
+                    ..SubstitutionFormatString::default()
+                },
+            )),
+        };
+        bytes.extend(stdout.encode_to_vec());
+    }
+    bytes
 }
 
 // ---------------------------------------------------------------------------
@@ -969,5 +988,829 @@ fn any<M: Message + Name>(message: &M) -> Any {
     Any {
         type_url: M::type_url(),
         value: message.encode_to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use route_tags::{
+        ActiveHealthCheck, CircuitBreakers, ListenerSpec, OutlierDetection, RateLimit, RouteOptions,
+    };
+
+    use super::*;
+
+    fn spec(name: &str, port: u16, tls: bool) -> ListenerSpec {
+        ListenerSpec {
+            name: name.to_owned(),
+            host: "127.0.0.1".to_owned(),
+            port,
+            tls,
+        }
+    }
+
+    fn forward_to(service: &str) -> RouteAction {
+        RouteAction::Forward {
+            backends: vec![Backend {
+                service: service.to_owned(),
+                canary: false,
+                weight: 1,
+            }],
+        }
+    }
+
+    fn table_route(service: &str, path: PathMatch, options: RouteOptions) -> TableRoute {
+        TableRoute {
+            service: service.to_owned(),
+            route_name: format!("{path}"),
+            path,
+            options,
+            action: forward_to(service),
+            from_any_host: false,
+        }
+    }
+
+    fn prefix(path: &str) -> PathMatch {
+        PathMatch::Prefix(path.to_owned())
+    }
+
+    fn exact_host(name: &str) -> HostPattern {
+        HostPattern::Exact(name.to_owned())
+    }
+
+    fn vhost(host: HostPattern, tls: bool, routes: Vec<TableRoute>) -> VirtualHostTable {
+        VirtualHostTable { host, tls, routes }
+    }
+
+    fn decl(service: &str, options: ClusterOptions) -> ClusterDecl {
+        ClusterDecl {
+            service: service.to_owned(),
+            options,
+            canary: false,
+        }
+    }
+
+    fn no_clusters() -> BTreeMap<&'static str, &'static ClusterOptions> {
+        BTreeMap::new()
+    }
+
+    fn decode<M: Message + Default>(any: &Any) -> M {
+        M::decode(any.value.as_slice()).expect("decodes")
+    }
+
+    fn route_action(route: &Route) -> &EnvoyRouteAction {
+        match &route.action {
+            Some(route::Action::Route(action)) => action,
+            other => panic!("not a forwarding route: {other:?}"),
+        }
+    }
+
+    fn hcm_of(chain: &FilterChain) -> HttpConnectionManager {
+        let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+            panic!("no typed config");
+        };
+        assert_eq!(any.type_url, HttpConnectionManager::type_url());
+        decode(any)
+    }
+
+    fn downstream_of(chain: &FilterChain) -> DownstreamTlsContext {
+        let socket = chain.transport_socket.as_ref().expect("TLS");
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+            panic!("no typed config");
+        };
+        decode(any)
+    }
+
+    /// Applies an Envoy regex rewrite the way Envoy does (RE2 and the
+    /// `regex` crate agree on these patterns).
+    fn apply(rewrite: &RegexMatchAndSubstitute, path: &str) -> String {
+        let pattern = rewrite.pattern.as_ref().expect("pattern");
+        let re = regex::Regex::new(&pattern.regex).expect("valid regex");
+        // Envoy's substitution uses `\1`; the regex crate `${1}`.
+        let substitution = rewrite.substitution.replace("\\1", "${1}");
+        re.replace_all(path, substitution.as_str()).into_owned()
+    }
+
+    #[test]
+    fn a_prefix_is_matched_at_segment_boundaries_and_slash_is_everything() {
+        let options = RouteOptions::default();
+        let m = route_match(&prefix("/api"), &options);
+        assert_eq!(
+            m.path_specifier,
+            Some(route_match::PathSpecifier::PathSeparatedPrefix(
+                "/api".to_owned()
+            ))
+        );
+        let m = route_match(&prefix("/api/"), &options);
+        assert_eq!(
+            m.path_specifier,
+            Some(route_match::PathSpecifier::PathSeparatedPrefix(
+                "/api".to_owned()
+            )),
+            "path_separated_prefix refuses a trailing slash"
+        );
+        let m = route_match(&prefix("/"), &options);
+        assert_eq!(
+            m.path_specifier,
+            Some(route_match::PathSpecifier::Prefix("/".to_owned()))
+        );
+        let m = route_match(&PathMatch::Exact("/healthz".to_owned()), &options);
+        assert_eq!(
+            m.path_specifier,
+            Some(route_match::PathSpecifier::Path("/healthz".to_owned()))
+        );
+        let m = route_match(&PathMatch::Regex("^/v[0-9]+/.*".to_owned()), &options);
+        assert_eq!(
+            m.path_specifier,
+            Some(route_match::PathSpecifier::SafeRegex(regex("^/v[0-9]+/.*")))
+        );
+    }
+
+    #[test]
+    fn headers_and_methods_become_header_matchers() {
+        let options = RouteOptions {
+            headers: vec![
+                HeaderMatch {
+                    name: "x-tenant".to_owned(),
+                    value: Some("blue".to_owned()),
+                },
+                HeaderMatch {
+                    name: "x-debug".to_owned(),
+                    value: None,
+                },
+            ],
+            methods: vec!["GET".to_owned(), "POST".to_owned()],
+            ..RouteOptions::default()
+        };
+        let m = route_match(&prefix("/"), &options);
+        assert_eq!(m.headers.len(), 3);
+        assert_eq!(
+            m.headers[0].header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(
+                "blue"
+            )))
+        );
+        assert_eq!(
+            m.headers[1].header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true))
+        );
+        assert_eq!(m.headers[2].name, ":method");
+        let Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::SafeRegex(re)),
+            ..
+        })) = &m.headers[2].header_match_specifier
+        else {
+            panic!("a regex on :method");
+        };
+        // Envoy full-matches header regexes.
+        let full = regex::Regex::new(&format!("^(?:{})$", re.regex)).expect("regex");
+        assert!(full.is_match("GET") && full.is_match("POST"));
+        assert!(!full.is_match("DELETE") && !full.is_match("GETX"));
+    }
+
+    #[test]
+    fn strip_removes_the_prefix_at_a_segment_boundary_only() {
+        let PathRewrite::Regex(rewrite) =
+            path_rewrite(&prefix("/api"), &Rewrite::Strip("/api".to_owned()))
+        else {
+            panic!("a regex rewrite");
+        };
+        assert_eq!(apply(&rewrite, "/api/x"), "/x");
+        assert_eq!(apply(&rewrite, "/api/x/y"), "/x/y");
+        assert_eq!(apply(&rewrite, "/api"), "/");
+        assert_eq!(apply(&rewrite, "/api/"), "/");
+        assert_eq!(apply(&rewrite, "/apix"), "/apix");
+        assert_eq!(apply(&rewrite, "/x/api/y"), "/x/api/y");
+    }
+
+    #[test]
+    fn strip_escapes_the_prefix() {
+        let PathRewrite::Regex(rewrite) =
+            path_rewrite(&prefix("/a.b"), &Rewrite::Strip("/a.b".to_owned()))
+        else {
+            panic!("a regex rewrite");
+        };
+        assert_eq!(apply(&rewrite, "/a.b/x"), "/x");
+        assert_eq!(apply(&rewrite, "/aXb/x"), "/aXb/x");
+    }
+
+    #[test]
+    fn a_prefix_rewrite_replaces_the_matched_segments() {
+        let PathRewrite::Regex(rewrite) =
+            path_rewrite(&prefix("/api"), &Rewrite::Prefix("/v2".to_owned()))
+        else {
+            panic!("a regex rewrite");
+        };
+        assert_eq!(apply(&rewrite, "/api/x"), "/v2/x");
+        assert_eq!(apply(&rewrite, "/api"), "/v2");
+        let PathRewrite::Regex(rewrite) =
+            path_rewrite(&prefix("/"), &Rewrite::Prefix("/v2/".to_owned()))
+        else {
+            panic!("a regex rewrite");
+        };
+        assert_eq!(apply(&rewrite, "/x"), "/v2/x", "not /v2x");
+        let PathRewrite::Regex(rewrite) =
+            path_rewrite(&prefix("/api"), &Rewrite::Prefix("/".to_owned()))
+        else {
+            panic!("a regex rewrite");
+        };
+        assert_eq!(apply(&rewrite, "/api/x"), "/x");
+        assert_eq!(apply(&rewrite, "/api"), "/");
+    }
+
+    #[test]
+    fn a_route_forwards_with_its_options() {
+        let options = RouteOptions {
+            timeout: Some(Duration::from_secs(5)),
+            idle_timeout: Some(Duration::from_millis(1500)),
+            retries: Some(3),
+            websocket: true,
+            rewrite: Some(Rewrite::Strip("/api".to_owned())),
+            ..RouteOptions::default()
+        };
+        let built = route(
+            &table_route("shop", prefix("/api"), options),
+            &no_clusters(),
+        );
+        let action = route_action(&built);
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster("shop".to_owned()))
+        );
+        assert_eq!(
+            action.timeout,
+            Some(ProtoDuration {
+                seconds: 5,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            action.idle_timeout,
+            Some(ProtoDuration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
+        let retry = action.retry_policy.as_ref().expect("retries");
+        assert_eq!(retry.retry_on, DEFAULT_RETRY_ON);
+        assert_eq!(retry.num_retries, Some(UInt32Value { value: 3 }));
+        assert_eq!(action.upgrade_configs[0].upgrade_type, "websocket");
+        assert!(action.regex_rewrite.is_some());
+        assert!(action.prefix_rewrite.is_empty());
+        assert!(built.typed_per_filter_config.is_empty());
+    }
+
+    #[test]
+    fn several_backends_and_canaries_are_weighted_clusters() {
+        let mut r = table_route("blue", prefix("/"), RouteOptions::default());
+        r.action = RouteAction::Forward {
+            backends: vec![
+                Backend {
+                    service: "blue".to_owned(),
+                    canary: false,
+                    weight: 90,
+                },
+                Backend {
+                    service: "blue".to_owned(),
+                    canary: true,
+                    weight: 10,
+                },
+            ],
+        };
+        let built = route(&r, &no_clusters());
+        let Some(route_action::ClusterSpecifier::WeightedClusters(weighted)) =
+            &route_action(&built).cluster_specifier
+        else {
+            panic!("weighted clusters");
+        };
+        let shares: Vec<(&str, u32)> = weighted
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.weight.expect("weight").value))
+            .collect();
+        assert_eq!(shares, vec![("blue", 90), ("blue/canary", 10)]);
+    }
+
+    #[test]
+    fn redirects_and_the_https_redirect() {
+        let mut r = table_route("old", prefix("/old"), RouteOptions::default());
+        r.action = RouteAction::Redirect(Redirect {
+            scheme: Some("https".to_owned()),
+            host: Some("new.example.com".to_owned()),
+            port: Some(8443),
+            path: Some("/new".to_owned()),
+            code: RedirectCode::Found,
+        });
+        let Some(route::Action::Redirect(redirect)) = route(&r, &no_clusters()).action else {
+            panic!("a redirect");
+        };
+        assert_eq!(
+            redirect.scheme_rewrite_specifier,
+            Some(redirect_action::SchemeRewriteSpecifier::SchemeRedirect(
+                "https".to_owned()
+            ))
+        );
+        assert_eq!(redirect.host_redirect, "new.example.com");
+        assert_eq!(redirect.port_redirect, 8443);
+        assert_eq!(
+            redirect.path_rewrite_specifier,
+            Some(redirect_action::PathRewriteSpecifier::PathRedirect(
+                "/new".to_owned()
+            ))
+        );
+        assert_eq!(
+            redirect.response_code,
+            redirect_action::RedirectResponseCode::Found as i32
+        );
+
+        r.action = RouteAction::RedirectToHttps;
+        let Some(route::Action::Redirect(redirect)) = route(&r, &no_clusters()).action else {
+            panic!("a redirect");
+        };
+        assert_eq!(
+            redirect.scheme_rewrite_specifier,
+            Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true))
+        );
+        assert_eq!(
+            redirect.response_code,
+            redirect_action::RedirectResponseCode::PermanentRedirect as i32
+        );
+    }
+
+    #[test]
+    fn a_rate_limited_route_carries_its_token_bucket() {
+        let options = RouteOptions {
+            rate_limit: Some(RateLimit {
+                requests_per_second: 10,
+                burst: 20,
+            }),
+            ..RouteOptions::default()
+        };
+        let built = route(
+            &table_route("shop", prefix("/api"), options),
+            &no_clusters(),
+        );
+        let any = &built.typed_per_filter_config[LOCAL_RATE_LIMIT_FILTER];
+        assert_eq!(any.type_url, LocalRateLimit::type_url());
+        let limit: LocalRateLimit = decode(any);
+        let bucket = limit.token_bucket.expect("bucket");
+        assert_eq!(bucket.max_tokens, 20);
+        assert_eq!(bucket.tokens_per_fill, Some(UInt32Value { value: 10 }));
+        assert_eq!(
+            bucket.fill_interval,
+            Some(ProtoDuration {
+                seconds: 1,
+                nanos: 0
+            })
+        );
+        for fraction in [limit.filter_enabled, limit.filter_enforced] {
+            let value = fraction.and_then(|f| f.default_value).expect("fraction");
+            assert_eq!(value.numerator, 100);
+            assert_eq!(
+                value.denominator,
+                fractional_percent::DenominatorType::Hundred as i32
+            );
+        }
+        assert!(!limit.stat_prefix.contains('.'), "{}", limit.stat_prefix);
+    }
+
+    #[test]
+    fn routes_to_hash_balanced_clusters_carry_their_hash_key() {
+        let sticky = ClusterOptions {
+            load_balancing: LoadBalancing::Hash {
+                maglev: false,
+                key: HashKey::Cookie {
+                    name: "session".to_owned(),
+                    ttl: Duration::from_secs(3600),
+                },
+            },
+            ..ClusterOptions::default()
+        };
+        let by_ip = ClusterOptions {
+            load_balancing: LoadBalancing::Hash {
+                maglev: true,
+                key: HashKey::SourceAddress,
+            },
+            ..ClusterOptions::default()
+        };
+        let plain = ClusterOptions::default();
+        let clusters: BTreeMap<&str, &ClusterOptions> =
+            [("sticky", &sticky), ("by-ip", &by_ip), ("plain", &plain)].into();
+
+        let built = route(
+            &table_route("sticky", prefix("/"), RouteOptions::default()),
+            &clusters,
+        );
+        let policy = &route_action(&built).hash_policy;
+        assert_eq!(policy.len(), 1);
+        let Some(route_action::hash_policy::PolicySpecifier::Cookie(cookie)) =
+            &policy[0].policy_specifier
+        else {
+            panic!("a cookie hash");
+        };
+        assert_eq!(cookie.name, "session");
+        assert_eq!(cookie.ttl.map(|t| t.seconds), Some(3600));
+
+        let built = route(
+            &table_route("by-ip", prefix("/"), RouteOptions::default()),
+            &clusters,
+        );
+        assert_eq!(
+            route_action(&built).hash_policy[0].policy_specifier,
+            Some(
+                route_action::hash_policy::PolicySpecifier::ConnectionProperties(
+                    route_action::hash_policy::ConnectionProperties { source_ip: true }
+                )
+            )
+        );
+        let built = route(
+            &table_route("plain", prefix("/"), RouteOptions::default()),
+            &clusters,
+        );
+        assert!(route_action(&built).hash_policy.is_empty());
+    }
+
+    #[test]
+    fn a_cluster_is_eds_over_ads_with_its_options() {
+        let options = ClusterOptions {
+            protocol: UpstreamProtocol::H2c,
+            connect_timeout: Some(Duration::from_secs(2)),
+            load_balancing: LoadBalancing::LeastRequest,
+            circuit_breakers: CircuitBreakers {
+                max_connections: Some(100),
+                max_connections_per_endpoint: Some(10),
+                ..CircuitBreakers::default()
+            },
+            outlier_detection: Some(OutlierDetection {
+                consecutive_5xx: 5,
+                interval: Duration::from_secs(10),
+                base_ejection_time: Duration::from_secs(30),
+                max_ejection_percent: 50,
+            }),
+            health_check: Some(ActiveHealthCheck {
+                path: "/healthz".to_owned(),
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+                unhealthy_threshold: 3,
+                healthy_threshold: 2,
+            }),
+            tls: None,
+        };
+        let c = cluster("api", &options);
+        assert_eq!(c.name, "api");
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32
+            ))
+        );
+        let eds = c.eds_cluster_config.as_ref().expect("eds config");
+        assert_eq!(eds.eds_config, Some(ads_config_source()));
+        assert_eq!(c.connect_timeout.map(|t| t.seconds), Some(2));
+        assert_eq!(c.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+        let breakers = c.circuit_breakers.as_ref().expect("breakers");
+        assert_eq!(
+            breakers.thresholds[0].max_connections,
+            Some(UInt32Value { value: 100 })
+        );
+        assert_eq!(breakers.thresholds[0].max_requests, None);
+        assert_eq!(
+            breakers.per_host_thresholds[0].max_connections,
+            Some(UInt32Value { value: 10 })
+        );
+        let outlier = c.outlier_detection.as_ref().expect("outlier");
+        assert_eq!(outlier.consecutive_5xx, Some(UInt32Value { value: 5 }));
+        let Some(health_check::HealthChecker::HttpHealthCheck(http)) =
+            &c.health_checks[0].health_checker
+        else {
+            panic!("an HTTP health check");
+        };
+        assert_eq!(http.path, "/healthz");
+        assert_eq!(http.codec_client_type, CodecClientType::Http2 as i32);
+        let protocol: HttpProtocolOptions =
+            decode(&c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS]);
+        assert_eq!(protocol, http2_protocol_options());
+        assert!(c.transport_socket.is_none(), "h2c is clear text");
+    }
+
+    #[test]
+    fn defaults_leave_envoys_own_defaults() {
+        let c = cluster("web", &ClusterOptions::default());
+        assert_eq!(c.connect_timeout.map(|t| t.seconds), Some(5));
+        assert_eq!(c.lb_policy, cluster::LbPolicy::RoundRobin as i32);
+        assert!(c.circuit_breakers.is_none());
+        assert!(c.outlier_detection.is_none());
+        assert!(c.health_checks.is_empty());
+        assert!(c.typed_extension_protocol_options.is_empty(), "HTTP/1.1");
+        assert!(c.transport_socket.is_none());
+    }
+
+    fn upstream_of(c: &Cluster) -> UpstreamTlsContext {
+        let socket = c.transport_socket.as_ref().expect("TLS");
+        assert_eq!(socket.name, TLS_TRANSPORT_SOCKET);
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+            panic!("typed config");
+        };
+        decode(any)
+    }
+
+    #[test]
+    fn h2_is_http2_over_tls_and_tls_carries_sni_and_ca() {
+        let c = cluster(
+            "grpc",
+            &ClusterOptions {
+                protocol: UpstreamProtocol::H2,
+                ..ClusterOptions::default()
+            },
+        );
+        assert!(
+            c.typed_extension_protocol_options
+                .contains_key(HTTP_PROTOCOL_OPTIONS)
+        );
+        let tls = upstream_of(&c);
+        let common = tls.common_tls_context.expect("common");
+        assert_eq!(common.alpn_protocols, vec!["h2".to_owned()]);
+
+        let c = cluster(
+            "secure",
+            &ClusterOptions {
+                tls: Some(UpstreamTls {
+                    sni: Some("backend.internal".to_owned()),
+                    ca_file: Some("/etc/ssl/internal-ca.pem".to_owned()),
+                }),
+                ..ClusterOptions::default()
+            },
+        );
+        let tls = upstream_of(&c);
+        assert_eq!(tls.sni, "backend.internal");
+        let Some(common_tls_context::ValidationContextType::ValidationContext(validation)) = tls
+            .common_tls_context
+            .expect("common")
+            .validation_context_type
+        else {
+            panic!("a validation context");
+        };
+        assert_eq!(
+            validation.trusted_ca.and_then(|ca| ca.specifier),
+            Some(data_source::Specifier::Filename(
+                "/etc/ssl/internal-ca.pem".to_owned()
+            ))
+        );
+        assert_eq!(
+            validation.match_typed_subject_alt_names[0].matcher,
+            Some(exact("backend.internal"))
+        );
+    }
+
+    #[test]
+    fn a_canary_cluster_is_built_beside_the_stable_one() {
+        let table = RouteTable {
+            clusters: vec![
+                ClusterDecl {
+                    service: "web".to_owned(),
+                    options: ClusterOptions::default(),
+                    canary: true,
+                },
+                decl("api", ClusterOptions::default()),
+            ],
+            ..RouteTable::default()
+        };
+        let built = resources(&table, &TranslateSettings::default());
+        let names: Vec<&str> = built.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["api", "web", "web/canary"]);
+    }
+
+    fn tls_table() -> RouteTable {
+        let route = |service: &str| table_route(service, prefix("/"), RouteOptions::default());
+        RouteTable {
+            listeners: vec![
+                ListenerTable {
+                    listener: spec("web", 8080, false),
+                    virtual_hosts: vec![
+                        vhost(exact_host("plain.example.com"), false, vec![route("plain")]),
+                        vhost(
+                            exact_host("shop.example.com"),
+                            true,
+                            vec![{
+                                let mut r = route("shop");
+                                r.action = RouteAction::RedirectToHttps;
+                                r
+                            }],
+                        ),
+                    ],
+                },
+                ListenerTable {
+                    listener: spec("websecure", 8443, true),
+                    virtual_hosts: vec![
+                        vhost(HostPattern::Any, false, vec![route("fallback")]),
+                        vhost(
+                            HostPattern::Wildcard("*.example.com".to_owned()),
+                            true,
+                            vec![route("wild")],
+                        ),
+                        vhost(exact_host("shop.example.com"), true, vec![route("shop")]),
+                    ],
+                },
+                ListenerTable {
+                    listener: spec("unused-tls", 9443, true),
+                    virtual_hosts: vec![],
+                },
+            ],
+            clusters: ["fallback", "plain", "shop", "wild"]
+                .into_iter()
+                .map(|s| decl(s, ClusterOptions::default()))
+                .collect(),
+            problems: vec![],
+        }
+    }
+
+    #[test]
+    fn a_tls_listener_has_one_chain_per_tls_host_with_its_sds_certificate() {
+        let settings = TranslateSettings {
+            sds_cluster: "acme-sds".to_owned(),
+            ..TranslateSettings::default()
+        };
+        let built = resources(&tls_table(), &settings);
+        let secure = &built.listeners[1];
+        assert_eq!(secure.name, "websecure");
+        assert_eq!(secure.listener_filters[0].name, TLS_INSPECTOR);
+        let server_names: Vec<Vec<String>> = secure
+            .filter_chains
+            .iter()
+            .map(|chain| {
+                chain
+                    .filter_chain_match
+                    .as_ref()
+                    .expect("a match")
+                    .server_names
+                    .clone()
+            })
+            .collect();
+        assert_eq!(
+            server_names,
+            vec![
+                vec!["*.example.com".to_owned()],
+                vec!["shop.example.com".to_owned()]
+            ],
+            "one chain per TLS host, the catch-all host has none"
+        );
+        let mut all: Vec<&String> = server_names.iter().flatten().collect();
+        all.dedup();
+        assert_eq!(all.len(), secure.filter_chains.len(), "unique server names");
+        for chain in &secure.filter_chains {
+            let domain = &chain
+                .filter_chain_match
+                .as_ref()
+                .expect("match")
+                .server_names[0];
+            let common = downstream_of(chain).common_tls_context.expect("common");
+            assert_eq!(
+                common.alpn_protocols,
+                vec!["h2".to_owned(), "http/1.1".to_owned()]
+            );
+            let sds = &common.tls_certificate_sds_secret_configs[0];
+            assert_eq!(&sds.name, domain, "the certificate is the host's own");
+            let source = sds.sds_config.as_ref().expect("sds config");
+            assert_eq!(
+                source.initial_fetch_timeout,
+                Some(proto_duration(settings.sds_initial_fetch_timeout))
+            );
+            let Some(config_source::ConfigSourceSpecifier::ApiConfigSource(api)) =
+                &source.config_source_specifier
+            else {
+                panic!("an API config source");
+            };
+            assert_eq!(api.api_type, api_config_source::ApiType::Grpc as i32);
+            assert_eq!(
+                api.grpc_services[0].target_specifier,
+                Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: "acme-sds".to_owned(),
+                        ..grpc_service::EnvoyGrpc::default()
+                    }
+                ))
+            );
+        }
+        let default = secure
+            .default_filter_chain
+            .as_ref()
+            .expect("a default chain");
+        assert!(default.filter_chain_match.is_none());
+        let common = downstream_of(default).common_tls_context.expect("common");
+        assert_eq!(
+            common.tls_certificate_sds_secret_configs[0].name, "*.example.com",
+            "the first TLS host's certificate"
+        );
+        // Every chain routes through the one route configuration.
+        for chain in secure.filter_chains.iter().chain([default]) {
+            let Some(http_connection_manager::RouteSpecifier::Rds(rds)) =
+                hcm_of(chain).route_specifier
+            else {
+                panic!("RDS");
+            };
+            assert_eq!(rds.route_config_name, "websecure");
+        }
+    }
+
+    #[test]
+    fn a_tls_listener_without_tls_hosts_is_left_out() {
+        let built = resources(&tls_table(), &TranslateSettings::default());
+        let listeners: Vec<&str> = built.listeners.iter().map(|l| l.name.as_str()).collect();
+        let routes: Vec<&str> = built.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(listeners, vec!["web", "websecure"]);
+        assert_eq!(routes, vec!["web", "websecure"]);
+        assert_eq!(built.listeners_without_hosts, vec!["unused-tls".to_owned()]);
+    }
+
+    #[test]
+    fn a_plain_listener_has_one_chain_and_the_edge_settings() {
+        let settings = TranslateSettings {
+            trusted_hops: 2,
+            ..TranslateSettings::default()
+        };
+        let built = resources(&tls_table(), &settings);
+        let web = &built.listeners[0];
+        assert!(web.listener_filters.is_empty());
+        assert!(web.default_filter_chain.is_none());
+        assert_eq!(web.filter_chains.len(), 1);
+        let chain = &web.filter_chains[0];
+        assert!(chain.transport_socket.is_none());
+        let hcm = hcm_of(chain);
+        assert_eq!(hcm.use_remote_address, Some(BoolValue { value: true }));
+        assert_eq!(hcm.xff_num_trusted_hops, 2);
+        assert_eq!(hcm.request_headers_timeout.map(|d| d.seconds), Some(10));
+        assert_eq!(hcm.max_request_headers_kb, Some(UInt32Value { value: 60 }));
+        assert_eq!(hcm.normalize_path, Some(BoolValue { value: true }));
+        assert!(hcm.merge_slashes);
+        assert_eq!(
+            hcm.path_with_escaped_slashes_action,
+            http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndRedirect as i32
+        );
+        assert_eq!(hcm.access_log[0].name, STDOUT_ACCESS_LOG);
+        let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(filters, vec![LOCAL_RATE_LIMIT_FILTER, ROUTER_FILTER]);
+    }
+
+    #[test]
+    fn one_route_configuration_per_listener_with_its_virtual_hosts() {
+        let built = resources(&tls_table(), &TranslateSettings::default());
+        let secure = &built.routes[1];
+        assert!(secure.ignore_port_in_host_matching);
+        let domains: Vec<&str> = secure
+            .virtual_hosts
+            .iter()
+            .map(|vh| vh.domains[0].as_str())
+            .collect();
+        assert_eq!(domains, vec!["*", "*.example.com", "shop.example.com"]);
+        let web = &built.routes[0];
+        let shop = &web.virtual_hosts[1];
+        assert_eq!(shop.domains, vec!["shop.example.com".to_owned()]);
+        assert!(matches!(
+            shop.routes[0].action,
+            Some(route::Action::Redirect(_))
+        ));
+    }
+
+    #[test]
+    fn the_access_log_decodes_to_every_json_field() {
+        let log = json_access_log();
+        let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
+            panic!("typed config");
+        };
+        let stdout: StdoutAccessLog = decode(any);
+        let Some(stdout_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(substitution_format_string::Format::JsonFormat(json)),
+            ..
+        })) = stdout.access_log_format
+        else {
+            panic!("a JSON format");
+        };
+        assert_eq!(json.fields.len(), ACCESS_LOG_FIELDS.len());
+        for (key, operator) in ACCESS_LOG_FIELDS {
+            assert_eq!(
+                json.fields[key].kind,
+                Some(value::Kind::StringValue(operator.to_owned())),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn equal_tables_build_equal_bytes() {
+        let first = resources(&tls_table(), &TranslateSettings::default());
+        let second = resources(&tls_table(), &TranslateSettings::default());
+        let bytes = |r: &GatewayResources| {
+            (
+                r.clusters
+                    .iter()
+                    .map(Message::encode_to_vec)
+                    .collect::<Vec<_>>(),
+                r.listeners
+                    .iter()
+                    .map(Message::encode_to_vec)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(first, second);
+        assert_eq!(bytes(&first), bytes(&second));
     }
 }
