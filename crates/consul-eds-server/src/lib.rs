@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod engine;
+pub mod gateway;
 pub mod health;
 pub mod metrics;
 pub mod model;
