@@ -246,6 +246,7 @@ mod tests {
                 (ENVOY_CONFIG, "admin: {}\n"),
                 (EXAMPLE_BOOTSTRAPS[0], "admin: {}\n"),
                 (EXAMPLE_BOOTSTRAPS[1], "admin: {}\n"),
+                (EXAMPLE_BOOTSTRAPS[2], "admin: {}\n"),
                 (PROMETHEUS_CONFIG, "global: {}\n"),
                 (&dashboard, "{\"panels\": [}"),
             ],
