@@ -15,6 +15,7 @@ use route_tags::{
     Backend, ClusterDecl, ClusterOptions, HostPattern, ListenerSpec, ListenerTable, PathMatch,
     Rewrite, RouteAction, RouteOptions, RouteTable, TableRoute, VirtualHostTable,
 };
+use test_support::bootstrap::control_plane_cluster;
 use test_support::{Envoy, free_port, http_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -160,21 +161,8 @@ dynamic_resources:
   lds_config: {{ resource_api_version: V3, ads: {{}} }}
 static_resources:
   clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
-"#,
-        ip = xds.ip(),
-        port = xds.port()
+{xds_cluster}"#,
+        xds_cluster = control_plane_cluster("xds", xds, ""),
     )
 }
 

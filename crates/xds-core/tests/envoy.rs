@@ -29,7 +29,7 @@ use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use prost::{Message, Name};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use test_support::bootstrap::{EdsTransport, GatewayBootstrap};
+use test_support::bootstrap::{EdsTransport, GatewayBootstrap, control_plane_cluster};
 use test_support::{Backend, Envoy, TestCa, free_port, http_get, https_get};
 use xds_core::{Resource, ResourceType};
 
@@ -316,26 +316,6 @@ fn routes_to(name: &str, cluster: &str) -> RouteConfiguration {
     }
 }
 
-fn xds_cluster_yaml(xds: SocketAddr) -> String {
-    format!(
-        r#"  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
-"#,
-        ip = xds.ip(),
-        port = xds.port()
-    )
-}
-
 fn dynamic_bootstrap(node_id: &str, xds: SocketAddr, api_type: &str) -> String {
     format!(
         r#"node: {{ id: {node_id}, cluster: test }}
@@ -346,7 +326,7 @@ dynamic_resources:
 static_resources:
   clusters:
 {xds_cluster}"#,
-        xds_cluster = xds_cluster_yaml(xds)
+        xds_cluster = control_plane_cluster("xds", xds, "")
     )
 }
 
@@ -519,7 +499,7 @@ static_resources:
         ads_listener =
             tls_listener_yaml("via_ads", via_ads, "{ resource_api_version: V3, ads: {} }"),
         sds_listener = tls_listener_yaml("via_sds", via_sds, sds_service),
-        xds_cluster = xds_cluster_yaml(server.addr),
+        xds_cluster = control_plane_cluster("xds", server.addr, ""),
     );
     let envoy = Envoy::start(&bootstrap).await.expect("Envoy starts");
     let pid = envoy.pid();
