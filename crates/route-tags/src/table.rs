@@ -15,7 +15,9 @@
 //!    any other host is served by the plain listeners only: a host nobody
 //!    asked TLS for has no certificate to present. A TLS host with no TLS
 //!    listener is reported and served nowhere, since a redirect to https
-//!    nothing answers would only hide the mistake.
+//!    nothing answers would only hide the mistake. A route of a TLS host
+//!    whose `listener=` names only plain listeners is reported as well:
+//!    rule 5 leaves it nothing there but the redirect.
 //! 3. **Virtual hosts.** Routes are merged per host, one virtual host per
 //!    host per listener, sorted by host; a host is one name once the parser
 //!    lower-cased it, so a domain is never in two virtual hosts (Envoy
@@ -284,11 +286,16 @@ fn resolve_spot(
         spot.headers.to_vec(),
         spot.methods.to_vec(),
     );
-    let held = incumbents.get(&key);
-    let winner = held
+    let incumbent = incumbents
+        .get(&key)
         .and_then(|held| kept.iter().find(|c| held.contains(c.service)))
-        .or_else(|| kept.first())
-        .copied()?;
+        .copied();
+    let winner = incumbent.or_else(|| kept.first().copied())?;
+    let why = if incumbent.is_some() {
+        "it is already served, and a new claim never takes a route away"
+    } else {
+        "none of the claims was served before, and its service name sorts first"
+    };
 
     if kept.len() > 1 && kept.iter().all(|c| c.decl.options.weight.is_some()) {
         let backends = kept.iter().flat_map(Candidate::backends).collect();
@@ -302,7 +309,7 @@ fn resolve_spot(
                 winner: winner.service.to_owned(),
             },
             reason: format!(
-                "route `{}`: {} is already claimed by `{}`, which keeps it (the route already served wins; a new claim never takes a route away; give every claim weight= to share it)",
+                "route `{}`: {} is also claimed by `{}`, which keeps it: {why} (give every claim weight= to share it)",
                 loser.decl.name,
                 describe_spot(spot),
                 winner.service
@@ -446,6 +453,16 @@ fn serving_listeners(
                     ));
                 }
             }
+        }
+        let host = &candidate.decl.host;
+        let only_plain = !serving.is_empty() && serving.iter().all(|i| !listeners[*i].tls);
+        if only_plain && tls_hosts.contains(host) && !candidate.is_acme_challenge() {
+            // Rule 5 replaces the route by the https redirect there: say so
+            // rather than let it vanish.
+            report(format!(
+                "route `{}`: host `{host}` is a TLS host (some route of it says tls=true), and a plain listener only redirects it to https; name a TLS listener in listener=",
+                candidate.decl.name
+            ));
         }
         return serving;
     }
@@ -813,6 +830,32 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_host_route_named_only_to_plain_listeners_is_reported() {
+        let shop = decl(&["edge.route=shop.example.com tls=true"]);
+        let legacy = decl(&["edge.route=shop.example.com/legacy listener=web"]);
+        let table = build(
+            &web_and_websecure(),
+            &[("shop", &shop), ("legacy", &legacy)],
+        );
+        let plain = vhost(&table, "web", &exact("shop.example.com"));
+        assert_eq!(
+            names(plain),
+            vec![("legacy".to_owned(), "https-redirect".to_owned())]
+        );
+        assert_eq!(
+            kinds(&table),
+            vec![("legacy".to_owned(), ProblemKind::NoListener)]
+        );
+        assert!(
+            table.problems[0]
+                .reason
+                .contains("only redirects it to https"),
+            "{}",
+            table.problems[0].reason
+        );
+    }
+
+    #[test]
     fn a_host_without_tls_is_served_on_plain_listeners_only() {
         let blog = decl(&["edge.route=blog.example.com"]);
         let table = build(&web_and_websecure(), &[("blog", &blog)]);
@@ -1062,6 +1105,7 @@ mod tests {
             "{}",
             problem.reason
         );
+        assert!(problem.reason.contains("sorts first"), "{}", problem.reason);
         let clusters: Vec<&str> = table.clusters.iter().map(|c| c.service.as_str()).collect();
         assert_eq!(clusters, vec!["alpha"]);
     }
@@ -1124,6 +1168,11 @@ mod tests {
                     winner: "zeta".to_owned()
                 }
             )]
+        );
+        assert!(
+            second.problems[0].reason.contains("already served"),
+            "{}",
+            second.problems[0].reason
         );
         // Without a previous table the smaller name would have won.
         let fresh = build(&specs, &[("alpha", &alpha), ("zeta", &zeta)]);
