@@ -7,6 +7,7 @@
 //! host list) reads the result. Nothing here knows Consul's JSON, Nomad's
 //! API or Envoy's types.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -461,7 +462,7 @@ impl ListenerTable {
 }
 
 /// Why a declaration is not (or not wholly) served.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ProblemKind {
     /// The tag could not be read.
@@ -474,7 +475,7 @@ pub enum ProblemKind {
 }
 
 /// One reported problem: the service, the tag and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Problem {
     pub service: String,
     pub tag: String,
@@ -500,4 +501,12 @@ pub struct RouteTable {
     /// Sorted by service; exactly the services some route forwards to.
     pub clusters: Vec<ClusterDecl>,
     pub problems: Vec<Problem>,
+    /// Every route declaration the table was built from, by (service,
+    /// route name): the last good version of a route whose tag turns
+    /// unreadable in the next build. Not published, only carried over.
+    #[serde(skip)]
+    pub declared: BTreeMap<(String, String), RouteDecl>,
+    /// Every routed service's cluster options, for the same reason.
+    #[serde(skip)]
+    pub cluster_options: BTreeMap<String, ClusterOptions>,
 }
