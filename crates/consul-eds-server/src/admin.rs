@@ -1,19 +1,34 @@
 //! This service's admin pages: readiness, `/debug/snapshot` and a status page.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use route_tags::{ProblemKind, RouteAction};
 use service_support::admin::{AdminResponse, AdminRoutes};
 
-use crate::state::{Freshness, Readiness, ServedState};
+use crate::gateway::cluster_name;
+use crate::gateway::view::{GatewayStatus, GatewayView};
+use crate::model::EndpointHealth;
+use crate::state::{ClusterView, Freshness, Readiness, ServedState};
 
 #[derive(Debug, Clone)]
 pub struct EdsAdmin {
     state: ServedState,
+    gateway: Option<GatewayView>,
 }
 
 impl EdsAdmin {
     pub fn new(state: ServedState) -> Self {
-        Self { state }
+        Self {
+            state,
+            gateway: None,
+        }
+    }
+
+    /// Gateway mode: the route table is shown too.
+    pub fn with_gateway(mut self, view: GatewayView) -> Self {
+        self.gateway = Some(view);
+        self
     }
 }
 
@@ -37,7 +52,8 @@ impl AdminRoutes for EdsAdmin {
     fn route(&self, path: &str) -> Option<AdminResponse> {
         match path {
             "/debug/snapshot" => Some(snapshot_json(&self.state)),
-            "/" => Some(status_page(&self.state)),
+            "/debug/routes" => Some(routes_json(self.gateway.as_ref(), &self.state)),
+            "/" => Some(status_page(&self.state, self.gateway.as_ref())),
             _ => None,
         }
     }
@@ -54,11 +70,151 @@ fn snapshot_json(state: &ServedState) -> AdminResponse {
     )
 }
 
-fn status_page(state: &ServedState) -> AdminResponse {
+/// Healthy and total endpoints of a cluster, as the route table shows them.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct EndpointCount {
+    healthy: usize,
+    total: usize,
+}
+
+fn endpoint_counts(state: &ServedState) -> BTreeMap<String, EndpointCount> {
+    state
+        .clusters()
+        .iter()
+        .map(|view: &ClusterView| {
+            let healthy = view
+                .endpoints
+                .iter()
+                .filter(|e| matches!(e.health, EndpointHealth::Healthy | EndpointHealth::Degraded))
+                .count();
+            let total = view.endpoints.len() + view.excluded.len();
+            (view.cluster.clone(), EndpointCount { healthy, total })
+        })
+        .collect()
+}
+
+fn routes_json(gateway: Option<&GatewayView>, state: &ServedState) -> AdminResponse {
+    let Some(gateway) = gateway else {
+        return AdminResponse::text(404, "not in gateway mode (--gateway)\n");
+    };
+    let status = gateway.get();
+    let body = serde_json::json!({
+        "published": status.published,
+        "listeners": status.table.listeners,
+        "clusters": status.table.clusters,
+        "problems": status.table.problems,
+        "services": status.services,
+        "listeners_without_hosts": status.listeners_without_hosts,
+        "endpoints": endpoint_counts(state),
+    });
+    AdminResponse::json(
+        serde_json::to_string_pretty(&body)
+            .unwrap_or_else(|e| format!("{{\"error\": \"encoding the routes failed: {e}\"}}")),
+    )
+}
+
+/// The route table as a person reads it: listener -> host -> path ->
+/// service, with endpoint counts, then what is not served and why.
+fn routes_section(status: &GatewayStatus, counts: &BTreeMap<String, EndpointCount>) -> String {
+    let mut rows = String::new();
+    for listener in &status.table.listeners {
+        let spec = &listener.listener;
+        let label = format!(
+            "{} <span class=\"dim\">{}:{}{}</span>",
+            escape(&spec.name),
+            escape(&spec.host),
+            spec.port,
+            if spec.tls { " tls" } else { "" }
+        );
+        if listener.virtual_hosts.is_empty() {
+            let _ = write!(
+                rows,
+                "<tr><td>{label}</td><td colspan=\"4\" class=\"dim\">no routes</td></tr>"
+            );
+        }
+        for host in &listener.virtual_hosts {
+            for route in &host.routes {
+                let target = match &route.action {
+                    RouteAction::Forward { backends } => backends
+                        .iter()
+                        .map(|backend| {
+                            let cluster = cluster_name(&backend.service, backend.canary);
+                            let count = counts.get(&cluster).copied().unwrap_or_default();
+                            let class = if count.healthy == 0 { "bad" } else { "ok" };
+                            let share = if backends.len() > 1 {
+                                format!(" <span class=\"dim\">weight {}</span>", backend.weight)
+                            } else {
+                                String::new()
+                            };
+                            format!(
+                                "{}{share} <span class=\"{class}\">{}/{} healthy</span>",
+                                escape(&cluster),
+                                count.healthy,
+                                count.total
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("<br>"),
+                    RouteAction::Redirect(redirect) => {
+                        format!("redirect {}", redirect.code.status())
+                    }
+                    RouteAction::RedirectToHttps => "308 to https".to_owned(),
+                };
+                let _ = write!(
+                    rows,
+                    "<tr><td>{label}</td><td>{}{}</td><td>{}</td><td>{target}</td><td class=\"dim\">{}</td></tr>",
+                    escape(&host.host.to_string()),
+                    if host.tls { " 🔒" } else { "" },
+                    escape(&route.path.to_string()),
+                    escape(&route.route_name),
+                );
+            }
+        }
+    }
+    let mut problems = String::new();
+    for problem in &status.table.problems {
+        let kind = match &problem.kind {
+            ProblemKind::InvalidTag => "invalid tag".to_owned(),
+            ProblemKind::Conflict { winner } => format!("conflict (kept: {})", escape(winner)),
+            ProblemKind::NoListener => "no listener".to_owned(),
+        };
+        let _ = write!(
+            problems,
+            "<tr class=\"problem\"><td>{}</td><td>{kind}</td><td><code>{}</code></td><td>{}</td></tr>",
+            escape(&problem.service),
+            escape(&problem.tag),
+            escape(&problem.reason)
+        );
+    }
+    let problems = if problems.is_empty() {
+        "<p class=\"ok\">Every route tag is served.</p>".to_owned()
+    } else {
+        format!(
+            "<h3>Not served as written</h3><table><tr><th>service</th><th>problem</th><th>tag</th><th>reason</th></tr>{problems}</table>"
+        )
+    };
+    let state = if status.published {
+        ""
+    } else {
+        "<p class=\"bad\">Not published yet: waiting for the first Consul reads.</p>"
+    };
+    format!(
+        "<h2>Routes</h2>{state}<table><tr><th>listener</th><th>host</th><th>path</th><th>service</th><th>route</th></tr>{rows}</table>{problems}"
+    )
+}
+
+fn status_page(state: &ServedState, gateway: Option<&GatewayView>) -> AdminResponse {
     let readiness = match state.readiness() {
         Readiness::Ready => "ready".to_owned(),
         Readiness::Starting => "starting".to_owned(),
         Readiness::Degraded { services } => format!("degraded ({})", services.join(", ")),
+    };
+    let (routes, routes_link) = match gateway {
+        Some(view) => (
+            routes_section(&view.get(), &endpoint_counts(state)),
+            " · <a href=\"/debug/routes\">routes JSON</a>",
+        ),
+        None => (String::new(), ""),
     };
     let mut rows = String::new();
     for view in state.clusters() {
@@ -92,9 +248,11 @@ fn status_page(state: &ServedState) -> AdminResponse {
     }
     AdminResponse::html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>consul-eds-server</title>\
-         <style>body{{font-family:sans-serif}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;vertical-align:top}}</style></head>\
+         <style>body{{font-family:sans-serif}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;vertical-align:top;text-align:left}}\
+         .dim{{color:#777}}.ok{{color:#176f2c}}.bad{{color:#b3261e;font-weight:bold}}tr.problem td{{background:#fdecea}}</style></head>\
          <body><h1>consul-eds-server</h1><p>Status: <b>{readiness}</b> · \
-         <a href=\"/debug/snapshot\">snapshot JSON</a> · <a href=\"/metrics\">metrics</a></p>\
+         <a href=\"/debug/snapshot\">snapshot JSON</a>{routes_link} · <a href=\"/metrics\">metrics</a></p>\
+         {routes}<h2>Clusters</h2>\
          <table><tr><th>cluster</th><th>service</th><th>Consul</th><th>endpoints</th><th>excluded</th></tr>{rows}</table>\
          </body></html>"
     ))

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use route_tags::{ListenerSpec, TagPrefix};
 
 use service_support::consul::ConsulArgs;
 use service_support::duration::parse_duration;
@@ -99,6 +100,102 @@ pub struct Config {
     /// How long SIGTERM waits for xDS streams to finish before closing them.
     #[arg(long, env = "CONSUL_EDS_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "5s")]
     pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// Gateway mode: listeners, routes and clusters from the services' tags.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Gateway mode")]
+pub struct GatewayArgs {
+    /// Serve Envoy's whole gateway (CDS, LDS, RDS besides EDS) from the
+    /// route tags of Consul services.
+    #[arg(long, env = "CONSUL_EDS_GATEWAY")]
+    pub gateway: bool,
+
+    /// An Envoy listener, `NAME=HOST:PORT` or `NAME=HOST:PORT,tls`
+    /// (repeatable; routes pick listeners by NAME).
+    #[arg(
+        long = "listener",
+        env = "CONSUL_EDS_LISTENERS",
+        value_name = "NAME=HOST:PORT[,tls]",
+        value_parser = parse_listener,
+        value_delimiter = ';',
+        requires = "gateway"
+    )]
+    pub listeners: Vec<ListenerSpec>,
+
+    /// The prefix of route tags, without the dot (`edge` reads `edge.route=...`).
+    #[arg(long, env = "CONSUL_EDS_TAG_PREFIX", value_parser = parse_prefix, default_value = TagPrefix::DEFAULT)]
+    pub tag_prefix: TagPrefix,
+
+    /// The cluster of Envoy's bootstrap that serves SDS: TLS filter chains
+    /// ask it for each host's certificate.
+    #[arg(long, env = "CONSUL_EDS_SDS_CLUSTER", default_value = "sds")]
+    pub sds_cluster: String,
+
+    /// Proxies in front of Envoy whose `X-Forwarded-For` entries are trusted
+    /// (0: Envoy is the edge and the client's address is the peer's).
+    #[arg(long, env = "CONSUL_EDS_TRUSTED_HOPS", default_value_t = 0)]
+    pub trusted_hops: u32,
+}
+
+fn parse_listener(value: &str) -> Result<ListenerSpec, String> {
+    value
+        .parse::<ListenerSpec>()
+        .map_err(|error| error.to_string())
+}
+
+fn parse_prefix(value: &str) -> Result<TagPrefix, String> {
+    TagPrefix::new(value).map_err(|error| error.to_string())
+}
+
+/// A gateway configuration that cannot work, found before anything starts.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GatewayConfigError {
+    #[error("--gateway needs at least one --listener NAME=HOST:PORT")]
+    NoListener,
+    #[error("--listener `{0}` is given twice; listener names must be unique")]
+    DuplicateName(String),
+    #[error("--listener `{first}` and `{second}` both bind {address}")]
+    DuplicateAddress {
+        first: String,
+        second: String,
+        address: String,
+    },
+    #[error("--sds-cluster must name a cluster of Envoy's bootstrap; it is empty")]
+    EmptySdsCluster,
+}
+
+impl GatewayArgs {
+    /// Checks what clap cannot: the listeners as a set.
+    pub fn validate(&self) -> Result<(), GatewayConfigError> {
+        if !self.gateway {
+            return Ok(());
+        }
+        if self.listeners.is_empty() {
+            return Err(GatewayConfigError::NoListener);
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            for earlier in &self.listeners[..i] {
+                if earlier.name == listener.name {
+                    return Err(GatewayConfigError::DuplicateName(listener.name.clone()));
+                }
+                if earlier.host == listener.host && earlier.port == listener.port {
+                    return Err(GatewayConfigError::DuplicateAddress {
+                        first: earlier.name.clone(),
+                        second: listener.name.clone(),
+                        address: format!("{}:{}", listener.host, listener.port),
+                    });
+                }
+            }
+        }
+        if self.sds_cluster.trim().is_empty() {
+            return Err(GatewayConfigError::EmptySdsCluster);
+        }
+        Ok(())
+    }
 }
 
 /// The names of the xDS listener flags.
@@ -165,10 +262,17 @@ impl Config {
     /// Services watched one blocking query each; the rest share the DC-wide
     /// view (see [`crate::source::per_service_watch_limit`]).
     pub fn per_service_watch_limit(&self) -> usize {
-        crate::source::per_service_watch_limit(
+        let limit = crate::source::per_service_watch_limit(
             self.max_blocking_queries,
             1 + self.failover_dcs.len(),
-        )
+        );
+        // Gateway mode holds one more blocking query: the catalog's service
+        // list, which tells which services carry route tags.
+        if self.gateway.gateway {
+            limit.saturating_sub(1)
+        } else {
+            limit
+        }
     }
 
     pub fn health_policy(&self) -> HealthPolicy {
@@ -220,5 +324,87 @@ mod tests {
         ])
         .expect_err("rejected");
         assert!(error.to_string().contains("--consul-token"), "{error}");
+    }
+
+    #[test]
+    fn gateway_flags_are_spelled_as_documented() {
+        let config = Config::try_parse_from([
+            "consul-eds-server",
+            "--gateway",
+            "--listener",
+            "web=0.0.0.0:8080",
+            "--listener",
+            "websecure=127.0.0.1:8443,tls",
+            "--tag-prefix",
+            "gw",
+            "--sds-cluster",
+            "certs",
+            "--trusted-hops",
+            "1",
+        ])
+        .expect("gateway flags parse");
+        let gateway = &config.gateway;
+        assert!(gateway.gateway);
+        assert_eq!(gateway.listeners.len(), 2);
+        assert_eq!(gateway.listeners[1].name, "websecure");
+        assert!(gateway.listeners[1].tls);
+        assert!(!gateway.listeners[0].tls);
+        assert_eq!(gateway.tag_prefix.as_str(), "gw");
+        assert_eq!(gateway.sds_cluster, "certs");
+        assert_eq!(gateway.trusted_hops, 1);
+        assert_eq!(gateway.validate(), Ok(()));
+        // The catalog's service list takes one blocking query of the budget.
+        let plain = Config::try_parse_from(["consul-eds-server"]).expect("defaults");
+        assert_eq!(
+            config.per_service_watch_limit() + 1,
+            plain.per_service_watch_limit()
+        );
+        assert_eq!(plain.gateway.tag_prefix.as_str(), "edge");
+        assert_eq!(plain.gateway.sds_cluster, "sds");
+    }
+
+    #[test]
+    fn gateway_configurations_that_cannot_work_are_refused_by_name() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["consul-eds-server"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all)
+        };
+        let error = parse(&["--listener", "web=nowhere:80", "--gateway"]).expect_err("bad host");
+        assert!(error.to_string().contains("nowhere"), "{error}");
+        assert!(
+            parse(&["--listener", "web=127.0.0.1:80"]).is_err(),
+            "--listener needs --gateway"
+        );
+        let config = parse(&["--gateway"]).expect("parses");
+        assert_eq!(
+            config.gateway.validate(),
+            Err(GatewayConfigError::NoListener)
+        );
+        let config = parse(&[
+            "--gateway",
+            "--listener",
+            "web=127.0.0.1:80",
+            "--listener",
+            "web=127.0.0.1:81",
+        ])
+        .expect("parses");
+        let error = config.gateway.validate().expect_err("twice");
+        assert!(
+            error.to_string().contains("`web` is given twice"),
+            "{error}"
+        );
+        let config = parse(&[
+            "--gateway",
+            "--listener",
+            "a=127.0.0.1:80",
+            "--listener",
+            "b=127.0.0.1:80",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            config.gateway.validate(),
+            Err(GatewayConfigError::DuplicateAddress { .. })
+        ));
     }
 }

@@ -7,18 +7,26 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use consul_client::watch::WatchEvent;
 use consul_client::{Client, ClientMetrics, WatchConfig};
 use consul_eds_server::admin::EdsAdmin;
 use consul_eds_server::config::Config;
-use consul_eds_server::engine::{Engine, EngineSettings};
+use consul_eds_server::engine::{Engine, EngineSettings, GatewayLink};
+use consul_eds_server::gateway::actor::{CatalogEvent, Gateway, GatewaySettings};
+use consul_eds_server::gateway::publish::Publisher;
+use consul_eds_server::gateway::translate::TranslateSettings;
+use consul_eds_server::gateway::view::{GatewayMetrics, GatewayView};
 use consul_eds_server::metrics::EngineMetrics;
 use consul_eds_server::naming::ClusterNaming;
 use consul_eds_server::sink::{CacheSink, SHARED_NODE_KEY};
 use consul_eds_server::source::{ConsulSource, EntryReader};
 use consul_eds_server::state::ServedState;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use prometheus_client::registry::Registry;
 use service_support::admin::AdminServer;
 use service_support::{logging, shutdown};
+use tokio::sync::{mpsc, watch};
 use xds_core::{ResourceType, ServerOptions, SharedKey, SnapshotCache, XdsServer};
 
 #[tokio::main]
@@ -35,6 +43,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<()> {
+    config.gateway.validate()?;
     let mut registry = Registry::default();
     let client = consul_client(&config, &mut registry)?;
     let naming = ClusterNaming::new(&config.cluster_name_template)?;
@@ -51,18 +60,20 @@ async fn run(config: Config) -> Result<()> {
             ..ServerOptions::default()
         });
     let demand = server.subscriptions().watch(ResourceType::Endpoint);
+    let clients = server.clients();
 
     let state = ServedState::default();
     let engine_metrics = EngineMetrics::default();
     engine_metrics.register(&mut registry);
+    let watch_config = WatchConfig {
+        datacenter: config.datacenter.clone(),
+        stale: config.stale,
+        ..WatchConfig::default()
+    };
     let source = ConsulSource::new(
         client.clone(),
         EntryReader::new(config.address, config.zone_meta_key.clone()),
-        WatchConfig {
-            datacenter: config.datacenter.clone(),
-            stale: config.stale,
-            ..WatchConfig::default()
-        },
+        watch_config.clone(),
         config.per_service_watch_limit(),
         config.dc_wide_sweep,
     );
@@ -76,7 +87,7 @@ async fn run(config: Config) -> Result<()> {
             reset_grace: config.reset_grace,
         },
         Arc::new(source),
-        CacheSink::new(cache),
+        CacheSink::new(cache.clone()),
         state.clone(),
         engine_metrics,
     );
@@ -95,12 +106,46 @@ async fn run(config: Config) -> Result<()> {
         "consul-eds-server serving"
     );
 
-    let admin_task = tokio::spawn(admin.serve(
-        Arc::new(registry),
-        Arc::new(EdsAdmin::new(state.clone())),
-        shutdown.clone(),
-    ));
-    let engine_task = tokio::spawn(engine.run(demand, shutdown.clone()));
+    let mut admin_routes = EdsAdmin::new(state.clone());
+    let engine_task = if config.gateway.gateway {
+        let view = GatewayView::default();
+        admin_routes = admin_routes.with_gateway(view.clone());
+        let metrics = GatewayMetrics::default();
+        metrics.register(&mut registry);
+        let (targets_tx, targets) = watch::channel(Default::default());
+        let (instances, instances_rx) = mpsc::unbounded_channel();
+        let gateway = Gateway::new(
+            gateway_settings(&config),
+            targets_tx,
+            Publisher::new(
+                cache.clone(),
+                clients,
+                SHARED_NODE_KEY,
+                Duration::from_secs(5),
+            ),
+            view,
+            metrics,
+        );
+        tracing::info!(
+            listeners = config.gateway.listeners.len(),
+            prefix = %config.gateway.tag_prefix,
+            "gateway mode: listeners, routes and clusters from route tags"
+        );
+        tokio::spawn(gateway.run(
+            catalog_events(&client, watch_config),
+            instances_rx,
+            shutdown.clone(),
+        ));
+        tokio::spawn(engine.run_gateway(
+            demand,
+            GatewayLink { targets, instances },
+            shutdown.clone(),
+        ))
+    } else {
+        tokio::spawn(engine.run(demand, shutdown.clone()))
+    };
+    let admin_task =
+        tokio::spawn(admin.serve(Arc::new(registry), Arc::new(admin_routes), shutdown.clone()));
     let probe_task = tokio::spawn(probe_consul(client, state, shutdown.clone()));
 
     let drained = shutdown.clone();
@@ -111,6 +156,47 @@ async fn run(config: Config) -> Result<()> {
     served.context("xDS server")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn gateway_settings(config: &Config) -> GatewaySettings {
+    GatewaySettings {
+        prefix: config.gateway.tag_prefix.clone(),
+        listeners: config.gateway.listeners.clone(),
+        translate: TranslateSettings {
+            sds_cluster: config.gateway.sds_cluster.clone(),
+            trusted_hops: config.gateway.trusted_hops,
+            ..TranslateSettings::default()
+        },
+        coalesce: config.coalesce,
+        reset_grace: config.reset_grace,
+        first_read_bound: Duration::from_secs(10),
+        ack_timeout: Duration::from_secs(5),
+    }
+}
+
+/// The catalog's service list as the gateway reads it: a failed or
+/// ACL-filtered answer is not believed, and an answer that does not follow
+/// on from the last (index reset, first after failures) says so.
+fn catalog_events(client: &Client, config: WatchConfig) -> BoxStream<'static, CatalogEvent> {
+    client
+        .watch_catalog_services(config)
+        .map(|event| match event {
+            WatchEvent::Value { meta, .. } if meta.results_filtered_by_acls => {
+                CatalogEvent::Unbelieved {
+                    reason: "Consul filtered the service list by the token's ACLs".to_owned(),
+                }
+            }
+            WatchEvent::Value {
+                value, continuity, ..
+            } => CatalogEvent::Services {
+                services: value,
+                after_reset: continuity.breaks_continuity(),
+            },
+            WatchEvent::Degraded { error, .. } => CatalogEvent::Unbelieved {
+                reason: error.to_string(),
+            },
+        })
+        .boxed()
 }
 
 /// Until the first successful call, `/readyz` says "starting": a server that

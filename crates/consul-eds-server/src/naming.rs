@@ -12,6 +12,10 @@ use regex::Regex;
 pub struct ClusterTarget {
     pub service: String,
     pub tag: Option<String>,
+    /// Instances carrying this tag are left out: in gateway mode the stable
+    /// cluster of a service with a canary split must not also send traffic
+    /// to the canaries. Never set from a cluster name.
+    pub without_tag: Option<String>,
     /// `None`: the server's own datacenter.
     pub datacenter: Option<String>,
 }
@@ -86,6 +90,7 @@ impl ClusterNaming {
         Some(ClusterTarget {
             service: captures.name("service")?.as_str().to_owned(),
             tag: captures.name("tag").map(|m| m.as_str().to_owned()),
+            without_tag: None,
             datacenter: captures.name("dc").map(|m| m.as_str().to_owned()),
         })
     }
@@ -99,6 +104,7 @@ mod tests {
         Some(ClusterTarget {
             service: service.to_owned(),
             tag: tag.map(str::to_owned),
+            without_tag: None,
             datacenter: dc.map(str::to_owned),
         })
     }

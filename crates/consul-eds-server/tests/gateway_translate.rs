@@ -149,6 +149,7 @@ fn table(port: u16) -> RouteTable {
             })
             .collect(),
         problems: vec![],
+        ..RouteTable::default()
     }
 }
 

@@ -52,7 +52,9 @@
 //! 10. **Canary.** A service whose instances include canaries and whose
 //!     route says `canary=N` is two backends: the stable instances with
 //!     (100 - N) times its weight and the canaries with N times it; a
-//!     backend with no share is left out. Without `canary=` the canaries get
+//!     backend with no share is left out; every other backend counts 100
+//!     times its weight, so canaries and blue/green weights combine in
+//!     proportion. Without `canary=` the canaries get
 //!     no traffic: running a canary instance must not by itself divert users.
 //! 11. **Redirect routes** (`redirect=`) answer by themselves and need no
 //!     cluster.
@@ -141,7 +143,11 @@ impl Candidate<'_> {
                     (true, percent.saturating_mul(weight)),
                 ]
             }
-            _ => vec![(false, weight)],
+            // Every backend is counted in hundredths of its weight, so a
+            // canaried backend and a plain one of a blue/green pair keep
+            // their declared proportions (90 with 10 % canary beside 10:
+            // 81 : 9 : 10).
+            _ => vec![(false, 100u32.saturating_mul(weight))],
         };
         shares
             .into_iter()
@@ -821,7 +827,7 @@ mod tests {
         assert!(secure.tls);
         assert_eq!(
             backends(&secure.routes[0]),
-            [backend("shop", false, 1)].as_slice()
+            [backend("shop", false, 100)].as_slice()
         );
         let plain = vhost(&table, "web", &exact("shop.example.com"));
         assert_eq!(plain.routes.len(), 1);
@@ -955,7 +961,7 @@ mod tests {
         assert!(!plain.routes[1].from_any_host);
         assert_eq!(
             backends(&plain.routes[1]),
-            [backend("shop", false, 1)].as_slice()
+            [backend("shop", false, 100)].as_slice()
         );
         let redirect = &plain.routes[2];
         assert_eq!(redirect.path, prefix("/"));
@@ -1070,11 +1076,29 @@ mod tests {
         assert_eq!(route.options.timeout, Some(Duration::from_secs(5)));
         assert_eq!(
             backends(route),
-            [backend("blue", false, 3), backend("green", false, 1)].as_slice()
+            [backend("blue", false, 300), backend("green", false, 100)].as_slice()
         );
         assert!(table.problems.is_empty(), "{:?}", table.problems);
         let clusters: Vec<&str> = table.clusters.iter().map(|c| c.service.as_str()).collect();
         assert_eq!(clusters, vec!["blue", "green"]);
+    }
+
+    #[test]
+    fn a_canary_inside_a_blue_green_pair_keeps_the_declared_proportions() {
+        let blue = decl_with_canary(&["edge.route=shop.example.com weight=90 canary=10"]);
+        let green = decl(&["edge.route=shop.example.com weight=10"]);
+        let table = build(&web_and_websecure(), &[("blue", &blue), ("green", &green)]);
+        let vh = vhost(&table, "web", &exact("shop.example.com"));
+        // 81 % stable blue, 9 % canary blue, 10 % green.
+        assert_eq!(
+            backends(&vh.routes[0]),
+            [
+                backend("blue", false, 8100),
+                backend("blue", true, 900),
+                backend("green", false, 1000)
+            ]
+            .as_slice()
+        );
     }
 
     #[test]
@@ -1087,7 +1111,7 @@ mod tests {
             names(vh),
             vec![("alpha".to_owned(), "shop.example.com/api".to_owned())]
         );
-        assert_eq!(backends(&vh.routes[0]), [backend("alpha", false, 1)]);
+        assert_eq!(backends(&vh.routes[0]), [backend("alpha", false, 100)]);
         assert_eq!(table.problems.len(), 1, "{:?}", table.problems);
         let problem = &table.problems[0];
         assert_eq!(problem.service, "beta");
@@ -1213,12 +1237,12 @@ mod tests {
         let unasked = decl_with_canary(&["edge.route=shop.example.com"]);
         assert!(unasked.has_canary);
         let table = build(&specs, &[("shop", &unasked)]);
-        assert_eq!(first_backends(&table), vec![backend("shop", false, 1)]);
+        assert_eq!(first_backends(&table), vec![backend("shop", false, 100)]);
         assert!(!table.clusters[0].canary);
 
         let no_instances = decl(&["edge.route=shop.example.com canary=30"]);
         let table = build(&specs, &[("shop", &no_instances)]);
-        assert_eq!(first_backends(&table), vec![backend("shop", false, 1)]);
+        assert_eq!(first_backends(&table), vec![backend("shop", false, 100)]);
     }
 
     #[test]

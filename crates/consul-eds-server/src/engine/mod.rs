@@ -36,7 +36,7 @@ use service_support::time::{sleep_until_opt, unix_now};
 use crate::health::HealthPolicy;
 use crate::metrics::{ClusterLabel, EngineMetrics, ServiceLabel};
 use crate::model::{ClusterEndpoints, Endpoint, ServiceInstance};
-use crate::naming::ClusterNaming;
+use crate::naming::{ClusterNaming, ClusterTarget};
 use crate::state::{Freshness, ServedState};
 use plan::ClusterPlan;
 use rules::{Change, Input, Now, ServiceState};
@@ -98,6 +98,30 @@ pub struct EngineSettings {
     pub reset_grace: Duration,
 }
 
+/// What gateway mode adds to the engine's inputs and outputs.
+///
+/// In gateway mode the clusters to feed come from the services' tags, not
+/// only from what Envoys subscribe to, and the tags themselves are read from
+/// the same per-service watches that feed the endpoints: one blocking query
+/// per service serves both, so routing costs no extra connections.
+#[derive(Debug)]
+pub struct GatewayLink {
+    /// Cluster name -> what it selects. These clusters are fed whether or
+    /// not an Envoy asks; a name here wins over the same name parsed from a
+    /// subscription (the gateway's canary split is not in the name).
+    pub targets: watch::Receiver<BTreeMap<String, ClusterTarget>>,
+    /// The last good instances of a watched service (local datacenter),
+    /// each time they change: what its route tags are read from.
+    pub instances: mpsc::UnboundedSender<ServiceInstances>,
+}
+
+/// One service's instances, as the rules last accepted them.
+#[derive(Debug, Clone)]
+pub struct ServiceInstances {
+    pub service: String,
+    pub instances: Arc<Vec<ServiceInstance>>,
+}
+
 /// A running watch and the state of its service.
 #[derive(Debug)]
 struct Watch {
@@ -130,6 +154,13 @@ pub struct Engine<S, K> {
     /// What the sink has per cluster, so unchanged clusters are not re-sent.
     /// The same allocation as the admin view's endpoints: one copy each.
     published: HashMap<String, Arc<[Endpoint]>>,
+    /// Gateway mode's own clusters (empty otherwise).
+    gateway_targets: BTreeMap<String, ClusterTarget>,
+    /// Where accepted instances go in gateway mode.
+    instances_tx: Option<mpsc::UnboundedSender<ServiceInstances>>,
+    /// The subscribed names last seen, so a change of the gateway's targets
+    /// can recompute the demand.
+    subscribed: BTreeSet<String>,
 }
 
 impl<S, K> std::fmt::Debug for Engine<S, K> {
@@ -164,15 +195,44 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             dirty: BTreeSet::new(),
             flush_at: None,
             published: HashMap::new(),
+            gateway_targets: BTreeMap::new(),
+            instances_tx: None,
+            subscribed: BTreeSet::new(),
         }
     }
 
     /// Runs until `shutdown`; every watch stops with it.
-    pub async fn run(
-        mut self,
-        mut demand: watch::Receiver<BTreeSet<String>>,
+    pub async fn run(self, demand: watch::Receiver<BTreeSet<String>>, shutdown: CancellationToken) {
+        self.run_with(demand, None, shutdown).await;
+    }
+
+    /// [`Engine::run`] in gateway mode: the gateway's clusters are fed too,
+    /// and the instances read are reported to it.
+    pub async fn run_gateway(
+        self,
+        demand: watch::Receiver<BTreeSet<String>>,
+        link: GatewayLink,
         shutdown: CancellationToken,
     ) {
+        self.run_with(demand, Some(link), shutdown).await;
+    }
+
+    async fn run_with(
+        mut self,
+        mut demand: watch::Receiver<BTreeSet<String>>,
+        link: Option<GatewayLink>,
+        shutdown: CancellationToken,
+    ) {
+        let (mut targets, targets_open) = match link {
+            Some(link) => {
+                self.instances_tx = Some(link.instances);
+                (link.targets, true)
+            }
+            // A receiver that never changes stands in for no gateway.
+            None => (watch::channel(BTreeMap::new()).1, false),
+        };
+        let mut targets_open = targets_open;
+        self.gateway_targets = targets.borrow_and_update().clone();
         let initial = demand.borrow_and_update().clone();
         self.set_demand(&initial);
         let mut demand_open = true;
@@ -194,6 +254,16 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                     let wanted = demand.borrow_and_update().clone();
                     self.set_demand(&wanted);
                 }
+                changed = targets.changed(), if targets_open => {
+                    if changed.is_err() {
+                        // The gateway is gone; keep feeding what it asked for.
+                        targets_open = false;
+                        continue;
+                    }
+                    self.gateway_targets = targets.borrow_and_update().clone();
+                    let subscribed = self.subscribed.clone();
+                    self.set_demand(&subscribed);
+                }
                 Some((key, generation, event)) = self.events_rx.recv() => {
                     self.on_source_event(key, generation, event);
                 }
@@ -207,6 +277,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
 
     /// Starts and stops watches so exactly the demanded clusters are fed.
     fn set_demand(&mut self, clusters: &BTreeSet<String>) {
+        self.subscribed.clone_from(clusters);
         let wanted = self.plans_for(clusters);
 
         let removed = keys_to_drop(&self.plans, |cluster| wanted.contains_key(cluster));
@@ -224,9 +295,15 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         }
 
         for (cluster, plan) in wanted {
-            if !self.plans.contains_key(&cluster) {
+            let changed = self
+                .plans
+                .get(&cluster)
+                .is_none_or(|known| known.target() != plan.target());
+            if changed {
                 self.plans.insert(cluster.clone(), plan);
-                // A new cluster on an existing watch is served at once.
+                // A new cluster on an existing watch is served at once (and
+                // one that now selects other instances, such as a stable
+                // cluster whose canaries were split off).
                 self.mark_dirty(cluster);
             }
         }
@@ -275,6 +352,15 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                 continue;
             }
             let plan = ClusterPlan::new(target, &self.settings.failover_dcs);
+            wanted.insert(cluster.clone(), plan);
+        }
+        for (cluster, target) in &self.gateway_targets {
+            if !self.settings.allowed_services.is_empty()
+                && !self.settings.allowed_services.contains(&target.service)
+            {
+                continue;
+            }
+            let plan = ClusterPlan::new(target.clone(), &self.settings.failover_dcs);
             wanted.insert(cluster.clone(), plan);
         }
         wanted
@@ -371,6 +457,28 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             for cluster in self.clusters_fed_by(key) {
                 self.mark_dirty(cluster);
             }
+            self.report_instances(key);
+        }
+    }
+
+    /// Tells the gateway what a service's instances are now. Only the local
+    /// datacenter's: routes are declared where the gateway runs.
+    fn report_instances(&self, key: &WatchKey) {
+        let Some(tx) = &self.instances_tx else {
+            return;
+        };
+        if key.datacenter.is_some() {
+            return;
+        }
+        if let Some(instances) = self
+            .watches
+            .get(key)
+            .and_then(|watch| watch.service.instances())
+        {
+            let _ = tx.send(ServiceInstances {
+                service: key.service.clone(),
+                instances: Arc::clone(instances),
+            });
         }
     }
 

@@ -36,6 +36,10 @@ impl ClusterPlan {
         Self { target, sources }
     }
 
+    pub(crate) fn target(&self) -> &ClusterTarget {
+        &self.target
+    }
+
     /// The watches this cluster needs.
     pub(crate) fn watch_keys(&self) -> impl Iterator<Item = &WatchKey> {
         self.sources.iter().map(|(key, _)| key)
@@ -74,6 +78,11 @@ impl ClusterPlan {
             for instance in instances.iter() {
                 if let Some(tag) = &self.target.tag
                     && !instance.tags.contains(tag)
+                {
+                    continue;
+                }
+                if let Some(tag) = &self.target.without_tag
+                    && instance.tags.contains(tag)
                 {
                     continue;
                 }
@@ -119,6 +128,7 @@ mod tests {
         ClusterTarget {
             service: service.to_owned(),
             tag: None,
+            without_tag: None,
             datacenter: datacenter.map(str::to_owned),
         }
     }
@@ -165,5 +175,46 @@ mod tests {
             .expect("built once read");
         assert_eq!(view.endpoints.len(), 1);
         assert_eq!(view.freshness, Freshness::Synced { index: 3 });
+    }
+
+    #[test]
+    fn a_stable_cluster_leaves_out_the_instances_of_its_excluded_tag() {
+        use crate::engine::fixtures::{instance, instances};
+        use crate::model::CheckState;
+        let mut read = ServiceState::default();
+        read.apply(
+            Input::Source(instances(
+                vec![
+                    instance("web-1", CheckState::Passing, &[]),
+                    instance("web-2", CheckState::Passing, &["edge.canary"]),
+                ],
+                4,
+            )),
+            Now {
+                instant: std::time::Instant::now(),
+                unix_secs: 0,
+            },
+            std::time::Duration::ZERO,
+        );
+        let ids = |target: ClusterTarget| -> Vec<String> {
+            let view = ClusterPlan::new(target, &[])
+                .build("web", &HealthPolicy::default(), |_| Some(&read))
+                .expect("read");
+            view.endpoints
+                .iter()
+                .map(|e| e.instance_id.to_string())
+                .collect()
+        };
+        let stable = ClusterTarget {
+            without_tag: Some("edge.canary".to_owned()),
+            ..target("web", None)
+        };
+        let canary = ClusterTarget {
+            tag: Some("edge.canary".to_owned()),
+            ..target("web", None)
+        };
+        assert_eq!(ids(stable), ["web-1"]);
+        assert_eq!(ids(canary), ["web-2"]);
+        assert_eq!(ids(target("web", None)), ["web-1", "web-2"]);
     }
 }

@@ -441,3 +441,95 @@ async fn hostnames_are_excluded_with_a_reason() {
             .contains("not an IP")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn gateway_targets_are_fed_unasked_and_their_instances_reported() {
+    let settings = EngineSettings {
+        naming: ClusterNaming::new("{service}").expect("template"),
+        policy: HealthPolicy::default(),
+        failover_dcs: vec![],
+        allowed_services: BTreeSet::new(),
+        coalesce: Duration::from_millis(5),
+        reset_grace: Duration::from_secs(10),
+    };
+    let source = Arc::new(FakeSource::default());
+    let (sink_tx, mut sink) = mpsc::unbounded_channel();
+    let (_demand, demand_rx) = watch::channel(BTreeSet::new());
+    let stable = |without: Option<&str>| ClusterTarget {
+        service: "web".to_owned(),
+        tag: None,
+        without_tag: without.map(str::to_owned),
+        datacenter: None,
+    };
+    let (targets, targets_rx) = watch::channel(BTreeMap::from([("web".to_owned(), stable(None))]));
+    let (instances_tx, mut reported) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let engine = Engine::new(
+        settings,
+        source.clone(),
+        ChannelSink(sink_tx),
+        ServedState::default(),
+        EngineMetrics::default(),
+    );
+    let task = tokio::spawn(engine.run_gateway(
+        demand_rx,
+        GatewayLink {
+            targets: targets_rx,
+            instances: instances_tx,
+        },
+        shutdown.clone(),
+    ));
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+    }
+    // No Envoy asked for `web`, yet it is watched for the gateway.
+    assert!(source.is_watching("web"));
+    source.send(
+        "web",
+        instances(
+            vec![
+                instance("web-1", CheckState::Passing, &["edge.route=a.test/"]),
+                instance("web-2", CheckState::Passing, &["edge.canary"]),
+            ],
+            3,
+        ),
+    );
+    let report = reported.recv().await.expect("instances reported");
+    assert_eq!(report.service, "web");
+    assert_eq!(report.instances.len(), 2);
+    let next_publish = |sink: &mut mpsc::UnboundedReceiver<SinkCall>| loop {
+        match sink.try_recv() {
+            Ok(SinkCall::Publish(batch)) => return Some(batch),
+            Ok(SinkCall::Remove(_)) => continue,
+            Err(_) => return None,
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let batch = next_publish(&mut sink).expect("published");
+    assert_eq!(ids(&batch[0]), ["web-1", "web-2"]);
+
+    // The canary split: the stable cluster leaves the canaries out, and the
+    // canary cluster (a name no template parses) holds them.
+    targets
+        .send(BTreeMap::from([
+            ("web".to_owned(), stable(Some("edge.canary"))),
+            (
+                "web/canary".to_owned(),
+                ClusterTarget {
+                    tag: Some("edge.canary".to_owned()),
+                    ..stable(None)
+                },
+            ),
+        ]))
+        .expect("engine listens");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut batch = next_publish(&mut sink).expect("published after the split");
+    batch.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    assert_eq!(batch.len(), 2);
+    assert_eq!(batch[0].cluster, "web");
+    assert_eq!(ids(&batch[0]), ["web-1"]);
+    assert_eq!(batch[1].cluster, "web/canary");
+    assert_eq!(ids(&batch[1]), ["web-2"]);
+    shutdown.cancel();
+    task.await.expect("engine stops");
+}

@@ -1,7 +1,18 @@
 //! Gateway mode: Envoy's whole configuration (clusters, listeners, routes)
 //! from the route table the services' tags declare.
+//!
+//! - [`candidates`]: which services may route (the catalog's tag union).
+//! - [`actor`]: reads each candidate's instance tags into declarations,
+//!   builds the table and asks the engine for the clusters it needs.
+//! - [`translate`]: the table -> Envoy's protobuf (the only protobuf here).
+//! - [`publish`]: writes it to the xDS cache make before break.
+//! - [`view`]: metrics, `/debug/routes` and the status page's data.
 
+pub mod actor;
+pub mod candidates;
+pub mod publish;
 pub mod translate;
+pub mod view;
 
 /// The Envoy cluster (and EDS resource) name of a service's stable or
 /// canary instances. A `/` never appears in a Consul service name, so

@@ -1620,6 +1620,7 @@ mod tests {
                 .map(|s| decl(s, ClusterOptions::default()))
                 .collect(),
             problems: vec![],
+            ..RouteTable::default()
         }
     }
 

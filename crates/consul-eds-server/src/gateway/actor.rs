@@ -1,0 +1,384 @@
+//! The gateway actor: catalog answers and instances in, route table and
+//! Envoy resources out.
+//!
+//! Inputs: the catalog's service list (which services may route), and from
+//! the engine each watched service's last good instances (whose tags are
+//! the routes). Outputs: the clusters the engine must feed, the resources
+//! written make-before-break (`publish`), and the status shown (`view`).
+//!
+//! Rules it keeps:
+//! - Nothing is published before the catalog answered and every candidate's
+//!   instances were read (or a bound passed): a gateway that starts while
+//!   Consul is slow serves its first table whole, not a growing one.
+//! - Consul trouble never empties the gateway: a failing or filtered catalog
+//!   read changes nothing, vanished candidates are held (`candidates`), and
+//!   a service whose instances read empty keeps its last declaration while
+//!   the catalog still lists it (its cluster then has no endpoints: 503,
+//!   not 404, because the service still exists).
+//! - Bursts are coalesced; the latest state always wins.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use route_tags::{
+    InstanceTags, ListenerSpec, Problem, RouteTable, ServiceDecl, ServiceInput, TagPrefix,
+    service_decl,
+};
+use service_support::time::sleep_until_opt;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::candidates::Candidates;
+use super::cluster_name;
+use super::publish::Publisher;
+use super::translate::{self, TranslateSettings};
+use super::view::{GatewayMetrics, GatewayStatus, GatewayView, ServiceStatus, TypeLabel};
+use crate::engine::ServiceInstances;
+use crate::model::ServiceInstance;
+use crate::naming::ClusterTarget;
+
+/// What a catalog read says.
+#[derive(Debug, Clone)]
+pub enum CatalogEvent {
+    Services {
+        services: Arc<BTreeMap<String, Vec<String>>>,
+        /// The answer does not follow on from the previous one.
+        after_reset: bool,
+    },
+    /// The read failed, or Consul said its ACLs filtered it: not believed.
+    Unbelieved { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub prefix: TagPrefix,
+    pub listeners: Vec<ListenerSpec>,
+    pub translate: TranslateSettings,
+    pub coalesce: Duration,
+    pub reset_grace: Duration,
+    /// How long the first publication waits for every candidate's first read.
+    pub first_read_bound: Duration,
+    /// How long each make-before-break step waits for Envoy's acknowledgement.
+    pub ack_timeout: Duration,
+}
+
+pub struct Gateway {
+    settings: GatewaySettings,
+    canary_tag: String,
+    candidates: Candidates,
+    instances: BTreeMap<String, Arc<Vec<ServiceInstance>>>,
+    decls: BTreeMap<String, ServiceDecl>,
+    table: RouteTable,
+    targets: watch::Sender<BTreeMap<String, ClusterTarget>>,
+    publisher: Publisher,
+    view: GatewayView,
+    metrics: GatewayMetrics,
+    catalog_read: bool,
+    published: bool,
+    started: Instant,
+    rebuild_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("services", &self.decls.len())
+            .field("routes", &self.table.route_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        settings: GatewaySettings,
+        targets: watch::Sender<BTreeMap<String, ClusterTarget>>,
+        publisher: Publisher,
+        view: GatewayView,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        let canary_tag = format!("{}.canary", settings.prefix);
+        let candidates = Candidates::new(settings.prefix.clone(), settings.reset_grace);
+        Self {
+            settings,
+            canary_tag,
+            candidates,
+            instances: BTreeMap::new(),
+            decls: BTreeMap::new(),
+            table: RouteTable::default(),
+            targets,
+            publisher,
+            view,
+            metrics,
+            catalog_read: false,
+            published: false,
+            started: Instant::now(),
+            rebuild_at: None,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(
+        mut self,
+        mut catalog: BoxStream<'static, CatalogEvent>,
+        mut instances: mpsc::UnboundedReceiver<ServiceInstances>,
+        shutdown: CancellationToken,
+    ) {
+        self.started = Instant::now();
+        self.show();
+        let mut hold_tick =
+            tokio::time::interval(self.settings.reset_grace.max(Duration::from_millis(100)) / 4);
+        hold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let rebuild_at = self.rebuild_at;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(event) = catalog.next() => self.on_catalog(event),
+                Some(read) = instances.recv() => self.on_instances(read),
+                () = sleep_until_opt(rebuild_at), if rebuild_at.is_some() => {
+                    self.rebuild_at = None;
+                    self.rebuild().await;
+                }
+                _ = hold_tick.tick() => {
+                    let expired = self.candidates.expire(Instant::now().into_std());
+                    if !expired.is_empty() {
+                        tracing::warn!(services = ?expired, "held services did not come back to the catalog; their routes are removed");
+                        self.forget(&expired);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_catalog(&mut self, event: CatalogEvent) {
+        match event {
+            CatalogEvent::Unbelieved { reason } => {
+                tracing::warn!(%reason, "catalog read not believed; the gateway keeps what it serves");
+            }
+            CatalogEvent::Services {
+                services,
+                after_reset,
+            } => {
+                self.catalog_read = true;
+                let change =
+                    self.candidates
+                        .on_catalog(&services, after_reset, Instant::now().into_std());
+                if !change.held.is_empty() {
+                    tracing::warn!(
+                        services = ?change.held,
+                        grace = ?self.settings.reset_grace,
+                        "services vanished from a catalog answer that may not be the whole truth; their routes are kept for the grace"
+                    );
+                }
+                if !change.added.is_empty() {
+                    tracing::info!(services = ?change.added, "services with route tags appeared");
+                }
+                self.forget(&change.removed);
+                self.send_targets();
+                self.mark_dirty();
+            }
+        }
+    }
+
+    fn on_instances(&mut self, read: ServiceInstances) {
+        if !self.candidates.contains(&read.service) {
+            return;
+        }
+        if !read.instances.is_empty() {
+            let tags: Vec<InstanceTags<'_>> = read
+                .instances
+                .iter()
+                .map(|instance| InstanceTags {
+                    id: &instance.id,
+                    tags: &instance.tags,
+                })
+                .collect();
+            let decl = service_decl(&self.settings.prefix, &tags);
+            self.decls.insert(read.service.clone(), decl);
+        }
+        self.instances.insert(read.service, read.instances);
+        self.mark_dirty();
+    }
+
+    fn forget(&mut self, services: &[String]) {
+        if services.is_empty() {
+            return;
+        }
+        tracing::info!(?services, "services no longer route");
+        for service in services {
+            self.instances.remove(service);
+            self.decls.remove(service);
+        }
+        self.send_targets();
+        self.mark_dirty();
+    }
+
+    fn mark_dirty(&mut self) {
+        if self.rebuild_at.is_none() {
+            self.rebuild_at = Some(Instant::now() + self.settings.coalesce);
+        }
+    }
+
+    /// Every candidate's stable cluster (whose tags must be read), and the
+    /// canary clusters of the routes that split traffic.
+    fn send_targets(&self) {
+        let split: Vec<&str> = self
+            .table
+            .clusters
+            .iter()
+            .filter(|cluster| cluster.canary && self.candidates.contains(&cluster.service))
+            .map(|cluster| cluster.service.as_str())
+            .collect();
+        let mut targets = BTreeMap::new();
+        for service in self.candidates.names() {
+            let canary = split.contains(&service);
+            targets.insert(
+                cluster_name(service, false),
+                ClusterTarget {
+                    service: service.to_owned(),
+                    tag: None,
+                    without_tag: canary.then(|| self.canary_tag.clone()),
+                    datacenter: None,
+                },
+            );
+            if canary {
+                targets.insert(
+                    cluster_name(service, true),
+                    ClusterTarget {
+                        service: service.to_owned(),
+                        tag: Some(self.canary_tag.clone()),
+                        without_tag: None,
+                        datacenter: None,
+                    },
+                );
+            }
+        }
+        self.targets.send_if_modified(|current| {
+            if *current == targets {
+                false
+            } else {
+                *current = targets;
+                true
+            }
+        });
+    }
+
+    /// Whether the first table may go out: the catalog answered and every
+    /// candidate was read, or the bound passed.
+    fn ready_for_first(&self) -> bool {
+        if !self.catalog_read {
+            return false;
+        }
+        let all_read = self
+            .candidates
+            .names()
+            .all(|service| self.instances.contains_key(service));
+        all_read || self.started.elapsed() >= self.settings.first_read_bound
+    }
+
+    async fn rebuild(&mut self) {
+        if !self.published && !self.ready_for_first() {
+            // Look again soon; the bound ends the wait.
+            self.rebuild_at = Some(Instant::now() + Duration::from_millis(100));
+            return;
+        }
+        let inputs: Vec<ServiceInput<'_>> = self
+            .decls
+            .iter()
+            .filter(|(service, _)| self.candidates.contains(service))
+            .map(|(service, decl)| ServiceInput { service, decl })
+            .collect();
+        let table = RouteTable::build(&self.settings.listeners, &inputs, &self.table);
+        self.report_new_problems(&table);
+        let previous = std::mem::replace(&mut self.table, table);
+        // The engine starts feeding a new canary cluster before a route
+        // names it; the publisher waits for its endpoints.
+        self.send_targets();
+        let resources = translate::resources(&self.table, &self.settings.translate);
+        match self.publisher.publish(&resources).await {
+            Ok(report) => {
+                for (resource_type, written) in &report.changed {
+                    if *written > 0 {
+                        self.metrics
+                            .pushes
+                            .get_or_create(&TypeLabel {
+                                r#type: resource_type,
+                            })
+                            .inc();
+                    }
+                }
+                if !report.timed_out_waits.is_empty() {
+                    self.metrics
+                        .ack_timeouts
+                        .inc_by(report.timed_out_waits.len() as u64);
+                    tracing::warn!(
+                        waits = ?report.timed_out_waits,
+                        "Envoy did not acknowledge within the bound; published anyway"
+                    );
+                }
+                if !self.published {
+                    tracing::info!(
+                        routes = self.table.route_count(),
+                        clusters = self.table.clusters.len(),
+                        "gateway published its first route table"
+                    );
+                }
+                self.published = true;
+            }
+            Err(error) => {
+                // Only a programming error gets here (a resource that does
+                // not encode); what Envoy has stays as it is.
+                tracing::error!(%error, "publishing the gateway failed; Envoy keeps the previous configuration");
+                self.table = previous;
+            }
+        }
+        self.metrics.observe(&self.table, self.decls.len());
+        self.show_with(resources.listeners_without_hosts);
+    }
+
+    fn report_new_problems(&self, table: &RouteTable) {
+        for problem in &table.problems {
+            if !self.table.problems.contains(problem) {
+                let Problem {
+                    service,
+                    tag,
+                    kind,
+                    reason,
+                } = problem;
+                tracing::warn!(%service, %tag, ?kind, %reason, "route tag not served as written");
+            }
+        }
+    }
+
+    fn show(&self) {
+        self.show_with(Vec::new());
+    }
+
+    fn show_with(&self, listeners_without_hosts: Vec<String>) {
+        let services = self
+            .candidates
+            .names()
+            .map(|service| {
+                let status = ServiceStatus {
+                    instances: self.instances.get(service).map_or(0, |list| list.len()),
+                    disagreement: self
+                        .decls
+                        .get(service)
+                        .and_then(|decl| decl.disagreement.clone()),
+                    held: self.candidates.is_held(service),
+                };
+                (service.to_owned(), status)
+            })
+            .collect();
+        self.view.set(GatewayStatus {
+            published: self.published,
+            listeners: self.settings.listeners.clone(),
+            table: self.table.clone(),
+            services,
+            listeners_without_hosts,
+        });
+    }
+}

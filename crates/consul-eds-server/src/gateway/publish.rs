@@ -1,0 +1,255 @@
+//! Writing the gateway's resources to the xDS cache, make before break.
+//!
+//! Envoy applies each type as it arrives, so the order of writes is what
+//! decides whether a request can meet a route to a cluster Envoy does not
+//! know yet (503 "no cluster"), or a cluster removed under a route still
+//! pointing at it. One change is therefore published in three steps:
+//!
+//! 1. clusters added or changed are written, old ones kept, once the cache
+//!    holds their endpoints (so Envoy's cluster warming ends with the first
+//!    EDS answer instead of waiting for its initial fetch timeout); then the
+//!    step waits until every connected Envoy acknowledged those clusters and
+//!    the endpoints sent after them;
+//! 2. listeners and routes are written (in one snapshot change);
+//! 3. once those are acknowledged, clusters no route names any more are
+//!    removed.
+//!
+//! Each wait is bounded: an Envoy that never answers (or rejects a version)
+//! delays a change by at most the bound, never stops it; the next change
+//! starts from what was written, so nothing is lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use tokio::time::Instant;
+use xds_core::{ConnectedClients, Resource, ResourceError, ResourceType, SnapshotCache};
+
+use super::translate::GatewayResources;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("encoding a {resource_type:?} resource: {source}")]
+    Encode {
+        resource_type: ResourceType,
+        #[source]
+        source: ResourceError,
+    },
+    #[error("the xDS cache refused the {resource_type:?} resources: {source}")]
+    Cache {
+        resource_type: ResourceType,
+        #[source]
+        source: xds_core::CacheError,
+    },
+}
+
+/// What one publication did, for logs, metrics and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Resources written per type (added, changed or removed).
+    pub changed: BTreeMap<&'static str, usize>,
+    /// Waits that ended at their bound instead of on an acknowledgement.
+    pub timed_out_waits: Vec<&'static str>,
+}
+
+#[derive(Debug)]
+pub struct Publisher {
+    cache: SnapshotCache,
+    clients: ConnectedClients,
+    node_key: String,
+    ack_timeout: Duration,
+    /// The clusters last written, by name.
+    clusters: BTreeMap<String, Cluster>,
+}
+
+impl Publisher {
+    pub fn new(
+        cache: SnapshotCache,
+        clients: ConnectedClients,
+        node_key: impl Into<String>,
+        ack_timeout: Duration,
+    ) -> Self {
+        Self {
+            cache,
+            clients,
+            node_key: node_key.into(),
+            ack_timeout,
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    pub async fn publish(&mut self, next: &GatewayResources) -> Result<Published, PublishError> {
+        let mut report = Published::default();
+        let next_clusters: BTreeMap<String, Cluster> = next
+            .clusters
+            .iter()
+            .map(|cluster| (cluster.name.clone(), cluster.clone()))
+            .collect();
+        let made: Vec<&String> = next_clusters
+            .iter()
+            .filter(|(name, cluster)| self.clusters.get(*name) != Some(*cluster))
+            .map(|(name, _)| name)
+            .collect();
+        let broken: Vec<String> = self
+            .clusters
+            .keys()
+            .filter(|name| !next_clusters.contains_key(*name))
+            .cloned()
+            .collect();
+
+        // 1. Make: new and changed clusters beside the old ones.
+        if !made.is_empty() || !self.cache_has(ResourceType::Cluster) {
+            let added: BTreeSet<&str> = made
+                .iter()
+                .filter(|name| !self.clusters.contains_key(name.as_str()))
+                .map(|name| name.as_str())
+                .collect();
+            if !self.endpoints_ready(&added).await {
+                report.timed_out_waits.push("endpoints in cache");
+            }
+            let mut union = self.clusters.clone();
+            union.extend(next_clusters.clone());
+            let written = self.write(ResourceType::Cluster, union.values())?;
+            report.changed.insert("cluster", written);
+            self.clusters = union;
+            if !self.acknowledged(ResourceType::Cluster).await {
+                report.timed_out_waits.push("cluster");
+            }
+            if !self.acknowledged(ResourceType::Endpoint).await {
+                report.timed_out_waits.push("endpoint");
+            }
+        }
+
+        // 2. Listeners and routes, together.
+        let listeners = encode(ResourceType::Listener, next.listeners.iter())?;
+        let routes = encode(ResourceType::Route, next.routes.iter())?;
+        let before_listeners = self.version(ResourceType::Listener);
+        let before_routes = self.version(ResourceType::Route);
+        self.cache
+            .set_snapshot(
+                &self.node_key,
+                [
+                    (ResourceType::Listener, listeners),
+                    (ResourceType::Route, routes),
+                ],
+            )
+            .map_err(|source| PublishError::Cache {
+                resource_type: ResourceType::Listener,
+                source,
+            })?;
+        if self.version(ResourceType::Listener) != before_listeners {
+            report.changed.insert("listener", 1);
+        }
+        if self.version(ResourceType::Route) != before_routes {
+            report.changed.insert("route", 1);
+        }
+
+        // 3. Break: clusters no route names any more.
+        if !broken.is_empty() {
+            if !self.acknowledged(ResourceType::Listener).await {
+                report.timed_out_waits.push("listener");
+            }
+            if !self.acknowledged(ResourceType::Route).await {
+                report.timed_out_waits.push("route");
+            }
+            let written = self.write(ResourceType::Cluster, next_clusters.values())?;
+            *report.changed.entry("cluster").or_default() += written;
+            self.clusters = next_clusters;
+        }
+        Ok(report)
+    }
+
+    fn write<'a>(
+        &self,
+        resource_type: ResourceType,
+        clusters: impl Iterator<Item = &'a Cluster>,
+    ) -> Result<usize, PublishError> {
+        let resources = encode(resource_type, clusters)?;
+        self.cache
+            .set_resources(&self.node_key, resource_type, resources)
+            .map_err(|source| PublishError::Cache {
+                resource_type,
+                source,
+            })
+    }
+
+    fn cache_has(&self, resource_type: ResourceType) -> bool {
+        self.cache
+            .snapshot(&self.node_key)
+            .is_some_and(|snapshot| snapshot.is_set(resource_type))
+    }
+
+    fn version(&self, resource_type: ResourceType) -> Option<String> {
+        self.cache
+            .snapshot(&self.node_key)
+            .map(|snapshot| snapshot.version(resource_type).to_string())
+    }
+
+    /// Waits until the engine has put the endpoints of every added cluster
+    /// in the cache: it feeds a new cluster within its coalescing window
+    /// once the service's watch has read.
+    async fn endpoints_ready(&self, added: &BTreeSet<&str>) -> bool {
+        self.poll(|| {
+            let Some(snapshot) = self.cache.snapshot(&self.node_key) else {
+                return added.is_empty();
+            };
+            added
+                .iter()
+                .all(|name| snapshot.get(ResourceType::Endpoint, name).is_some())
+        })
+        .await
+    }
+
+    /// Waits until every Envoy stream carrying `resource_type` has nothing
+    /// outstanding: it acknowledged what it was last sent, and a stream
+    /// taking the whole type (CDS, LDS) was sent the cache's version.
+    async fn acknowledged(&self, resource_type: ResourceType) -> bool {
+        // A write wakes the streams' tasks; give them a moment to send it
+        // before judging what is outstanding.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.poll(|| {
+            let Some(current) = self.version(resource_type) else {
+                return true;
+            };
+            self.clients
+                .streams()
+                .iter()
+                .filter(|stream| stream.node_key == self.node_key)
+                .filter_map(|stream| stream.types.get(&resource_type))
+                .all(|status| {
+                    let settled = status.acked_version.is_some()
+                        && status.acked_version == status.sent_version;
+                    settled
+                        && (!status.wildcard
+                            || status.sent_version.as_deref() == Some(current.as_str()))
+                })
+        })
+        .await
+    }
+
+    async fn poll(&self, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + self.ack_timeout;
+        loop {
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn encode<'a, M: xds_core::XdsResource + 'a>(
+    resource_type: ResourceType,
+    messages: impl Iterator<Item = &'a M>,
+) -> Result<Vec<Resource>, PublishError> {
+    messages
+        .map(Resource::encode)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| PublishError::Encode {
+            resource_type,
+            source,
+        })
+}
