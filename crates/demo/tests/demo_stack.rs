@@ -1,6 +1,8 @@
 //! The demo end to end: the same `demo-stack` program `cargo xtask demo`
-//! runs, for 30 s. HTTPS through Envoy presents the ACME certificate,
-//! requests succeed while backends churn (failures only the backends'
+//! runs, for 30 s. Every route comes from the backends' tags (gateway
+//! mode): HTTPS through Envoy presents the ACME certificate and reaches
+//! `web` at `/` and `api` at `/api/`, plain HTTP for the TLS host answers
+//! 308, requests succeed while backends churn (failures only the backends'
 //! deliberate 500s), and Prometheus scrapes every target.
 
 use std::path::Path;
@@ -63,6 +65,49 @@ async fn the_demo_serves_https_survives_churn_and_is_scraped() {
     let cert = dns_names(&presented);
     assert!(cert.iter().any(|n| n == "demo.test"), "{cert:?}");
     assert!(cert.iter().any(|n| n == "*.demo.test"), "{cert:?}");
+
+    // The path route of the second service, declared in its tags.
+    let (api, _) = eventually(
+        "an HTTPS answer from api",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            https_get(addr("https"), "demo.test", &root, "/api/items")
+                .await
+                .ok()
+                .filter(|(r, _)| r.status == 200)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", demo.log_tail()));
+    assert!(api.body.starts_with("api-"), "{}", api.body);
+
+    // demo.test is a TLS host: on the plain listener it redirects.
+    let plain = test_support::http_request(
+        "GET",
+        addr("http"),
+        "/cart",
+        &[("host", "demo.test")],
+        Vec::new(),
+    )
+    .await
+    .expect("plain answer");
+    assert_eq!(plain.status, 308, "{}", plain.body);
+    let location = plain
+        .headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(location.starts_with("https://demo.test"), "{location}");
+
+    // The summary shows the route table.
+    let printed = std::fs::read_to_string(&output).expect("output");
+    assert!(
+        printed.contains("routes (from the services' tags)"),
+        "{printed}"
+    );
+    assert!(printed.contains("/api"), "{printed}");
 
     // Prometheus scrapes Envoy and both services.
     let prometheus = addr("prometheus");

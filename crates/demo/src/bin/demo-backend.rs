@@ -29,8 +29,9 @@ struct Args {
     /// Consul service name the instances register under.
     #[arg(long, env = "DEMO_SERVICE", default_value = "web")]
     service: String,
-    /// Tags every instance carries (comma-separated).
-    #[arg(long, env = "DEMO_TAGS", value_delimiter = ',')]
+    /// A tag every instance carries (repeatable; route tags hold commas, so
+    /// the environment variable separates tags with `;`).
+    #[arg(long = "tag", env = "DEMO_TAGS", value_delimiter = ';')]
     tags: Vec<String>,
     /// Address the instances listen on (each on its own free port).
     #[arg(long, env = "DEMO_IP", default_value = "127.0.0.1")]

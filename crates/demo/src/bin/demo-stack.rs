@@ -1,8 +1,10 @@
 //! The whole demo on one machine, started by `cargo xtask demo`: Consul,
-//! knot (DNS with RFC 2136), pebble (ACME), envoy-acme-sds, consul-eds-server,
-//! churning demo backends, Envoy as the gateway (HTTP and HTTPS), Prometheus,
-//! and load. Prints where to look and a live summary; stops on Ctrl-C or
-//! after `--duration`. Every process dies with it.
+//! knot (DNS with RFC 2136), pebble (ACME), envoy-acme-sds, consul-eds-server
+//! in gateway mode, churning demo backends that declare their routes in
+//! tags, Envoy as the gateway (HTTP and HTTPS) from a bootstrap holding only
+//! the control-plane clusters, Prometheus, and load. Prints where to look,
+//! the route table and a live summary; stops on Ctrl-C or after
+//! `--duration`. Every process dies with it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use demo::load::{LoadPlan, run as run_load};
 use service_support::shutdown;
-use test_support::bootstrap::{control_plane_cluster, sds_tls_listener};
+use test_support::bootstrap::control_plane_cluster;
 use test_support::{
     ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, eventually, free_port,
     http_get,
@@ -37,9 +39,35 @@ struct Args {
 
 const ZONE: &str = "demo.test";
 
+/// The demo's services and the routes their tags declare (docs/gateway.md):
+/// `web` serves demo.test over TLS (plain HTTP answers 308) and any other
+/// host on the plain listener, with a circuit breaker and retries of
+/// connection failures; `api` takes demo.test/api, stripped. Backends churn,
+/// so the routes meet instances coming and going.
+const BACKENDS: &[(&str, &[&str])] = &[
+    (
+        "web",
+        &[
+            "edge.route=/ retries=2 retry_on=connect-failure,reset,refused-stream",
+            "edge.http.routes.site.host=demo.test",
+            "edge.http.routes.site.path=/",
+            "edge.http.routes.site.tls=true",
+            "edge.http.routes.site.retries=2",
+            "edge.http.routes.site.retry_on=connect-failure,reset,refused-stream",
+            "edge.cluster.max_connections=512",
+            "edge.cluster.max_pending_requests=256",
+            "edge.cluster.max_requests=512",
+        ],
+    ),
+    (
+        "api",
+        &["edge.route=demo.test/api strip=/api tls=true timeout=5s"],
+    ),
+];
+
 /// A started part, named for error messages.
 struct Part {
-    name: &'static str,
+    name: String,
     process: ManagedProcess,
 }
 
@@ -93,7 +121,7 @@ async fn main() -> Result<()> {
     let sds = loopback();
     let sds_admin = loopback();
     let mut parts = vec![Part {
-        name: "envoy-acme-sds",
+        name: "envoy-acme-sds".to_owned(),
         process: spawn(
             &bin_dir,
             "envoy-acme-sds",
@@ -126,8 +154,10 @@ async fn main() -> Result<()> {
     }];
     let eds = loopback();
     let eds_admin = loopback();
+    let http = loopback();
+    let https = loopback();
     parts.push(Part {
-        name: "consul-eds-server",
+        name: "consul-eds-server".to_owned(),
         process: spawn(
             &bin_dir,
             "consul-eds-server",
@@ -138,27 +168,32 @@ async fn main() -> Result<()> {
                 &eds.to_string(),
                 "--admin-listen",
                 &eds_admin.to_string(),
+                "--gateway",
+                "--listener",
+                &format!("web={http}"),
+                "--listener",
+                &format!("websecure={https},tls"),
             ],
             work.path(),
         )?,
     });
-    parts.push(Part {
-        name: "demo-backend",
-        process: spawn(
-            &bin_dir,
-            "demo-backend",
-            &["--consul-addr", &consul.http_url(), "--service", "web"],
-            work.path(),
-        )?,
-    });
+    let consul_url = consul.http_url();
+    for (service, tags) in BACKENDS {
+        let mut args = vec!["--consul-addr", consul_url.as_str(), "--service", service];
+        for tag in *tags {
+            args.extend(["--tag", tag]);
+        }
+        parts.push(Part {
+            name: format!("demo-backend ({service})"),
+            process: spawn_named(&bin_dir, "demo-backend", service, &args, work.path())?,
+        });
+    }
     wait_ready("consul-eds-server", eds_admin, "/readyz", &mut parts).await?;
     wait_ready("envoy-acme-sds", sds_admin, "/readyz", &mut parts).await?;
 
-    let http = loopback();
-    let https = loopback();
     let envoy = step(
         "envoy (gateway)",
-        Envoy::start(&gateway_bootstrap(eds, sds, http, https)),
+        Envoy::start(&gateway_bootstrap(eds, sds)),
     )
     .await?;
 
@@ -174,7 +209,7 @@ async fn main() -> Result<()> {
     )
     .await?;
     parts.push(Part {
-        name: "prometheus",
+        name: "prometheus".to_owned(),
         process: prometheus,
     });
 
@@ -182,9 +217,9 @@ async fn main() -> Result<()> {
     let root_file = work.path().join("pebble-root.pem");
     std::fs::write(&root_file, &root_pem)?;
     println!("demo running:");
-    println!("  gateway HTTP     http://{http}/            (Host: web)");
+    println!("  gateway HTTP     http://{http}/            (any Host but demo.test: web)");
     println!(
-        "  gateway HTTPS    https://demo.test:{}/ (resolve demo.test to 127.0.0.1; CA: {})",
+        "  gateway HTTPS    https://demo.test:{}/ and /api/ (resolve demo.test to 127.0.0.1; CA: {})",
         https.port(),
         root_file.display()
     );
@@ -195,6 +230,8 @@ async fn main() -> Result<()> {
     println!("  SDS status       http://{sds_admin}/debug/certificates");
     println!("  Consul UI        {}/ui/", consul.http_url());
     println!("  Prometheus       http://{prometheus_addr}/");
+    println!("  route table      http://{eds_admin}/ (JSON: http://{eds_admin}/debug/routes)");
+    print_routes(eds_admin).await;
     if let Some(path) = &args.state_file {
         let state = serde_json::json!({
             "http": http.to_string(),
@@ -267,6 +304,19 @@ fn loopback() -> SocketAddr {
 }
 
 fn spawn(bin_dir: &Path, name: &str, args: &[&str], work: &Path) -> Result<ManagedProcess> {
+    spawn_named(bin_dir, name, name, args, work)
+}
+
+/// Spawns `program`, logging to `<log_name>.log` (several processes may run
+/// one program).
+fn spawn_named(
+    bin_dir: &Path,
+    program: &str,
+    log_name: &str,
+    args: &[&str],
+    work: &Path,
+) -> Result<ManagedProcess> {
+    let name = program;
     let binary = bin_dir.join(name);
     if !binary.exists() {
         bail!(
@@ -275,7 +325,7 @@ fn spawn(bin_dir: &Path, name: &str, args: &[&str], work: &Path) -> Result<Manag
         );
     }
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let log = work.join(format!("{name}.log"));
+    let log = work.join(format!("{log_name}.log"));
     let process = ManagedProcess::spawn(
         name,
         &binary,
@@ -383,58 +433,81 @@ async fn start_prometheus(
     Ok(process)
 }
 
-/// The gateway: HTTP to the `web` cluster (EDS), HTTPS with the demo
-/// certificate (SDS) to the same cluster.
-fn gateway_bootstrap(
-    eds: SocketAddr,
-    sds: SocketAddr,
-    http: SocketAddr,
-    https: SocketAddr,
-) -> String {
-    let grpc = |cluster: &str| {
-        format!(
-            "{{ resource_api_version: V3, api_config_source: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: {cluster} }} }}] }} }}"
-        )
-    };
-    let xds_cluster = |name: &str, addr: SocketAddr| control_plane_cluster(name, addr, "");
-    let hcm = |prefix: &str| {
-        format!(
-            r#"      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {prefix}
-          route_config:
-            virtual_hosts:
-            - name: web
-              domains: ["*"]
-              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: web, retry_policy: {{ retry_on: "connect-failure,reset,refused-stream", num_retries: 3 }} }} }}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-        )
-    };
+/// The route table as the server shows it, one line per route: what an
+/// operator sees on the status page, for the terminal.
+async fn print_routes(eds_admin: SocketAddr) {
+    let table = eventually(
+        "the route table",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let body = http_get(eds_admin, "/debug/routes").await.ok()?.body;
+            let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let routes = route_lines(&json);
+            // Both services' routes are in once each has been read.
+            (routes.iter().any(|l| l.contains("-> api"))
+                && routes.iter().any(|l| l.contains("-> web")))
+            .then_some(routes)
+        },
+    )
+    .await;
+    match table {
+        Ok(lines) => {
+            println!("  routes (from the services' tags):");
+            for line in lines {
+                println!("    {line}");
+            }
+        }
+        Err(error) => println!("  routes: not read ({error})"),
+    }
+}
+
+fn route_lines(routes: &serde_json::Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for listener in routes["listeners"].as_array().into_iter().flatten() {
+        let name = listener["listener"]["name"].as_str().unwrap_or("?");
+        for vhost in listener["virtual_hosts"].as_array().into_iter().flatten() {
+            let host = vhost["host"]["name"].as_str().unwrap_or("*");
+            for route in vhost["routes"].as_array().into_iter().flatten() {
+                let path = route["path"]["value"].as_str().unwrap_or("?");
+                let target = match route["action"]["kind"].as_str() {
+                    Some("forward") => route["action"]["backends"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|b| b["service"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Some("redirect_to_https") => "308 to https".to_owned(),
+                    Some(other) => other.to_owned(),
+                    None => "?".to_owned(),
+                };
+                let arrow = if route["action"]["kind"] == "forward" {
+                    "-> "
+                } else {
+                    ""
+                };
+                lines.push(format!("{name:<10} {host:<12} {path:<8} {arrow}{target}"));
+            }
+        }
+    }
+    lines
+}
+
+/// The gateway's bootstrap: only the node and the two control-plane
+/// clusters (docs/envoy/gateway.yaml). Listeners, routes and clusters come
+/// from consul-eds-server over ADS; certificates from envoy-acme-sds.
+fn gateway_bootstrap(eds: SocketAddr, sds: SocketAddr) -> String {
     format!(
         r#"node: {{ id: demo-gateway, cluster: demo-gateway }}
+dynamic_resources:
+  ads_config: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}] }}
+  cds_config: {{ resource_api_version: V3, ads: {{}} }}
+  lds_config: {{ resource_api_version: V3, ads: {{}} }}
 static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: {http_ip}, port_value: {http_port} }} }}
-    filter_chains:
-    - filters:
-{http_hcm}{https_listener}{https_hcm}  clusters:
-  - name: web
-    type: EDS
-    connect_timeout: 1s
-    eds_cluster_config: {{ eds_config: {eds_source} }}
-{eds_cluster}{sds_cluster}"#,
-        http_ip = http.ip(),
-        http_port = http.port(),
-        https_listener = sds_tls_listener("https", https, "demo.test", &grpc("sds")),
-        http_hcm = hcm("http"),
-        https_hcm = hcm("https"),
-        eds_source = grpc("eds"),
-        eds_cluster = xds_cluster("eds", eds),
-        sds_cluster = xds_cluster("sds", sds),
+  clusters:
+{xds_cluster}{sds_cluster}"#,
+        xds_cluster = control_plane_cluster("xds", eds, ""),
+        sds_cluster = control_plane_cluster("sds", sds, ""),
     )
 }
