@@ -164,7 +164,11 @@ fn routes_section(status: &GatewayStatus, counts: &BTreeMap<String, EndpointCoun
                     rows,
                     "<tr><td>{label}</td><td>{}{}</td><td>{}</td><td>{target}</td><td class=\"dim\">{}</td></tr>",
                     escape(&host.host.to_string()),
-                    if host.tls { " 🔒" } else { "" },
+                    if host.tls {
+                        " <span class=\"tls\">TLS</span>"
+                    } else {
+                        ""
+                    },
                     escape(&route.path.to_string()),
                     escape(&route.route_name),
                 );
@@ -249,7 +253,7 @@ fn status_page(state: &ServedState, gateway: Option<&GatewayView>) -> AdminRespo
     AdminResponse::html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>consul-eds-server</title>\
          <style>body{{font-family:sans-serif}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;vertical-align:top;text-align:left}}\
-         .dim{{color:#777}}.ok{{color:#176f2c}}.bad{{color:#b3261e;font-weight:bold}}tr.problem td{{background:#fdecea}}</style></head>\
+         .dim{{color:#777}}.tls{{font-size:75%;background:#e8f0fe;color:#1a4fa0;padding:1px 4px;border-radius:3px}}.ok{{color:#176f2c}}.bad{{color:#b3261e;font-weight:bold}}tr.problem td{{background:#fdecea}}</style></head>\
          <body><h1>consul-eds-server</h1><p>Status: <b>{readiness}</b> · \
          <a href=\"/debug/snapshot\">snapshot JSON</a>{routes_link} · <a href=\"/metrics\">metrics</a></p>\
          {routes}<h2>Clusters</h2>\
@@ -352,6 +356,83 @@ mod tests {
                 "priority": 0,
                 "reason": "checks passing",
             }])
+        );
+    }
+
+    #[test]
+    fn gateway_mode_shows_the_route_table_and_what_is_not_served() {
+        use crate::gateway::view::{GatewayStatus, GatewayView};
+        use route_tags::{InstanceTags, ListenerSpec, RouteTable, ServiceInput, TagPrefix};
+        let prefix = TagPrefix::new("edge").expect("prefix");
+        let decl = |tags: &[&str]| {
+            let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+            route_tags::service_decl(
+                &prefix,
+                &[InstanceTags {
+                    id: "i-1",
+                    tags: &tags,
+                }],
+            )
+        };
+        let shop = decl(&["edge.route=shop.test/ tls=true"]);
+        let bad = decl(&["edge.route=bad.test/ timeout=<soon>"]);
+        let listeners = [
+            "web=127.0.0.1:80".parse::<ListenerSpec>().expect("spec"),
+            "websecure=127.0.0.1:443,tls".parse().expect("spec"),
+        ];
+        let table = RouteTable::build(
+            &listeners,
+            &[
+                ServiceInput {
+                    service: "shop",
+                    decl: &shop,
+                },
+                ServiceInput {
+                    service: "bad",
+                    decl: &bad,
+                },
+            ],
+            &RouteTable::default(),
+        );
+        let view = GatewayView::default();
+        view.set(GatewayStatus {
+            published: true,
+            listeners: listeners.to_vec(),
+            table,
+            ..GatewayStatus::default()
+        });
+        let state = ServedState::default();
+        let admin = EdsAdmin::new(state.clone()).with_gateway(view);
+        let page = admin.route("/").expect("page").body;
+        assert!(page.contains("<h2>Routes</h2>"), "{page}");
+        assert!(
+            page.contains("308 to https"),
+            "the plain listener redirects: {page}"
+        );
+        assert!(
+            page.contains("shop <span class=\"bad\">0/0 healthy</span>"),
+            "no endpoint is shown as bad: {page}"
+        );
+        assert!(
+            page.contains("class=\"problem\""),
+            "the bad tag is highlighted"
+        );
+        assert!(
+            page.contains("timeout=&lt;soon&gt;"),
+            "tags are escaped: {page}"
+        );
+        let routes: serde_json::Value =
+            serde_json::from_str(&admin.route("/debug/routes").expect("json").body).expect("JSON");
+        assert_eq!(routes["problems"][0]["service"], "bad");
+        assert_eq!(routes["problems"][0]["kind"]["kind"], "invalid_tag");
+        assert_eq!(routes["listeners"][1]["listener"]["name"], "websecure");
+        // Without --gateway there is no route table to show.
+        assert_eq!(
+            EdsAdmin::new(state)
+                .route("/debug/routes")
+                .expect("answer")
+                .status,
+            404
         );
     }
 }
