@@ -1,4 +1,8 @@
-# consul-eds-server: Consul health -> Envoy EDS.
+# consul-eds-server: Consul health -> Envoy EDS, in gateway mode: Envoy's
+# listeners, routes and clusters too, from the route tags of the Consul
+# services (docs/gateway.md; sample-app.nomad.hcl is a job that declares its
+# route). The gateway's listeners are declared here, like Traefik's
+# entrypoints: Envoy binds them on its own node.
 #
 # Deployable alone. Envoy gateways on other nodes reach it on the `xds` port,
 # so xDS is served only over mutual TLS: the gateways present a client
@@ -24,10 +28,20 @@ variable "image" {
   default = "ghcr.io/envoy-consul-gateway/consul-eds-server:0.1.0"
 }
 
-# The Consul services Envoy may ask for (the gateway job's clusters).
+# Further Consul services an Envoy may ask for by cluster name (EDS of a
+# hand-written cluster). Routed services need no entry: their tags are
+# read from Consul, never from a client.
 variable "services" {
   type    = list(string)
   default = ["web"]
+}
+
+# Envoy's listeners: NAME=HOST:PORT, `,tls` for HTTPS (routes pick them by
+# NAME with `listener=`; a route without it is served on every listener its
+# TLS setting allows).
+variable "listeners" {
+  type    = list(string)
+  default = ["web=0.0.0.0:80", "websecure=0.0.0.0:443,tls"]
 }
 
 variable "consul_http_addr" {
@@ -110,6 +124,8 @@ job "consul-eds-server" {
           "--consul-addr", var.consul_http_addr,
           "--consul-token-file", "${NOMAD_SECRETS_DIR}/consul-token",
           "--log-format", "json",
+          "--gateway",
+          "--listener", join(";", var.listeners),
         ]
       }
 

@@ -1,6 +1,9 @@
-# The Envoy gateway: endpoints from consul-eds-server (EDS over ADS),
-# certificates from envoy-acme-sds (SDS). It replaces nginx + consul-template:
-# no reload on any change.
+# The Envoy gateway: listeners, routes, clusters and endpoints from
+# consul-eds-server in gateway mode (over ADS, built from the services' own
+# tags: see sample-app.nomad.hcl and docs/gateway.md), certificates from
+# envoy-acme-sds (SDS, asked for by each TLS host's name). It replaces
+# nginx + consul-template: no reload on any change, and a new job is routed
+# with no change here.
 #
 # The bootstrap lists the control planes' current instances through the
 # template's Consul service lookups. Envoy keeps its last configuration while
@@ -26,18 +29,6 @@ variable "datacenters" {
 variable "envoy_image" {
   type    = string
   default = "envoyproxy/envoy:v1.40.0"
-}
-
-# Clusters the gateway routes to, named after Consul services.
-variable "services" {
-  type    = list(string)
-  default = ["web"]
-}
-
-# The SDS secret name (envoy-acme-sds: the first domain of the certificate).
-variable "certificate_secret" {
-  type    = string
-  default = "example.com"
 }
 
 job "envoy-gateway" {
@@ -116,59 +107,25 @@ dynamic_resources:
     api_type: GRPC
     transport_api_version: V3
     grpc_services: [{ envoy_grpc: { cluster_name: eds } }]
+  cds_config: { resource_api_version: V3, ads: {} }
+  lds_config: { resource_api_version: V3, ads: {} }
+# Shed load before the kernel kills the task (memory = 256 below).
+overload_manager:
+  refresh_interval: 0.25s
+  resource_monitors:
+  - name: envoy.resource_monitors.fixed_heap
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig
+      max_heap_size_bytes: 201326592  # 192 MiB
+  actions:
+  - name: envoy.overload_actions.shrink_heap
+    triggers: [{ name: envoy.resource_monitors.fixed_heap, threshold: { value: 0.90 } }]
+  - name: envoy.overload_actions.stop_accepting_requests
+    triggers: [{ name: envoy.resource_monitors.fixed_heap, threshold: { value: 0.95 } }]
 static_resources:
   listeners:
-  - name: http
-    address: { socket_address: { address: 0.0.0.0, port_value: 80 } }
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          route_config:
-            virtual_hosts:
-            - name: redirect
-              domains: ["*"]
-              routes: [{ match: { prefix: "/" }, redirect: { https_redirect: true } }]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-  - name: https
-    address: { socket_address: { address: 0.0.0.0, port_value: 443 } }
-    filter_chains:
-    - transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificate_sds_secret_configs:
-            - name: ${var.certificate_secret}
-              sds_config:
-                resource_api_version: V3
-                api_config_source:
-                  api_type: GRPC
-                  transport_api_version: V3
-                  grpc_services: [{ envoy_grpc: { cluster_name: sds } }]
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: https
-          route_config:
-            virtual_hosts:
-%{ for service in var.services ~}
-            - name: ${service}
-              domains: ["${service}.*"]
-              routes:
-              - match: { prefix: "/" }
-                route:
-                  cluster: ${service}
-                  retry_policy: { retry_on: "connect-failure,reset,refused-stream", num_retries: 2 }
-%{ endfor ~}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  # Envoy's own listeners: the metrics pass-through only. The gateway's
+  # listeners (web :80, websecure :443), routes and clusters come over ADS.
   - name: metrics
     address: { socket_address: { address: {{ env "NOMAD_IP_metrics" }}, port_value: {{ env "NOMAD_PORT_metrics" }} } }
     filter_chains:
@@ -190,15 +147,6 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
   clusters:
-%{ for service in var.services ~}
-  - name: ${service}
-    type: EDS
-    connect_timeout: 1s
-    eds_cluster_config: { eds_config: { resource_api_version: V3, ads: {} } }
-    circuit_breakers:
-      thresholds: [{ max_connections: 4096, max_pending_requests: 1024, max_requests: 4096, max_retries: 16 }]
-    outlier_detection: { consecutive_5xx: 5, base_ejection_time: 10s, max_ejection_percent: 50 }
-%{ endfor ~}
   - name: admin
     type: STATIC
     connect_timeout: 1s

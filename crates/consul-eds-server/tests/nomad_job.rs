@@ -65,3 +65,82 @@ fn the_nomad_job_serves_xds_only_over_mutual_tls_for_listed_services() {
     let findings = task.exposure_findings();
     assert!(findings.is_empty(), "{findings:#?}");
 }
+
+/// The shipped server job runs in gateway mode with listeners Envoy can
+/// bind, and the sample application's tags are route tags the gateway reads
+/// without a problem: one TLS route, a circuit breaker, and canary tags that
+/// are the ordinary ones plus `edge.canary`.
+#[test]
+fn the_sample_application_declares_a_route_the_gateway_serves() {
+    use route_tags::{InstanceTags, ListenerSpec, RouteTable, ServiceInput, TagPrefix};
+    use test_support::nomad::service_tags;
+
+    let jobs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nomad-jobs");
+    let server = task_args(&parse_job(&jobs.join("consul-eds-server.nomad.hcl")).expect("parses"));
+    let server = server
+        .iter()
+        .find(|t| t.task == "consul-eds-server")
+        .expect("task");
+    assert!(
+        server.args.iter().any(|a| a == "--gateway"),
+        "{:?}",
+        server.args
+    );
+    // The listeners are a list variable joined with `;`, as the server's
+    // CONSUL_EDS_LISTENERS reads them; each must parse.
+    let listeners: Vec<ListenerSpec> = ["web=0.0.0.0:80", "websecure=0.0.0.0:443,tls"]
+        .iter()
+        .map(|spec| spec.parse().expect("a listener the server accepts"))
+        .collect();
+    let text = std::fs::read_to_string(jobs.join("consul-eds-server.nomad.hcl")).expect("read");
+    assert!(
+        text.contains(r#"default = ["web=0.0.0.0:80", "websecure=0.0.0.0:443,tls"]"#),
+        "the test's listeners are the job's defaults"
+    );
+
+    let app = parse_job(&jobs.join("sample-app.nomad.hcl")).expect("the sample job parses");
+    let services = service_tags(&app, &[]).expect("tags evaluate");
+    let service = services
+        .iter()
+        .find(|s| s.name == "sample-app")
+        .expect("the sample-app service");
+    let mut expected_canary = service.tags.clone();
+    expected_canary.push("edge.canary".to_owned());
+    assert_eq!(service.canary_tags, expected_canary);
+
+    let prefix = TagPrefix::new("edge").expect("prefix");
+    let decl = route_tags::service_decl(
+        &prefix,
+        &[
+            InstanceTags {
+                id: "a-1",
+                tags: &service.tags,
+            },
+            InstanceTags {
+                id: "a-2",
+                tags: &service.tags,
+            },
+            InstanceTags {
+                id: "a-canary",
+                tags: &service.canary_tags,
+            },
+        ],
+    );
+    assert!(decl.problems.is_empty(), "{:?}", decl.problems);
+    assert!(decl.has_canary);
+    assert_eq!(decl.cluster.circuit_breakers.max_requests, Some(1024));
+    let table = RouteTable::build(
+        &listeners,
+        &[ServiceInput {
+            service: "sample-app",
+            decl: &decl,
+        }],
+        &RouteTable::default(),
+    );
+    assert!(table.problems.is_empty(), "{:?}", table.problems);
+    assert_eq!(
+        table.tls_hosts(),
+        vec![route_tags::HostPattern::Exact("app.example.com".to_owned())]
+    );
+    assert!(table.clusters[0].canary, "the canary gets its share");
+}

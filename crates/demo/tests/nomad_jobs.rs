@@ -51,16 +51,14 @@ fn the_gateway_job_passes_envoy_real_flags() {
 /// loopback.
 #[test]
 fn the_gateway_bootstrap_is_valid_and_reaches_the_control_planes_over_mtls() {
-    use test_support::nomad::{Value, render_template_data};
+    use test_support::nomad::render_template_data;
 
     let body = parse_job(&job("envoy-gateway.nomad.hcl")).expect("parses");
     let rendered = render_template_data(
         &body,
         "/envoy.yaml",
-        &[
-            ("services", Value::Array(vec!["web".into(), "api".into()])),
-            ("certificate_secret", "example.com".into()),
-        ],
+        // Gateway mode: the bootstrap names no service or certificate.
+        &[],
     )
     .expect("the bootstrap template renders");
 

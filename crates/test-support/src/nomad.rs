@@ -193,6 +193,74 @@ fn all_blocks<'a>(body: &'a Body, identifier: &str) -> Vec<&'a Block> {
     found
 }
 
+/// A `service` block's tags, evaluated as Nomad would (`${var.*}` from the
+/// job's variable defaults, overridden by `vars`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTags {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub canary_tags: Vec<String>,
+}
+
+/// Every `service` block of a job, its tags evaluated.
+pub fn service_tags(body: &Body, vars: &[(&str, Value)]) -> Result<Vec<ServiceTags>> {
+    use hcl::eval::Evaluate;
+
+    let mut known: hcl::Map<String, Value> = hcl::Map::new();
+    for variable in blocks(body, "variable") {
+        if let Some(default) = attribute(variable.body(), "default") {
+            let value =
+                default
+                    .evaluate(&hcl::eval::Context::new())
+                    .map_err(|e| HarnessError::Parse {
+                        path: label(variable).into(),
+                        reason: format!("variable default does not evaluate: {e}"),
+                    })?;
+            known.insert(label(variable), value);
+        }
+    }
+    for (name, value) in vars {
+        known.insert((*name).to_owned(), value.clone());
+    }
+    let mut context = hcl::eval::Context::new();
+    context.declare_var("var", Value::Object(known));
+    let list = |block: &Block, key: &str| -> Result<Vec<String>> {
+        let Some(expression) = attribute(block.body(), key) else {
+            return Ok(Vec::new());
+        };
+        match expression.evaluate(&context) {
+            Ok(Value::Array(items)) => Ok(items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                })
+                .collect()),
+            Ok(other) => Err(HarnessError::Parse {
+                path: key.into(),
+                reason: format!("`{key}` is not a list: {other:?}"),
+            }),
+            Err(error) => Err(HarnessError::Parse {
+                path: key.into(),
+                reason: format!("`{key}` does not evaluate: {error}"),
+            }),
+        }
+    };
+    let mut found = Vec::new();
+    for service in all_blocks(body, "service") {
+        let name = attribute(service.body(), "name")
+            .and_then(|name| name.evaluate(&context).ok())
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        found.push(ServiceTags {
+            name,
+            tags: list(service, "tags")?,
+            canary_tags: list(service, "canary_tags")?,
+        });
+    }
+    Ok(found)
+}
+
 /// Parses a job file; an HCL error names the file and the position.
 pub fn parse_job(path: &Path) -> Result<Body> {
     let text = std::fs::read_to_string(path).map_err(HarnessError::io(path))?;

@@ -354,12 +354,10 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             let plan = ClusterPlan::new(target, &self.settings.failover_dcs);
             wanted.insert(cluster.clone(), plan);
         }
+        // The gateway's clusters come from Consul's own tags, not from what
+        // a client asks for: `--services` (which bounds what clients can
+        // make the server watch) does not apply to them.
         for (cluster, target) in &self.gateway_targets {
-            if !self.settings.allowed_services.is_empty()
-                && !self.settings.allowed_services.contains(&target.service)
-            {
-                continue;
-            }
             let plan = ClusterPlan::new(target.clone(), &self.settings.failover_dcs);
             wanted.insert(cluster.clone(), plan);
         }

@@ -448,7 +448,9 @@ async fn gateway_targets_are_fed_unasked_and_their_instances_reported() {
         naming: ClusterNaming::new("{service}").expect("template"),
         policy: HealthPolicy::default(),
         failover_dcs: vec![],
-        allowed_services: BTreeSet::new(),
+        // `--services` bounds what clients may ask for, not what Consul's
+        // own tags route.
+        allowed_services: BTreeSet::from(["other".to_owned()]),
         coalesce: Duration::from_millis(5),
         reset_grace: Duration::from_secs(10),
     };

@@ -80,7 +80,14 @@ async fn main() -> Result<()> {
         .parse()
         .with_context(|| format!("--consul-addr `{}`", args.consul_addr))?;
     let client = Client::new(config).context("building the Consul client")?;
-    let registrar = ConsulRegistrar::new(client, args.service.clone()).with_tags(args.tags.clone());
+    // A folded YAML value leaves spaces around the `;` of DEMO_TAGS.
+    let tags: Vec<String> = args
+        .tags
+        .iter()
+        .map(|tag| tag.trim().to_owned())
+        .filter(|tag| !tag.is_empty())
+        .collect();
+    let registrar = ConsulRegistrar::new(client, args.service.clone()).with_tags(tags);
     let mut churner = Churner::new(
         ChurnPlan {
             id_prefix: args.service.clone(),
