@@ -138,6 +138,13 @@ impl Protocol for Delta {
         Ok(())
     }
 
+    fn next_wake(&self) -> Option<std::time::Instant> {
+        self.types
+            .values()
+            .filter_map(|state| state.tracker.next_wake())
+            .min()
+    }
+
     fn next_response(&mut self, snapshot: &Snapshot) -> Option<DeltaResponse> {
         for (resource_type, state) in &mut self.types {
             let type_snapshot = snapshot.of_type(*resource_type);

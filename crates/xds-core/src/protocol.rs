@@ -36,6 +36,10 @@ pub(crate) trait Protocol: Send + 'static {
 
     /// The next response due, if any.
     fn next_response(&mut self, snapshot: &Snapshot) -> Option<Self::Response>;
+
+    /// When a response falls due with no request or cache change to wake
+    /// the stream (a deferred empty assignment), if one does.
+    fn next_wake(&self) -> Option<std::time::Instant>;
 }
 
 /// A request of either protocol variant.

@@ -140,6 +140,13 @@ impl Protocol for Sotw {
         Ok(())
     }
 
+    fn next_wake(&self) -> Option<std::time::Instant> {
+        self.types
+            .values()
+            .filter_map(|state| state.tracker.next_wake())
+            .min()
+    }
+
     fn next_response(&mut self, snapshot: &Snapshot) -> Option<SotwResponse> {
         for (resource_type, state) in &mut self.types {
             if state.awaiting_reply {

@@ -83,9 +83,14 @@ impl<P: Protocol> Driver<P> {
             {
                 return Some(Ok(response));
             }
+            let wake = self
+                .protocol
+                .next_wake()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 () = self.parts.drain.cancelled() => {}
+                () = sleep_until_opt(wake), if wake.is_some() => {}
                 request = self.requests.next() => match request {
                     Some(Ok(request)) => {
                         if let Err(status) = self.handle(request) {
@@ -134,6 +139,13 @@ impl<P: Protocol> Driver<P> {
             self.watching = true;
         }
         self.protocol.on_request(request, &self.snapshot)
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -18,9 +18,13 @@
 //! Absent resources are where protocols and safety meet:
 //! - A requested cluster with no endpoints in the cache gets an empty
 //!   assignment if the client holds nothing for it, so Envoy never waits for
-//!   `initial_fetch_timeout`; if the client already holds endpoints for it
-//!   (it reconnected), "absent" means "not known yet", and its endpoints are
-//!   left alone rather than emptied.
+//!   `initial_fetch_timeout` (15 s); but only after [`STAND_IN_DELAY`]: an
+//!   Envoy that connects before the application's first read of that
+//!   cluster (a replica that has not heard from Consul yet) is answered with
+//!   the real endpoints the moment they arrive, instead of warming with none
+//!   and answering 503 until the next change. If the client already holds
+//!   endpoints for it (it reconnected), "absent" means "not known yet", and
+//!   its endpoints are left alone rather than emptied.
 //! - Other types are only ever reported removed (delta, or a full-state
 //!   SotW response) once the application has set the type at least once
 //!   since the server started: an unset type is unknown, not empty, so a
@@ -28,12 +32,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cache::TypeSnapshot;
 use crate::resource::{Resource, ResourceType};
 use crate::subscription::Subscription;
 use crate::version::Version;
+
+/// How long a requested cluster the cache does not know waits for its
+/// first real data before it is answered with an empty assignment: well
+/// inside Envoy's 15 s `initial_fetch_timeout`, long enough for a first
+/// Consul read.
+pub(crate) const STAND_IN_DELAY: Duration = Duration::from_secs(2);
 
 /// What the client holds of one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +112,10 @@ pub(crate) struct Tracker {
     before_last: Vec<(Arc<str>, Option<Held>)>,
     /// The resources of a rejected response, at the versions rejected.
     rejected: HashMap<Arc<str>, Version>,
+    /// Requested clusters absent from the cache, each with the moment it is
+    /// answered with an empty assignment unless real data arrives first.
+    stand_ins_due: HashMap<Arc<str>, Instant>,
+    stand_in_delay: Duration,
 }
 
 impl Tracker {
@@ -116,7 +130,20 @@ impl Tracker {
             resumed_version: None,
             before_last: Vec::new(),
             rejected: HashMap::new(),
+            stand_ins_due: HashMap::new(),
+            stand_in_delay: STAND_IN_DELAY,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_stand_in_delay(mut self, delay: Duration) -> Self {
+        self.stand_in_delay = delay;
+        self
+    }
+
+    /// When the next deferred empty assignment falls due, if one waits.
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        self.stand_ins_due.values().min().copied()
     }
 
     /// A state-of-the-world client's first request. An empty `version_info`
@@ -189,6 +216,7 @@ impl Tracker {
         for name in names {
             self.held.remove(name);
             self.must_answer.remove(name);
+            self.stand_ins_due.remove(name);
         }
         if self.mode == Mode::SotwFullState && !names.is_empty() {
             self.answer_all = true;
@@ -205,7 +233,10 @@ impl Tracker {
 
     /// Whether `snapshot` may hold something this client has not seen.
     pub(crate) fn is_behind(&self, snapshot: &TypeSnapshot) -> bool {
-        self.synced != Some(snapshot.generation) || !self.must_answer.is_empty() || self.answer_all
+        self.synced != Some(snapshot.generation)
+            || !self.must_answer.is_empty()
+            || self.answer_all
+            || self.next_wake().is_some_and(|due| due <= Instant::now())
     }
 
     /// Compares the client with the snapshot. Returns `None` when nothing
@@ -241,12 +272,39 @@ impl Tracker {
         }
         candidates.extend(&must_answer);
         candidates.extend(&released);
+        let now = Instant::now();
+        let due: Vec<Arc<str>> = self
+            .stand_ins_due
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        candidates.extend(&due);
         let mut seen: HashSet<&str> = HashSet::with_capacity(candidates.len());
+        let mut deferred = Vec::new();
         for name in candidates {
             if seen.insert(name) {
-                self.plan_one(name, snapshot, subscription, &must_answer, &mut plan);
+                self.plan_one(
+                    name,
+                    snapshot,
+                    subscription,
+                    &must_answer,
+                    now,
+                    &mut deferred,
+                    &mut plan,
+                );
             }
         }
+        for name in deferred {
+            self.stand_ins_due
+                .entry(name)
+                .or_insert(now + self.stand_in_delay);
+        }
+        for resource in &plan.upserts {
+            self.stand_ins_due.remove(resource.shared_name());
+        }
+        self.stand_ins_due
+            .retain(|name, _| !snapshot.resources.contains_key(name) && subscription.wants(name));
         self.synced = Some(snapshot.generation);
         if caused_by_write {
             plan.after_write = Some(snapshot.written_at.elapsed());
@@ -301,12 +359,15 @@ impl Tracker {
         self.answer_all = false;
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn plan_one(
         &self,
         name: &Arc<str>,
         snapshot: &TypeSnapshot,
         subscription: &Subscription,
         must_answer: &HashSet<Arc<str>>,
+        now: Instant,
+        deferred: &mut Vec<Arc<str>>,
         plan: &mut Plan,
     ) {
         let held = self.held.get(name);
@@ -326,7 +387,16 @@ impl Tracker {
             }
             None if self.resource_type == ResourceType::Endpoint => {
                 if held.is_none() && subscription.names_explicitly(name) {
-                    plan.upserts.push(Resource::empty_assignment(name));
+                    let due = self
+                        .stand_ins_due
+                        .get(name)
+                        .copied()
+                        .unwrap_or(now + self.stand_in_delay);
+                    if due <= now {
+                        plan.upserts.push(Resource::empty_assignment(name));
+                    } else {
+                        deferred.push(name.clone());
+                    }
                 }
             }
             None => {
@@ -504,6 +574,8 @@ mod tests {
     #[test]
     fn unknown_requested_clusters_get_an_empty_assignment_once() {
         let mut f = Fixture::new(ResourceType::Endpoint, Mode::SotwPartial);
+        f.tracker = Tracker::new(ResourceType::Endpoint, Mode::SotwPartial)
+            .with_stand_in_delay(Duration::ZERO);
         f.start_sotw(&["missing"], "");
         assert_eq!(
             f.send(ResourceType::Endpoint),
@@ -516,6 +588,38 @@ mod tests {
             f.send(ResourceType::Endpoint),
             Some((vec!["missing".to_owned()], vec![]))
         );
+    }
+
+    #[test]
+    fn an_unknown_cluster_waits_for_its_first_real_data_then_for_the_bound() {
+        {
+            let mode = Mode::SotwPartial;
+            let mut f = Fixture::new(ResourceType::Endpoint, mode);
+            f.tracker = Tracker::new(ResourceType::Endpoint, mode)
+                .with_stand_in_delay(Duration::from_millis(200));
+            f.start_sotw(&["web", "gone"], "");
+            // Not answered empty at once: the application may be reading it.
+            assert_eq!(f.send(ResourceType::Endpoint), None, "{mode:?}");
+            let wake = f.tracker.next_wake().expect("a stand-in is due later");
+            assert!(wake > Instant::now());
+            // The real data arrives within the bound: it is the first answer.
+            f.set_endpoints(&[assignment("web", 2)]);
+            assert_eq!(
+                f.send(ResourceType::Endpoint),
+                Some((vec!["web".to_owned()], vec![])),
+                "{mode:?}"
+            );
+            // `gone` never arrives: once the bound passes, it gets the stand-in.
+            std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+            let snapshot = f.snapshot(ResourceType::Endpoint);
+            assert!(f.tracker.is_behind(&snapshot));
+            assert_eq!(
+                f.send(ResourceType::Endpoint),
+                Some((vec!["gone".to_owned()], vec![])),
+                "{mode:?}"
+            );
+            assert_eq!(f.tracker.next_wake(), None, "nothing else is due");
+        }
     }
 
     #[test]
