@@ -1,0 +1,808 @@
+//! Every route and cluster key of gateway mode, shown by what a real Envoy
+//! does with requests: real Consul 1.8.7, the real server with `--gateway`,
+//! a real Envoy with the small ADS bootstrap. No assertion reads the
+//! configuration Envoy was sent; each one is a response, a header or one of
+//! Envoy's own counters.
+//!
+//! One gateway per test function; the services of a function are registered
+//! together so that their routes settle at the same time.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::EdsServer;
+use consul_client::{AgentCheck, AgentServiceRegistration, CheckStatus, Client, ClientConfig};
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    Secret, TlsCertificate, secret,
+};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use test_support::bootstrap::control_plane_cluster;
+use test_support::{
+    Backend, ConsulAgent, Envoy, HttpResponse, TestCa, eventually, free_port, http_request,
+    https_get,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use xds_core::{Listen, SharedKey, SnapshotCache, XdsServer};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// The gateway under test
+// ---------------------------------------------------------------------------
+
+struct Gateway {
+    _consul: ConsulAgent,
+    client: Client,
+    eds: EdsServer,
+    envoy: Envoy,
+    web: SocketAddr,
+    /// The TLS listener, when the gateway has one.
+    websecure: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// A gateway with the plain listener `web` and, when `sds` is given, the
+    /// TLS listener `websecure` whose certificates Envoy asks `sds` for.
+    async fn start(sds: Option<SocketAddr>) -> Self {
+        let consul = ConsulAgent::start().await.expect("consul");
+        let address: consul_client::config::Address = consul.http_url().parse().expect("address");
+        let client = Client::new(ClientConfig::new(address)).expect("client");
+
+        let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let websecure = sds.map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let mut args = vec![
+            "--gateway".to_owned(),
+            "--listener".to_owned(),
+            format!("web={web}"),
+            "--coalesce".to_owned(),
+            "20ms".to_owned(),
+        ];
+        if let Some(websecure) = websecure {
+            args.push("--listener".to_owned());
+            args.push(format!("websecure={websecure},tls"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let eds = EdsServer::start(&consul, &args).await;
+
+        let mut static_clusters = control_plane_cluster("xds", eds.xds, "");
+        if let Some(sds) = sds {
+            static_clusters.push_str(&control_plane_cluster("sds", sds, ""));
+        }
+        let bootstrap = format!(
+            r#"node: {{ id: gw-{port}, cluster: gateway }}
+dynamic_resources:
+  ads_config: {{ api_type: GRPC, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}] }}
+  cds_config: {{ resource_api_version: V3, ads: {{}} }}
+  lds_config: {{ resource_api_version: V3, ads: {{}} }}
+static_resources:
+  clusters:
+{static_clusters}"#,
+            port = web.port(),
+        );
+        let envoy = Envoy::start(&bootstrap)
+            .await
+            .expect("Envoy starts with the small bootstrap");
+        Self {
+            _consul: consul,
+            client,
+            eds,
+            envoy,
+            web,
+            websecure,
+        }
+    }
+
+    /// Registers one passing instance `id` of `service` at `addr`.
+    async fn register(&self, service: &str, id: &str, addr: SocketAddr, tags: &[&str]) {
+        let registration = AgentServiceRegistration {
+            id: Some(id.to_owned()),
+            name: service.to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            checks: vec![
+                AgentCheck::ttl("ttl", Duration::from_secs(600))
+                    .with_id(format!("ttl:{id}"))
+                    .with_initial_status(CheckStatus::Passing),
+            ],
+            ..AgentServiceRegistration::default()
+        };
+        self.client
+            .agent_service_register(&registration)
+            .await
+            .expect("register");
+    }
+
+    /// A request through the plain listener; `None` when it got no answer.
+    async fn send(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Option<HttpResponse> {
+        let mut all = vec![("host", host)];
+        all.extend_from_slice(headers);
+        http_request("GET", self.web, path, &all, Vec::new())
+            .await
+            .ok()
+    }
+
+    async fn get(&self, host: &str, path: &str) -> (u16, String) {
+        match self.send(host, path, &[]).await {
+            Some(response) => (response.status, response.body),
+            None => (0, String::new()),
+        }
+    }
+
+    /// Waits until `host` answers `status` (and `body`, when given).
+    async fn expect(&self, host: &str, status: u16, body: Option<&str>) {
+        let what = format!("{host} to answer {status} {body:?}");
+        let outcome = eventually(&what, SETTLE, Duration::from_millis(50), || async {
+            let answer = self.get(host, "/").await;
+            (answer.0 == status && body.is_none_or(|b| answer.1 == b)).then_some(())
+        })
+        .await;
+        if let Err(error) = outcome {
+            let last = self.get(host, "/").await;
+            self.fail(&format!("{error}; last answer {last:?}"));
+        }
+    }
+
+    /// Sends `count` requests, one connection each, and counts the bodies
+    /// of the answers (`status:body` for an answer other than 200).
+    async fn spread(&self, host: &str, count: usize, headers: &[(&str, &str)]) -> Counts {
+        let mut counts = Counts::new();
+        for _ in 0..count {
+            let key = match self.send(host, "/", headers).await {
+                Some(response) if response.status == 200 => response.body,
+                Some(response) => format!("{}:{}", response.status, response.body),
+                None => "no answer".to_owned(),
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+        counts
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{what}\nEnvoy:\n{}\nserver:\n{}",
+            self.envoy.log_tail(),
+            self.eds.process.log_tail()
+        )
+    }
+
+    async fn stat(&self, name: &str) -> u64 {
+        self.envoy
+            .stat(name)
+            .await
+            .expect("Envoy's stats")
+            .unwrap_or(0)
+    }
+
+    /// Envoy accepted every cluster, listener and route configuration.
+    async fn assert_nothing_rejected(&self) {
+        let mut stats = vec![
+            "cluster_manager.cds.update_rejected".to_owned(),
+            "listener_manager.lds.update_rejected".to_owned(),
+            "http.web.rds.web.update_rejected".to_owned(),
+        ];
+        if self.websecure.is_some() {
+            stats.push("http.websecure.rds.websecure.update_rejected".to_owned());
+        }
+        for stat in stats {
+            match self.envoy.stat(&stat).await.expect("Envoy's stats") {
+                Some(0) => {}
+                other => self.fail(&format!("{stat} is {other:?}, not 0")),
+            }
+        }
+    }
+}
+
+type Counts = BTreeMap<String, usize>;
+
+/// The share of `key` among all answers, in percent.
+fn share(counts: &Counts, key: &str) -> f64 {
+    let total: usize = counts.values().sum();
+    100.0 * counts.get(key).copied().unwrap_or(0) as f64 / total as f64
+}
+
+// ---------------------------------------------------------------------------
+// Backends
+// ---------------------------------------------------------------------------
+
+/// An in-process HTTP server on a loopback port, stopped when dropped.
+struct Upstream {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// HTTP/1.1: every request is answered `status` with body `name`, after
+    /// `delay`.
+    async fn http1(name: &str, status: u16, delay: Duration) -> Self {
+        let body = Bytes::from(name.to_owned());
+        Self::serve(move |stream, requests| {
+            let body = body.clone();
+            async move {
+                let service = service_fn(move |_request| {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let body = body.clone();
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        let mut response = hyper::Response::new(Full::new(body));
+                        *response.status_mut() =
+                            hyper::StatusCode::from_u16(status).expect("a status code");
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+        .await
+    }
+
+    /// HTTP/2 with prior knowledge only (an HTTP/1.1 request is a protocol
+    /// error): the body is `name` and the version the request arrived with.
+    async fn h2c(name: &str) -> Self {
+        let name = name.to_owned();
+        Self::serve(move |stream, requests| {
+            let name = name.clone();
+            async move {
+                let service = service_fn(move |request: hyper::Request<_>| {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let body = format!("{name} {:?}", request.version());
+                    async move {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+        .await
+    }
+
+    /// A raw TCP server: a request with `Upgrade: websocket` is answered
+    /// 101 and then every byte is echoed; any other request gets 200. Only
+    /// upgrade requests are counted.
+    async fn websocket() -> Self {
+        Self::serve(|mut stream, upgrades| async move {
+            let Some(head) = read_head(&mut stream).await else {
+                return;
+            };
+            if !head.to_ascii_lowercase().contains("upgrade: websocket") {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain")
+                    .await;
+                return;
+            }
+            upgrades.fetch_add(1, Ordering::Relaxed);
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buffer = [0u8; 1024];
+            while let Ok(read) = stream.read(&mut buffer).await {
+                if read == 0 || stream.write_all(&buffer[..read]).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+    }
+
+    async fn serve<F, Fut>(handle: F) -> Self
+    where
+        F: Fn(TcpStream, Arc<AtomicU64>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(handle(stream, counter.clone()));
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads an HTTP head, up to and with the blank line; `None` on EOF or
+/// after 5 s.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            head.push(byte[0]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()??;
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A websocket handshake for `host` through the listener: the status Envoy
+/// answered, and the stream for what follows a 101.
+async fn websocket_handshake(listener: SocketAddr, host: &str) -> (u16, String, TcpStream) {
+    let mut stream = TcpStream::connect(listener).await.expect("connect");
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nhost: {host}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("handshake sent");
+    let head = read_head(&mut stream).await.unwrap_or_default();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, head, stream)
+}
+
+// ---------------------------------------------------------------------------
+// Route keys
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn route_keys_change_how_envoy_forwards() {
+    let gw = Gateway::start(None).await;
+
+    let slow = Upstream::http1("slow-1", 200, Duration::from_secs(2)).await;
+    gw.register(
+        "slow",
+        "slow-1",
+        slow.addr,
+        &["edge.route=slow.test/ timeout=300ms"],
+    )
+    .await;
+
+    let flaky_good = Upstream::http1("flaky-good", 200, Duration::ZERO).await;
+    let flaky_bad = Upstream::http1("flaky-bad", 503, Duration::ZERO).await;
+    for (id, upstream) in [("flaky-good", &flaky_good), ("flaky-bad", &flaky_bad)] {
+        gw.register(
+            "flaky",
+            id,
+            upstream.addr,
+            &["edge.route=flaky.test/ retries=2"],
+        )
+        .await;
+    }
+
+    let narrow = Upstream::http1("narrow-1", 200, Duration::from_millis(1500)).await;
+    gw.register(
+        "narrow",
+        "narrow-1",
+        narrow.addr,
+        &[
+            "edge.route=narrow.test/",
+            "edge.cluster.max_requests=1",
+            "edge.cluster.max_pending_requests=1",
+        ],
+    )
+    .await;
+
+    let h2 = Upstream::h2c("h2-1").await;
+    gw.register(
+        "h2",
+        "h2-1",
+        h2.addr,
+        &["edge.route=h2.test/", "edge.cluster.protocol=h2c"],
+    )
+    .await;
+
+    let ws = Upstream::websocket().await;
+    gw.register(
+        "ws",
+        "ws-1",
+        ws.addr,
+        &["edge.route=ws.test/ websocket=true"],
+    )
+    .await;
+    let plain_ws = Upstream::websocket().await;
+    gw.register("nows", "nows-1", plain_ws.addr, &["edge.route=nows.test/"])
+        .await;
+
+    let landing = Backend::start("landing-1").await.expect("backend");
+    gw.register(
+        "landing",
+        "landing-1",
+        landing.addr(),
+        &[
+            "edge.route=old.test/ redirect=https://new.test/landing",
+            "edge.route=moved.test/ redirect=/elsewhere redirect_code=308",
+        ],
+    )
+    .await;
+
+    let limited = Backend::start("limited-1").await.expect("backend");
+    gw.register(
+        "limited",
+        "limited-1",
+        limited.addr(),
+        &["edge.route=limited.test/ rate_limit=2"],
+    )
+    .await;
+
+    // timeout=300ms: a backend taking 2 s is cut off with 504.
+    gw.expect("slow.test", 504, None).await;
+    let started = Instant::now();
+    let (status, body) = gw.get("slow.test", "/").await;
+    let elapsed = started.elapsed();
+    println!("timeout=300ms answered {status} after {elapsed:?}");
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "answered after {elapsed:?}, the backend's own 2 s were not cut"
+    );
+    gw.assert_nothing_rejected().await;
+
+    // retries=2: one of two instances answers 503, every request gets 200.
+    gw.expect("flaky.test", 200, Some("flaky-good")).await;
+    let before = flaky_bad.requests();
+    let counts = gw.spread("flaky.test", 20, &[]).await;
+    assert_eq!(
+        counts,
+        Counts::from([("flaky-good".to_owned(), 20)]),
+        "every request is retried onto the good instance"
+    );
+    assert!(
+        flaky_bad.requests() > before,
+        "the failing instance was tried (and retried away from)"
+    );
+    assert!(gw.stat("cluster.flaky.upstream_rq_retry").await > 0);
+    gw.assert_nothing_rejected().await;
+
+    // max_requests=1, max_pending_requests=1: of concurrent requests to a
+    // slow backend, Envoy refuses the overflow itself.
+    gw.expect("narrow.test", 200, Some("narrow-1")).await;
+    let requests = (0..6).map(|_| gw.send("narrow.test", "/", &[]));
+    let answers = futures::future::join_all(requests).await;
+    let overloaded = answers
+        .iter()
+        .flatten()
+        .filter(|r| r.status == 503 && r.headers.contains_key("x-envoy-overloaded"))
+        .count();
+    let served = answers.iter().flatten().filter(|r| r.status == 200).count();
+    let overflow = gw.stat("cluster.narrow.upstream_rq_pending_overflow").await;
+    println!(
+        "circuit breaker: {served} served, {overloaded} refused with x-envoy-overloaded, upstream_rq_pending_overflow {overflow}"
+    );
+    assert!(served >= 1, "the first request is served");
+    assert!(overloaded >= 1, "the overflow is refused by Envoy");
+    assert!(overflow >= 1);
+    gw.assert_nothing_rejected().await;
+
+    // protocol=h2c: an HTTP/2-only backend answers through Envoy.
+    gw.expect("h2.test", 200, Some("h2-1 HTTP/2.0")).await;
+    assert!(h2.requests() > 0);
+    gw.assert_nothing_rejected().await;
+
+    // websocket=true: the upgrade reaches the backend and data flows both
+    // ways; without the key Envoy refuses the upgrade itself.
+    gw.expect("ws.test", 200, Some("plain")).await;
+    let (status, head, mut stream) = websocket_handshake(gw.web, "ws.test").await;
+    assert_eq!(status, 101, "{head}");
+    stream
+        .write_all(b"ping")
+        .await
+        .expect("send over the upgrade");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echo))
+        .await
+        .expect("the echo in time")
+        .expect("the echo");
+    assert_eq!(&echo, b"ping");
+    assert_eq!(ws.requests(), 1);
+
+    gw.expect("nows.test", 200, Some("plain")).await;
+    let (status, head, _) = websocket_handshake(gw.web, "nows.test").await;
+    println!("an upgrade without websocket=true: {head:?}");
+    assert_eq!(status, 403, "{head}");
+    assert_eq!(plain_ws.requests(), 0, "no upgrade reached the backend");
+    assert_eq!(
+        gw.stat("http.web.downstream_rq_ws_on_non_ws_route").await,
+        1
+    );
+    gw.assert_nothing_rejected().await;
+
+    // redirect= answers 301 by default; redirect_code=308 answers 308.
+    let location = |response: &HttpResponse| {
+        response
+            .headers
+            .get("location")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    gw.expect("old.test", 301, None).await;
+    let response = gw
+        .send("old.test", "/some/page", &[])
+        .await
+        .expect("answer");
+    assert_eq!(response.status, 301);
+    assert_eq!(location(&response), "https://new.test/landing");
+    gw.expect("moved.test", 308, None).await;
+    let response = gw.send("moved.test", "/a", &[]).await.expect("answer");
+    assert_eq!(response.status, 308);
+    assert_eq!(location(&response), "http://moved.test/elsewhere");
+    assert_eq!(landing.requests(), 0, "a redirect forwards nothing");
+    gw.assert_nothing_rejected().await;
+
+    // rate_limit=2: a burst of 10 gets 429 past the bucket's 2 tokens.
+    gw.expect("limited.test", 200, Some("limited-1")).await;
+    // A full bucket to start the burst with.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let counts = gw.spread("limited.test", 10, &[]).await;
+    println!("rate_limit=2, a burst of 10: {counts:?}");
+    let limited_count = counts
+        .iter()
+        .filter(|(key, _)| key.starts_with("429:"))
+        .map(|(_, n)| n)
+        .sum::<usize>();
+    let passed = counts.get("limited-1").copied().unwrap_or(0);
+    assert_eq!(limited_count + passed, 10, "{counts:?}");
+    assert!((1..=4).contains(&passed), "{counts:?}");
+    assert!(limited_count >= 6, "{counts:?}");
+    gw.assert_nothing_rejected().await;
+}
+
+// ---------------------------------------------------------------------------
+// Balancing keys
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn balancing_keys_pin_and_share_requests() {
+    let gw = Gateway::start(None).await;
+
+    let sticky: Vec<Backend> = futures::future::join_all(
+        (1..=3).map(|n| async move { Backend::start(&format!("sticky-{n}")).await }),
+    )
+    .await
+    .into_iter()
+    .map(|b| b.expect("backend"))
+    .collect();
+    for backend in &sticky {
+        gw.register(
+            "sticky",
+            backend.name(),
+            backend.addr(),
+            &[
+                "edge.route=sticky.test/",
+                "edge.cluster.lb=ring_hash",
+                "edge.cluster.hash_cookie=visitor",
+            ],
+        )
+        .await;
+    }
+
+    let blue = Backend::start("blue-1").await.expect("backend");
+    gw.register(
+        "blue",
+        "blue-1",
+        blue.addr(),
+        &["edge.route=bg.test/ weight=3"],
+    )
+    .await;
+    let green = Backend::start("green-1").await.expect("backend");
+    gw.register(
+        "green",
+        "green-1",
+        green.addr(),
+        &["edge.route=bg.test/ weight=1"],
+    )
+    .await;
+
+    let stable = Backend::start("shop-stable").await.expect("backend");
+    gw.register(
+        "shop",
+        "shop-stable",
+        stable.addr(),
+        &["edge.route=canary.test/ canary=20"],
+    )
+    .await;
+    let canary = Backend::start("shop-canary").await.expect("backend");
+    gw.register(
+        "shop",
+        "shop-canary",
+        canary.addr(),
+        &["edge.route=canary.test/ canary=20", "edge.canary"],
+    )
+    .await;
+
+    // lb=ring_hash + hash_cookie: a cookie pins a client to one of three
+    // instances, and different cookies spread. Wait until every instance
+    // is known to Envoy, so the ring is final.
+    let cookie = |n: usize| format!("visitor=client-{n}");
+    let mut n = 0;
+    let instances = &sticky;
+    eventually(
+        "all three instances reachable",
+        SETTLE,
+        Duration::from_millis(10),
+        || {
+            n += 1;
+            let header = cookie(n);
+            let gw = &gw;
+            async move {
+                gw.send("sticky.test", "/", &[("cookie", &header)]).await;
+                instances.iter().all(|b| b.requests() > 0).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| gw.fail(&e.to_string()));
+    for client in [1, 2, 3] {
+        let header = cookie(1000 + client);
+        let counts = gw.spread("sticky.test", 15, &[("cookie", &header)]).await;
+        assert_eq!(
+            counts.len(),
+            1,
+            "{header} lands on one instance: {counts:?}"
+        );
+    }
+    let mut spread = Counts::new();
+    for client in 0..30 {
+        let header = cookie(2000 + client);
+        let counts = gw.spread("sticky.test", 1, &[("cookie", &header)]).await;
+        for (backend, count) in counts {
+            *spread.entry(backend).or_default() += count;
+        }
+    }
+    println!("30 cookies over three instances: {spread:?}");
+    assert!(spread.len() >= 2, "different cookies spread: {spread:?}");
+    // Without the cookie, Envoy hands one out.
+    let response = gw.send("sticky.test", "/", &[]).await.expect("answer");
+    let set_cookie = response
+        .headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(set_cookie.starts_with("visitor="), "{:?}", response.headers);
+    gw.assert_nothing_rejected().await;
+
+    // weight=3 and weight=1 on one spot: blue/green share 3:1.
+    gw.expect("bg.test", 200, Some("green-1")).await;
+    let counts = gw.spread("bg.test", 400, &[]).await;
+    let blue_share = share(&counts, "blue-1");
+    println!("blue/green 3:1 over 400 requests: {counts:?} ({blue_share:.1} % blue)");
+    assert_eq!(counts.values().sum::<usize>(), 400);
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!((65.0..=85.0).contains(&blue_share), "{counts:?}");
+    gw.assert_nothing_rejected().await;
+
+    // canary=20: the instance tagged edge.canary gets a fifth.
+    gw.expect("canary.test", 200, Some("shop-canary")).await;
+    let counts = gw.spread("canary.test", 400, &[]).await;
+    let canary_share = share(&counts, "shop-canary");
+    println!("canary=20 over 400 requests: {counts:?} ({canary_share:.1} % canary)");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!((10.0..=30.0).contains(&canary_share), "{counts:?}");
+    gw.assert_nothing_rejected().await;
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------
+
+fn tls_secret(name: &str, leaf: &test_support::LeafPem) -> Secret {
+    let inline = |pem: &str| DataSource {
+        specifier: Some(data_source::Specifier::InlineString(pem.to_owned())),
+        ..DataSource::default()
+    };
+    Secret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(&leaf.cert_pem)),
+            private_key: Some(inline(&leaf.key_pem)),
+            ..TlsCertificate::default()
+        })),
+    }
+}
+
+#[tokio::test]
+async fn a_tls_route_is_served_with_its_certificate_and_redirected_from_plain_http() {
+    // The SDS server: one secret named after the host, for every node.
+    let ca = TestCa::new("gateway keys CA").expect("CA");
+    let leaf = ca.leaf(&["secure.test"]).expect("leaf");
+    let cache = SnapshotCache::new(SharedKey("gateway".to_owned()));
+    cache
+        .set_secrets("gateway", &[tls_secret("secure.test", &leaf)])
+        .expect("secrets");
+    let bound = XdsServer::new(cache)
+        .bind(Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .await
+        .expect("SDS binds");
+    let sds = bound.local_addr().expect("a TCP address");
+    let sds_task = tokio::spawn(bound.serve(std::future::pending()));
+
+    let gw = Gateway::start(Some(sds)).await;
+    let websecure = gw.websecure.expect("the TLS listener");
+    let secure = Backend::start("secure-1").await.expect("backend");
+    gw.register(
+        "secure",
+        "secure-1",
+        secure.addr(),
+        &["edge.route=secure.test/ tls=true"],
+    )
+    .await;
+
+    // HTTPS with that SNI: Envoy presents the SDS certificate and forwards.
+    let answer = eventually(
+        "https://secure.test/ to answer 200",
+        SETTLE,
+        Duration::from_millis(100),
+        || async {
+            https_get(websecure, "secure.test", ca.cert_pem(), "/")
+                .await
+                .ok()
+                .filter(|(response, _)| response.status == 200)
+        },
+    )
+    .await;
+    let (response, presented) = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            let last = https_get(websecure, "secure.test", ca.cert_pem(), "/").await;
+            gw.fail(&format!("{error}; last answer {last:?}"))
+        }
+    };
+    // The client trusts only the test CA, which signed nothing but the
+    // secret's certificate: the handshake itself proves Envoy presented it.
+    assert!(!presented.is_empty());
+    assert_eq!(response.body, "secure-1");
+    assert!(gw.stat("sds.secure.test.update_success").await >= 1);
+    assert_eq!(gw.stat("sds.secure.test.update_rejected").await, 0);
+
+    // The plain listener answers the same host with a 308 to https.
+    gw.expect("secure.test", 308, None).await;
+    let response = gw
+        .send("secure.test", "/cart?x=1", &[])
+        .await
+        .expect("answer");
+    assert_eq!(response.status, 308);
+    assert_eq!(
+        response
+            .headers
+            .get("location")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://secure.test/cart?x=1")
+    );
+    assert_eq!(secure.requests(), 1, "only the HTTPS request was forwarded");
+    gw.assert_nothing_rejected().await;
+    sds_task.abort();
+}
