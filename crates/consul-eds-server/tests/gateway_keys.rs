@@ -134,6 +134,22 @@ static_resources:
             .ok()
     }
 
+    /// Status and body of a `method` request through the plain listener.
+    async fn request(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let mut all = vec![("host", host)];
+        all.extend_from_slice(headers);
+        match http_request(method, self.web, path, &all, Vec::new()).await {
+            Ok(response) => (response.status, response.body),
+            Err(_) => (0, String::new()),
+        }
+    }
+
     async fn get(&self, host: &str, path: &str) -> (u16, String) {
         match self.send(host, path, &[]).await {
             Some(response) => (response.status, response.body),
@@ -241,6 +257,28 @@ impl Upstream {
                         *response.status_mut() =
                             hyper::StatusCode::from_u16(status).expect("a status code");
                         Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+        .await
+    }
+
+    /// HTTP/1.1: every request is answered 200 with `name`, the method and
+    /// the path (with its query) the backend received.
+    async fn echo(name: &str) -> Self {
+        let name = name.to_owned();
+        Self::serve(move |stream, requests| {
+            let name = name.clone();
+            async move {
+                let service = service_fn(move |request: hyper::Request<_>| {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let body = format!("{name} {} {}", request.method(), request.uri());
+                    async move {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -578,6 +616,285 @@ async fn route_keys_change_how_envoy_forwards() {
     assert_eq!(limited_count + passed, 10, "{counts:?}");
     assert!((1..=4).contains(&passed), "{counts:?}");
     assert!(limited_count >= 6, "{counts:?}");
+    gw.assert_nothing_rejected().await;
+}
+
+// ---------------------------------------------------------------------------
+// Match and path keys
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn match_and_path_keys_shape_what_the_backend_sees() {
+    let gw = Gateway::start(None).await;
+    let paths = Upstream::echo("paths-1").await;
+    gw.register(
+        "paths",
+        "paths-1",
+        paths.addr,
+        &[
+            "edge.route=paths.test/api strip=/api",
+            "edge.route=paths.test/old rewrite=/v2",
+            r"edge.route=paths.test/re rewrite_regex=^/re/([a-z]+)/([0-9]+)$ rewrite_to=/\2/\1",
+            "edge.route=paths.test/",
+        ],
+    )
+    .await;
+    let matched = Upstream::echo("matched-1").await;
+    gw.register(
+        "matched",
+        "matched-1",
+        matched.addr,
+        &["edge.route=match.test/ methods=GET,POST header=x-tenant:acme"],
+    )
+    .await;
+
+    // strip=, rewrite= and rewrite_regex= change the path the backend
+    // receives; the query is kept.
+    gw.expect("paths.test", 200, Some("paths-1 GET /")).await;
+    let cases = [
+        ("/api/items?page=2", "paths-1 GET /items?page=2"),
+        ("/api", "paths-1 GET /"),
+        ("/apix", "paths-1 GET /apix"),
+        ("/old/a/b", "paths-1 GET /v2/a/b"),
+        ("/old", "paths-1 GET /v2"),
+        ("/re/shoes/42?size=9", "paths-1 GET /42/shoes?size=9"),
+        ("/re/shoes/x", "paths-1 GET /re/shoes/x"),
+    ];
+    for (path, seen) in cases {
+        let outcome = eventually(
+            &format!("{path} to reach the backend as {seen}"),
+            SETTLE,
+            Duration::from_millis(50),
+            || async { (gw.get("paths.test", path).await == (200, seen.to_owned())).then_some(()) },
+        )
+        .await;
+        if let Err(error) = outcome {
+            let last = gw.get("paths.test", path).await;
+            gw.fail(&format!("{error}; last answer {last:?}"));
+        }
+    }
+    gw.assert_nothing_rejected().await;
+
+    // methods= and header=: only a GET or POST carrying the header matches.
+    let tenant = [("x-tenant", "acme")];
+    let other_tenant = [("x-tenant", "umbrella")];
+    eventually(
+        "match.test to answer a GET with the header",
+        SETTLE,
+        Duration::from_millis(50),
+        || async { (gw.request("GET", "match.test", "/", &tenant).await.0 == 200).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| gw.fail(&e.to_string()));
+    assert_eq!(
+        gw.request("POST", "match.test", "/p", &tenant).await,
+        (200, "matched-1 POST /p".to_owned())
+    );
+    assert_eq!(
+        gw.request("DELETE", "match.test", "/", &tenant).await.0,
+        404
+    );
+    assert_eq!(gw.request("GET", "match.test", "/", &[]).await.0, 404);
+    assert_eq!(
+        gw.request("GET", "match.test", "/", &other_tenant).await.0,
+        404
+    );
+    gw.assert_nothing_rejected().await;
+}
+
+// ---------------------------------------------------------------------------
+// Cluster keys that protect a service
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cluster_keys_keep_failing_instances_out_and_bound_load() {
+    let gw = Gateway::start(None).await;
+
+    let burst = Backend::start("burst-1").await.expect("backend");
+    gw.register(
+        "burst",
+        "burst-1",
+        burst.addr(),
+        &["edge.route=burst.test/ rate_limit=1 rate_limit_burst=5"],
+    )
+    .await;
+
+    let checked_good = Upstream::http1("checked-good", 200, Duration::ZERO).await;
+    let checked_bad = Upstream::http1("checked-bad", 503, Duration::ZERO).await;
+    for (id, upstream) in [
+        ("checked-good", &checked_good),
+        ("checked-bad", &checked_bad),
+    ] {
+        gw.register(
+            "checked",
+            id,
+            upstream.addr,
+            &[
+                "edge.route=checked.test/",
+                "edge.cluster.health_check_path=/healthz",
+                "edge.cluster.health_check_interval=200ms",
+                "edge.cluster.health_check_timeout=1s",
+            ],
+        )
+        .await;
+    }
+
+    let ejected_good = Upstream::http1("ejected-good", 200, Duration::ZERO).await;
+    let ejected_bad = Upstream::http1("ejected-bad", 503, Duration::ZERO).await;
+    for (id, upstream) in [
+        ("ejected-good", &ejected_good),
+        ("ejected-bad", &ejected_bad),
+    ] {
+        gw.register(
+            "ejected",
+            id,
+            upstream.addr,
+            &[
+                "edge.route=ejected.test/",
+                "edge.cluster.outlier_consecutive_5xx=2",
+            ],
+        )
+        .await;
+    }
+
+    let capped = Upstream::http1("capped-1", 503, Duration::ZERO).await;
+    gw.register(
+        "capped",
+        "capped-1",
+        capped.addr,
+        &[
+            "edge.route=capped.test/ retries=3",
+            "edge.cluster.max_retries=0",
+        ],
+    )
+    .await;
+
+    let hashed: Vec<Backend> = futures::future::join_all(
+        (1..=3).map(|n| async move { Backend::start(&format!("hashed-{n}")).await }),
+    )
+    .await
+    .into_iter()
+    .map(|b| b.expect("backend"))
+    .collect();
+    for backend in &hashed {
+        gw.register(
+            "hashed",
+            backend.name(),
+            backend.addr(),
+            &[
+                "edge.route=hashed.test/",
+                "edge.cluster.lb=maglev",
+                "edge.cluster.hash_header=x-user",
+            ],
+        )
+        .await;
+    }
+
+    // rate_limit=1 rate_limit_burst=5: a full bucket holds five tokens, one
+    // of which the first answer took.
+    gw.expect("burst.test", 200, Some("burst-1")).await;
+    let counts = gw.spread("burst.test", 10, &[]).await;
+    println!("rate_limit=1 rate_limit_burst=5, a burst of 10: {counts:?}");
+    let passed = counts.get("burst-1").copied().unwrap_or(0);
+    assert!((4..=6).contains(&passed), "{counts:?}");
+    assert_eq!(
+        counts.get("429:local_rate_limited").copied().unwrap_or(0),
+        10 - passed,
+        "{counts:?}"
+    );
+    gw.assert_nothing_rejected().await;
+
+    // health_check_path=: the instance failing its check gets no request.
+    let membership = |service: &'static str| {
+        let gw = &gw;
+        async move {
+            (
+                gw.stat(&format!("cluster.{service}.membership_total"))
+                    .await,
+                gw.stat(&format!("cluster.{service}.membership_healthy"))
+                    .await,
+            )
+        }
+    };
+    let outcome = eventually(
+        "one of two checked instances healthy",
+        SETTLE,
+        Duration::from_millis(50),
+        || async { (membership("checked").await == (2, 1)).then_some(()) },
+    )
+    .await;
+    if let Err(error) = outcome {
+        let last = membership("checked").await;
+        gw.fail(&format!("{error}; last (total, healthy) {last:?}"));
+    }
+    let counts = gw.spread("checked.test", 20, &[]).await;
+    assert_eq!(counts, Counts::from([("checked-good".to_owned(), 20)]));
+    assert!(
+        checked_bad.requests() > 0,
+        "the failing instance was checked"
+    );
+    gw.assert_nothing_rejected().await;
+
+    // outlier_consecutive_5xx=2: after two 503s in a row the failing
+    // instance is ejected, and every request is then served.
+    let outcome = eventually(
+        "both ejected instances known",
+        SETTLE,
+        Duration::from_millis(50),
+        || async { (membership("ejected").await.0 == 2).then_some(()) },
+    )
+    .await;
+    if let Err(error) = outcome {
+        gw.fail(&error.to_string());
+    }
+    let warm_up = gw.spread("ejected.test", 8, &[]).await;
+    println!("outlier detection, before the ejection: {warm_up:?}");
+    let ejections = gw
+        .stat("cluster.ejected.outlier_detection.ejections_enforced_consecutive_5xx")
+        .await;
+    let counts = gw.spread("ejected.test", 20, &[]).await;
+    assert_eq!(
+        counts,
+        Counts::from([("ejected-good".to_owned(), 20)]),
+        "ejections {ejections}"
+    );
+    assert!(ejections >= 1);
+    gw.assert_nothing_rejected().await;
+
+    // max_retries=0 caps retries=3: each request is tried once.
+    gw.expect("capped.test", 503, Some("capped-1")).await;
+    let before = capped.requests();
+    let counts = gw.spread("capped.test", 5, &[]).await;
+    assert_eq!(counts, Counts::from([("503:capped-1".to_owned(), 5)]));
+    assert_eq!(capped.requests() - before, 5, "no retry got past the cap");
+    assert!(gw.stat("cluster.capped.upstream_rq_retry_overflow").await >= 5);
+    gw.assert_nothing_rejected().await;
+
+    // lb=maglev + hash_header=x-user: one user sticks to one instance.
+    let instances = &hashed;
+    let mut n = 0;
+    let outcome = eventually(
+        "all three hashed instances reachable",
+        SETTLE,
+        Duration::from_millis(10),
+        || {
+            n += 1;
+            let user = format!("user-{n}");
+            let gw = &gw;
+            async move {
+                gw.send("hashed.test", "/", &[("x-user", &user)]).await;
+                instances.iter().all(|b| b.requests() > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    if let Err(error) = outcome {
+        gw.fail(&error.to_string());
+    }
+    for user in ["alice", "bob", "carol"] {
+        let counts = gw.spread("hashed.test", 15, &[("x-user", user)]).await;
+        assert_eq!(counts.len(), 1, "{user} lands on one instance: {counts:?}");
+    }
     gw.assert_nothing_rejected().await;
 }
 
