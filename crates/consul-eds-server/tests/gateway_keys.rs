@@ -441,6 +441,17 @@ async fn route_keys_change_how_envoy_forwards() {
         .await;
     }
 
+    // Envoy would take this condition and never retry: no key gives the
+    // status codes it needs. The route is refused instead.
+    let picky = Upstream::http1("picky-1", 200, Duration::ZERO).await;
+    gw.register(
+        "picky",
+        "picky-1",
+        picky.addr,
+        &["edge.route=picky.test/ retries=2 retry_on=retriable-status-codes"],
+    )
+    .await;
+
     let narrow = Upstream::http1("narrow-1", 200, Duration::from_millis(1500)).await;
     gw.register(
         "narrow",
@@ -523,6 +534,28 @@ async fn route_keys_change_how_envoy_forwards() {
         "the failing instance was tried (and retried away from)"
     );
     assert!(gw.stat("cluster.flaky.upstream_rq_retry").await > 0);
+    let reported = eventually(
+        "retry_on=retriable-status-codes reported",
+        SETTLE,
+        Duration::from_millis(50),
+        || async {
+            let response = test_support::http_get(gw.eds.admin, "/debug/routes")
+                .await
+                .ok()?;
+            let routes: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+            routes["problems"]
+                .as_array()?
+                .iter()
+                .find(|p| p["service"] == "picky" && p["kind"]["kind"] == "invalid_tag")
+                .cloned()
+        },
+    )
+    .await;
+    if let Err(error) = reported {
+        gw.fail(&error.to_string());
+    }
+    assert_eq!(gw.get("picky.test", "/").await.0, 404);
+    assert_eq!(picky.requests(), 0);
     gw.assert_nothing_rejected().await;
 
     // max_requests=1, max_pending_requests=1: of concurrent requests to a
