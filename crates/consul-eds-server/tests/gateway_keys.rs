@@ -26,6 +26,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use test_support::bootstrap::control_plane_cluster;
 use test_support::{
     Backend, ConsulAgent, Envoy, HttpResponse, TestCa, eventually, free_port, http_request,
@@ -306,6 +308,58 @@ impl Upstream {
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+            }
+        })
+        .await
+    }
+
+    /// HTTPS with `leaf`: HTTP/2 when `http2` (ALPN `h2` only), else
+    /// HTTP/1.1. The body is the SNI the client sent and the version the
+    /// request arrived with.
+    async fn https(leaf: &test_support::LeafPem, http2: bool) -> Self {
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key PEM");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server certificate");
+        config.alpn_protocols = vec![if http2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve(move |stream, requests| {
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("-").to_owned();
+                let service = service_fn(move |request: hyper::Request<_>| {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let body = format!("{sni} {:?}", request.version());
+                    async move {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                let io = TokioIo::new(tls);
+                let _ = if http2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await
+                };
             }
         })
         .await
@@ -681,6 +735,37 @@ async fn match_and_path_keys_shape_what_the_backend_sees() {
     )
     .await;
 
+    let idle = Upstream::http1("idle-1", 200, Duration::from_secs(2)).await;
+    gw.register(
+        "idle",
+        "idle-1",
+        idle.addr,
+        &["edge.route=idle.test/ idle_timeout=300ms"],
+    )
+    .await;
+    let broad = Upstream::echo("broad-1").await;
+    gw.register(
+        "broad",
+        "broad-1",
+        broad.addr,
+        &[
+            "edge.route=prio.test/ priority=10",
+            "edge.route=*.wild.test/",
+        ],
+    )
+    .await;
+    let api = Upstream::echo("api-1").await;
+    gw.register(
+        "api",
+        "api-1",
+        api.addr,
+        &[
+            "edge.route=prio.test/api",
+            "edge.route=prio.test/v2 priority=20",
+        ],
+    )
+    .await;
+
     // strip=, rewrite= and rewrite_regex= change the path the backend
     // receives; the query is kept.
     gw.expect("paths.test", 200, Some("paths-1 GET /")).await;
@@ -708,6 +793,37 @@ async fn match_and_path_keys_shape_what_the_backend_sees() {
     }
     gw.assert_nothing_rejected().await;
 
+    // idle_timeout=300ms: a backend silent for 2 s is given up on.
+    gw.expect("idle.test", 504, None).await;
+    let started = Instant::now();
+    let (status, body) = gw.get("idle.test", "/").await;
+    let elapsed = started.elapsed();
+    println!("idle_timeout=300ms answered {status} {body:?} after {elapsed:?}");
+    assert_eq!(status, 504, "{body}");
+    assert!(elapsed < Duration::from_millis(1500), "after {elapsed:?}");
+    gw.assert_nothing_rejected().await;
+
+    // priority=: the route with the higher priority is matched first, even
+    // a shorter prefix; without it the longer prefix wins.
+    gw.expect("prio.test", 200, Some("broad-1 GET /")).await;
+    let outcome = eventually(
+        "prio.test/v2 to reach api",
+        SETTLE,
+        Duration::from_millis(50),
+        || async { (gw.get("prio.test", "/v2/x").await.1 == "api-1 GET /v2/x").then_some(()) },
+    )
+    .await;
+    if let Err(error) = outcome {
+        gw.fail(&error.to_string());
+    }
+    assert_eq!(gw.get("prio.test", "/api/x").await.1, "broad-1 GET /api/x");
+    assert_eq!(api.requests(), 1, "only /v2 outranks the broad route");
+    // A wildcard host matches every name under it, and only those.
+    gw.expect("a.wild.test", 200, Some("broad-1 GET /")).await;
+    assert_eq!(gw.get("b.c.wild.test", "/").await.0, 200);
+    assert_eq!(gw.get("wild.test", "/").await.0, 404);
+    gw.assert_nothing_rejected().await;
+
     // methods= and header=: only a GET or POST carrying the header matches.
     let tenant = [("x-tenant", "acme")];
     let other_tenant = [("x-tenant", "umbrella")];
@@ -731,6 +847,79 @@ async fn match_and_path_keys_shape_what_the_backend_sees() {
     assert_eq!(
         gw.request("GET", "match.test", "/", &other_tenant).await.0,
         404
+    );
+    gw.assert_nothing_rejected().await;
+}
+
+// ---------------------------------------------------------------------------
+// Upstream TLS keys
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn upstream_tls_keys_verify_the_instance_and_speak_its_protocol() {
+    let gw = Gateway::start(None).await;
+    let ca = TestCa::new("instances CA").expect("CA");
+    let leaf = ca.leaf(&["backend.internal"]).expect("leaf");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("instances-ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("CA file");
+    let ca_tag = format!("edge.cluster.tls_ca_file={}", ca_file.display());
+
+    let tls1 = Upstream::https(&leaf, false).await;
+    gw.register(
+        "tls1",
+        "tls1-1",
+        tls1.addr,
+        &[
+            "edge.route=tls1.test/",
+            "edge.cluster.tls=true",
+            "edge.cluster.tls_sni=backend.internal",
+            &ca_tag,
+        ],
+    )
+    .await;
+    let tls2 = Upstream::https(&leaf, true).await;
+    gw.register(
+        "tls2",
+        "tls2-1",
+        tls2.addr,
+        &[
+            "edge.route=tls2.test/",
+            "edge.cluster.protocol=h2",
+            "edge.cluster.tls_sni=backend.internal",
+            &ca_tag,
+        ],
+    )
+    .await;
+    // The instance's certificate does not name the SNI asked for.
+    let misnamed = Upstream::https(&leaf, false).await;
+    gw.register(
+        "misnamed",
+        "misnamed-1",
+        misnamed.addr,
+        &[
+            "edge.route=misnamed.test/",
+            "edge.cluster.tls=true",
+            "edge.cluster.tls_sni=other.internal",
+            &ca_tag,
+        ],
+    )
+    .await;
+
+    // tls=true with tls_sni and tls_ca_file: HTTPS to the instance, with
+    // that SNI, its certificate checked against the CA.
+    gw.expect("tls1.test", 200, Some("backend.internal HTTP/1.1"))
+        .await;
+    // protocol=h2: HTTP/2 over TLS, negotiated by ALPN.
+    gw.expect("tls2.test", 200, Some("backend.internal HTTP/2.0"))
+        .await;
+    // A certificate without the SNI's name is refused: Envoy answers 503
+    // and the instance never sees a request.
+    gw.expect("misnamed.test", 503, None).await;
+    assert_eq!(misnamed.requests(), 0);
+    assert!(
+        gw.stat("cluster.misnamed.ssl.fail_verify_san").await >= 1,
+        "the name check refused it"
     );
     gw.assert_nothing_rejected().await;
 }
