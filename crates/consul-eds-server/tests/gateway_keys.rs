@@ -528,6 +528,15 @@ async fn route_keys_change_how_envoy_forwards() {
     )
     .await;
 
+    let grpc = Upstream::h2c("grpc-1").await;
+    gw.register(
+        "grpc",
+        "grpc-1",
+        grpc.addr,
+        &["edge.route=grpc.test/", "edge.cluster.protocol=grpc"],
+    )
+    .await;
+
     let ws = Upstream::websocket().await;
     gw.register(
         "ws",
@@ -548,6 +557,7 @@ async fn route_keys_change_how_envoy_forwards() {
         &[
             "edge.route=old.test/ redirect=https://new.test/landing",
             "edge.route=moved.test/ redirect=/elsewhere redirect_code=308",
+            "edge.route=port.test/ redirect=//new.test:8443/search?q=1 redirect_code=302",
         ],
     )
     .await;
@@ -635,6 +645,8 @@ async fn route_keys_change_how_envoy_forwards() {
     // protocol=h2c: an HTTP/2-only backend answers through Envoy.
     gw.expect("h2.test", 200, Some("h2-1 HTTP/2.0")).await;
     assert!(h2.requests() > 0);
+    // protocol=grpc is HTTP/2 in clear text as well.
+    gw.expect("grpc.test", 200, Some("grpc-1 HTTP/2.0")).await;
     gw.assert_nothing_rejected().await;
 
     // websocket=true: the upgrade reaches the backend and data flows both
@@ -685,6 +697,11 @@ async fn route_keys_change_how_envoy_forwards() {
     let response = gw.send("moved.test", "/a", &[]).await.expect("answer");
     assert_eq!(response.status, 308);
     assert_eq!(location(&response), "http://moved.test/elsewhere");
+    // A scheme-relative target keeps the request's scheme; its query
+    // replaces the request's.
+    gw.expect("port.test", 302, None).await;
+    let response = gw.send("port.test", "/a?b=2", &[]).await.expect("answer");
+    assert_eq!(location(&response), "http://new.test:8443/search?q=1");
     assert_eq!(landing.requests(), 0, "a redirect forwards nothing");
     gw.assert_nothing_rejected().await;
 
@@ -1144,6 +1161,7 @@ async fn balancing_keys_pin_and_share_requests() {
                 "edge.route=sticky.test/",
                 "edge.cluster.lb=ring_hash",
                 "edge.cluster.hash_cookie=visitor",
+                "edge.cluster.hash_cookie_ttl=90s",
             ],
         )
         .await;
@@ -1180,6 +1198,24 @@ async fn balancing_keys_pin_and_share_requests() {
         "shop-canary",
         canary.addr(),
         &["edge.route=canary.test/ canary=20", "edge.canary"],
+    )
+    .await;
+
+    // A canary instance of a route without canary= gets nothing.
+    let quiet_stable = Backend::start("quiet-stable").await.expect("backend");
+    gw.register(
+        "quiet",
+        "quiet-stable",
+        quiet_stable.addr(),
+        &["edge.route=quiet.test/"],
+    )
+    .await;
+    let quiet_canary = Backend::start("quiet-canary").await.expect("backend");
+    gw.register(
+        "quiet",
+        "quiet-canary",
+        quiet_canary.addr(),
+        &["edge.route=quiet.test/", "edge.canary"],
     )
     .await;
 
@@ -1232,6 +1268,15 @@ async fn balancing_keys_pin_and_share_requests() {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     assert!(set_cookie.starts_with("visitor="), "{:?}", response.headers);
+    assert!(
+        set_cookie.contains("Max-Age=90"),
+        "hash_cookie_ttl=90s: {set_cookie}"
+    );
+    // A client sending back the cookie it was given stays where it landed.
+    let given = set_cookie.split(';').next().unwrap_or_default().to_owned();
+    let counts = gw.spread("sticky.test", 10, &[("cookie", &given)]).await;
+    assert_eq!(counts.len(), 1, "{given}: {counts:?}");
+    assert_eq!(counts.keys().next(), Some(&response.body), "{given}");
     gw.assert_nothing_rejected().await;
 
     // weight=3 and weight=1 on one spot: blue/green share 3:1.
@@ -1251,6 +1296,13 @@ async fn balancing_keys_pin_and_share_requests() {
     println!("canary=20 over 400 requests: {counts:?} ({canary_share:.1} % canary)");
     assert_eq!(counts.len(), 2, "{counts:?}");
     assert!((10.0..=30.0).contains(&canary_share), "{counts:?}");
+    gw.assert_nothing_rejected().await;
+
+    // Without canary=, running a canary instance diverts no one.
+    gw.expect("quiet.test", 200, Some("quiet-stable")).await;
+    let counts = gw.spread("quiet.test", 50, &[]).await;
+    assert_eq!(counts, Counts::from([("quiet-stable".to_owned(), 50)]));
+    assert_eq!(quiet_canary.requests(), 0);
     gw.assert_nothing_rejected().await;
 }
 
@@ -1278,9 +1330,16 @@ async fn a_tls_route_is_served_with_its_certificate_and_redirected_from_plain_ht
     // The SDS server: one secret named after the host, for every node.
     let ca = TestCa::new("gateway keys CA").expect("CA");
     let leaf = ca.leaf(&["secure.test"]).expect("leaf");
+    let wild_leaf = ca.leaf(&["*.wild.test"]).expect("leaf");
     let cache = SnapshotCache::new(SharedKey("gateway".to_owned()));
     cache
-        .set_secrets("gateway", &[tls_secret("secure.test", &leaf)])
+        .set_secrets(
+            "gateway",
+            &[
+                tls_secret("secure.test", &leaf),
+                tls_secret("*.wild.test", &wild_leaf),
+            ],
+        )
         .expect("secrets");
     let bound = XdsServer::new(cache)
         .bind(Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))))
@@ -1297,6 +1356,15 @@ async fn a_tls_route_is_served_with_its_certificate_and_redirected_from_plain_ht
         "secure-1",
         secure.addr(),
         &["edge.route=secure.test/ tls=true"],
+    )
+    .await;
+
+    let wild = Backend::start("wild-1").await.expect("backend");
+    gw.register(
+        "wild",
+        "wild-1",
+        wild.addr(),
+        &["edge.route=*.wild.test/ tls=true"],
     )
     .await;
 
@@ -1324,6 +1392,29 @@ async fn a_tls_route_is_served_with_its_certificate_and_redirected_from_plain_ht
     // secret's certificate: the handshake itself proves Envoy presented it.
     assert!(!presented.is_empty());
     assert_eq!(response.body, "secure-1");
+    // A wildcard host has its own chain, matched by SNI, and its own
+    // certificate.
+    let answer = eventually(
+        "https://a.wild.test/ to answer 200",
+        SETTLE,
+        Duration::from_millis(100),
+        || async {
+            https_get(websecure, "a.wild.test", ca.cert_pem(), "/")
+                .await
+                .ok()
+                .filter(|(response, _)| response.status == 200)
+        },
+    )
+    .await;
+    let (response, wild_presented) = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            let last = https_get(websecure, "a.wild.test", ca.cert_pem(), "/").await;
+            gw.fail(&format!("{error}; last answer {last:?}"))
+        }
+    };
+    assert_eq!(response.body, "wild-1");
+    assert_ne!(wild_presented, presented, "each host its own certificate");
     assert!(gw.stat("sds.secure.test.update_success").await >= 1);
     assert_eq!(gw.stat("sds.secure.test.update_rejected").await, 0);
 
