@@ -269,6 +269,39 @@ impl Upstream {
         .await
     }
 
+    /// HTTP/1.1: every request is answered 200 with `name` after `delay`;
+    /// the second value is the most requests it ever had in flight at once.
+    async fn concurrency(name: &str, delay: Duration) -> (Self, Arc<AtomicU64>) {
+        let body = Bytes::from(name.to_owned());
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let most = Arc::new(AtomicU64::new(0));
+        let seen = most.clone();
+        let upstream = Self::serve(move |stream, requests| {
+            let body = body.clone();
+            let in_flight = in_flight.clone();
+            let most = most.clone();
+            async move {
+                let service = service_fn(move |_request| {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let body = body.clone();
+                    let in_flight = in_flight.clone();
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        })
+        .await;
+        (upstream, seen)
+    }
+
     /// HTTP/1.1: every request is answered 200 with `name`, the method and
     /// the path (with its query) the backend received.
     async fn echo(name: &str) -> Self {
@@ -752,6 +785,9 @@ async fn match_and_path_keys_shape_what_the_backend_sees() {
     )
     .await;
 
+    let probe = Upstream::echo("probe-1").await;
+    gw.register("probe", "probe-1", probe.addr, &["edge.route=/edge-status"])
+        .await;
     let idle = Upstream::http1("idle-1", 200, Duration::from_secs(2)).await;
     gw.register(
         "idle",
@@ -808,6 +844,28 @@ async fn match_and_path_keys_shape_what_the_backend_sees() {
             gw.fail(&format!("{error}; last answer {last:?}"));
         }
     }
+    gw.assert_nothing_rejected().await;
+
+    // A route without a host answers for every host, beside the host's
+    // own routes.
+    for host in ["unknown.test", "paths.test"] {
+        let outcome = eventually(
+            &format!("{host}/edge-status to reach probe"),
+            SETTLE,
+            Duration::from_millis(50),
+            || async {
+                (gw.get(host, "/edge-status").await == (200, "probe-1 GET /edge-status".to_owned()))
+                    .then_some(())
+            },
+        )
+        .await;
+        if let Err(error) = outcome {
+            let last = gw.get(host, "/edge-status").await;
+            gw.fail(&format!("{error}; last answer {last:?}"));
+        }
+    }
+    assert_eq!(gw.get("paths.test", "/other").await.1, "paths-1 GET /other");
+    assert_eq!(gw.get("unknown.test", "/other").await.0, 404);
     gw.assert_nothing_rejected().await;
 
     // idle_timeout=300ms: a backend silent for 2 s is given up on.
@@ -996,6 +1054,19 @@ async fn cluster_keys_keep_failing_instances_out_and_bound_load() {
         .await;
     }
 
+    let (one_at_a_time, most_in_flight) =
+        Upstream::concurrency("serial-1", Duration::from_millis(200)).await;
+    gw.register(
+        "serial",
+        "serial-1",
+        one_at_a_time.addr,
+        &[
+            "edge.route=serial.test/",
+            "edge.cluster.max_connections_per_endpoint=1",
+        ],
+    )
+    .await;
+
     let capped = Upstream::http1("capped-1", 503, Duration::ZERO).await;
     gw.register(
         "capped",
@@ -1098,6 +1169,18 @@ async fn cluster_keys_keep_failing_instances_out_and_bound_load() {
         "ejections {ejections}"
     );
     assert!(ejections >= 1);
+    gw.assert_nothing_rejected().await;
+
+    // max_connections_per_endpoint=1: concurrent requests are all served,
+    // one at a time over the instance's one connection.
+    gw.expect("serial.test", 200, Some("serial-1")).await;
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..4).map(|_| gw.send("serial.test", "/", &[]))).await;
+    let elapsed = started.elapsed();
+    let served = answers.iter().flatten().filter(|r| r.status == 200).count();
+    println!("max_connections_per_endpoint=1: 4 concurrent requests served in {elapsed:?}");
+    assert_eq!(served, 4);
+    assert_eq!(most_in_flight.load(Ordering::SeqCst), 1);
     gw.assert_nothing_rejected().await;
 
     // max_retries=0 caps retries=3: each request is tried once.
@@ -1368,6 +1451,15 @@ async fn a_tls_route_is_served_with_its_certificate_and_redirected_from_plain_ht
     )
     .await;
 
+    let challenge = Upstream::echo("challenge-1").await;
+    gw.register(
+        "challenge",
+        "challenge-1",
+        challenge.addr,
+        &["edge.route=secure.test/.well-known/acme-challenge"],
+    )
+    .await;
+
     // HTTPS with that SNI: Envoy presents the SDS certificate and forwards.
     let answer = eventually(
         "https://secure.test/ to answer 200",
@@ -1433,6 +1525,28 @@ async fn a_tls_route_is_served_with_its_certificate_and_redirected_from_plain_ht
         Some("https://secure.test/cart?x=1")
     );
     assert_eq!(secure.requests(), 1, "only the HTTPS request was forwarded");
+    // HTTP-01 validation reaches its backend over plain http.
+    let outcome = eventually(
+        "the challenge path forwarded on plain http",
+        SETTLE,
+        Duration::from_millis(50),
+        || async {
+            (gw.get("secure.test", "/.well-known/acme-challenge/token-1")
+                .await
+                == (
+                    200,
+                    "challenge-1 GET /.well-known/acme-challenge/token-1".to_owned(),
+                ))
+                .then_some(())
+        },
+    )
+    .await;
+    if let Err(error) = outcome {
+        let last = gw
+            .get("secure.test", "/.well-known/acme-challenge/token-1")
+            .await;
+        gw.fail(&format!("{error}; last answer {last:?}"));
+    }
     gw.assert_nothing_rejected().await;
     sds_task.abort();
 }
