@@ -647,7 +647,9 @@ pub fn route(table_route: &TableRoute, clusters: &BTreeMap<&str, &ClusterOptions
         }),
     };
     let mut typed_per_filter_config = HashMap::new();
-    if let (Some(limit), RouteAction::Forward { .. }) = (options.rate_limit, &table_route.action) {
+    // A redirect answers from Envoy itself, but the filter runs before the
+    // router: `rate_limit=` bounds a route's answers whatever they are.
+    if let Some(limit) = options.rate_limit {
         typed_per_filter_config.insert(
             LOCAL_RATE_LIMIT_FILTER.to_owned(),
             any(&local_rate_limit(table_route, limit)),
@@ -1378,6 +1380,29 @@ mod tests {
             );
         }
         assert!(!limit.stat_prefix.contains('.'), "{}", limit.stat_prefix);
+    }
+
+    #[test]
+    fn a_rate_limited_redirect_carries_its_token_bucket() {
+        let options = RouteOptions {
+            rate_limit: Some(RateLimit {
+                requests_per_second: 1,
+                burst: 1,
+            }),
+            ..RouteOptions::default()
+        };
+        let mut r = table_route("old", prefix("/"), options);
+        r.action = RouteAction::Redirect(Redirect {
+            scheme: Some("https".to_owned()),
+            host: Some("new.example.com".to_owned()),
+            port: None,
+            path: None,
+            code: RedirectCode::MovedPermanently,
+        });
+        let built = route(&r, &no_clusters());
+        assert!(matches!(built.action, Some(route::Action::Redirect(_))));
+        let limit: LocalRateLimit = decode(&built.typed_per_filter_config[LOCAL_RATE_LIMIT_FILTER]);
+        assert_eq!(limit.token_bucket.expect("bucket").max_tokens, 1);
     }
 
     #[test]
