@@ -591,6 +591,7 @@ async fn route_keys_change_how_envoy_forwards() {
             "edge.route=old.test/ redirect=https://new.test/landing",
             "edge.route=moved.test/ redirect=/elsewhere redirect_code=308",
             "edge.route=port.test/ redirect=//new.test:8443/search?q=1 redirect_code=302",
+            "edge.route=busy.test/ redirect=https://new.test/ rate_limit=1",
         ],
     )
     .await;
@@ -735,6 +736,17 @@ async fn route_keys_change_how_envoy_forwards() {
     gw.expect("port.test", 302, None).await;
     let response = gw.send("port.test", "/a?b=2", &[]).await.expect("answer");
     assert_eq!(location(&response), "http://new.test:8443/search?q=1");
+    // rate_limit= holds for a redirect as for a forwarded route.
+    gw.expect("busy.test", 301, None).await;
+    let counts = gw.spread("busy.test", 10, &[]).await;
+    println!("a redirect with rate_limit=1, a burst of 10: {counts:?}");
+    let redirected = counts.get("301:").copied().unwrap_or(0);
+    assert!(redirected <= 2, "{counts:?}");
+    assert_eq!(
+        counts.get("429:local_rate_limited").copied().unwrap_or(0),
+        10 - redirected,
+        "{counts:?}"
+    );
     assert_eq!(landing.requests(), 0, "a redirect forwards nothing");
     gw.assert_nothing_rejected().await;
 
