@@ -1061,6 +1061,8 @@ async fn cluster_keys_keep_failing_instances_out_and_bound_load() {
             &[
                 "edge.route=ejected.test/",
                 "edge.cluster.outlier_consecutive_5xx=2",
+                "edge.cluster.outlier_interval=500ms",
+                "edge.cluster.outlier_ejection_time=1s",
             ],
         )
         .await;
@@ -1181,6 +1183,13 @@ async fn cluster_keys_keep_failing_instances_out_and_bound_load() {
         "ejections {ejections}"
     );
     assert!(ejections >= 1);
+    // outlier_ejection_time=1s, checked every outlier_interval=500ms: the
+    // instance is back after its ejection and fails again.
+    let before = ejected_bad.requests();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let counts = gw.spread("ejected.test", 10, &[]).await;
+    println!("outlier detection, after the ejection time: {counts:?}");
+    assert!(ejected_bad.requests() > before, "{counts:?}");
     gw.assert_nothing_rejected().await;
 
     // max_connections_per_endpoint=1: concurrent requests are all served,
@@ -1296,6 +1305,33 @@ async fn balancing_keys_pin_and_share_requests() {
     )
     .await;
 
+    // canary= inside a blue/green pair: the canaries take their share of
+    // their service's weight only.
+    let mix_stable = Backend::start("mix-stable").await.expect("backend");
+    gw.register(
+        "mix",
+        "mix-stable",
+        mix_stable.addr(),
+        &["edge.route=mix.test/ weight=3 canary=50"],
+    )
+    .await;
+    let mix_canary = Backend::start("mix-canary").await.expect("backend");
+    gw.register(
+        "mix",
+        "mix-canary",
+        mix_canary.addr(),
+        &["edge.route=mix.test/ weight=3 canary=50", "edge.canary"],
+    )
+    .await;
+    let mix_other = Backend::start("mix-other").await.expect("backend");
+    gw.register(
+        "mixother",
+        "mix-other",
+        mix_other.addr(),
+        &["edge.route=mix.test/ weight=1"],
+    )
+    .await;
+
     // A canary instance of a route without canary= gets nothing.
     let quiet_stable = Backend::start("quiet-stable").await.expect("backend");
     gw.register(
@@ -1391,6 +1427,21 @@ async fn balancing_keys_pin_and_share_requests() {
     println!("canary=20 over 400 requests: {counts:?} ({canary_share:.1} % canary)");
     assert_eq!(counts.len(), 2, "{counts:?}");
     assert!((10.0..=30.0).contains(&canary_share), "{counts:?}");
+    gw.assert_nothing_rejected().await;
+
+    gw.expect("mix.test", 200, Some("mix-canary")).await;
+    gw.expect("mix.test", 200, Some("mix-other")).await;
+    let counts = gw.spread("mix.test", 400, &[]).await;
+    println!("weight=3 canary=50 beside weight=1 over 400 requests: {counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (backend, expected) in [
+        ("mix-stable", 37.5),
+        ("mix-canary", 37.5),
+        ("mix-other", 25.0),
+    ] {
+        let got = share(&counts, backend);
+        assert!((got - expected).abs() <= 10.0, "{backend}: {counts:?}");
+    }
     gw.assert_nothing_rejected().await;
 
     // Without canary=, running a canary instance diverts no one.
