@@ -50,6 +50,8 @@ struct Gateway {
     eds: EdsServer,
     envoy: Envoy,
     web: SocketAddr,
+    /// A second plain listener, for routes that name their listeners.
+    internal: SocketAddr,
     /// The TLS listener, when the gateway has one.
     websecure: Option<SocketAddr>,
 }
@@ -63,11 +65,14 @@ impl Gateway {
         let client = Client::new(ClientConfig::new(address)).expect("client");
 
         let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let internal = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let websecure = sds.map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let mut args = vec![
             "--gateway".to_owned(),
             "--listener".to_owned(),
             format!("web={web}"),
+            "--listener".to_owned(),
+            format!("internal={internal}"),
             "--coalesce".to_owned(),
             "20ms".to_owned(),
         ];
@@ -102,6 +107,7 @@ static_resources:
             eds,
             envoy,
             web,
+            internal,
             websecure,
         }
     }
@@ -147,6 +153,14 @@ static_resources:
         let mut all = vec![("host", host)];
         all.extend_from_slice(headers);
         match http_request(method, self.web, path, &all, Vec::new()).await {
+            Ok(response) => (response.status, response.body),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Status and body of a GET through `listener`.
+    async fn get_on(&self, listener: SocketAddr, host: &str, path: &str) -> (u16, String) {
+        match http_request("GET", listener, path, &[("host", host)], Vec::new()).await {
             Ok(response) => (response.status, response.body),
             Err(_) => (0, String::new()),
         }
@@ -210,6 +224,7 @@ static_resources:
             "cluster_manager.cds.update_rejected".to_owned(),
             "listener_manager.lds.update_rejected".to_owned(),
             "http.web.rds.web.update_rejected".to_owned(),
+            "http.internal.rds.internal.update_rejected".to_owned(),
         ];
         if self.websecure.is_some() {
             stats.push("http.websecure.rds.websecure.update_rejected".to_owned());
@@ -800,6 +815,14 @@ async fn match_and_path_keys_shape_what_the_backend_sees() {
     let probe = Upstream::echo("probe-1").await;
     gw.register("probe", "probe-1", probe.addr, &["edge.route=/edge-status"])
         .await;
+    let inside = Upstream::echo("inside-1").await;
+    gw.register(
+        "inside",
+        "inside-1",
+        inside.addr,
+        &["edge.route=inside.test/ listener=internal"],
+    )
+    .await;
     let idle = Upstream::http1("idle-1", 200, Duration::from_secs(2)).await;
     gw.register(
         "idle",
@@ -878,6 +901,25 @@ async fn match_and_path_keys_shape_what_the_backend_sees() {
     }
     assert_eq!(gw.get("paths.test", "/other").await.1, "paths-1 GET /other");
     assert_eq!(gw.get("unknown.test", "/other").await.0, 404);
+    gw.assert_nothing_rejected().await;
+
+    // listener=internal: served there only; a route naming no listener is
+    // served by every plain one.
+    let outcome = eventually(
+        "inside.test on the internal listener",
+        SETTLE,
+        Duration::from_millis(50),
+        || async { (gw.get_on(gw.internal, "inside.test", "/").await.0 == 200).then_some(()) },
+    )
+    .await;
+    if let Err(error) = outcome {
+        gw.fail(&error.to_string());
+    }
+    assert_eq!(gw.get("inside.test", "/").await.0, 404);
+    assert_eq!(
+        gw.get_on(gw.internal, "paths.test", "/x").await,
+        (200, "paths-1 GET /x".to_owned())
+    );
     gw.assert_nothing_rejected().await;
 
     // idle_timeout=300ms: a backend silent for 2 s is given up on.
@@ -1081,6 +1123,20 @@ async fn cluster_keys_keep_failing_instances_out_and_bound_load() {
     )
     .await;
 
+    let checked_h2 = Upstream::h2c("checked-h2").await;
+    gw.register(
+        "checkedh2",
+        "checked-h2",
+        checked_h2.addr,
+        &[
+            "edge.route=checkedh2.test/",
+            "edge.cluster.protocol=h2c",
+            "edge.cluster.health_check_path=/healthz",
+            "edge.cluster.health_check_interval=200ms",
+        ],
+    )
+    .await;
+
     let capped = Upstream::http1("capped-1", 503, Duration::ZERO).await;
     gw.register(
         "capped",
@@ -1158,6 +1214,22 @@ async fn cluster_keys_keep_failing_instances_out_and_bound_load() {
         "the failing instance was checked"
     );
     gw.assert_nothing_rejected().await;
+
+    // The check of an HTTP/2-only instance speaks HTTP/2, and passes.
+    let outcome = eventually(
+        "the h2c instance healthy",
+        SETTLE,
+        Duration::from_millis(50),
+        || async { (membership("checkedh2").await == (1, 1)).then_some(()) },
+    )
+    .await;
+    if let Err(error) = outcome {
+        let last = membership("checkedh2").await;
+        gw.fail(&format!("{error}; last (total, healthy) {last:?}"));
+    }
+    gw.expect("checkedh2.test", 200, Some("checked-h2 HTTP/2.0"))
+        .await;
+    assert!(gw.stat("cluster.checkedh2.health_check.success").await >= 1);
 
     // outlier_consecutive_5xx=2: after two 503s in a row the failing
     // instance is ejected, and every request is then served.
