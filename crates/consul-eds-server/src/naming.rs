@@ -12,9 +12,10 @@ use regex::Regex;
 pub struct ClusterTarget {
     pub service: String,
     pub tag: Option<String>,
-    /// Instances carrying this tag are left out: in gateway mode the stable
-    /// cluster of a service with a canary split must not also send traffic
-    /// to the canaries. Never set from a cluster name.
+    /// Instances carrying this tag are left out: in gateway mode a stable
+    /// cluster never sends traffic to the canaries (they get a cluster of
+    /// their own when a route says `canary=`). Never set from a cluster
+    /// name.
     pub without_tag: Option<String>,
     /// `None`: the server's own datacenter.
     pub datacenter: Option<String>,

@@ -72,7 +72,8 @@ const FORWARDING_KEYS: &[&str] = &[
     "weight",
 ];
 
-/// The `retry_on` conditions Envoy's router knows (HTTP and gRPC).
+/// The `retry_on` conditions of Envoy's router (HTTP and gRPC) that a
+/// route can meet.
 const RETRY_ON: &[&str] = &[
     "5xx",
     "gateway-error",
@@ -82,14 +83,28 @@ const RETRY_ON: &[&str] = &[
     "envoy-ratelimited",
     "retriable-4xx",
     "refused-stream",
-    "retriable-status-codes",
-    "retriable-headers",
-    "http3-post-connect-failure",
     "cancelled",
     "deadline-exceeded",
     "internal",
     "resource-exhausted",
     "unavailable",
+];
+
+/// Conditions Envoy knows that no route could meet: Envoy would accept
+/// them and never retry, so a tag naming one is refused with the reason.
+const RETRY_ON_WITHOUT_EFFECT: &[(&str, &str)] = &[
+    (
+        "retriable-status-codes",
+        "needs a list of status codes, which no key gives; use 5xx or gateway-error",
+    ),
+    (
+        "retriable-headers",
+        "needs a list of response headers, which no key gives; use 5xx or gateway-error",
+    ),
+    (
+        "http3-post-connect-failure",
+        "applies to HTTP/3 upstreams only, and no protocol= is HTTP/3",
+    ),
 ];
 
 fn boolean(value: &str) -> Result<bool, String> {
@@ -323,6 +338,12 @@ impl RouteOptionSet {
             "retry_on" => {
                 let mut conditions = Vec::new();
                 for condition in list(value)? {
+                    if let Some((_, why)) = RETRY_ON_WITHOUT_EFFECT
+                        .iter()
+                        .find(|(known, _)| *known == condition)
+                    {
+                        return Err(format!("`{condition}` {why}"));
+                    }
                     if !RETRY_ON.contains(&condition) {
                         return Err(format!(
                             "`{condition}` is not a retry condition (known: {})",

@@ -232,30 +232,7 @@ impl Gateway {
             .filter(|cluster| cluster.canary && self.candidates.contains(&cluster.service))
             .map(|cluster| cluster.service.as_str())
             .collect();
-        let mut targets = BTreeMap::new();
-        for service in self.candidates.names() {
-            let canary = split.contains(&service);
-            targets.insert(
-                cluster_name(service, false),
-                ClusterTarget {
-                    service: service.to_owned(),
-                    tag: None,
-                    without_tag: canary.then(|| self.canary_tag.clone()),
-                    datacenter: None,
-                },
-            );
-            if canary {
-                targets.insert(
-                    cluster_name(service, true),
-                    ClusterTarget {
-                        service: service.to_owned(),
-                        tag: Some(self.canary_tag.clone()),
-                        without_tag: None,
-                        datacenter: None,
-                    },
-                );
-            }
-        }
+        let targets = cluster_targets(self.candidates.names(), &split, &self.canary_tag);
         self.targets.send_if_modified(|current| {
             if *current == targets {
                 false
@@ -380,5 +357,67 @@ impl Gateway {
             services,
             listeners_without_hosts,
         });
+    }
+}
+
+/// The clusters the engine feeds: each service's stable cluster, and a
+/// canary cluster for each service in `split` (a route says `canary=`).
+///
+/// A stable cluster never holds the instances tagged `canary_tag`, split
+/// or not: running a canary instance must not by itself divert users, so
+/// without `canary=` the canaries get no traffic at all. The gateway still
+/// reads their tags, from the service's instances rather than a cluster.
+fn cluster_targets<'a>(
+    services: impl Iterator<Item = &'a str>,
+    split: &[&str],
+    canary_tag: &str,
+) -> BTreeMap<String, ClusterTarget> {
+    let mut targets = BTreeMap::new();
+    for service in services {
+        targets.insert(
+            cluster_name(service, false),
+            ClusterTarget {
+                service: service.to_owned(),
+                tag: None,
+                without_tag: Some(canary_tag.to_owned()),
+                datacenter: None,
+            },
+        );
+        if split.contains(&service) {
+            targets.insert(
+                cluster_name(service, true),
+                ClusterTarget {
+                    service: service.to_owned(),
+                    tag: Some(canary_tag.to_owned()),
+                    without_tag: None,
+                    datacenter: None,
+                },
+            );
+        }
+    }
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_clusters_leave_canaries_out_whether_or_not_a_route_splits() {
+        let targets = cluster_targets(["api", "shop"].into_iter(), &["shop"], "edge.canary");
+        let names: Vec<&str> = targets.keys().map(String::as_str).collect();
+        assert_eq!(names, vec!["api", "shop", "shop/canary"]);
+        // `api` has no canary= route: its canaries must get nothing, so
+        // its one cluster leaves them out too.
+        for stable in ["api", "shop"] {
+            assert_eq!(
+                targets[stable].without_tag.as_deref(),
+                Some("edge.canary"),
+                "{stable}"
+            );
+            assert_eq!(targets[stable].tag, None, "{stable}");
+        }
+        assert_eq!(targets["shop/canary"].tag.as_deref(), Some("edge.canary"));
+        assert_eq!(targets["shop/canary"].without_tag, None);
     }
 }

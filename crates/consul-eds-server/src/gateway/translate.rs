@@ -224,6 +224,13 @@ pub fn cluster(name: &str, options: &ClusterOptions) -> Cluster {
             max_ejection_percent: Some(UInt32Value {
                 value: o.max_ejection_percent,
             }),
+            // The percentage caps ejections at a share of the instances:
+            // 10 % of fewer than ten is none, so the failing instance of
+            // a small service would keep its traffic. One instance may
+            // always go, unless the tags forbid ejecting any (0 %).
+            always_eject_one_host: Some(BoolValue {
+                value: o.max_ejection_percent > 0,
+            }),
             ..EnvoyOutlierDetection::default()
         }),
         health_checks: options
@@ -640,7 +647,9 @@ pub fn route(table_route: &TableRoute, clusters: &BTreeMap<&str, &ClusterOptions
         }),
     };
     let mut typed_per_filter_config = HashMap::new();
-    if let (Some(limit), RouteAction::Forward { .. }) = (options.rate_limit, &table_route.action) {
+    // A redirect answers from Envoy itself, but the filter runs before the
+    // router: `rate_limit=` bounds a route's answers whatever they are.
+    if let Some(limit) = options.rate_limit {
         typed_per_filter_config.insert(
             LOCAL_RATE_LIMIT_FILTER.to_owned(),
             any(&local_rate_limit(table_route, limit)),
@@ -1374,6 +1383,29 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limited_redirect_carries_its_token_bucket() {
+        let options = RouteOptions {
+            rate_limit: Some(RateLimit {
+                requests_per_second: 1,
+                burst: 1,
+            }),
+            ..RouteOptions::default()
+        };
+        let mut r = table_route("old", prefix("/"), options);
+        r.action = RouteAction::Redirect(Redirect {
+            scheme: Some("https".to_owned()),
+            host: Some("new.example.com".to_owned()),
+            port: None,
+            path: None,
+            code: RedirectCode::MovedPermanently,
+        });
+        let built = route(&r, &no_clusters());
+        assert!(matches!(built.action, Some(route::Action::Redirect(_))));
+        let limit: LocalRateLimit = decode(&built.typed_per_filter_config[LOCAL_RATE_LIMIT_FILTER]);
+        assert_eq!(limit.token_bucket.expect("bucket").max_tokens, 1);
+    }
+
+    #[test]
     fn routes_to_hash_balanced_clusters_carry_their_hash_key() {
         let sticky = ClusterOptions {
             load_balancing: LoadBalancing::Hash {
@@ -1490,6 +1522,36 @@ mod tests {
             decode(&c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS]);
         assert_eq!(protocol, http2_protocol_options());
         assert!(c.transport_socket.is_none(), "h2c is clear text");
+    }
+
+    #[test]
+    fn outlier_detection_may_eject_one_instance_of_a_small_service() {
+        let with_percent = |max_ejection_percent| ClusterOptions {
+            outlier_detection: Some(OutlierDetection {
+                consecutive_5xx: 2,
+                interval: Duration::from_secs(10),
+                base_ejection_time: Duration::from_secs(30),
+                max_ejection_percent,
+            }),
+            ..ClusterOptions::default()
+        };
+        let always_one = |options: &ClusterOptions| {
+            cluster("api", options)
+                .outlier_detection
+                .expect("outlier")
+                .always_eject_one_host
+        };
+        // 10 % of two instances is no instance: without this Envoy counts
+        // an `ejections_overflow` and keeps sending to the failing one.
+        assert_eq!(
+            always_one(&with_percent(10)),
+            Some(BoolValue { value: true })
+        );
+        assert_eq!(
+            always_one(&with_percent(0)),
+            Some(BoolValue { value: false }),
+            "0 % ejects nothing"
+        );
     }
 
     #[test]

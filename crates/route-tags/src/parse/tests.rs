@@ -230,6 +230,20 @@ fn hosts_and_paths_envoy_would_refuse_are_problems() {
             "edge.http.routes.r.retry_on=5xx,sometimes",
             "`sometimes` is not a retry condition",
         ),
+        // Envoy accepts these and then never retries: no key gives the
+        // codes or headers they need, and no upstream is HTTP/3.
+        (
+            "edge.http.routes.r.retry_on=5xx,retriable-status-codes",
+            "`retriable-status-codes` needs a list of status codes",
+        ),
+        (
+            "edge.http.routes.r.retry_on=retriable-headers",
+            "`retriable-headers` needs a list of response headers",
+        ),
+        (
+            "edge.http.routes.r.retry_on=http3-post-connect-failure",
+            "applies to HTTP/3 upstreams only",
+        ),
         ("edge.http.routes.r.listener=web.1", "not a name"),
         ("edge.http.routes.r.tls=yes", "`yes` is not true or false"),
         (
