@@ -17,6 +17,19 @@
 #                              sds_tls_cert, sds_tls_key, client_ca
 # The TSIG key is a BIND-style `key "name" { algorithm ...; secret "..."; };`
 # block; the encryption key is 32 random bytes in hex (`openssl rand -hex 32`).
+#
+# The encryption key seals every private key stored in Consul KV (anyone with
+# KV read on the prefix would read them otherwise; the service refuses to
+# start on Consul storage without one). Put it with the other secrets, e.g.:
+#   nomad var put nomad/jobs/envoy-acme-sds \
+#     encryption_key="$(openssl rand -hex 32)" consul_token=@consul-token ...
+# (`nomad var put` replaces the whole variable: give every item, or use
+# `nomad var get ... | nomad var put -in=json ...` to change one.)
+# Rotation (docs/operations.md, "Keys at rest"): put the old key as
+# `previous_encryption_key` and the new one as `encryption_key`, add a
+# template for `previous.key` like the one below and
+# `--previous-encryption-key-file ${NOMAD_SECRETS_DIR}/previous.key`; once
+# the status page says every key is sealed, remove both again.
 # docs/operations.md ("Control-plane certificates") shows how to make the
 # certificates with openssl, or how to have Vault's PKI issue them instead.
 

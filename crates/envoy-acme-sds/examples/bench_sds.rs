@@ -24,6 +24,7 @@ use envoy_acme_sds::manager::{CertManager, CertificateSpec, Outcome};
 use envoy_acme_sds::store::codec::{CertificatePart, certificate_item};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::disk::DiskStore;
+use envoy_acme_sds::store::encryption::KeyEncryption;
 use envoy_acme_sds::store::{CertificateStore, RenewalRequest, SecretName};
 use test_support::bootstrap::SdsListenerBootstrap;
 use test_support::{
@@ -178,6 +179,10 @@ async fn propagation(binary: &std::path::Path, rotations: usize) -> Vec<Duration
     std::fs::write(&ca_file, pebble.listener_ca_pem()).expect("ca file");
     let tsig_file = dir.path().join("tsig.key");
     std::fs::write(&tsig_file, knot.tsig().knsupdate_arg()).expect("tsig file");
+    // Sealed keys, as every Consul deployment runs: the benchmark measures that.
+    let key_file = dir.path().join("encryption.key");
+    let sealing_key: [u8; 32] = rand::random();
+    std::fs::write(&key_file, sealing_key).expect("key file");
 
     let mut replicas = Vec::new();
     for index in 0..2 {
@@ -196,6 +201,8 @@ async fn propagation(binary: &std::path::Path, rotations: usize) -> Vec<Duration
             &tsig_file.display().to_string(),
             "--storage",
             &format!("consul:{PREFIX}"),
+            "--encryption-key-file",
+            &key_file.display().to_string(),
             "--consul-addr",
             &consul.http_url(),
             "--lock-delay",
@@ -231,7 +238,9 @@ async fn propagation(binary: &std::path::Path, rotations: usize) -> Vec<Duration
         consul.http_url().parse::<Address>().expect("address"),
     ))
     .expect("client");
-    let store = ConsulStore::new(client.clone(), PREFIX, None).expect("store");
+    let encryption = KeyEncryption::from_bytes(&sealing_key).expect("key");
+    let store =
+        ConsulStore::new(client.clone(), PREFIX, Some(Arc::new(encryption))).expect("store");
     let name = SecretName::new(ZONE).expect("name");
     // The four items of a certificate are written in one transaction; the
     // metadata item's index says when.

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::sds::SecretPublisher;
 use crate::store::SecretName;
-use crate::store::codec::CertificatePart;
+use crate::store::codec::{CertificatePart, KeysAtRest};
 use crate::store::consul::ConsulStore;
 
 /// Follows `<prefix>/` and feeds the [`SecretPublisher`].
@@ -33,6 +33,7 @@ pub struct KvFollower {
     /// The items of each certificate as last looked at.
     certificates_seen: HashMap<SecretName, ItemsSignature>,
     renewals_seen: HashMap<SecretName, u64>,
+    keys_at_rest: Option<watch::Sender<Option<KeysAtRest>>>,
 }
 
 impl KvFollower {
@@ -48,7 +49,16 @@ impl KvFollower {
             wake,
             certificates_seen: HashMap::new(),
             renewals_seen: HashMap::new(),
+            keys_at_rest: None,
         }
+    }
+
+    /// Also tells `keys_at_rest` how the stored secrets lie at rest, after
+    /// every listing.
+    #[must_use]
+    pub fn with_keys_at_rest(mut self, keys_at_rest: watch::Sender<Option<KeysAtRest>>) -> Self {
+        self.keys_at_rest = Some(keys_at_rest);
+        self
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -87,6 +97,9 @@ impl KvFollower {
 
     /// Takes in one listing of the prefix.
     pub fn apply(&mut self, pairs: &[KvPair]) {
+        if let Some(keys_at_rest) = &self.keys_at_rest {
+            keys_at_rest.send_replace(Some(self.store.keys_at_rest(pairs)));
+        }
         for (name, entries) in self.store.certificate_entries(pairs) {
             let signature = ItemsSignature::of(&entries);
             if self.certificates_seen.get(&name) == Some(&signature) {

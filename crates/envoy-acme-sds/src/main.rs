@@ -48,6 +48,13 @@ async fn main() -> Result<()> {
 async fn serve(args: Layer) -> Result<()> {
     service_support::logging::init(args.log_format.unwrap_or_default());
     let settings = args.resolve().context("invalid configuration")?;
+    if settings.storage.plaintext_keys_allowed && settings.storage.encryption.is_none() {
+        warn!(
+            storage = %settings.storage.location,
+            "--allow-plaintext-keys: private keys are stored in plaintext, readable by anyone \
+             who can read the storage; give --encryption-key-file to seal them"
+        );
+    }
     let shutdown = service_support::shutdown::on_signal();
 
     let mut registry = Registry::default();
@@ -116,8 +123,10 @@ async fn serve(args: Layer) -> Result<()> {
     let storage = StorageMode::open(
         &settings.storage.location,
         settings.storage.encryption.clone(),
+        settings.storage.previous_encryption.clone(),
         consul.clone(),
     )?;
+    let (keys_at_rest, keys_at_rest_seen) = watch::channel(None);
     let replica = Replica {
         renewer,
         publisher: Arc::clone(&publisher),
@@ -128,14 +137,18 @@ async fn serve(args: Layer) -> Result<()> {
             session_ttl: settings.session_ttl,
             lock_delay: settings.lock_delay,
         },
+        keys_at_rest,
     };
     let leadership = storage.start(replica, &mut tasks, &shutdown).await;
 
-    let routes = Arc::new(SdsAdmin::new(
-        Arc::clone(&publisher),
-        leadership,
-        settings.instance_name.clone(),
-    ));
+    let routes = Arc::new(
+        SdsAdmin::new(
+            Arc::clone(&publisher),
+            leadership,
+            settings.instance_name.clone(),
+        )
+        .with_keys_at_rest(keys_at_rest_seen),
+    );
     tasks.spawn(admin.serve(Arc::new(registry), routes, shutdown.clone()));
     // A process without its SDS server serves nothing while looking alive
     // (`/readyz` would stay 200): if the server fails, the whole process
@@ -276,7 +289,12 @@ async fn renew(args: RenewArgs) -> Result<()> {
     service_support::logging::init(service_support::logging::LogFormat::Pretty);
     let (storage, names) = args.resolve().context("invalid configuration")?;
     let consul = storage.consul.clone().map(Client::new).transpose()?;
-    let mode = StorageMode::open(&storage.location, storage.encryption.clone(), consul)?;
+    let mode = StorageMode::open(
+        &storage.location,
+        storage.encryption.clone(),
+        storage.previous_encryption.clone(),
+        consul,
+    )?;
     let store = mode.store();
     let now = OffsetDateTime::now_utc();
     for name in &names {

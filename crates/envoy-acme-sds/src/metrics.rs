@@ -8,6 +8,7 @@
 //! | `envoy_acme_sds_renewals_total` | counter | `secret`, `result` = `ok`/`failed` |
 //! | `envoy_acme_sds_acme_request_duration_seconds` | histogram | |
 //! | `envoy_acme_sds_lock_holder` | gauge, 1 while this replica holds the renewal lock | |
+//! | `envoy_acme_sds_keys_resealed_total` | counter: stored secrets rewritten sealed with the current key | |
 //!
 //! The certificate gauges are computed at scrape time from what is served,
 //! so "seconds to renewal" counts down without anything updating it. It
@@ -49,6 +50,7 @@ pub struct ServiceMetrics {
     renewals: Family<RenewalLabels, Counter>,
     acme_request_duration: Histogram,
     lock_holder: Gauge,
+    keys_resealed: Counter,
 }
 
 impl Default for ServiceMetrics {
@@ -60,6 +62,7 @@ impl Default for ServiceMetrics {
             // 5 ms .. ~40 s.
             acme_request_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             lock_holder: Gauge::default(),
+            keys_resealed: Counter::default(),
         }
     }
 }
@@ -84,6 +87,17 @@ impl ServiceMetrics {
             "1 while this replica holds the renewal lock (always 1 with disk storage)",
             self.lock_holder.clone(),
         );
+        registry.register(
+            "keys_resealed",
+            "Stored private keys rewritten sealed with the current encryption key (plaintext or previous key before)",
+            self.keys_resealed.clone(),
+        );
+    }
+
+    /// Counts stored secrets rewritten sealed with the current key.
+    pub fn keys_resealed(&self, count: usize) {
+        self.keys_resealed
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     /// The histogram the ACME client times its requests into.

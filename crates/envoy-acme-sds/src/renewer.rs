@@ -12,15 +12,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::acme::{AcmeClient, AcmeConfig};
 use crate::challenge::ChallengeSolver;
 use crate::election::{Leadership, Term};
 use crate::manager::{CertManager, CertificateSpec, RenewalObserver};
 use crate::metrics::ServiceMetrics;
-use crate::store::CertificateStore;
 use crate::store::consul::ConsulStore;
+use crate::store::{CertificateStore, StoreError};
 
 /// Delay between attempts to reach the CA for the account.
 const ACCOUNT_RETRY: [Duration; 4] = [
@@ -29,6 +29,9 @@ const ACCOUNT_RETRY: [Duration; 4] = [
     Duration::from_secs(60),
     Duration::from_secs(600),
 ];
+
+/// Pause before another resealing pass when one left stored secrets behind.
+const RESEAL_RETRY: Duration = Duration::from_secs(30);
 
 /// A certificate to keep valid and how its names are proven.
 #[derive(Debug, Clone)]
@@ -151,16 +154,63 @@ impl Renewer {
                 }
             };
             metrics.set_lock_holder(true);
-            let fenced: Arc<dyn CertificateStore> = Arc::new(store.fenced(term.session.clone()));
+            let fenced_store = store.fenced(term.session.clone());
+            let fenced: Arc<dyn CertificateStore> = Arc::new(fenced_store.clone());
             let until = term.ended.clone();
             tokio::select! {
-                () = self.run(fenced, until.clone()) => {}
+                ((), ()) = async {
+                    tokio::join!(
+                        self.run(fenced, until.clone()),
+                        reseal_stored_keys(&fenced_store, &metrics, &until),
+                    )
+                } => {}
                 () = shutdown.cancelled() => until.cancel(),
             }
             metrics.set_lock_holder(false);
             if shutdown.is_cancelled() {
                 return;
             }
+        }
+    }
+}
+
+/// Seals with the current key whatever stored secret is in plaintext or
+/// sealed with the previous key: once per term (the lock holder's writes are
+/// the fenced ones), again every [`RESEAL_RETRY`] while items are left.
+async fn reseal_stored_keys(
+    store: &ConsulStore,
+    metrics: &ServiceMetrics,
+    until: &CancellationToken,
+) {
+    if !store.codec().seals() {
+        return;
+    }
+    loop {
+        let pass = tokio::select! {
+            () = until.cancelled() => return,
+            pass = store.reseal_keys() => pass,
+        };
+        match pass {
+            Ok(report) => {
+                metrics.keys_resealed(report.resealed);
+                info!(
+                    resealed = report.resealed,
+                    left = report.failed,
+                    "stored private keys resealed with the current encryption key"
+                );
+                if report.failed == 0 {
+                    return;
+                }
+            }
+            // The lock is gone; the next holder reseals.
+            Err(StoreError::Fenced { .. }) => return,
+            Err(error) => {
+                warn!(%error, retry_in = ?RESEAL_RETRY, "cannot reseal the stored private keys");
+            }
+        }
+        tokio::select! {
+            () = until.cancelled() => return,
+            () = tokio::time::sleep(RESEAL_RETRY) => {}
         }
     }
 }

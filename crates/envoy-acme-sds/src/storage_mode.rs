@@ -31,6 +31,7 @@ use crate::metrics::ServiceMetrics;
 use crate::policy::OrderHistory;
 use crate::renewer::Renewer;
 use crate::sds::SecretPublisher;
+use crate::store::codec::KeysAtRest;
 use crate::store::consul::ConsulStore;
 use crate::store::disk::DiskStore;
 use crate::store::encryption::KeyEncryption;
@@ -70,6 +71,9 @@ pub struct Replica {
     pub wake: watch::Sender<()>,
     pub metrics: ServiceMetrics,
     pub lock: LockSettings,
+    /// Told how the stored secrets lie at rest, whenever the store changes
+    /// (shared storage only: every replica follows the prefix).
+    pub keys_at_rest: watch::Sender<Option<KeysAtRest>>,
 }
 
 /// The storage of this process, and with it who renews and who serves.
@@ -82,18 +86,22 @@ pub enum StorageMode {
 }
 
 impl StorageMode {
-    /// Opens the storage at `location`; `consul` is needed for Consul storage.
+    /// Opens the storage at `location`, sealing with `encryption` and also
+    /// opening what `previous` sealed; `consul` is needed for Consul storage.
     pub fn open(
         location: &StorageLocation,
         encryption: Option<Arc<KeyEncryption>>,
+        previous: Option<Arc<KeyEncryption>>,
         consul: Option<Client>,
     ) -> Result<Self, StorageModeError> {
         let opened = match location {
-            StorageLocation::Disk(dir) => DiskStore::open(dir, encryption).map(Self::Disk),
+            StorageLocation::Disk(dir) => DiskStore::open(dir, encryption)
+                .map(|store| Self::Disk(store.with_previous_key(previous))),
             StorageLocation::Consul { prefix } => {
                 let client =
                     consul.ok_or_else(|| StorageModeError::NoConsulClient(location.to_string()))?;
-                ConsulStore::new(client, prefix, encryption).map(Self::Consul)
+                ConsulStore::new(client, prefix, encryption)
+                    .map(|store| Self::Consul(store.with_previous_key(previous)))
             }
         };
         opened.map_err(|source| StorageModeError::Open {
@@ -131,6 +139,7 @@ impl StorageMode {
             wake,
             metrics,
             lock,
+            keys_at_rest,
         } = replica;
         match self {
             Self::Disk(store) => {
@@ -155,7 +164,11 @@ impl StorageMode {
                 let election = Election::new(store.client().clone(), election_config);
                 let leadership = election.subscribe();
                 tasks.spawn(election.run(shutdown.clone()));
-                tasks.spawn(KvFollower::new(store.clone(), publisher, wake).run(shutdown.clone()));
+                tasks.spawn(
+                    KvFollower::new(store.clone(), publisher, wake)
+                        .with_keys_at_rest(keys_at_rest)
+                        .run(shutdown.clone()),
+                );
                 let leading = leadership.clone();
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {

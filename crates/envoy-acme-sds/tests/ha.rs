@@ -19,11 +19,14 @@ use common::service::{SdsService, binary, presented};
 use common::{ZONE, acme_ca_file, start_pebble};
 use consul_client::{Address, Client, ClientConfig, QueryOptions, SessionRequest};
 use envoy_acme_sds::store::consul::ConsulStore;
+use envoy_acme_sds::store::encryption::KeyEncryption;
 use envoy_acme_sds::store::{CertificateStore, SecretName};
 use test_support::bootstrap::{SdsListenerBootstrap, SdsTransport};
 use test_support::{ConsulAgent, Envoy, Knot, PebbleOptions, eventually, free_port};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The replicas seal private keys with this key (Consul storage requires one).
+const SEALING_KEY: [u8; 32] = [7; 32];
 const PREFIX: &str = "ha-test";
 const HOST: &str = "www.example.test";
 
@@ -86,7 +89,9 @@ async fn one_replica_orders_both_serve_and_the_lock_moves_when_the_holder_dies()
         consul.http_url().parse::<Address>().expect("address"),
     ))
     .expect("client");
-    let store = ConsulStore::new(client.clone(), PREFIX, None).expect("store");
+    let encryption = KeyEncryption::from_bytes(&SEALING_KEY).expect("key");
+    let store =
+        ConsulStore::new(client.clone(), PREFIX, Some(Arc::new(encryption))).expect("store");
 
     let routes: Arc<Mutex<Vec<Arc<Route>>>> = Arc::new(Mutex::new(Vec::new()));
     let proxy_port =
@@ -103,9 +108,13 @@ async fn one_replica_orders_both_serve_and_the_lock_moves_when_the_holder_dies()
 
     let dir = tempfile::tempdir().expect("tempdir");
     let ca_file = acme_ca_file(&pebble, dir.path()).display().to_string();
+    let key_file = dir.path().join("encryption.key");
+    std::fs::write(&key_file, SEALING_KEY).expect("key file");
     let storage_args = vec![
         "--storage".to_owned(),
         format!("consul:{PREFIX}"),
+        "--encryption-key-file".to_owned(),
+        key_file.display().to_string(),
         "--consul-addr".to_owned(),
         consul.http_url(),
     ];

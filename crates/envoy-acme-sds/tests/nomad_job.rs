@@ -80,3 +80,48 @@ fn the_nomad_job_serves_secrets_only_over_mutual_tls() {
     let findings = task.exposure_findings();
     assert!(findings.is_empty(), "{findings:#?}");
 }
+
+/// Private keys in Consul KV are sealed: the job passes a key file rendered
+/// from a Nomad variable into the secrets directory, never plaintext keys.
+#[test]
+fn the_nomad_job_seals_private_keys_with_a_key_from_a_nomad_variable() {
+    let job =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nomad-jobs/envoy-acme-sds.nomad.hcl");
+    let tasks = task_args(&parse_job(&job).expect("the job parses as HCL"));
+    let task = tasks
+        .iter()
+        .find(|t| t.task == "envoy-acme-sds")
+        .expect("the job has an envoy-acme-sds task");
+    let key_file = task
+        .value_of("--encryption-key-file")
+        .expect("the job passes --encryption-key-file");
+    // Interpolated strings keep their quotes in the parsed arguments.
+    assert_eq!(
+        key_file.trim_matches('"'),
+        "${NOMAD_SECRETS_DIR}/encryption.key"
+    );
+    assert!(
+        !task
+            .flags()
+            .iter()
+            .any(|flag| flag == "--allow-plaintext-keys"),
+        "the shipped job stores keys in plaintext"
+    );
+    let text = std::fs::read_to_string(&job).expect("job");
+    let template = text
+        .split("template {")
+        .find(|block| block.contains("destination = \"${NOMAD_SECRETS_DIR}/encryption.key\""))
+        .expect("a template renders the key file");
+    assert!(
+        template.contains("{{ .encryption_key }}") && template.contains("nomadVar"),
+        "the key comes from a Nomad variable: {template}"
+    );
+    assert!(
+        template.contains("perms       = \"0400\""),
+        "only the task's user reads it: {template}"
+    );
+    assert!(
+        text.contains("nomad var put"),
+        "the job says how to put the key"
+    );
+}

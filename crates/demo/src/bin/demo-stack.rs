@@ -117,6 +117,13 @@ async fn main() -> Result<()> {
     )?;
     let acme_ca = work.path().join("pebble-listener-ca.pem");
     std::fs::write(&acme_ca, pebble.listener_ca_pem())?;
+    // Private keys in Consul KV are sealed: a fresh random key per demo run,
+    // readable by its owner only, like any key file an operator keeps.
+    let encryption_key = work.path().join("encryption.key");
+    let key_hex: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    write_private(&encryption_key, &format!("{key_hex}\n"))?;
 
     let sds = loopback();
     let sds_admin = loopback();
@@ -142,6 +149,8 @@ async fn main() -> Result<()> {
                 &tsig_file.display().to_string(),
                 "--storage",
                 "consul:envoy-acme-sds/demo",
+                "--encryption-key-file",
+                &encryption_key.display().to_string(),
                 "--consul-addr",
                 &consul.http_url(),
                 "--sds-listen",

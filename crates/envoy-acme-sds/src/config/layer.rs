@@ -313,9 +313,16 @@ pub struct StorageArgs {
     )]
     // Text until resolution, whose error names `--storage`.
     pub storage: Option<String>,
-    /// Encrypt private keys at rest with this key (32 bytes: raw, base64 or hex). No default.
+    /// Encrypt private keys at rest with this key (32 bytes: raw, base64 or hex). No default; required with consul: storage unless --allow-plaintext-keys.
     #[arg(long, env = "ENVOY_ACME_SDS_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
+    /// The key before a rotation: what it sealed stays readable and is resealed with --encryption-key-file at start.
+    #[arg(long, env = "ENVOY_ACME_SDS_PREVIOUS_ENCRYPTION_KEY_FILE")]
+    pub previous_encryption_key_file: Option<PathBuf>,
+    /// Store private keys in Consul KV in plaintext, readable by anyone with KV read on the prefix.
+    #[arg(long, env = "ENVOY_ACME_SDS_ALLOW_PLAINTEXT_KEYS")]
+    #[serde(default)]
+    pub allow_plaintext_keys: bool,
 }
 
 impl StorageArgs {
@@ -324,6 +331,11 @@ impl StorageArgs {
         Self {
             storage: self.storage.or(fallback.storage),
             encryption_key_file: self.encryption_key_file.or(fallback.encryption_key_file),
+            previous_encryption_key_file: self
+                .previous_encryption_key_file
+                .or(fallback.previous_encryption_key_file),
+            // A flag can only say yes; either layer saying it is enough.
+            allow_plaintext_keys: self.allow_plaintext_keys || fallback.allow_plaintext_keys,
         }
     }
 }

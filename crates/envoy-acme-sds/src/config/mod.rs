@@ -78,6 +78,8 @@ pub enum ConfigError {
     Tsig(#[from] TsigFileError),
     #[error("--encryption-key-file: {0}")]
     Encryption(#[from] EncryptionError),
+    #[error("--previous-encryption-key-file: {0}")]
+    PreviousEncryption(#[source] EncryptionError),
     #[error("Consul client: {0}")]
     Consul(#[from] consul_client::ConfigError),
     #[error(transparent)]

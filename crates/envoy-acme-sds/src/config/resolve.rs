@@ -35,6 +35,7 @@ impl Layer {
     /// `flag_certs`: how many of the certificates came from `--cert`.
     fn into_settings(self, flag_certs: usize) -> Result<Settings, ConfigError> {
         let storage = resolve_storage(self.storage.clone(), self.consul.clone())?;
+        rules::consul_keys_sealed(&storage)?;
         let acme = self.resolve_acme()?;
         let challenge = self.resolve_challenge()?;
         let certificates = self.resolve_certificates(flag_certs)?;
@@ -227,6 +228,19 @@ pub fn resolve_storage(
         .as_ref()
         .map(|path| KeyEncryption::from_key_file(path).map(Arc::new))
         .transpose()?;
+    let previous_encryption = storage
+        .previous_encryption_key_file
+        .as_ref()
+        .map(|path| KeyEncryption::from_key_file(path).map(Arc::new))
+        .transpose()
+        .map_err(ConfigError::PreviousEncryption)?;
+    if previous_encryption.is_some() && encryption.is_none() {
+        // The file can name the previous key without the current one.
+        return Err(invalid(
+            "--previous-encryption-key-file",
+            "needs --encryption-key-file: the previous key only opens, the current one reseals",
+        ));
+    }
     let consul = match &location {
         StorageLocation::Disk(_) => None,
         StorageLocation::Consul { .. } => Some(consul.client_config()?),
@@ -234,6 +248,8 @@ pub fn resolve_storage(
     Ok(StorageSettings {
         location,
         encryption,
+        previous_encryption,
+        plaintext_keys_allowed: storage.allow_plaintext_keys,
         consul,
     })
 }

@@ -6,7 +6,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{CertificateSettings, ChallengeSettings, ConfigError, Layer, invalid};
+use super::{
+    CertificateSettings, ChallengeSettings, ConfigError, Layer, StorageLocation, StorageSettings,
+    invalid,
+};
 use crate::election::MIN_SESSION_TTL;
 
 /// An exec hook publishes challenges itself; an RFC 2136 server as well
@@ -39,6 +42,22 @@ pub fn validation_context_has_one_cert(flag_certs: usize) -> Result<(), ConfigEr
         return Err(invalid(
             "--validation-context-secret",
             "applies to exactly one --cert; give each certificate its own in the config file",
+        ));
+    }
+    Ok(())
+}
+
+/// In Consul KV a private key is readable by every token with KV read on
+/// the prefix, and broad read policies (`key_prefix ""`) are common: keys
+/// are sealed there unless the operator says otherwise out loud.
+pub fn consul_keys_sealed(storage: &StorageSettings) -> Result<(), ConfigError> {
+    let consul = matches!(storage.location, StorageLocation::Consul { .. });
+    if consul && storage.encryption.is_none() && !storage.plaintext_keys_allowed {
+        return Err(invalid(
+            "--encryption-key-file",
+            "required with consul: storage, since anyone with KV read on the prefix could read \
+             every private key stored in plaintext; give a 32-byte key file, or \
+             --allow-plaintext-keys to store them in plaintext knowingly",
         ));
     }
     Ok(())

@@ -79,6 +79,10 @@ impl std::fmt::Display for StorageLocation {
 pub struct StorageSettings {
     pub location: StorageLocation,
     pub encryption: Option<Arc<KeyEncryption>>,
+    /// The key before a rotation: opened, never sealed with.
+    pub previous_encryption: Option<Arc<KeyEncryption>>,
+    /// The operator allowed private keys in plaintext (`--allow-plaintext-keys`).
+    pub plaintext_keys_allowed: bool,
     /// Set for Consul storage.
     pub consul: Option<ClientConfig>,
 }

@@ -82,6 +82,7 @@ fn consul_connection_comes_from_flags_then_the_file() {
         &config,
         r#"
 storage = "consul:certs"
+allow_plaintext_keys = true
 consul_addr = "https://consul.internal:8501"
 consul_cacert = "/etc/consul/ca.pem"
 consul_client_cert = "/etc/consul/client.pem"
@@ -127,6 +128,7 @@ fn file_certificates_add_to_flags_and_bad_fields_are_named() {
         format!(
             r#"
 storage = "consul:certs"
+allow_plaintext_keys = true
 challenge = "dns-01"
 [rfc2136]
 server = "127.0.0.1:5353"
@@ -400,4 +402,167 @@ fn a_lock_delay_consul_would_refuse_is_refused_at_start() {
     .expect_err("over Consul's maximum");
     assert!(error.to_string().contains("--lock-delay"), "{error}");
     assert!(error.to_string().contains("60s"), "{error}");
+}
+
+fn key_file(dir: &tempfile::TempDir, name: &str, byte: u8) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, [byte; 32]).expect("write");
+    path.display().to_string()
+}
+
+fn consul_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--storage",
+        "consul:certs",
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn consul_storage_without_a_key_is_refused_naming_both_flags() {
+    let error = parse(&consul_args(&[]))
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("plaintext keys in Consul");
+    let text = error.to_string();
+    assert!(text.contains("--encryption-key-file"), "{text}");
+    assert!(text.contains("--allow-plaintext-keys"), "{text}");
+    assert!(text.contains("KV read"), "{text}");
+
+    let allowed = parse(&consul_args(&["--allow-plaintext-keys"]))
+        .expect("parses")
+        .run
+        .resolve()
+        .expect("allowed out loud");
+    assert!(allowed.storage.plaintext_keys_allowed);
+    assert!(allowed.storage.encryption.is_none());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(&dir, "current.key", 1);
+    let sealed = parse(&consul_args(&["--encryption-key-file", &key]))
+        .expect("parses")
+        .run
+        .resolve()
+        .expect("sealed");
+    assert!(sealed.storage.encryption.is_some());
+
+    // Disk storage is one machine's directory: no key required there.
+    parse(&[
+        "--storage",
+        "disk:/x",
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect("disk without a key");
+}
+
+#[test]
+fn key_settings_come_from_the_file_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let current = key_file(&dir, "current.key", 1);
+    let previous = key_file(&dir, "previous.key", 2);
+    let config = write_config(
+        &dir,
+        &format!(
+            "storage = \"consul:certs\"\nencryption_key_file = \"{current}\"\n\
+             previous_encryption_key_file = \"{previous}\"\n"
+        ),
+    );
+    let settings = parse(&[
+        "--config",
+        &config,
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect("resolves");
+    let id = |byte| {
+        crate::store::encryption::KeyEncryption::from_bytes(&[byte; 32])
+            .expect("key")
+            .key_id()
+            .to_owned()
+    };
+    assert_eq!(
+        settings.storage.encryption.as_ref().map(|k| k.key_id()),
+        Some(id(1).as_str())
+    );
+    assert_eq!(
+        settings
+            .storage
+            .previous_encryption
+            .as_ref()
+            .map(|k| k.key_id()),
+        Some(id(2).as_str())
+    );
+
+    let config = write_config(
+        &dir,
+        "storage = \"consul:certs\"\nallow_plaintext_keys = true\n",
+    );
+    let settings = parse(&[
+        "--config",
+        &config,
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect("resolves");
+    assert!(settings.storage.plaintext_keys_allowed);
+}
+
+#[test]
+fn a_previous_key_needs_a_current_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let previous = key_file(&dir, "previous.key", 2);
+    let error = parse(&consul_args(&[
+        "--allow-plaintext-keys",
+        "--previous-encryption-key-file",
+        &previous,
+    ]))
+    .expect("parses")
+    .run
+    .resolve()
+    .expect_err("previous without current");
+    let text = error.to_string();
+    assert!(text.contains("--previous-encryption-key-file"), "{text}");
+    assert!(text.contains("--encryption-key-file"), "{text}");
+
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "short").expect("write");
+    let current = key_file(&dir, "current.key", 1);
+    let error = parse(&consul_args(&[
+        "--encryption-key-file",
+        &current,
+        "--previous-encryption-key-file",
+        &bad.display().to_string(),
+    ]))
+    .expect("parses")
+    .run
+    .resolve()
+    .expect_err("bad previous key");
+    assert!(
+        error
+            .to_string()
+            .starts_with("--previous-encryption-key-file"),
+        "{error}"
+    );
 }

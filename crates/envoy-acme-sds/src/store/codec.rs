@@ -29,8 +29,8 @@ use super::encryption::{EncryptionError, KeyEncryption, Sealed};
 // Item names are re-exported here, where callers found them before the layout
 // had its own module.
 pub use super::layout::{
-    CERTIFICATES_DIR, CertificatePart, account_item, certificate_dir, certificate_item,
-    order_history_item, parse_certificate_item, renewal_request_item,
+    ACCOUNTS_DIR, CERTIFICATES_DIR, CertificatePart, account_item, certificate_dir,
+    certificate_item, order_history_item, parse_certificate_item, renewal_request_item,
 };
 use super::{AccountId, RenewalRequest, SecretName, StoreError, StoredAccount};
 use time::OffsetDateTime;
@@ -153,15 +153,197 @@ enum SecretField {
     Sealed(Sealed),
 }
 
+/// How one stored secret (a certificate's private key, an account's
+/// credentials) lies at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAtRest {
+    /// In clear: readable by anyone who can read the item.
+    Plaintext,
+    /// Sealed with the configured key.
+    SealedCurrent,
+    /// Sealed with `--previous-encryption-key-file`'s key: readable, due for resealing.
+    SealedPrevious,
+    /// Sealed with a key this process does not have (or not decodable at all).
+    SealedOther,
+}
+
+impl KeyAtRest {
+    /// Whether resealing with the configured key would change the item.
+    pub fn needs_resealing(self) -> bool {
+        matches!(self, Self::Plaintext | Self::SealedPrevious)
+    }
+}
+
+/// How every stored secret lies at rest, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KeysAtRest {
+    pub total: usize,
+    /// Sealed with the configured key.
+    pub sealed: usize,
+    pub plaintext: usize,
+    pub sealed_with_previous_key: usize,
+    pub sealed_with_other_key: usize,
+}
+
+impl KeysAtRest {
+    pub fn count(&mut self, state: KeyAtRest) {
+        self.total += 1;
+        match state {
+            KeyAtRest::Plaintext => self.plaintext += 1,
+            KeyAtRest::SealedCurrent => self.sealed += 1,
+            KeyAtRest::SealedPrevious => self.sealed_with_previous_key += 1,
+            KeyAtRest::SealedOther => self.sealed_with_other_key += 1,
+        }
+    }
+
+    /// Whether every stored secret is sealed with the configured key.
+    pub fn all_sealed(&self) -> bool {
+        self.sealed == self.total
+    }
+
+    /// One line for people: `all 3 sealed`, `2 of 3 in plaintext`, ...
+    pub fn summary(&self) -> String {
+        let total = self.total;
+        if total == 0 {
+            return "none stored yet".to_owned();
+        }
+        if self.all_sealed() {
+            return format!("all {total} sealed");
+        }
+        let mut parts = Vec::new();
+        for (count, what) in [
+            (self.plaintext, "in plaintext"),
+            (
+                self.sealed_with_previous_key,
+                "sealed with the previous key",
+            ),
+            (self.sealed_with_other_key, "sealed with an unknown key"),
+        ] {
+            if count > 0 {
+                parts.push(format!("{count} of {total} {what}"));
+            }
+        }
+        parts.join(", ")
+    }
+}
+
 /// Encodes and decodes items, sealing secrets when a key is configured.
 #[derive(Debug, Clone, Default)]
 pub struct Codec {
     encryption: Option<Arc<KeyEncryption>>,
+    /// The key sealed items may still carry during a rotation: read, never written.
+    previous: Option<Arc<KeyEncryption>>,
 }
 
 impl Codec {
     pub fn new(encryption: Option<Arc<KeyEncryption>>) -> Self {
-        Self { encryption }
+        Self {
+            encryption,
+            previous: None,
+        }
+    }
+
+    /// Also opens items sealed with `previous` (the key before a rotation).
+    #[must_use]
+    pub fn with_previous(mut self, previous: Option<Arc<KeyEncryption>>) -> Self {
+        // The same key as the current one is no previous key: nothing to reseal.
+        self.previous = previous.filter(|previous| {
+            self.encryption
+                .as_ref()
+                .is_none_or(|current| current.key_id() != previous.key_id())
+        });
+        self
+    }
+
+    /// Whether a key to seal with is configured.
+    pub fn seals(&self) -> bool {
+        self.encryption.is_some()
+    }
+
+    /// How the secret in a stored secret item lies at rest: a certificate's
+    /// `key` item or an account item; `None` for any other item.
+    pub fn key_at_rest(&self, item: &str, bytes: &[u8]) -> Option<KeyAtRest> {
+        let field = self.secret_field_of(item, bytes)?;
+        Some(match field {
+            Ok(SecretField::Plain(_)) => KeyAtRest::Plaintext,
+            Ok(SecretField::Sealed(sealed)) => self.sealed_state(&sealed),
+            // Unreadable items are not counted as sealed: nobody can tell.
+            Err(()) => KeyAtRest::SealedOther,
+        })
+    }
+
+    /// The item re-encoded with its secret sealed with the configured key,
+    /// when it is in plaintext or sealed with the previous key; `Ok(None)`
+    /// when there is nothing to do (already sealed, no key configured, not
+    /// a secret item).
+    pub fn reseal(
+        &self,
+        item: &str,
+        bytes: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        if self.encryption.is_none() {
+            return Ok(None);
+        }
+        let Some(state) = self.key_at_rest(item, bytes) else {
+            return Ok(None);
+        };
+        if !state.needs_resealing() {
+            return Ok(None);
+        }
+        if is_certificate_key_item(item) {
+            let secret = self.open_key(item, bytes)?;
+            let Some(encryption) = &self.encryption else {
+                return Ok(None);
+            };
+            let sealed = encryption
+                .seal(item, secret.expose().as_bytes())
+                .map_err(|source| StoreError::Encryption {
+                    item: item.to_owned(),
+                    source,
+                })?;
+            return to_json(item, &sealed).map(Some);
+        }
+        let mut document: AccountDocument = from_json(item, bytes)?;
+        check_version(item, document.version)?;
+        let secret = self.open(item, document.credentials)?;
+        document.credentials = self.seal(item, secret.expose())?;
+        to_json(item, &document).map(Some)
+    }
+
+    /// The secret field of a secret item, undecoded; `None` for other items.
+    fn secret_field_of(&self, item: &str, bytes: &[u8]) -> Option<Result<SecretField, ()>> {
+        if is_certificate_key_item(item) {
+            let text = bytes.trim_ascii_start();
+            return Some(if text.starts_with(b"-----BEGIN") {
+                Ok(SecretField::Plain(String::new()))
+            } else {
+                serde_json::from_slice::<Sealed>(bytes)
+                    .map(SecretField::Sealed)
+                    .map_err(|_| ())
+            });
+        }
+        if item.starts_with(ACCOUNTS_DIR) {
+            return Some(
+                serde_json::from_slice::<AccountDocument>(bytes)
+                    .map(|document| document.credentials)
+                    .map_err(|_| ()),
+            );
+        }
+        None
+    }
+
+    fn sealed_state(&self, sealed: &Sealed) -> KeyAtRest {
+        let matches = |key: &Option<Arc<KeyEncryption>>| {
+            key.as_ref()
+                .is_some_and(|key| key.key_id() == sealed.key_id)
+        };
+        if matches(&self.encryption) {
+            KeyAtRest::SealedCurrent
+        } else if matches(&self.previous) {
+            KeyAtRest::SealedPrevious
+        } else {
+            KeyAtRest::SealedOther
+        }
     }
 
     /// Splits `bundle` into its items, sealing the key if configured.
@@ -426,7 +608,13 @@ impl Codec {
             }
             (SecretField::Sealed(_), None) => Err(encryption_error(EncryptionError::KeyRequired)),
             (SecretField::Sealed(sealed), Some(encryption)) => {
-                let bytes = encryption.open(item, &sealed).map_err(encryption_error)?;
+                // During a rotation an item may still be sealed with the
+                // previous key; anything else is named against the current one.
+                let key = match &self.previous {
+                    Some(previous) if previous.key_id() == sealed.key_id => previous,
+                    _ => encryption,
+                };
+                let bytes = key.open(item, &sealed).map_err(encryption_error)?;
                 String::from_utf8(bytes.expose().clone())
                     .map(Secret::new)
                     .map_err(|_| StoreError::Corrupt {
@@ -436,6 +624,11 @@ impl Codec {
             }
         }
     }
+}
+
+/// Whether `item` is a certificate's private key.
+fn is_certificate_key_item(item: &str) -> bool {
+    parse_certificate_item(item).is_some_and(|(_, part)| part == CertificatePart::Key)
 }
 
 fn to_json<T: Serialize>(item: &str, value: &T) -> Result<Zeroizing<Vec<u8>>, StoreError> {
@@ -733,5 +926,126 @@ mod tests {
         let back = codec.decode_account(&id, &bytes).expect("decode");
         assert_eq!(back.credentials_json, account.credentials_json);
         assert_eq!(back.contact, account.contact);
+    }
+
+    fn key(byte: u8) -> Option<Arc<KeyEncryption>> {
+        Some(Arc::new(
+            KeyEncryption::from_bytes(&[byte; 32]).expect("key"),
+        ))
+    }
+
+    #[test]
+    fn plaintext_and_previous_key_items_are_resealed_with_the_current_key() {
+        let bundle = bundle();
+        let key_item = certificate_item(&name(), CertificatePart::Key);
+        let plain = Codec::default()
+            .encode_certificate(&name(), &bundle)
+            .expect("encode");
+        let sealed_a = Codec::new(key(1))
+            .encode_certificate(&name(), &bundle)
+            .expect("encode");
+        let codec = Codec::new(key(2)).with_previous(key(1));
+
+        assert_eq!(
+            codec.key_at_rest(&key_item, &plain.key),
+            Some(KeyAtRest::Plaintext)
+        );
+        assert_eq!(
+            codec.key_at_rest(&key_item, &sealed_a.key),
+            Some(KeyAtRest::SealedPrevious)
+        );
+        assert_eq!(
+            Codec::new(key(2)).key_at_rest(&key_item, &sealed_a.key),
+            Some(KeyAtRest::SealedOther)
+        );
+        let metadata_item = certificate_item(&name(), CertificatePart::Metadata);
+        assert_eq!(codec.key_at_rest(&metadata_item, &plain.metadata), None);
+        assert!(
+            codec
+                .reseal(&metadata_item, &plain.metadata)
+                .expect("ok")
+                .is_none()
+        );
+
+        // Items sealed with the previous key read as they are.
+        let mut read_back = stored(&sealed_a);
+        let opened = codec
+            .decode_certificate(&name(), &read_back)
+            .expect("previous key opens")
+            .expect("present");
+        assert_eq!(opened.key_pem(), bundle.key_pem());
+
+        for before in [&plain.key, &sealed_a.key] {
+            let after = codec
+                .reseal(&key_item, before)
+                .expect("reseals")
+                .expect("changed");
+            assert_eq!(
+                codec.key_at_rest(&key_item, &after),
+                Some(KeyAtRest::SealedCurrent)
+            );
+            assert!(!String::from_utf8_lossy(&after).contains("PRIVATE KEY"));
+            assert!(codec.reseal(&key_item, &after).expect("ok").is_none());
+            // The current key alone opens it, and it still fits its certificate.
+            read_back.set(CertificatePart::Key, &after);
+            let opened = Codec::new(key(2))
+                .decode_certificate(&name(), &read_back)
+                .expect("current key opens")
+                .expect("present");
+            assert_eq!(opened.key_pem(), bundle.key_pem());
+        }
+
+        // Without a key nothing is resealed.
+        assert!(
+            Codec::default()
+                .reseal(&key_item, &plain.key)
+                .expect("ok")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn account_credentials_are_resealed_too() {
+        let id = AccountId::for_directory("https://ca.example/dir");
+        let item = account_item(&id);
+        let account = StoredAccount {
+            directory_url: "https://ca.example/dir".to_owned(),
+            contact: vec![],
+            credentials_json: Secret::new(r#"{"id":"x","key_pkcs8":"c2VjcmV0"}"#.to_owned()),
+        };
+        let plain = Codec::default()
+            .encode_account(&id, &account)
+            .expect("encode");
+        let codec = Codec::new(key(3));
+        assert_eq!(codec.key_at_rest(&item, &plain), Some(KeyAtRest::Plaintext));
+        let after = codec
+            .reseal(&item, &plain)
+            .expect("reseals")
+            .expect("changed");
+        assert!(!String::from_utf8_lossy(&after).contains("c2VjcmV0"));
+        assert_eq!(
+            codec.key_at_rest(&item, &after),
+            Some(KeyAtRest::SealedCurrent)
+        );
+        let back = codec.decode_account(&id, &after).expect("decode");
+        assert_eq!(back.credentials_json, account.credentials_json);
+    }
+
+    #[test]
+    fn keys_at_rest_read_as_a_sentence() {
+        let mut keys = KeysAtRest::default();
+        assert_eq!(keys.summary(), "none stored yet");
+        for _ in 0..3 {
+            keys.count(KeyAtRest::SealedCurrent);
+        }
+        assert_eq!(keys.summary(), "all 3 sealed");
+        assert!(keys.all_sealed());
+        keys.count(KeyAtRest::Plaintext);
+        keys.count(KeyAtRest::SealedPrevious);
+        assert_eq!(
+            keys.summary(),
+            "1 of 5 in plaintext, 1 of 5 sealed with the previous key"
+        );
+        assert!(!keys.all_sealed());
     }
 }

@@ -38,10 +38,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use consul_client::{Client, KvPair, QueryOptions, SessionId, TxnOp, TxnOutcome};
+use tracing::warn;
 use zeroize::Zeroizing;
 
 use super::backend::{ItemBackend, Writer};
-use super::codec::{Codec, EncodedCertificate, StoredCertificate};
+use super::codec::{Codec, EncodedCertificate, KeysAtRest, StoredCertificate};
 use super::encryption::KeyEncryption;
 use super::layout::{CertificatePart, certificate_dir, certificate_item, parse_certificate_item};
 use super::typed::Store;
@@ -62,6 +63,15 @@ pub struct Fence {
 
 /// Certificates, order histories and accounts under one Consul KV prefix.
 pub type ConsulStore = Store<ConsulKv>;
+
+/// What one pass of [`ConsulStore::reseal_keys`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResealReport {
+    /// Items rewritten sealed with the current key.
+    pub resealed: usize,
+    /// Items that still need it: changed meanwhile, unreadable, or Consul failed.
+    pub failed: usize,
+}
 
 impl ConsulStore {
     /// A store that reads `prefix` and refuses certificate writes until
@@ -122,6 +132,70 @@ impl ConsulStore {
         pairs: &'a [KvPair],
     ) -> BTreeMap<SecretName, Vec<(CertificatePart, &'a KvPair)>> {
         self.backend().certificate_entries(pairs)
+    }
+
+    /// How the secrets in a listing of the prefix lie at rest.
+    pub fn keys_at_rest(&self, pairs: &[KvPair]) -> KeysAtRest {
+        let mut keys = KeysAtRest::default();
+        for (item, pair) in self.backend().items(pairs) {
+            if let Some(state) = self
+                .codec()
+                .key_at_rest(item, pair.value.as_deref().unwrap_or_default())
+            {
+                keys.count(state);
+            }
+        }
+        keys
+    }
+
+    /// Rewrites every stored secret that is in plaintext or sealed with the
+    /// previous key, sealed with the current key. Each item is its own
+    /// transaction: the lock check, then a CAS on the `ModifyIndex` it was
+    /// read at, so a certificate renewed meanwhile is never overwritten with
+    /// the older key. Nothing is deleted. An item that fails is counted and
+    /// left as it is, for a later pass; losing the lock ends the pass with
+    /// [`StoreError::Fenced`].
+    pub async fn reseal_keys(&self) -> Result<ResealReport, StoreError> {
+        let mut report = ResealReport::default();
+        if !self.codec().seals() {
+            return Ok(report);
+        }
+        let root = format!("{}/", self.prefix());
+        let pairs = self
+            .client()
+            .kv_list(&root, &QueryOptions::default())
+            .await
+            .map_err(|source| StoreError::Consul {
+                operation: "listing",
+                key: root.clone(),
+                source,
+            })?
+            .value;
+        for (item, pair) in self.backend().items(&pairs) {
+            let bytes = pair.value.as_deref().unwrap_or_default();
+            let resealed = match self.codec().reseal(item, bytes) {
+                Ok(Some(resealed)) => resealed,
+                Ok(None) => continue,
+                Err(error) => {
+                    warn!(item, %error, "cannot reseal the stored secret; it stays as it is");
+                    report.failed += 1;
+                    continue;
+                }
+            };
+            match self
+                .backend()
+                .write_if_unchanged(item, &resealed, pair)
+                .await
+            {
+                Ok(()) => report.resealed += 1,
+                Err(error @ StoreError::Fenced { .. }) => return Err(error),
+                Err(error) => {
+                    warn!(item, %error, "resealing the stored secret failed; retried later");
+                    report.failed += 1;
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// The secret names with a renewal request in a listing of the prefix.
@@ -194,6 +268,43 @@ impl ConsulKv {
         certificates
     }
 
+    /// The items of a listing of the prefix, by item name.
+    fn items<'a>(&self, pairs: &'a [KvPair]) -> impl Iterator<Item = (&'a str, &'a KvPair)> {
+        let root = format!("{}/", self.prefix);
+        pairs
+            .iter()
+            .filter_map(move |pair| Some((pair.key.strip_prefix(&root)?, pair)))
+    }
+
+    /// One fenced transaction replacing `item` with `bytes` only if it is
+    /// still as `read` (same `ModifyIndex`).
+    async fn write_if_unchanged(
+        &self,
+        item: &str,
+        bytes: &[u8],
+        read: &KvPair,
+    ) -> Result<(), StoreError> {
+        let Some(fence) = &self.fence else {
+            return Err(StoreError::Fenced {
+                item: item.to_owned(),
+                reason: "this replica does not hold the renewal lock".to_owned(),
+            });
+        };
+        let ops = [
+            TxnOp::KvCheckSession {
+                key: fence.lock_key.clone(),
+                session: fence.session.clone(),
+            },
+            TxnOp::KvCas {
+                key: read.key.clone(),
+                value: Bytes::copy_from_slice(bytes),
+                flags: read.flags,
+                index: read.modify_index,
+            },
+        ];
+        self.commit(item, fence, &ops).await
+    }
+
     /// One transaction: the lock check, then the items. Either all apply or
     /// none does. `what` names the items in errors.
     async fn write_fenced(&self, what: &str, items: &[(String, &[u8])]) -> Result<(), StoreError> {
@@ -212,9 +323,15 @@ impl ConsulKv {
             value: Bytes::copy_from_slice(bytes),
             flags: 0,
         }));
+        self.commit(what, fence, &ops).await
+    }
+
+    /// Runs `ops`, whose first is `fence`'s lock check; a rollback caused by
+    /// that check is [`StoreError::Fenced`].
+    async fn commit(&self, what: &str, fence: &Fence, ops: &[TxnOp]) -> Result<(), StoreError> {
         let outcome = self
             .client
-            .txn(&ops, &QueryOptions::default())
+            .txn(ops, &QueryOptions::default())
             .await
             .map_err(|source| StoreError::Consul {
                 operation: "writing",

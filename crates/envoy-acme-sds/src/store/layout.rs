@@ -17,6 +17,9 @@ use super::{AccountId, SecretName};
 /// Where certificates live, relative to the store's root.
 pub const CERTIFICATES_DIR: &str = "certificates/";
 
+/// Where ACME accounts live, relative to the store's root.
+pub const ACCOUNTS_DIR: &str = "accounts/";
+
 /// One of the items a certificate is stored as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CertificatePart {
@@ -69,7 +72,7 @@ pub fn order_history_item(name: &SecretName) -> String {
 
 /// The key an ACME account is stored under: `accounts/<directory id>`.
 pub fn account_item(id: &AccountId) -> String {
-    format!("accounts/{id}")
+    format!("{ACCOUNTS_DIR}{id}")
 }
 
 /// The key an operator's renewal request is stored under: `renewals/<secret name>`.

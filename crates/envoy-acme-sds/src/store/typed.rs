@@ -4,10 +4,13 @@
 //! mapping from certificates, order histories, accounts and renewal requests
 //! to items is written once, here, and a backend only moves bytes.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::backend::{ItemBackend, Writer};
 use super::codec::Codec;
+use super::encryption::KeyEncryption;
 use super::layout::{account_item, order_history_item, renewal_request_item};
 use super::{AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount};
 use crate::certificate::{CertificateBundle, CertificateMetadata};
@@ -29,6 +32,13 @@ impl<B> Store<B> {
     /// Where the items live.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Also reads items sealed with `previous`, the key before a rotation.
+    #[must_use]
+    pub fn with_previous_key(mut self, previous: Option<Arc<KeyEncryption>>) -> Self {
+        self.codec = self.codec.with_previous(previous);
+        self
     }
 
     pub fn codec(&self) -> &Codec {
