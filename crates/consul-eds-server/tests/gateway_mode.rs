@@ -263,6 +263,26 @@ async fn routes_follow_the_tags(protocol: Protocol) {
     .await;
     assert_eq!(rival.requests(), 0, "the losing claim gets no traffic");
 
+    // A rolling deploy: a new instance of `shop` declares another route and
+    // not the old one. Instances that disagree never delete a route: both
+    // are served, and the disagreement is shown.
+    let shop2 = Backend::start("shop-2").await.expect("backend");
+    register(&consul_client, "shop", &shop2, &["edge.route=new.test/"]).await;
+    expect(&envoy, &eds, listener, "new.test", "/", 200, None).await;
+    expect(&envoy, &eds, listener, "shop.test", "/", 200, None).await;
+    let routes = debug_routes(&eds).await;
+    let note = routes["services"]["shop"]["disagreement"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(note.contains("disagree"), "{routes:#}");
+    consul_client
+        .agent_service_deregister("shop-2")
+        .await
+        .expect("deregister");
+    expect(&envoy, &eds, listener, "new.test", "/", 404, None).await;
+    expect(&envoy, &eds, listener, "shop.test", "/", 200, Some("shop-1")).await;
+
     // Editing the tag moves the route.
     register(&consul_client, "api", &api, &["edge.route=api.test/v2"]).await;
     expect(
