@@ -1,6 +1,6 @@
 //! Many services of many instances registered straight into Consul's
-//! catalog, as external services on made-up nodes: no agent, no process
-//! per instance, so a benchmark can hold 100,000 of them.
+//! catalog, as external services on made-up nodes: no process per
+//! instance, so a benchmark can hold 100,000 of them.
 
 use consul_client::{CatalogCheck, CatalogRegistration, CatalogService, CheckStatus, Client};
 use futures::StreamExt;
@@ -69,7 +69,7 @@ impl Fleet {
     }
 
     /// Registers every instance, passing, with the tags `tags(service)`;
-    /// 32 registrations in flight, which the default agent limits take.
+    /// 32 registrations in flight, which Consul's default limits take.
     pub async fn register_all(
         &self,
         client: &Client,
