@@ -40,7 +40,7 @@ pub fn run(root: &Path, sh_args: &[String]) -> Result<()> {
 }
 
 /// Where cargo puts build output: `$CARGO_TARGET_DIR` if set, else `target/`.
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => dir,
         Some(dir) => root.join(dir),

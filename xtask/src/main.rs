@@ -42,7 +42,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Regenerate docs/configuration.md from the services' `--help`.
     Docs,
-    /// Run a benchmark and print its figures (`eds`, `sds`, `xds`).
+    /// Run a benchmark and print its figures (`eds`, `gateway`, `sds`, `xds`).
     Bench {
         /// Which benchmark to run.
         name: String,

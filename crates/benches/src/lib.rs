@@ -3,5 +3,7 @@
 //! Benchmarks print figures, ideally beside a baseline measured in the same
 //! run; they never fail on timing.
 
+pub mod fleet;
 pub mod nginx;
+pub mod server;
 pub mod stats;

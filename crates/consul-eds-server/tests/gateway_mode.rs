@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::EdsServer;
 use consul_client::{AgentCheck, AgentServiceRegistration, CheckStatus, Client, ClientConfig};
 use serde_json::Value;
-use test_support::bootstrap::control_plane_cluster;
+use test_support::bootstrap::ads_only_bootstrap;
 use test_support::{Backend, ConsulAgent, Envoy, eventually, free_port, http_get, http_request};
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -25,21 +25,7 @@ enum Protocol {
 /// The small bootstrap of docs/envoy/gateway.yaml, reduced to what a test
 /// needs: node, admin (by Envoy::start), ADS over gRPC to the server.
 fn bootstrap(node: &str, xds: SocketAddr, protocol: Protocol) -> String {
-    let api_type = match protocol {
-        Protocol::Sotw => "GRPC",
-        Protocol::Delta => "DELTA_GRPC",
-    };
-    format!(
-        r#"node: {{ id: {node}, cluster: gateway }}
-dynamic_resources:
-  ads_config: {{ api_type: {api_type}, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}] }}
-  cds_config: {{ resource_api_version: V3, ads: {{}} }}
-  lds_config: {{ resource_api_version: V3, ads: {{}} }}
-static_resources:
-  clusters:
-{xds_cluster}"#,
-        xds_cluster = control_plane_cluster("xds", xds, ""),
-    )
+    ads_only_bootstrap(node, xds, matches!(protocol, Protocol::Delta))
 }
 
 fn client(consul: &ConsulAgent) -> Client {

@@ -101,6 +101,25 @@ impl GatewayBootstrap {
     }
 }
 
+/// The bootstrap of the server's gateway mode (docs/envoy/gateway.yaml,
+/// reduced): the node and one ADS stream to the control plane at `xds`,
+/// state of the world or `delta`. Every listener, route and cluster comes
+/// over that stream, so nothing here names a service.
+pub fn ads_only_bootstrap(node_id: &str, xds: SocketAddr, delta: bool) -> String {
+    let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
+    format!(
+        r#"node: {{ id: {node_id}, cluster: gateway }}
+dynamic_resources:
+  ads_config: {{ api_type: {api_type}, transport_api_version: V3, grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}] }}
+  cds_config: {{ resource_api_version: V3, ads: {{}} }}
+  lds_config: {{ resource_api_version: V3, ads: {{}} }}
+static_resources:
+  clusters:
+{xds_cluster}"#,
+        xds_cluster = control_plane_cluster("xds", xds, ""),
+    )
+}
+
 /// A static cluster `name` reaching a control plane at `addr` over gRPC
 /// (HTTP/2), with `transport_socket` (YAML at the cluster's indentation, or
 /// empty for plaintext).

@@ -12,21 +12,20 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use benches::fleet::Fleet;
 use benches::nginx::NginxGateway;
+use benches::server::{EdsServer, consul_client, envoy_stat_sum, ms};
 use benches::stats::{cpu_time, peak_rss_kib, quantile, rss_kib};
-use consul_client::config::Address;
 use consul_client::{
-    AgentCheck, AgentServiceRegistration, CatalogCheck, CatalogRegistration, CatalogService,
-    CheckStatus, Client, ClientConfig, HealthFilter, QueryOptions,
+    AgentCheck, AgentServiceRegistration, CheckStatus, Client, HealthFilter, QueryOptions,
 };
 use demo::backend::Behaviour;
 use demo::churn::{ChurnPlan, Churner};
 use demo::consul::ConsulRegistrar;
 use demo::load::{LoadPlan, LoadReport, run as run_load};
-use futures::StreamExt;
 use serde_json::Value;
 use test_support::bootstrap::{EdsTransport, GatewayBootstrap};
-use test_support::{ConsulAgent, Envoy, ManagedProcess, eventually, free_port, http_get};
+use test_support::{ConsulAgent, Envoy, eventually, free_port};
 
 struct Args {
     eds_binary: PathBuf,
@@ -86,59 +85,12 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-struct Eds {
-    process: ManagedProcess,
-    xds: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_eds(args: &Args, consul: &ConsulAgent, extra: &[&str]) -> Result<Eds> {
-    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let dir = tempfile::tempdir()?;
-    let mut argv = vec![
-        "--consul-addr".to_owned(),
-        consul.http_url(),
-        "--xds-listen".to_owned(),
-        xds.to_string(),
-        "--admin-listen".to_owned(),
-        admin.to_string(),
-        "--log-format".to_owned(),
-        "json".to_owned(),
-    ];
-    argv.extend(extra.iter().map(|s| (*s).to_owned()));
-    let process = ManagedProcess::spawn(
-        "consul-eds-server",
-        &args.eds_binary,
-        &argv,
-        &[("RUST_LOG".to_owned(), "warn".to_owned())],
-        &dir.path().join("eds.log"),
-    )?;
-    eventually(
-        "eds admin",
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        || async {
-            http_get(admin, "/healthz")
-                .await
-                .ok()
-                .filter(|r| r.status == 200)
-        },
-    )
-    .await?;
-    Ok(Eds {
-        process,
-        xds,
-        _dir: dir,
-    })
+async fn start_eds(args: &Args, consul: &ConsulAgent, extra: &[&str]) -> Result<EdsServer> {
+    Ok(EdsServer::start(&args.eds_binary, consul, extra).await?)
 }
 
 fn client_for(consul: &ConsulAgent, max_blocking: usize) -> Result<Client> {
-    let address: Address = consul.http_url().parse()?;
-    let mut config = ClientConfig::new(address);
-    config.max_blocking_queries = max_blocking;
-    config.max_concurrent_requests = 64;
-    Ok(Client::new(config)?)
+    Ok(consul_client(consul, max_blocking)?)
 }
 
 /// Thousands of clusters go over ADS: with the plain EDS service Envoy opens
@@ -182,10 +134,6 @@ async fn envoy_hosts(envoy: &Envoy, cluster: &str) -> Result<Vec<(String, String
         }
     }
     Ok(hosts)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 async fn convergence(args: &Args) -> Result<()> {
@@ -303,48 +251,15 @@ async fn scale(args: &Args) -> Result<()> {
     );
     let consul = ConsulAgent::start().await?;
     let client = client_for(&consul, 64)?;
-    let nodes = 500.max(args.instances);
+    let fleet = Fleet {
+        services: args.services,
+        instances: args.instances,
+    };
     let started = Instant::now();
-    let registrations = (0..args.services).flat_map(|s| (0..args.instances).map(move |i| (s, i)));
-    let results: Vec<Result<(), consul_client::Error>> = futures::stream::iter(registrations)
-        .map(|(s, i)| {
-            let client = client.clone();
-            async move {
-                let node = (s * args.instances + i) % nodes;
-                let id = format!("svc-{s}-{i}");
-                client
-                    .catalog_register(&CatalogRegistration {
-                        node: format!("node-{node}"),
-                        address: format!(
-                            "10.{}.{}.{}",
-                            node / 65536,
-                            (node / 256) % 256,
-                            node % 256
-                        ),
-                        service: Some(CatalogService {
-                            id: id.clone(),
-                            service: format!("svc-{s}"),
-                            port: 8080,
-                            ..CatalogService::default()
-                        }),
-                        check: Some(check(&id, CheckStatus::Passing)),
-                        ..CatalogRegistration::default()
-                    })
-                    .await
-            }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    let failures = results.iter().filter(|r| r.is_err()).count();
-    ensure!(
-        failures == 0,
-        "{failures} catalog registrations failed: {:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    fleet.register_all(&client, |_| Vec::new()).await?;
     println!("  registered in {:.1} s", started.elapsed().as_secs_f64());
 
-    let clusters: Vec<String> = (0..args.services).map(|s| format!("svc-{s}")).collect();
+    let clusters: Vec<String> = (0..args.services).map(Fleet::service_name).collect();
     let eds = start_eds(args, &consul, &[]).await?;
     let sync_started = Instant::now();
     let (envoy, _) = gateway(eds.xds, clusters).await?;
@@ -384,28 +299,16 @@ async fn scale(args: &Args) -> Result<()> {
         let s = (n * 7919) % args.services;
         let i = n % args.instances;
         n += 1;
-        let id = format!("svc-{s}-{i}");
-        let node = (s * args.instances + i) % nodes;
+        let id = Fleet::instance_id(s, i);
         let status = if critical.contains(&id) {
             critical.remove(&id);
             CheckStatus::Passing
         } else {
-            critical.insert(id.clone());
+            critical.insert(id);
             CheckStatus::Critical
         };
         client
-            .catalog_register(&CatalogRegistration {
-                node: format!("node-{node}"),
-                address: format!("10.{}.{}.{}", node / 65536, (node / 256) % 256, node % 256),
-                service: Some(CatalogService {
-                    id: id.clone(),
-                    service: format!("svc-{s}"),
-                    port: 8080,
-                    ..CatalogService::default()
-                }),
-                check: Some(check(&id, status)),
-                ..CatalogRegistration::default()
-            })
+            .catalog_register(&fleet.registration(s, i, Vec::new(), status))
             .await?;
         if n.is_multiple_of(100) {
             peak_rss = peak_rss.max(rss_kib(pid).unwrap_or(0));
@@ -446,28 +349,9 @@ async fn scale(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn check(service_id: &str, status: CheckStatus) -> CatalogCheck {
-    CatalogCheck {
-        check_id: format!("check:{service_id}"),
-        name: "bench".to_owned(),
-        status,
-        service_id: service_id.to_owned(),
-        output: String::new(),
-    }
-}
-
 /// The sum of one `cluster.*.<stat>` over every cluster but the xDS one.
 async fn membership(envoy: &Envoy, stat: &str) -> Result<u64> {
-    let body = envoy
-        .admin_get(&format!("/stats?filter=^cluster\\.svc-.*\\.{stat}$"))
-        .await?;
-    Ok(body
-        .lines()
-        .filter_map(|line| {
-            line.rsplit_once(": ")
-                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        })
-        .sum())
+    Ok(envoy_stat_sum(envoy, &format!("^cluster\\.svc-.*\\.{stat}$")).await?)
 }
 
 async fn reload(args: &Args) -> Result<()> {
