@@ -10,8 +10,10 @@
 //! - What one service serves follows `rules`: an error never changes it
 //!   (the last good endpoints stay, the clusters are degraded), and an empty
 //!   answer after a Consul index reset is held for the reset grace.
-//! - Bursts are coalesced for a few milliseconds; the latest state always wins
-//!   and every change is eventually pushed.
+//! - A change after a quiet spell is pushed at once (leading edge); what
+//!   follows within the coalescing window is gathered into the next push, so
+//!   a lone change pays no window and a burst still becomes few pushes. The
+//!   latest state always wins and every change is eventually pushed.
 //!
 //! This module is the actor around those rules: it routes demand changes,
 //! watch events and timers, and turns each `rules::Change` into logs,
@@ -151,6 +153,8 @@ pub struct Engine<S, K> {
     next_generation: u64,
     dirty: BTreeSet<String>,
     flush_at: Option<Instant>,
+    /// When the last push went out: the next one waits for the window.
+    last_flush: Option<Instant>,
     /// What the sink has per cluster, so unchanged clusters are not re-sent.
     /// The same allocation as the admin view's endpoints: one copy each.
     published: HashMap<String, Arc<[Endpoint]>>,
@@ -194,6 +198,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             next_generation: 0,
             dirty: BTreeSet::new(),
             flush_at: None,
+            last_flush: None,
             published: HashMap::new(),
             gateway_targets: BTreeMap::new(),
             instances_tx: None,
@@ -266,6 +271,15 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                 }
                 Some((key, generation, event)) = self.events_rx.recv() => {
                     self.on_source_event(key, generation, event);
+                    // Take in what is already queued (one Consul answer can
+                    // bring many services) before a leading-edge push, so
+                    // the push carries all of it.
+                    for _ in 0..MAX_EVENTS_PER_TURN {
+                        let Ok((key, generation, event)) = self.events_rx.try_recv() else {
+                            break;
+                        };
+                        self.on_source_event(key, generation, event);
+                    }
                 }
                 () = sleep_until_opt(flush_at), if flush_at.is_some() => self.flush(),
                 _ = grace_tick.tick() => self.check_holds(),
@@ -532,7 +546,13 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
     fn mark_dirty(&mut self, cluster: String) {
         self.dirty.insert(cluster);
         if self.flush_at.is_none() {
-            self.flush_at = Some(Instant::now() + self.settings.coalesce);
+            let now = Instant::now();
+            // Leading edge: at once after a quiet window, else when the
+            // window that the last push opened closes.
+            let window_closes = self
+                .last_flush
+                .map_or(now, |last| last + self.settings.coalesce);
+            self.flush_at = Some(window_closes.max(now));
         }
     }
 
@@ -575,6 +595,9 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             self.state.upsert(view);
         }
         if !batch.is_empty() {
+            // Only a push opens a window: a flush that found nothing to
+            // send (a cluster demanded before its first read) does not.
+            self.last_flush = Some(Instant::now());
             tracing::debug!(clusters = batch.len(), "pushing changed clusters");
             self.metrics.pushes.inc();
             self.metrics.cluster_updates.inc_by(batch.len() as u64);
@@ -590,6 +613,11 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         }
     }
 }
+
+/// Queued watch events taken in one turn of the loop before it looks at its
+/// timers again: enough for a DC-wide answer's worth of services, bounded so
+/// a flood never starves the flush and the grace checks.
+const MAX_EVENTS_PER_TURN: usize = 4096;
 
 /// The keys of `map` that `keep` refuses, collected so `map` can change.
 fn keys_to_drop<'a, K: Clone + 'a, V: 'a>(

@@ -535,3 +535,69 @@ async fn gateway_targets_are_fed_unasked_and_their_instances_reported() {
     shutdown.cancel();
     task.await.expect("engine stops");
 }
+
+async fn publish_after(
+    sink: &mut mpsc::UnboundedReceiver<SinkCall>,
+) -> (Vec<ClusterEndpoints>, Duration) {
+    let started = Instant::now();
+    loop {
+        match sink.recv().await {
+            Some(SinkCall::Publish(batch)) => return (batch, started.elapsed()),
+            Some(SinkCall::Remove(_)) => continue,
+            None => panic!("engine gone"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_change_is_pushed_at_once_and_what_follows_waits_for_the_window() {
+    let settings = EngineSettings {
+        naming: ClusterNaming::new("{service}").expect("template"),
+        policy: HealthPolicy::default(),
+        failover_dcs: vec![],
+        allowed_services: BTreeSet::new(),
+        coalesce: Duration::from_millis(100),
+        reset_grace: Duration::from_secs(10),
+    };
+    let source = Arc::new(FakeSource::default());
+    let (sink_tx, mut sink) = mpsc::unbounded_channel();
+    let (demand, demand_rx) = watch::channel(BTreeSet::from(["web".to_owned()]));
+    let shutdown = CancellationToken::new();
+    let engine = Engine::new(
+        settings,
+        source.clone(),
+        ChannelSink(sink_tx),
+        ServedState::default(),
+        EngineMetrics::default(),
+    );
+    let task = tokio::spawn(engine.run(demand_rx, shutdown.clone()));
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+    }
+    // Quiet so far: the first read is pushed with no coalescing wait.
+    source.send("web", passing(&["web-1"], 1));
+    let (batch, waited) = publish_after(&mut sink).await;
+    assert_eq!(ids(&batch[0]), ["web-1"]);
+    assert!(waited < Duration::from_millis(1), "waited {waited:?}");
+    // A change right after it is gathered until the window closes, with
+    // the ones that follow it.
+    source.send("web", passing(&["web-1", "web-2"], 2));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    source.send("web", passing(&["web-1", "web-2", "web-3"], 3));
+    let (batch, waited) = publish_after(&mut sink).await;
+    assert_eq!(
+        ids(&batch[0]),
+        ["web-1", "web-2", "web-3"],
+        "the latest state"
+    );
+    assert!(waited >= Duration::from_millis(60), "waited {waited:?}");
+    assert!(sink.try_recv().is_err(), "one push for the two changes");
+    // After a quiet spell longer than the window: at once again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    source.send("web", passing(&["web-3"], 4));
+    let (_, waited) = publish_after(&mut sink).await;
+    assert!(waited < Duration::from_millis(1), "waited {waited:?}");
+    drop(demand);
+    shutdown.cancel();
+    task.await.expect("engine stops");
+}
