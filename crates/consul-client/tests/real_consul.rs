@@ -932,6 +932,7 @@ async fn acl_denials_are_distinct_and_the_token_is_honoured() {
     let master = "8f246b77-f3e1-ff88-5b48-8ec93abf3e05";
     let consul = ConsulAgent::start_with(ConsulOptions {
         acl_master_token: Some(master.to_owned()),
+        ..ConsulOptions::default()
     })
     .await
     .expect("consul starts");

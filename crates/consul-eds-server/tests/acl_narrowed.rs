@@ -51,6 +51,7 @@ fn master_client(consul: &ConsulAgent) -> Client {
 async fn a_narrowed_policy_keeps_the_endpoints_degraded_for_the_grace_then_reads_afresh() {
     let consul = ConsulAgent::start_with(ConsulOptions {
         acl_master_token: Some(MASTER.to_owned()),
+        ..ConsulOptions::default()
     })
     .await
     .expect("consul with ACLs");

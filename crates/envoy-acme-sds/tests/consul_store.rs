@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use consul_client::{Address, Client, ClientConfig, QueryOptions, SessionId, SessionRequest};
+use consul_client::{
+    Address, Client, ClientConfig, QueryOptions, SessionId, SessionRequest, Token,
+};
 use envoy_acme_sds::challenge::consul_tokens::ConsulTokenStore;
 use envoy_acme_sds::challenge::http01::TokenStore;
 use envoy_acme_sds::election::{Election, ElectionConfig, Leadership};
@@ -19,7 +21,7 @@ use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::encryption::KeyEncryption;
 use envoy_acme_sds::store::{CertificateStore, RenewalRequest, SecretName, StoreError};
 use store_suite::certificate;
-use test_support::{ConsulAgent, eventually};
+use test_support::{ConsulAgent, ConsulOptions, eventually, http_request};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -463,4 +465,101 @@ async fn http01_tokens_put_by_one_replica_are_read_by_another() {
     assert_eq!(reader.get("other").await.expect("get"), None);
     writer.remove("tok_EN-1").await.expect("remove");
     assert_eq!(reader.get("tok_EN-1").await.expect("get"), None);
+}
+
+/// A token whose policy does not (or no longer) cover the certificates:
+/// Consul 1.8 answers its recursive read with 404 and nothing else, exactly
+/// as if nothing were stored. The load must fail (the manager backs off and
+/// reads again), not report the certificate missing, which would have a
+/// valid certificate ordered again and replaced.
+#[tokio::test]
+async fn a_certificate_hidden_by_the_tokens_acl_is_a_failed_read_not_a_missing_one() {
+    const MASTER: &str = "7c0d3a52-5b1e-4f7a-9d61-hidden-by-acl";
+    let consul = ConsulAgent::start_with(ConsulOptions {
+        acl_master_token: Some(MASTER.to_owned()),
+        ..ConsulOptions::default()
+    })
+    .await
+    .expect("consul with ACLs starts");
+    let with_token = |secret: &str| {
+        Client::new(ClientConfig {
+            token: Some(Token::new(secret).expect("token")),
+            ..ClientConfig::new(consul.http_url().parse::<Address>().expect("address"))
+        })
+        .expect("client")
+    };
+    let master = with_token(MASTER);
+    let store = ConsulStore::new(master.clone(), "hidden", None).expect("store");
+    let holder = session(&master).await;
+    assert!(
+        master
+            .kv_acquire(&store.lock_key(), "a", &holder)
+            .await
+            .expect("acquire")
+    );
+    let name = SecretName::new("example.com").expect("name");
+    let stored = certificate(&["example.com"]);
+    store
+        .fenced(holder)
+        .save_certificate(&name, &stored)
+        .await
+        .expect("holder writes");
+
+    let acl_put = |path: &'static str, body: serde_json::Value| {
+        let addr = consul.http_addr();
+        async move {
+            let response = http_request(
+                "PUT",
+                addr,
+                path,
+                &[("x-consul-token", MASTER)],
+                body.to_string().into_bytes(),
+            )
+            .await
+            .expect("ACL request");
+            assert_eq!(response.status, 200, "{path}: {}", response.body);
+            serde_json::from_str::<serde_json::Value>(&response.body).expect("JSON")
+        }
+    };
+    let policy = acl_put(
+        "/v1/acl/policy",
+        serde_json::json!({"Name": "elsewhere", "Rules": r#"key_prefix "unrelated/" { policy = "read" }"#}),
+    )
+    .await;
+    let token = acl_put(
+        "/v1/acl/token",
+        serde_json::json!({"Policies": [{"ID": policy["ID"]}]}),
+    )
+    .await;
+    let narrowed = ConsulStore::new(
+        with_token(token["SecretID"].as_str().expect("secret")),
+        "hidden",
+        None,
+    )
+    .expect("store");
+
+    let hidden = narrowed
+        .load_certificate(&name)
+        .await
+        .expect_err("a certificate hidden by the ACL is not a missing one");
+    assert!(matches!(hidden, StoreError::Consul { .. }), "{hidden}");
+    // The token that may read it still reads it, and a certificate never
+    // stored is still absent.
+    assert_eq!(
+        store
+            .load_certificate(&name)
+            .await
+            .expect("load")
+            .expect("stored")
+            .metadata(),
+        stored.metadata()
+    );
+    let never = SecretName::new("never.example.com").expect("name");
+    assert!(
+        store
+            .load_certificate(&never)
+            .await
+            .expect("load")
+            .is_none()
+    );
 }

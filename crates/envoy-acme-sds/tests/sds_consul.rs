@@ -44,6 +44,7 @@ async fn dns01_certificate_is_served_over_sds_rotated_by_renew_and_never_logged(
     );
     let consul = ConsulAgent::start_with(ConsulOptions {
         acl_master_token: Some(token.clone()),
+        ..ConsulOptions::default()
     })
     .await
     .expect("consul starts");

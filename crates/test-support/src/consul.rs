@@ -14,6 +14,11 @@ pub struct ConsulOptions {
     /// Enables ACLs with `default_policy = "deny"` and this master token, so
     /// tests can see real 403s.
     pub acl_master_token: Option<String>,
+    /// The datacenter; Consul's own default (`dc1`) when `None`.
+    pub datacenter: Option<String>,
+    /// The serf WAN address of a Consul in another datacenter, joined at
+    /// start, so that each answers (and forwards) queries for the other's.
+    pub join_wan: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -87,7 +92,7 @@ impl ConsulAgent {
             ));
         }
         std::fs::write(&config, hcl).map_err(HarnessError::io(&config))?;
-        let args = vec![
+        let mut args = vec![
             "agent".to_owned(),
             "-dev".to_owned(),
             "-bind=127.0.0.1".to_owned(),
@@ -101,6 +106,15 @@ impl ConsulAgent {
             format!("-server-port={}", self.ports.server),
             format!("-config-file={}", config.display()),
         ];
+        if let Some(datacenter) = &self.options.datacenter {
+            args.push(format!("-datacenter={datacenter}"));
+            // Dev mode names every node after the host; a distinct name per
+            // datacenter keeps the WAN pool's member names readable in logs.
+            args.push(format!("-node=consul-{datacenter}"));
+        }
+        if let Some(peer) = self.options.join_wan {
+            args.push(format!("-join-wan={peer}"));
+        }
         let log = self.dir.path().join("consul.log");
         let mut process = ManagedProcess::spawn("consul", &tool("consul")?, &args, &[], &log)?;
         let addr = self.http_addr();
@@ -131,6 +145,12 @@ impl ConsulAgent {
 
     pub fn http_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ports.http))
+    }
+
+    /// Where the serf WAN pool listens: the address a Consul in another
+    /// datacenter joins (`ConsulOptions::join_wan`).
+    pub fn serf_wan_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.serf_wan))
     }
 
     /// `http://127.0.0.1:<port>`.

@@ -52,6 +52,7 @@ async fn consul_agent_starts_restarts_empty_and_dies_on_drop() {
 async fn consul_agent_with_acl_answers_403_without_token() {
     let consul = ConsulAgent::start_with(ConsulOptions {
         acl_master_token: Some("4d2c1b1e-3c1a-4a52-9f0e-6f1c2b3a4d5e".to_owned()),
+        ..ConsulOptions::default()
     })
     .await
     .expect("consul with ACLs starts");

@@ -27,11 +27,16 @@ impl EdsServer {
     }
 
     pub async fn start_on(consul: &ConsulAgent, xds: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_reading(&consul.http_url(), xds, extra).await
+    }
+
+    /// Reads Consul at `consul_url`, which may be a proxy in front of it.
+    pub async fn start_reading(consul_url: &str, xds: SocketAddr, extra: &[&str]) -> Self {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args = vec![
             "--consul-addr".to_owned(),
-            consul.http_url(),
+            consul_url.to_owned(),
             "--xds-listen".to_owned(),
             xds.to_string(),
             "--admin-listen".to_owned(),
@@ -168,6 +173,8 @@ pub struct Host {
     pub hostname: String,
     pub eds_health: String,
     pub weight: u64,
+    /// Envoy's priority level: 0 for the local datacenter, 1.. for failover.
+    pub priority: u64,
 }
 
 /// The hosts Envoy has for `cluster`, from `/clusters?format=json`.
@@ -193,6 +200,8 @@ pub async fn hosts(envoy: &Envoy, cluster: &str) -> Vec<Host> {
                     .unwrap_or("HEALTHY")
                     .to_owned(),
                 weight: host["weight"].as_u64().unwrap_or(1),
+                // Envoy's JSON leaves out a priority of 0, as proto3 does.
+                priority: host["priority"].as_u64().unwrap_or(0),
             });
         }
     }

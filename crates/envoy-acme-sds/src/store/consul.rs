@@ -361,6 +361,45 @@ impl ConsulKv {
             }
         }
     }
+
+    /// One recursive read of a certificate's items.
+    async fn list_certificate(&self, name: &SecretName) -> Result<StoredCertificate, StoreError> {
+        let dir = self.key(&format!("{}/", certificate_dir(name)));
+        let response = self
+            .client
+            .kv_list(&dir, &QueryOptions::default())
+            .await
+            .map_err(|source| StoreError::Consul {
+                operation: "reading",
+                key: dir,
+                source,
+            })?;
+        let pairs = response.value;
+        let entries = self
+            .certificate_entries(&pairs)
+            .remove(name)
+            .unwrap_or_default();
+        Ok(stored_from(&entries))
+    }
+
+    /// Whether one item of the certificate is stored, read on its own.
+    ///
+    /// Consul (1.8) answers a recursive read that the token may not see with
+    /// 404, exactly as for an absent directory, whereas the read of one key it
+    /// may not see is a 403: only this read tells "hidden" from "absent".
+    async fn certificate_item_exists(&self, name: &SecretName) -> Result<bool, StoreError> {
+        let key = self.key(&certificate_item(name, CertificatePart::Metadata));
+        let response = self
+            .client
+            .kv_get(&key, &QueryOptions::default())
+            .await
+            .map_err(|source| StoreError::Consul {
+                operation: "reading",
+                key,
+                source,
+            })?;
+        Ok(response.value.is_some())
+    }
 }
 
 #[async_trait]
@@ -405,22 +444,18 @@ impl ItemBackend for ConsulKv {
 
     async fn read_certificate(&self, name: &SecretName) -> Result<StoredCertificate, StoreError> {
         // One recursive read: the items of one write, never a mix of two.
-        let dir = self.key(&format!("{}/", certificate_dir(name)));
-        let response = self
-            .client
-            .kv_list(&dir, &QueryOptions::default())
-            .await
-            .map_err(|source| StoreError::Consul {
-                operation: "reading",
-                key: dir,
-                source,
-            })?;
-        let pairs = response.value;
-        let entries = self
-            .certificate_entries(&pairs)
-            .remove(name)
-            .unwrap_or_default();
-        Ok(stored_from(&entries))
+        let stored = self.list_certificate(name).await?;
+        if stored.present().next().is_some() {
+            return Ok(stored);
+        }
+        // Empty may mean hidden by the token's ACL: taken for "no
+        // certificate", it would have a valid certificate replaced. A denied
+        // item read fails here instead (the caller backs off and reads again).
+        if self.certificate_item_exists(name).await? {
+            // Written between the two reads: the new listing has all of it.
+            return self.list_certificate(name).await;
+        }
+        Ok(stored)
     }
 
     async fn write_certificate(
@@ -444,4 +479,76 @@ fn stored_from(entries: &[(CertificatePart, &KvPair)]) -> StoredCertificate {
         stored.set(*part, pair.value.as_deref().unwrap_or_default());
     }
     stored
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    use consul_client::{Address, ClientConfig};
+
+    use super::*;
+
+    /// A stand-in for Consul's KV answers to a token: recursive reads get
+    /// `list_status`, single-key reads `get_status` (403 with Consul's body).
+    /// One thread a connection, each answer closing it.
+    fn kv_answering(list_status: u16, get_status: u16) -> Client {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(&stream);
+                    let mut request_line = String::new();
+                    let _ = reader.read_line(&mut request_line);
+                    let mut header = String::new();
+                    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                        header.clear();
+                    }
+                    let status = if request_line.contains("recurse") {
+                        list_status
+                    } else {
+                        get_status
+                    };
+                    let body = if status == 403 {
+                        "Permission denied"
+                    } else {
+                        ""
+                    };
+                    let _ = write!(
+                        &stream,
+                        "HTTP/1.1 {status} X\r\nX-Consul-Index: 7\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Client::new(ClientConfig::new(
+            address.parse::<Address>().expect("address"),
+        ))
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn an_empty_listing_of_a_certificate_the_token_may_not_read_is_an_error() {
+        let kv = ConsulKv::new(kv_answering(404, 403), "acme").expect("backend");
+        let name = SecretName::new("example.com").expect("name");
+        let read = kv.read_certificate(&name).await;
+        assert!(
+            matches!(read, Err(StoreError::Consul { .. })),
+            "hidden taken for absent: {read:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_listing_confirmed_by_a_missing_item_is_no_certificate() {
+        let kv = ConsulKv::new(kv_answering(404, 404), "acme").expect("backend");
+        let name = SecretName::new("example.com").expect("name");
+        let stored = kv
+            .read_certificate(&name)
+            .await
+            .expect("absent, not failed");
+        assert_eq!(stored.present().count(), 0);
+    }
 }
