@@ -267,7 +267,16 @@ async fn routes_follow_the_tags(protocol: Protocol) {
         .await
         .expect("deregister");
     expect(&envoy, &eds, listener, "new.test", "/", 404, None).await;
-    expect(&envoy, &eds, listener, "shop.test", "/", 200, Some("shop-1")).await;
+    expect(
+        &envoy,
+        &eds,
+        listener,
+        "shop.test",
+        "/",
+        200,
+        Some("shop-1"),
+    )
+    .await;
 
     // Editing the tag moves the route.
     register(&consul_client, "api", &api, &["edge.route=api.test/v2"]).await;
