@@ -197,9 +197,18 @@ impl Gateway {
                 })
                 .collect();
             let decl = service_decl(&self.settings.prefix, &tags);
-            self.decls.insert(read.service.clone(), decl);
+            // Most reads change no tag (a health flip, a periodic sweep of
+            // the DC-wide view re-reading every service): the table would
+            // be rebuilt identical, at a cost that grows with the catalog.
+            let unchanged = self.decls.get(&read.service) == Some(&decl);
+            self.instances.insert(read.service.clone(), read.instances);
+            if unchanged {
+                return;
+            }
+            self.decls.insert(read.service, decl);
+        } else {
+            self.instances.insert(read.service, read.instances);
         }
-        self.instances.insert(read.service, read.instances);
         self.mark_dirty();
     }
 
