@@ -107,11 +107,13 @@ impl Publisher {
             if !self.endpoints_ready(&added).await {
                 report.timed_out_waits.push("endpoints in cache");
             }
-            let mut union = self.clusters.clone();
-            union.extend(next_clusters.clone());
-            let written = self.write(ResourceType::Cluster, union.values())?;
+            // Old and new side by side: only what changed is copied in.
+            for name in &made {
+                self.clusters
+                    .insert((*name).clone(), next_clusters[*name].clone());
+            }
+            let written = self.write(ResourceType::Cluster, self.clusters.values())?;
             report.changed.insert("cluster", written);
-            self.clusters = union;
             if !self.acknowledged(ResourceType::Cluster).await {
                 report.timed_out_waits.push("cluster");
             }
