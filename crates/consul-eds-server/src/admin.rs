@@ -273,6 +273,7 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::state::ClusterView;
+    use std::sync::Arc;
 
     #[test]
     fn readiness_codes_follow_consul_check_conventions() {
@@ -398,7 +399,7 @@ mod tests {
         view.set(GatewayStatus {
             published: true,
             listeners: listeners.to_vec(),
-            table,
+            table: Arc::new(table),
             ..GatewayStatus::default()
         });
         let state = ServedState::default();

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use consul_eds_server::gateway::clusters::EncodedClusters;
 use consul_eds_server::gateway::translate::{TranslateSettings, resources};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -184,7 +185,11 @@ async fn envoy_accepts_the_translated_gateway_and_routes_by_host_and_path() {
     let api = echo_backend("api").await;
     let shop = echo_backend("shop").await;
     let port = free_port();
-    let built = resources(&table(port), &TranslateSettings::default());
+    let table = table(port);
+    let built = resources(&table, &TranslateSettings::default()).expect("encodes");
+    let clusters = EncodedClusters::default()
+        .rebuild(&table)
+        .expect("clusters encode");
 
     let cache = SnapshotCache::new(SharedKey(KEY.to_owned()));
     let encode = |r: Result<Resource, _>| r.expect("encodes");
@@ -195,11 +200,7 @@ async fn envoy_accepts_the_translated_gateway_and_routes_by_host_and_path() {
             vec![
                 (
                     ResourceType::Cluster,
-                    built
-                        .clusters
-                        .iter()
-                        .map(|c| encode(Resource::encode(c)))
-                        .collect(),
+                    clusters.iter().map(|(_, c)| c.clone()).collect(),
                 ),
                 (
                     ResourceType::Endpoint,
@@ -216,14 +217,7 @@ async fn envoy_accepts_the_translated_gateway_and_routes_by_host_and_path() {
                         .map(|l| encode(Resource::encode(l)))
                         .collect(),
                 ),
-                (
-                    ResourceType::Route,
-                    built
-                        .routes
-                        .iter()
-                        .map(|r| encode(Resource::encode(r)))
-                        .collect(),
-                ),
+                (ResourceType::Route, built.routes.clone()),
             ],
         )
         .expect("set");

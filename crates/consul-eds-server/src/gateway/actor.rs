@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::candidates::Candidates;
 use super::cluster_name;
+use super::clusters::EncodedClusters;
 use super::publish::Publisher;
 use super::translate::{self, TranslateSettings};
 use super::view::{GatewayMetrics, GatewayStatus, GatewayView, ServiceStatus, TypeLabel};
@@ -72,7 +73,11 @@ pub struct Gateway {
     candidates: Candidates,
     instances: BTreeMap<String, Arc<Vec<ServiceInstance>>>,
     decls: BTreeMap<String, ServiceDecl>,
-    table: RouteTable,
+    /// Shared with the view: at thousands of routes a copy per publication
+    /// would be megabytes.
+    table: Arc<RouteTable>,
+    /// The encoded clusters of `table`, reused by the next rebuild.
+    clusters: EncodedClusters,
     targets: watch::Sender<BTreeMap<String, ClusterTarget>>,
     publisher: Publisher,
     view: GatewayView,
@@ -108,7 +113,8 @@ impl Gateway {
             candidates,
             instances: BTreeMap::new(),
             decls: BTreeMap::new(),
-            table: RouteTable::default(),
+            table: Arc::default(),
+            clusters: EncodedClusters::default(),
             targets,
             publisher,
             view,
@@ -277,14 +283,33 @@ impl Gateway {
             .filter(|(service, _)| self.candidates.contains(service))
             .map(|(service, decl)| ServiceInput { service, decl })
             .collect();
-        let table = RouteTable::build(&self.settings.listeners, &inputs, &self.table);
+        let table = Arc::new(RouteTable::build(
+            &self.settings.listeners,
+            &inputs,
+            &self.table,
+        ));
         self.report_new_problems(&table);
+        let encoded = self.clusters.rebuild(&table).and_then(|clusters| {
+            let resources = translate::resources(&table, &self.settings.translate)?;
+            Ok((clusters, resources))
+        });
+        let (clusters, resources) = match encoded {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                // Only a programming error gets here (a resource with no
+                // name); what Envoy has stays as it is.
+                tracing::error!(%error, "encoding the gateway's resources failed; Envoy keeps the previous configuration");
+                return;
+            }
+        };
         let previous = std::mem::replace(&mut self.table, table);
         // The engine starts feeding a new canary cluster before a route
         // names it; the publisher waits for its endpoints.
         self.send_targets();
-        let resources = translate::resources(&self.table, &self.settings.translate);
-        match self.publisher.publish(&resources).await {
+        // Translation is per options, not per state: whatever the outcome
+        // below, these encodings are right for the next rebuild to reuse.
+        self.clusters = clusters;
+        match self.publisher.publish(&self.clusters, &resources).await {
             Ok(report) => {
                 for (resource_type, written) in &report.changed {
                     if *written > 0 {
@@ -362,7 +387,7 @@ impl Gateway {
         self.view.set(GatewayStatus {
             published: self.published,
             listeners: self.settings.listeners.clone(),
-            table: self.table.clone(),
+            table: Arc::clone(&self.table),
             services,
             listeners_without_hosts,
         });

@@ -5,11 +5,14 @@
 //! - [`actor`]: reads each candidate's instance tags into declarations,
 //!   builds the table and asks the engine for the clusters it needs.
 //! - [`translate`]: the table -> Envoy's protobuf (the only protobuf here).
+//! - [`clusters`]: the table's clusters, encoded one at a time and reused
+//!   while their options stay the same.
 //! - [`publish`]: writes it to the xDS cache make before break.
 //! - [`view`]: metrics, `/debug/routes` and the status page's data.
 
 pub mod actor;
 pub mod candidates;
+pub mod clusters;
 pub mod publish;
 pub mod translate;
 pub mod view;

@@ -21,10 +21,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use tokio::time::Instant;
 use xds_core::{ConnectedClients, Resource, ResourceError, ResourceType, SnapshotCache};
 
+use super::clusters::EncodedClusters;
 use super::translate::GatewayResources;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +58,8 @@ pub struct Publisher {
     clients: ConnectedClients,
     node_key: String,
     ack_timeout: Duration,
-    /// The clusters last written, by name.
-    clusters: BTreeMap<String, Cluster>,
+    /// The clusters last written, by name (shared with the cache).
+    clusters: BTreeMap<String, Resource>,
 }
 
 impl Publisher {
@@ -78,24 +78,22 @@ impl Publisher {
         }
     }
 
-    pub async fn publish(&mut self, next: &GatewayResources) -> Result<Published, PublishError> {
+    /// Publishes `next_clusters` and `next` make before break.
+    pub async fn publish(
+        &mut self,
+        next_clusters: &EncodedClusters,
+        next: &GatewayResources,
+    ) -> Result<Published, PublishError> {
         let mut report = Published::default();
-        // Borrowed, not copied: at 5,000 clusters a copy of every cluster per
-        // publication is megabytes of garbage for a change of one route.
-        let next_clusters: BTreeMap<&str, &Cluster> = next
-            .clusters
-            .iter()
-            .map(|cluster| (cluster.name.as_str(), cluster))
-            .collect();
         let made: Vec<&str> = next_clusters
             .iter()
-            .filter(|(name, cluster)| self.clusters.get(**name) != Some(**cluster))
-            .map(|(name, _)| *name)
+            .filter(|(name, cluster)| self.clusters.get(*name) != Some(*cluster))
+            .map(|(name, _)| name)
             .collect();
         let broken: Vec<String> = self
             .clusters
             .keys()
-            .filter(|name| !next_clusters.contains_key(name.as_str()))
+            .filter(|name| !next_clusters.contains(name))
             .cloned()
             .collect();
 
@@ -109,12 +107,13 @@ impl Publisher {
             if !self.endpoints_ready(&added).await {
                 report.timed_out_waits.push("endpoints in cache");
             }
-            // Old and new side by side: only what changed is copied in.
+            // Old and new side by side.
             for name in &made {
-                self.clusters
-                    .insert((*name).to_owned(), next_clusters[name].clone());
+                if let Some(cluster) = next_clusters.get(name) {
+                    self.clusters.insert((*name).to_owned(), cluster.clone());
+                }
             }
-            let written = self.write(ResourceType::Cluster, self.clusters.values())?;
+            let written = self.write_clusters()?;
             report.changed.insert("cluster", written);
             if !self.acknowledged(ResourceType::Cluster).await {
                 report.timed_out_waits.push("cluster");
@@ -126,7 +125,7 @@ impl Publisher {
 
         // 2. Listeners and routes, together.
         let listeners = encode(ResourceType::Listener, next.listeners.iter())?;
-        let routes = encode(ResourceType::Route, next.routes.iter())?;
+        let routes = next.routes.clone();
         let before_listeners = self.version(ResourceType::Listener);
         let before_routes = self.version(ResourceType::Route);
         self.cache
@@ -161,22 +160,18 @@ impl Publisher {
             for name in &broken {
                 self.clusters.remove(name);
             }
-            let written = self.write(ResourceType::Cluster, self.clusters.values())?;
+            let written = self.write_clusters()?;
             *report.changed.entry("cluster").or_default() += written;
         }
         Ok(report)
     }
 
-    fn write<'a>(
-        &self,
-        resource_type: ResourceType,
-        clusters: impl Iterator<Item = &'a Cluster>,
-    ) -> Result<usize, PublishError> {
-        let resources = encode(resource_type, clusters)?;
+    fn write_clusters(&self) -> Result<usize, PublishError> {
+        let resources: Vec<Resource> = self.clusters.values().cloned().collect();
         self.cache
-            .set_resources(&self.node_key, resource_type, resources)
+            .set_resources(&self.node_key, ResourceType::Cluster, resources)
             .map_err(|source| PublishError::Cache {
-                resource_type,
+                resource_type: ResourceType::Cluster,
                 source,
             })
     }

@@ -69,6 +69,7 @@ use route_tags::{
     LoadBalancing, PathMatch, Redirect, RedirectCode, Rewrite, RouteAction, RouteTable, TableRoute,
     UpstreamProtocol, UpstreamTls, VirtualHostTable,
 };
+use xds_core::{Resource, ResourceError, ResourceType};
 
 use super::cluster_name;
 
@@ -125,32 +126,33 @@ impl Default for TranslateSettings {
 
 /// Everything the gateway serves over CDS, LDS and RDS.
 #[derive(Debug, Clone, Default, PartialEq)]
+///
+/// The clusters are not here: they are translated one at a time into their
+/// encoded form (`super::clusters`), since a whole set of translated
+/// clusters is megabytes of mostly empty fields at a few thousand services.
 pub struct GatewayResources {
-    /// Sorted by name.
-    pub clusters: Vec<Cluster>,
     /// In the table's listener order.
     pub listeners: Vec<Listener>,
-    /// One per listener in `listeners`, named after it.
-    pub routes: Vec<RouteConfiguration>,
+    /// One route configuration per listener in `listeners`, named after
+    /// it, already encoded (see [`encoded_route_configuration`]).
+    pub routes: Vec<Resource>,
     /// TLS listeners left out because no TLS host is routed on them: with
     /// no certificate to present they would have no filter chain, and Envoy
     /// rejects a listener without one. They appear once a TLS host does.
     pub listeners_without_hosts: Vec<String>,
 }
 
-/// The clusters, listeners and route configurations serving `table`.
-pub fn resources(table: &RouteTable, settings: &TranslateSettings) -> GatewayResources {
-    let mut clusters: Vec<Cluster> = table.clusters.iter().flat_map(clusters_of).collect();
-    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+/// The listeners and route configurations serving `table`.
+pub fn resources(
+    table: &RouteTable,
+    settings: &TranslateSettings,
+) -> Result<GatewayResources, ResourceError> {
     let options: BTreeMap<&str, &ClusterOptions> = table
         .clusters
         .iter()
         .map(|decl| (decl.service.as_str(), &decl.options))
         .collect();
-    let mut resources = GatewayResources {
-        clusters,
-        ..GatewayResources::default()
-    };
+    let mut resources = GatewayResources::default();
     for listener_table in &table.listeners {
         let spec = &listener_table.listener;
         let Some(listener) = listener(listener_table, settings) else {
@@ -160,21 +162,21 @@ pub fn resources(table: &RouteTable, settings: &TranslateSettings) -> GatewayRes
         resources.listeners.push(listener);
         resources
             .routes
-            .push(route_configuration(listener_table, &options));
+            .push(encoded_route_configuration(listener_table, &options)?);
     }
-    resources
+    Ok(resources)
 }
 
 // ---------------------------------------------------------------------------
 // Clusters
 // ---------------------------------------------------------------------------
 
-fn clusters_of(decl: &ClusterDecl) -> Vec<Cluster> {
-    let mut clusters = vec![cluster(&cluster_name(&decl.service, false), &decl.options)];
-    if decl.canary {
-        clusters.push(cluster(&cluster_name(&decl.service, true), &decl.options));
-    }
-    clusters
+/// The names of a service's clusters: the stable one, and the canary one
+/// when a route sends traffic to its canaries. Both are built from the same
+/// options by [`cluster`].
+pub fn cluster_names(decl: &ClusterDecl) -> impl Iterator<Item = String> + '_ {
+    std::iter::once(cluster_name(&decl.service, false))
+        .chain(decl.canary.then(|| cluster_name(&decl.service, true)))
 }
 
 /// One EDS cluster; its endpoints come over ADS under the same name.
@@ -603,6 +605,51 @@ fn stdout_json_log_bytes(fields: &[(&str, &str)]) -> Vec<u8> {
 // Routes
 // ---------------------------------------------------------------------------
 
+/// `RouteConfiguration.virtual_hosts` in Envoy's route.proto.
+const VIRTUAL_HOSTS_FIELD: u32 = 2;
+
+/// A listener's route configuration, encoded one virtual host at a time.
+///
+/// The bytes are those of encoding [`route_configuration`] (prost writes
+/// fields in field-number order, and `virtual_hosts`, field 2, comes
+/// between the name and every other field), but the protobuf of all the
+/// virtual hosts is never held at once: at 5,000 hosts it is megabytes for
+/// a message that encodes to a few hundred kilobytes.
+fn encoded_route_configuration(
+    table: &ListenerTable,
+    clusters: &BTreeMap<&str, &ClusterOptions>,
+) -> Result<Resource, ResourceError> {
+    let name = RouteConfiguration {
+        name: table.listener.name.clone(),
+        ..RouteConfiguration::default()
+    };
+    let mut value = name.encode_to_vec();
+    for vh in &table.virtual_hosts {
+        prost::encoding::message::encode(
+            VIRTUAL_HOSTS_FIELD,
+            &virtual_host(vh, clusters),
+            &mut value,
+        );
+    }
+    value.extend_from_slice(&route_configuration_settings().encode_to_vec());
+    let any = Any {
+        type_url: ResourceType::Route.type_url().to_owned(),
+        value,
+    };
+    Resource::from_typed_any(ResourceType::Route, &table.listener.name, &any)
+}
+
+/// Everything of a route configuration but its name and virtual hosts.
+fn route_configuration_settings() -> RouteConfiguration {
+    RouteConfiguration {
+        // `Host: shop.example.com:8443` is the host `shop.example.com`.
+        ignore_port_in_host_matching: true,
+        ..RouteConfiguration::default()
+    }
+}
+
+/// The whole message [`encoded_route_configuration`] writes piecewise.
+#[cfg(test)]
 fn route_configuration(
     table: &ListenerTable,
     clusters: &BTreeMap<&str, &ClusterOptions>,
@@ -614,9 +661,7 @@ fn route_configuration(
             .iter()
             .map(|vh| virtual_host(vh, clusters))
             .collect(),
-        // `Host: shop.example.com:8443` is the host `shop.example.com`.
-        ignore_port_in_host_matching: true,
-        ..RouteConfiguration::default()
+        ..route_configuration_settings()
     }
 }
 
@@ -1623,24 +1668,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_canary_cluster_is_built_beside_the_stable_one() {
-        let table = RouteTable {
-            clusters: vec![
-                ClusterDecl {
-                    service: "web".to_owned(),
-                    options: ClusterOptions::default(),
-                    canary: true,
-                },
-                decl("api", ClusterOptions::default()),
-            ],
-            ..RouteTable::default()
-        };
-        let built = resources(&table, &TranslateSettings::default());
-        let names: Vec<&str> = built.clusters.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, vec!["api", "web", "web/canary"]);
-    }
-
     fn tls_table() -> RouteTable {
         let route = |service: &str| table_route(service, prefix("/"), RouteOptions::default());
         RouteTable {
@@ -1692,7 +1719,7 @@ mod tests {
             sds_cluster: "acme-sds".to_owned(),
             ..TranslateSettings::default()
         };
-        let built = resources(&tls_table(), &settings);
+        let built = built(&tls_table(), &settings);
         let secure = &built.listeners[1];
         assert_eq!(secure.name, "websecure");
         assert_eq!(secure.listener_filters[0].name, TLS_INSPECTOR);
@@ -1774,11 +1801,23 @@ mod tests {
         }
     }
 
+    fn built(table: &RouteTable, settings: &TranslateSettings) -> GatewayResources {
+        resources(table, settings).expect("encodes")
+    }
+
+    fn decoded_routes(built: &GatewayResources) -> Vec<RouteConfiguration> {
+        built
+            .routes
+            .iter()
+            .map(|resource| decode(&resource.to_any().expect("an Any")))
+            .collect()
+    }
+
     #[test]
     fn a_tls_listener_without_tls_hosts_is_left_out() {
-        let built = resources(&tls_table(), &TranslateSettings::default());
+        let built = built(&tls_table(), &TranslateSettings::default());
         let listeners: Vec<&str> = built.listeners.iter().map(|l| l.name.as_str()).collect();
-        let routes: Vec<&str> = built.routes.iter().map(|r| r.name.as_str()).collect();
+        let routes: Vec<&str> = built.routes.iter().map(Resource::name).collect();
         assert_eq!(listeners, vec!["web", "websecure"]);
         assert_eq!(routes, vec!["web", "websecure"]);
         assert_eq!(built.listeners_without_hosts, vec!["unused-tls".to_owned()]);
@@ -1790,7 +1829,7 @@ mod tests {
             trusted_hops: 2,
             ..TranslateSettings::default()
         };
-        let built = resources(&tls_table(), &settings);
+        let built = built(&tls_table(), &settings);
         let web = &built.listeners[0];
         assert!(web.listener_filters.is_empty());
         assert!(web.default_filter_chain.is_none());
@@ -1815,8 +1854,8 @@ mod tests {
 
     #[test]
     fn one_route_configuration_per_listener_with_its_virtual_hosts() {
-        let built = resources(&tls_table(), &TranslateSettings::default());
-        let secure = &built.routes[1];
+        let routes = decoded_routes(&built(&tls_table(), &TranslateSettings::default()));
+        let secure = &routes[1];
         assert!(secure.ignore_port_in_host_matching);
         let domains: Vec<&str> = secure
             .virtual_hosts
@@ -1824,7 +1863,7 @@ mod tests {
             .map(|vh| vh.domains[0].as_str())
             .collect();
         assert_eq!(domains, vec!["*", "*.example.com", "shop.example.com"]);
-        let web = &built.routes[0];
+        let web = &routes[0];
         let shop = &web.virtual_hosts[1];
         assert_eq!(shop.domains, vec!["shop.example.com".to_owned()]);
         assert!(matches!(
@@ -1859,21 +1898,38 @@ mod tests {
 
     #[test]
     fn equal_tables_build_equal_bytes() {
-        let first = resources(&tls_table(), &TranslateSettings::default());
-        let second = resources(&tls_table(), &TranslateSettings::default());
+        let first = built(&tls_table(), &TranslateSettings::default());
+        let second = built(&tls_table(), &TranslateSettings::default());
         let bytes = |r: &GatewayResources| {
             (
-                r.clusters
-                    .iter()
-                    .map(Message::encode_to_vec)
-                    .collect::<Vec<_>>(),
                 r.listeners
                     .iter()
                     .map(Message::encode_to_vec)
+                    .collect::<Vec<_>>(),
+                r.routes
+                    .iter()
+                    .map(|route| route.encoded_any().clone())
                     .collect::<Vec<_>>(),
             )
         };
         assert_eq!(first, second);
         assert_eq!(bytes(&first), bytes(&second));
+    }
+
+    #[test]
+    fn a_route_configuration_encoded_piecewise_is_the_whole_message_byte_for_byte() {
+        let table = tls_table();
+        let options = BTreeMap::new();
+        let mut virtual_hosts = 0;
+        for listener_table in &table.listeners {
+            let whole = route_configuration(listener_table, &options);
+            virtual_hosts += whole.virtual_hosts.len();
+            let piecewise = encoded_route_configuration(listener_table, &options).expect("encodes");
+            let any = piecewise.to_any().expect("an Any");
+            assert_eq!(any.type_url, ResourceType::Route.type_url());
+            assert_eq!(any.value, whole.encode_to_vec(), "{}", whole.name);
+            assert_eq!(piecewise, Resource::encode(&whole).expect("encodes"));
+        }
+        assert!(virtual_hosts > 3, "{virtual_hosts} virtual hosts compared");
     }
 }

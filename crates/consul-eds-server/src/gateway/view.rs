@@ -108,10 +108,19 @@ pub struct GatewayStatus {
     /// False until the first table was published.
     pub published: bool,
     pub listeners: Vec<ListenerSpec>,
-    pub table: RouteTable,
+    /// Shared with the gateway actor, so showing it copies nothing.
+    #[serde(serialize_with = "shared_table")]
+    pub table: Arc<RouteTable>,
     pub services: BTreeMap<String, ServiceStatus>,
     /// TLS listeners not sent to Envoy because no TLS host routes there yet.
     pub listeners_without_hosts: Vec<String>,
+}
+
+fn shared_table<S: serde::Serializer>(
+    table: &Arc<RouteTable>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    table.as_ref().serialize(serializer)
 }
 
 /// A shared handle on the gateway's status (cheap to clone).
