@@ -27,6 +27,7 @@ use envoy_acme_sds::store::disk::DiskStore;
 use envoy_acme_sds::store::{
     AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount,
 };
+use envoy_acme_sds::timings::IssuanceStep;
 use test_support::{Knot, PebbleOptions};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -56,9 +57,36 @@ async fn dns01_apex_and_wildcard_through_knot() {
     let outcome = manager.reconcile(now).await;
     let elapsed = started.elapsed();
     println!("issuance of apex + wildcard via DNS-01 (pebble + knot): {elapsed:?}");
-    let Outcome::Issued { serial, next_check } = &outcome else {
+    let Outcome::Issued {
+        serial,
+        next_check,
+        timings,
+    } = &outcome
+    else {
         panic!("expected a certificate, got {outcome:?}");
     };
+    // Every step of a DNS-01 issuance is timed, and the laps fit in the
+    // wall time measured around them.
+    println!("issuance steps: {timings}");
+    for step in [
+        IssuanceStep::HistoryRecorded,
+        IssuanceStep::OrderCreated,
+        IssuanceStep::AuthorizationsFetched,
+        IssuanceStep::ChallengesPublished,
+        IssuanceStep::ChallengesVisible,
+        IssuanceStep::ChallengesReady,
+        IssuanceStep::Validated,
+        IssuanceStep::KeyGenerated,
+        IssuanceStep::Finalized,
+        IssuanceStep::CertificateDownloaded,
+        IssuanceStep::Checked,
+        IssuanceStep::Stored,
+        IssuanceStep::Published,
+        IssuanceStep::HistorySettled,
+    ] {
+        assert!(timings.get(step).is_some(), "{step} not timed: {timings}");
+    }
+    assert!(timings.total() <= elapsed, "{timings} vs {elapsed:?}");
     // Whether the CA offers ARI is learnt within half a day of issuance.
     assert!(
         *next_check <= now + time::Duration::hours(12),
