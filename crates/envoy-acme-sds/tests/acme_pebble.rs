@@ -38,8 +38,10 @@ async fn dns01_apex_and_wildcard_through_knot() {
     let pebble = start_pebble(&knot, PebbleOptions::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(DiskStore::open(dir.path().join("store"), None).expect("store"));
+    let config = acme_config(&pebble);
+    let withdrawals = config.withdrawals.clone();
     let acme = Arc::new(
-        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+        AcmeClient::connect(config, store.as_ref())
             .await
             .expect("account"),
     );
@@ -133,6 +135,58 @@ async fn dns01_apex_and_wildcard_through_knot() {
         .await
         .expect("history");
     assert_eq!(history.len(), 1);
+
+    // The challenge records went after the certificate was out, on a
+    // tracked task: once it is done, knot serves none of them.
+    withdrawals.close();
+    tokio::time::timeout(std::time::Duration::from_secs(30), withdrawals.wait())
+        .await
+        .expect("withdrawal finishes");
+    assert_eq!(
+        txt_values(knot.addr(), "_acme-challenge.example.test.").await,
+        Vec::<String>::new()
+    );
+}
+
+/// The TXT values `server` serves under `name`, asked over TCP.
+async fn txt_values(server: std::net::SocketAddr, name: &str) -> Vec<String> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut query = Message::query();
+    query.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::TXT,
+    ));
+    let request = query.to_vec().expect("encodes");
+    let mut stream = tokio::net::TcpStream::connect(server)
+        .await
+        .expect("connects");
+    let length = u16::try_from(request.len()).expect("small");
+    stream
+        .write_all(&length.to_be_bytes())
+        .await
+        .expect("writes");
+    stream.write_all(&request).await.expect("writes");
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).await.expect("reads");
+    let mut response = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut response).await.expect("reads");
+    Message::from_vec(&response)
+        .expect("decodes")
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|part| String::from_utf8_lossy(part).into_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test]
