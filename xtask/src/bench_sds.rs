@@ -11,6 +11,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::bench_xds::target_dir;
+
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let debug = args.iter().any(|arg| arg == "--debug");
     let passed: Vec<&String> = args.iter().filter(|arg| *arg != "--debug").collect();
@@ -33,9 +35,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         bail!("`cargo build` of the benchmark exited with {status}");
     }
 
-    let profile_dir = root
-        .join("target")
-        .join(if debug { "debug" } else { "release" });
+    // Where cargo put them: CARGO_TARGET_DIR when set, as for the build above.
+    let profile_dir = target_dir(root).join(if debug { "debug" } else { "release" });
     let program = profile_dir.join("examples").join("bench_sds");
     let binary = profile_dir.join("envoy-acme-sds");
     eprintln!("==> running {}", program.display());

@@ -11,6 +11,7 @@
 //! | [`acme`] | the ACME account and one order, via `instant-acme` |
 //! | [`store`] | the [`CertificateStore`](store::CertificateStore) trait, one typed store over raw-item backends (disk, Consul KV), item codec, encryption at rest |
 //! | [`manager`] | one certificate's lifecycle, published on a watch channel |
+//! | [`timings`] | where one issuance's time goes, step by step |
 //! | [`secret`] | key material that never prints |
 //! | [`election`] | the Consul session lock choosing the replica that renews |
 //! | [`renewer`] | runs the managers while this replica may renew |
@@ -39,3 +40,4 @@ pub mod sds;
 pub mod secret;
 pub mod storage_mode;
 pub mod store;
+pub mod timings;

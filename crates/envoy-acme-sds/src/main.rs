@@ -79,6 +79,8 @@ async fn serve(args: Layer) -> Result<()> {
         managed_certificates(&settings, consul.as_ref(), &mut tasks, &shutdown).await?;
     let mut acme = settings.acme.clone();
     acme.request_duration = Some(metrics.acme_request_duration());
+    acme.withdrawal_failures = Some(metrics.withdrawal_failures());
+    let withdrawals = acme.withdrawals.clone();
     let observer: Arc<dyn envoy_acme_sds::manager::RenewalObserver> = Arc::new(metrics.clone());
     let renewer = Renewer::new(certificates, acme, wake_receiver).with_observer(observer);
 
@@ -167,8 +169,12 @@ async fn serve(args: Layer) -> Result<()> {
     shutdown.cancelled().await;
     // The SDS drain has its own deadline; the rest (releasing the lock) is quick.
     let deadline = settings.shutdown_grace + Duration::from_secs(5);
+    // Challenge withdrawals of a finished order run on after it: let them
+    // end too, or a `_acme-challenge` record stays behind.
+    withdrawals.close();
     let drained = tokio::time::timeout(deadline, async {
         while tasks.join_next().await.is_some() {}
+        withdrawals.wait().await;
     })
     .await;
     if drained.is_err() {

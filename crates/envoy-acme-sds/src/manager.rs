@@ -28,6 +28,7 @@ use crate::policy::{
     RenewalDecision, failure_delay, next_ari_check,
 };
 use crate::store::{CertificateStore, InvalidSecretName, SecretName, StoreError};
+use crate::timings::{IssuanceStep, IssuanceTimings, Stopwatch};
 
 /// After a failed ARI fetch, the lifetime rule applies and ARI is retried after this.
 const ARI_RETRY: Duration = Duration::from_secs(3600);
@@ -88,6 +89,8 @@ pub enum Outcome {
     Issued {
         serial: String,
         next_check: OffsetDateTime,
+        /// Where the issuance's time went.
+        timings: IssuanceTimings,
     },
     /// The current certificate stays until `renew_at` (by the lifetime rule
     /// or the CA's ARI window); `next_check` may come sooner, to ask the CA
@@ -126,6 +129,14 @@ enum AriState {
         renew_at: Option<OffsetDateTime>,
         next_check: OffsetDateTime,
     },
+}
+
+/// An order placed and recorded in the history, whose outcome is still to
+/// be written there.
+#[derive(Debug)]
+struct Settlement {
+    history: OrderHistory,
+    names_key: String,
 }
 
 /// Told the outcome of every reconciliation [`CertManager::run`] makes
@@ -310,8 +321,9 @@ impl CertManager {
         now: OffsetDateTime,
     ) -> Outcome {
         info!(secret = %self.spec.secret_name, ?reason, "ordering a certificate");
-        match self.order(current.as_deref(), now).await {
-            Ok(bundle) => {
+        let mut watch = Stopwatch::start();
+        match self.order(current.as_deref(), now, &mut watch).await {
+            Ok((bundle, mut settlement)) => {
                 let serial = bundle.metadata().serial.clone();
                 let next_check = policy::default_renewal_time(bundle.metadata());
                 info!(
@@ -321,13 +333,28 @@ impl CertManager {
                     "certificate stored and published"
                 );
                 self.publish(bundle);
+                watch.lap(IssuanceStep::Published);
+                // After publishing: the certificate is in service whatever
+                // this write does (left unwritten, the order counts as
+                // issued, the safe side).
+                self.settle_order(&mut settlement, OrderOutcome::Issued)
+                    .await;
+                watch.lap(IssuanceStep::HistorySettled);
                 self.consecutive_failures = 0;
                 if !matches!(self.ari, AriState::Unsupported) {
                     self.ari = AriState::Unknown;
                 }
+                let timings = watch.finish();
+                info!(
+                    secret = %self.spec.secret_name,
+                    total_ms = timings.total().as_millis(),
+                    steps = %timings,
+                    "issuance timings"
+                );
                 Outcome::Issued {
                     serial,
                     next_check: self.with_ari_check(next_check, now),
+                    timings,
                 }
             }
             Err(error) => {
@@ -340,11 +367,14 @@ impl CertManager {
         }
     }
 
+    /// Orders, checks and stores a certificate; returns it with the order's
+    /// history entry, to be settled once the certificate is published.
     async fn order(
         &mut self,
         current: Option<&CertificateBundle>,
         now: OffsetDateTime,
-    ) -> Result<CertificateBundle, ManagerError> {
+        watch: &mut Stopwatch,
+    ) -> Result<(CertificateBundle, Settlement), ManagerError> {
         let name = &self.spec.secret_name;
         let names_key = self.spec.names.canonical_key();
         let mut history = self
@@ -368,6 +398,8 @@ impl CertManager {
             .save_order_history(name, &history)
             .await
             .map_err(ManagerError::Store)?;
+        watch.lap(IssuanceStep::HistoryRecorded);
+        let mut settlement = Settlement { history, names_key };
 
         let replaces = match self.ari {
             AriState::Known { .. } => current.and_then(CertificateBundle::ari_identifier),
@@ -384,11 +416,12 @@ impl CertManager {
             Err(error) => {
                 // No certificate exists: this order counts against the
                 // failure budget, not the duplicate-certificate one.
-                self.settle_order(name, &mut history, &names_key, OrderOutcome::Failed)
+                self.settle_order(&mut settlement, OrderOutcome::Failed)
                     .await;
                 return Err(error.into());
             }
         };
+        watch.append(issued.timings);
         let bundle = CertificateBundle::from_issued(
             issued.chain_pem,
             issued.key_pem,
@@ -399,26 +432,25 @@ impl CertManager {
             },
         )?;
         bundle.ensure_covers(&self.spec.names)?;
+        watch.lap(IssuanceStep::Checked);
         self.store
             .save_certificate(name, &bundle)
             .await
             .map_err(ManagerError::Store)?;
-        self.settle_order(name, &mut history, &names_key, OrderOutcome::Issued)
-            .await;
-        Ok(bundle)
+        watch.lap(IssuanceStep::Stored);
+        Ok((bundle, settlement))
     }
 
     /// Records how the order ended. Best effort: left unsettled, the order
     /// counts as issued, the safe side.
-    async fn settle_order(
-        &self,
-        name: &SecretName,
-        history: &mut OrderHistory,
-        names_key: &str,
-        outcome: OrderOutcome,
-    ) {
-        history.settle(names_key, outcome);
-        if let Err(error) = self.store.save_order_history(name, history).await {
+    async fn settle_order(&self, settlement: &mut Settlement, outcome: OrderOutcome) {
+        let name = &self.spec.secret_name;
+        settlement.history.settle(&settlement.names_key, outcome);
+        if let Err(error) = self
+            .store
+            .save_order_history(name, &settlement.history)
+            .await
+        {
             warn!(secret = %name, %error, "cannot record the order's outcome");
         }
     }

@@ -7,6 +7,9 @@
 //! | `envoy_acme_sds_certificate_renewal_in_seconds` | gauge (negative when overdue) | `secret` |
 //! | `envoy_acme_sds_renewals_total` | counter | `secret`, `result` = `ok`/`failed` |
 //! | `envoy_acme_sds_acme_request_duration_seconds` | histogram | |
+//! | `envoy_acme_sds_issuance_duration_seconds` | histogram: history write to published certificate | |
+//! | `envoy_acme_sds_issuance_step_duration_seconds` | histogram | `step` (see [`IssuanceStep`](crate::timings::IssuanceStep)) |
+//! | `envoy_acme_sds_challenge_withdrawal_failures_total` | counter: challenge responses the solver failed to withdraw | |
 //! | `envoy_acme_sds_lock_holder` | gauge, 1 while this replica holds the renewal lock | |
 //! | `envoy_acme_sds_keys_resealed_total` | counter: stored secrets rewritten sealed with the current key | |
 //!
@@ -38,6 +41,11 @@ struct SecretLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RenewalLabels {
     secret: String,
     result: &'static str,
@@ -49,6 +57,9 @@ pub struct ServiceMetrics {
     certificates: Arc<CertificateDates>,
     renewals: Family<RenewalLabels, Counter>,
     acme_request_duration: Histogram,
+    issuance_duration: Histogram,
+    issuance_steps: Family<StepLabel, Histogram>,
+    withdrawal_failures: Counter,
     lock_holder: Gauge,
     keys_resealed: Counter,
 }
@@ -61,6 +72,14 @@ impl Default for ServiceMetrics {
             renewals: Family::default(),
             // 5 ms .. ~40 s.
             acme_request_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            // 10 ms .. ~80 s: a nearby CA issues in well under a second, a
+            // public one with DNS propagation in tens of seconds.
+            issuance_duration: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            // 1 ms .. ~16 s.
+            issuance_steps: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 15))
+            }),
+            withdrawal_failures: Counter::default(),
             lock_holder: Gauge::default(),
             keys_resealed: Counter::default(),
         }
@@ -83,6 +102,21 @@ impl ServiceMetrics {
             self.acme_request_duration.clone(),
         );
         registry.register(
+            "issuance_duration_seconds",
+            "Time of each issuance, from recording the order to publishing the certificate",
+            self.issuance_duration.clone(),
+        );
+        registry.register(
+            "issuance_step_duration_seconds",
+            "Time of each step of an issuance (their sum is the issuance's time)",
+            self.issuance_steps.clone(),
+        );
+        registry.register(
+            "challenge_withdrawal_failures",
+            "Challenge responses (DNS-01 records, HTTP-01 tokens) the solver failed to withdraw after an order",
+            self.withdrawal_failures.clone(),
+        );
+        registry.register(
             "lock_holder",
             "1 while this replica holds the renewal lock (always 1 with disk storage)",
             self.lock_holder.clone(),
@@ -103,6 +137,11 @@ impl ServiceMetrics {
     /// The histogram the ACME client times its requests into.
     pub fn acme_request_duration(&self) -> Histogram {
         self.acme_request_duration.clone()
+    }
+
+    /// The counter the ACME client counts failed challenge withdrawals in.
+    pub fn withdrawal_failures(&self) -> Counter {
+        self.withdrawal_failures.clone()
     }
 
     pub fn set_lock_holder(&self, holds: bool) {
@@ -131,7 +170,18 @@ impl ServiceMetrics {
 impl RenewalObserver for ServiceMetrics {
     fn observe(&self, name: &SecretName, outcome: &Outcome) {
         let result = match outcome {
-            Outcome::Issued { .. } => "ok",
+            Outcome::Issued { timings, .. } => {
+                self.issuance_duration
+                    .observe(timings.total().as_secs_f64());
+                for (step, duration) in timings.steps() {
+                    self.issuance_steps
+                        .get_or_create(&StepLabel {
+                            step: step.as_str(),
+                        })
+                        .observe(duration.as_secs_f64());
+                }
+                "ok"
+            }
             Outcome::Failed { .. } => "failed",
             Outcome::Unchanged { renew_at, .. } => {
                 // The renewing replica knows the CA's ARI window, which may
@@ -214,8 +264,11 @@ impl Collector for CertificateDates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::manager::ManagerError;
     use crate::store::StoreError;
+    use crate::timings::{IssuanceStep, IssuanceTimings};
 
     /// The value of the (single) renewal gauge in `registry`'s exposition.
     fn renewal_in_seconds(registry: &Registry) -> i64 {
@@ -226,6 +279,17 @@ mod tests {
             .and_then(|line| line.rsplit(' ').next())
             .and_then(|value| value.parse().ok())
             .unwrap_or_else(|| panic!("no renewal gauge in {text}"))
+    }
+
+    /// An issuance of two steps: 20 ms validating, 5 ms storing.
+    fn issued_timings() -> IssuanceTimings {
+        let mut watch = crate::timings::Stopwatch::start();
+        watch.lap(IssuanceStep::Validated);
+        watch.lap(IssuanceStep::Stored);
+        let mut timings = watch.finish();
+        timings.set_for_test(IssuanceStep::Validated, Duration::from_millis(20));
+        timings.set_for_test(IssuanceStep::Stored, Duration::from_millis(5));
+        timings
     }
 
     #[test]
@@ -251,6 +315,7 @@ mod tests {
             &Outcome::Issued {
                 serial: "01".to_owned(),
                 next_check: now,
+                timings: issued_timings(),
             },
         );
         metrics.observe(
@@ -267,6 +332,7 @@ mod tests {
         );
         metrics.set_lock_holder(true);
         metrics.acme_request_duration().observe(0.02);
+        metrics.withdrawal_failures().inc();
 
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
@@ -292,6 +358,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("envoy_acme_sds_lock_holder 1"), "{text}");
+        assert!(
+            text.contains("envoy_acme_sds_challenge_withdrawal_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("envoy_acme_sds_issuance_duration_seconds_sum 0.025"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "envoy_acme_sds_issuance_step_duration_seconds_sum{step=\"validated\"} 0.02"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "envoy_acme_sds_issuance_step_duration_seconds_bucket{le=\"0.008\",step=\"stored\"} 1"
+            ),
+            "{text}"
+        );
 
         // The renewing replica learns of an earlier ARI window.
         metrics.observe(

@@ -27,6 +27,7 @@ use envoy_acme_sds::store::disk::DiskStore;
 use envoy_acme_sds::store::{
     AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount,
 };
+use envoy_acme_sds::timings::IssuanceStep;
 use test_support::{Knot, PebbleOptions};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +38,10 @@ async fn dns01_apex_and_wildcard_through_knot() {
     let pebble = start_pebble(&knot, PebbleOptions::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(DiskStore::open(dir.path().join("store"), None).expect("store"));
+    let config = acme_config(&pebble);
+    let withdrawals = config.withdrawals.clone();
     let acme = Arc::new(
-        AcmeClient::connect(acme_config(&pebble), store.as_ref())
+        AcmeClient::connect(config, store.as_ref())
             .await
             .expect("account"),
     );
@@ -56,9 +59,36 @@ async fn dns01_apex_and_wildcard_through_knot() {
     let outcome = manager.reconcile(now).await;
     let elapsed = started.elapsed();
     println!("issuance of apex + wildcard via DNS-01 (pebble + knot): {elapsed:?}");
-    let Outcome::Issued { serial, next_check } = &outcome else {
+    let Outcome::Issued {
+        serial,
+        next_check,
+        timings,
+    } = &outcome
+    else {
         panic!("expected a certificate, got {outcome:?}");
     };
+    // Every step of a DNS-01 issuance is timed, and the laps fit in the
+    // wall time measured around them.
+    println!("issuance steps: {timings}");
+    for step in [
+        IssuanceStep::HistoryRecorded,
+        IssuanceStep::OrderCreated,
+        IssuanceStep::AuthorizationsFetched,
+        IssuanceStep::ChallengesPublished,
+        IssuanceStep::ChallengesVisible,
+        IssuanceStep::ChallengesReady,
+        IssuanceStep::Validated,
+        IssuanceStep::KeyGenerated,
+        IssuanceStep::Finalized,
+        IssuanceStep::CertificateDownloaded,
+        IssuanceStep::Checked,
+        IssuanceStep::Stored,
+        IssuanceStep::Published,
+        IssuanceStep::HistorySettled,
+    ] {
+        assert!(timings.get(step).is_some(), "{step} not timed: {timings}");
+    }
+    assert!(timings.total() <= elapsed, "{timings} vs {elapsed:?}");
     // Whether the CA offers ARI is learnt within half a day of issuance.
     assert!(
         *next_check <= now + time::Duration::hours(12),
@@ -105,6 +135,58 @@ async fn dns01_apex_and_wildcard_through_knot() {
         .await
         .expect("history");
     assert_eq!(history.len(), 1);
+
+    // The challenge records went after the certificate was out, on a
+    // tracked task: once it is done, knot serves none of them.
+    withdrawals.close();
+    tokio::time::timeout(std::time::Duration::from_secs(30), withdrawals.wait())
+        .await
+        .expect("withdrawal finishes");
+    assert_eq!(
+        txt_values(knot.addr(), "_acme-challenge.example.test.").await,
+        Vec::<String>::new()
+    );
+}
+
+/// The TXT values `server` serves under `name`, asked over TCP.
+async fn txt_values(server: std::net::SocketAddr, name: &str) -> Vec<String> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut query = Message::query();
+    query.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::TXT,
+    ));
+    let request = query.to_vec().expect("encodes");
+    let mut stream = tokio::net::TcpStream::connect(server)
+        .await
+        .expect("connects");
+    let length = u16::try_from(request.len()).expect("small");
+    stream
+        .write_all(&length.to_be_bytes())
+        .await
+        .expect("writes");
+    stream.write_all(&request).await.expect("writes");
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).await.expect("reads");
+    let mut response = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut response).await.expect("reads");
+    Message::from_vec(&response)
+        .expect("decodes")
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::TXT(txt) => Some(
+                txt.txt_data
+                    .iter()
+                    .map(|part| String::from_utf8_lossy(part).into_owned())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -209,6 +209,31 @@ async fn disk_storage_renews_on_request_and_keeps_the_old_certificate_on_failure
     .await
     .expect("renewed");
     assert_eq!(first.metric(ok).await, 2.0);
+    // Both issuances were timed, step by step, and no challenge record
+    // failed to go.
+    assert_eq!(
+        first
+            .metric("envoy_acme_sds_issuance_duration_seconds_count")
+            .await,
+        2.0
+    );
+    for step in [
+        "order_created",
+        "validated",
+        "finalized",
+        "stored",
+        "published",
+    ] {
+        let count =
+            format!("envoy_acme_sds_issuance_step_duration_seconds_count{{step=\"{step}\"}}");
+        assert_eq!(first.metric(&count).await, 2.0, "{count}");
+    }
+    assert_eq!(
+        first
+            .metric("envoy_acme_sds_challenge_withdrawal_failures_total")
+            .await,
+        0.0
+    );
     first.signal("TERM");
     eventually(
         "exit on SIGTERM",

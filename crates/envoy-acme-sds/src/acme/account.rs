@@ -2,10 +2,12 @@
 //! when stored, created at the CA and stored otherwise, so replicas and
 //! restarts reuse one account.
 
+use std::sync::Arc;
+
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 use tracing::{debug, info};
 
-use super::http::{AcmeHttpClient, HttpError};
+use super::http::{AcmeHttpClient, HttpError, PollHints};
 use super::{AcmeConfig, CaFailure};
 use crate::secret::Secret;
 use crate::store::{AccountId, CertificateStore, StoreError, StoredAccount};
@@ -40,15 +42,20 @@ impl CaFailure for AccountError {
 pub(super) async fn load_or_create(
     config: &AcmeConfig,
     store: &dyn CertificateStore,
+    poll_hints: &Arc<PollHints>,
 ) -> Result<Account, AccountError> {
     let id = AccountId::for_directory(&config.directory_url);
     match store.load_account(&id).await? {
-        Some(stored) => load(config, &stored).await,
-        None => create(config, store, &id).await,
+        Some(stored) => load(config, &stored, poll_hints).await,
+        None => create(config, store, &id, poll_hints).await,
     }
 }
 
-async fn load(config: &AcmeConfig, stored: &StoredAccount) -> Result<Account, AccountError> {
+async fn load(
+    config: &AcmeConfig,
+    stored: &StoredAccount,
+    poll_hints: &Arc<PollHints>,
+) -> Result<Account, AccountError> {
     let directory = &config.directory_url;
     // Never echo the parse error: it could quote the key.
     let credentials: AccountCredentials = serde_json::from_str(stored.credentials_json.expose())
@@ -56,7 +63,7 @@ async fn load(config: &AcmeConfig, stored: &StoredAccount) -> Result<Account, Ac
             directory: directory.clone(),
             reason: format!("credentials JSON invalid ({:?})", e.classify()),
         })?;
-    let http = AcmeHttpClient::new(config)?;
+    let http = AcmeHttpClient::new(config, Arc::clone(poll_hints))?;
     let account = Account::builder_with_http(Box::new(http))
         .from_credentials(credentials)
         .await
@@ -72,6 +79,7 @@ async fn create(
     config: &AcmeConfig,
     store: &dyn CertificateStore,
     id: &AccountId,
+    poll_hints: &Arc<PollHints>,
 ) -> Result<Account, AccountError> {
     let directory = &config.directory_url;
     let contact = contact_uris(&config.contact);
@@ -86,7 +94,7 @@ async fn create(
         .as_ref()
         .map(|eab| ExternalAccountKey::new(eab.key_id.clone(), eab.hmac_key.expose()));
     let (account, credentials) = retry_bad_nonce!(async {
-        let http = AcmeHttpClient::new(config)?;
+        let http = AcmeHttpClient::new(config, Arc::clone(poll_hints))?;
         Account::builder_with_http(Box::new(http))
             .create(&new_account, directory.clone(), eab.as_ref())
             .await

@@ -3,11 +3,13 @@
 //! - `account`: the account, loaded from or created into the
 //!   [`CertificateStore`], so replicas and restarts reuse one account;
 //! - `order`: one order from creation to certificate, with ACME profiles
-//!   and `replaces` (RFC 9773), and validation polled from 50 ms up instead
-//!   of sleeping seconds;
+//!   and `replaces` (RFC 9773);
+//! - `poll`: when to ask again about an order the CA is working on: from
+//!   50 ms up to 2 s, or when its `Retry-After` says;
 //! - `http`: the HTTPS transport: the configured private root, the time to
 //!   each response, and the CA's `Retry-After` on a refusal, carried in the
-//!   error of the call that received it ([`AcmeError::retry_after`]).
+//!   error of the call that received it ([`AcmeError::retry_after`]), or
+//!   with an order it is working on, kept for that order's next poll.
 //!
 //! Here they are tied into [`AcmeClient`], which also asks for renewal
 //! information (RFC 9773). Throughout, `badNonce` rejections are retried
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{Account, CertificateIdentifier};
+use tokio_util::task::TaskTracker;
 
 use crate::challenge::ChallengeSolver;
 use crate::domain::NameSet;
@@ -25,6 +28,7 @@ use crate::keys::KeyType;
 use crate::policy::AriWindow;
 use crate::secret::Secret;
 use crate::store::CertificateStore;
+use crate::timings::IssuanceTimings;
 
 /// Awaits the future `$step` evaluates to, evaluating and awaiting it again
 /// while the CA rejects its nonce. A request refused for its nonce was not
@@ -55,6 +59,7 @@ macro_rules! retry_bad_nonce {
 mod account;
 mod http;
 mod order;
+mod poll;
 #[cfg(test)]
 mod tests;
 
@@ -129,6 +134,12 @@ pub struct AcmeConfig {
     pub issuance_timeout: Duration,
     /// Where the time to each response from the CA is recorded.
     pub request_duration: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Where challenge withdrawals that failed are counted.
+    pub withdrawal_failures: Option<prometheus_client::metrics::counter::Counter>,
+    /// Runs the withdrawals of challenge responses, which go on after the
+    /// order returned its certificate; the binary waits for them at
+    /// shutdown. Clones share it.
+    pub withdrawals: TaskTracker,
 }
 
 impl AcmeConfig {
@@ -141,6 +152,8 @@ impl AcmeConfig {
             validation_timeout: Duration::from_secs(300),
             issuance_timeout: Duration::from_secs(300),
             request_duration: None,
+            withdrawal_failures: None,
+            withdrawals: TaskTracker::new(),
         }
     }
 }
@@ -168,6 +181,8 @@ pub struct IssuedCertificate {
     pub chain_pem: String,
     pub key_pem: Secret<String>,
     pub order_url: String,
+    /// Where the order's time went, step by step.
+    pub timings: IssuanceTimings,
 }
 
 /// The CA's renewal window for one certificate.
@@ -184,6 +199,7 @@ pub struct AcmeClient {
     account: Account,
     config: AcmeConfig,
     replaces: order::ReplacesSupport,
+    poll_hints: Arc<http::PollHints>,
 }
 
 impl std::fmt::Debug for AcmeClient {
@@ -202,11 +218,13 @@ impl AcmeClient {
         config: AcmeConfig,
         store: &dyn CertificateStore,
     ) -> Result<Self, AcmeError> {
-        let account = account::load_or_create(&config, store).await?;
+        let poll_hints = Arc::default();
+        let account = account::load_or_create(&config, store, &poll_hints).await?;
         Ok(Self {
             account,
             config,
             replaces: order::ReplacesSupport::default(),
+            poll_hints,
         })
     }
 
@@ -254,6 +272,7 @@ impl AcmeClient {
             account: &self.account,
             config: &self.config,
             replaces: &self.replaces,
+            poll_hints: &self.poll_hints,
         };
         Ok(orders.issue(request, solver).await?)
     }

@@ -1,25 +1,30 @@
 //! One order (RFC 8555 §7.4), from creation to certificate: the challenges
-//! through a solver, validation polled from 50 ms up instead of sleeping
-//! seconds, finalization with a fresh key, and the chain. Also what this
+//! through a solver, validation and issuance polled from 50 ms up (see
+//! `poll`) instead of sleeping seconds, finalization with a fresh key made
+//! meanwhile, and the chain. Also what this
 //! project asks of an order beyond RFC 8555: an ACME profile, checked
 //! against the directory first, and `replaces` (RFC 9773 §5), dropped when
 //! the CA turns it down.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use instant_acme::{
     Account, AuthorizationStatus, CertificateIdentifier, Identifier, NewOrder, Order, OrderStatus,
-    RetryPolicy,
 };
-use tracing::{info, warn};
+use prometheus_client::metrics::counter::Counter;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
 
+use super::http::PollHints;
+use super::poll::poll_delay;
 use super::{AcmeConfig, CaFailure, IssuedCertificate, OrderRequest, account, http};
 use crate::challenge::{Challenge, ChallengeKind, ChallengeSolver, SolverError};
 use crate::domain::DomainName;
 use crate::keys::{CertificateKey, KeyError};
 use crate::pem::parse_certificate_chain;
+use crate::timings::{IssuanceStep, Stopwatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
@@ -41,8 +46,13 @@ pub enum OrderError {
         status: String,
         detail: String,
     },
-    #[error("the order ended {status:?} instead of ready: {detail}")]
-    OrderFailed { status: OrderStatus, detail: String },
+    #[error("the order ended {status:?} instead of {wanted}: {detail}")]
+    OrderFailed {
+        status: OrderStatus,
+        /// `ready` after validation, `valid` after finalization.
+        wanted: &'static str,
+        detail: String,
+    },
     #[error("the CA sent an unusable certificate chain: {0}")]
     BadChain(String),
     #[error("the CA returned identifier `{0}`, which is not a DNS name")]
@@ -100,57 +110,104 @@ pub(super) struct Orders<'a> {
     pub(super) account: &'a Account,
     pub(super) config: &'a AcmeConfig,
     pub(super) replaces: &'a ReplacesSupport,
+    pub(super) poll_hints: &'a PollHints,
 }
 
 impl Orders<'_> {
     /// Runs one order to completion: challenges through `solver`, a fresh
     /// key, finalization and the certificate chain.
+    ///
+    /// Nothing on the way sleeps a fixed time: the CA is polled from 50 ms
+    /// up (see [`poll_delay`]), the key is made while the CA validates, and
+    /// the challenge responses are withdrawn once the CA has judged them,
+    /// without the certificate waiting for that.
     pub(super) async fn issue(
         &self,
         request: &OrderRequest<'_>,
         solver: &Arc<dyn ChallengeSolver>,
     ) -> Result<IssuedCertificate, OrderError> {
+        let mut watch = Stopwatch::start();
+        let keying = generate_key(request);
         let mut order = self.new_order(request).await?;
+        watch.lap(IssuanceStep::OrderCreated);
         let order_url = order.url().to_owned();
         info!(order = %order_url, names = %request.names, "ACME order created");
 
         let challenges = retry_bad_nonce!(pending_challenges(&mut order, solver.kind()))?;
-        if !challenges.is_empty() {
+        watch.lap(IssuanceStep::AuthorizationsFetched);
+        if challenges.is_empty() {
+            // Every authorization reused: the order is ready, or soon is.
+            self.wait_until_ready(&mut order, "waiting for the order to become ready")
+                .await?;
+            watch.lap(IssuanceStep::Validated);
+        } else {
             // Armed before presenting: a cleanup tolerates responses that
             // were never (fully) published.
-            let presented = PresentedChallenges::new(Arc::clone(solver), challenges);
-            let validated = match solver.present(presented.challenges()).await {
-                Ok(()) => self.validate(&mut order, solver.kind()).await,
-                Err(e) => Err(e.into()),
-            };
-            presented.withdraw().await;
+            let presented = PresentedChallenges::new(Arc::clone(solver), challenges, self.config);
+            let validated = async {
+                solver.present(presented.challenges()).await?;
+                watch.lap(IssuanceStep::ChallengesPublished);
+                solver.await_visible(presented.challenges()).await?;
+                watch.lap(IssuanceStep::ChallengesVisible);
+                self.validate(&mut order, solver.kind(), &mut watch).await
+            }
+            .await;
+            // The CA has judged the challenges (or the order failed): the
+            // responses can go, but the certificate need not wait for that.
+            presented.withdraw_in_background();
             validated?;
         }
 
-        self.wait_until_ready(&mut order, "waiting for the order to become ready")
-            .await?;
-
-        let key = CertificateKey::generate(request.key_type)?;
-        let csr = key.csr_der(request.names)?;
+        let (key, csr) = keying.await.map_err(|e| KeyError::Generate {
+            key_type: request.key_type,
+            reason: format!("the key generation task failed: {e}"),
+        })??;
+        watch.lap(IssuanceStep::KeyGenerated);
+        let finalize_url = order.state().finalize.clone();
         retry_bad_nonce!(async {
             order
                 .finalize_csr(&csr)
                 .await
                 .map_err(OrderError::api("finalizing the order"))
         })?;
-        let policy = poll_policy(self.config.issuance_timeout);
+        watch.lap(IssuanceStep::Finalized);
+        let step = "waiting for the certificate";
+        // The finalize answer may say when to look for the certificate.
+        let hint = self.poll_hints.take(&finalize_url, SystemTime::now());
+        let status = self
+            .poll_until(
+                &mut order,
+                step,
+                self.config.issuance_timeout,
+                hint,
+                |status| matches!(status, OrderStatus::Valid | OrderStatus::Invalid),
+            )
+            .await?;
+        if status != OrderStatus::Valid {
+            let detail = retry_bad_nonce!(failure_details(&mut order))?;
+            return Err(OrderError::OrderFailed {
+                status,
+                wanted: "valid",
+                detail,
+            });
+        }
         let chain_pem = retry_bad_nonce!(async {
             order
-                .poll_certificate(&policy)
+                .certificate()
                 .await
                 .map_err(OrderError::api("downloading the certificate"))
+        })?
+        .ok_or_else(|| {
+            OrderError::BadChain("the order is valid but has no certificate".to_owned())
         })?;
         parse_certificate_chain(&chain_pem).map_err(|e| OrderError::BadChain(e.to_string()))?;
+        watch.lap(IssuanceStep::CertificateDownloaded);
         info!(order = %order_url, "certificate issued");
         Ok(IssuedCertificate {
             chain_pem,
             key_pem: key.private_key_pem(),
             order_url,
+            timings: watch.finish(),
         })
     }
 
@@ -215,7 +272,12 @@ impl Orders<'_> {
     }
 
     /// Tells the CA the challenges are ready, then waits for their verdict.
-    async fn validate(&self, order: &mut Order, kind: ChallengeKind) -> Result<(), OrderError> {
+    async fn validate(
+        &self,
+        order: &mut Order,
+        kind: ChallengeKind,
+        watch: &mut Stopwatch,
+    ) -> Result<(), OrderError> {
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
             let mut authorization =
@@ -238,29 +300,106 @@ impl Orders<'_> {
                     .map_err(OrderError::api("marking the challenge ready"))
             })?;
         }
-        self.wait_until_ready(order, "waiting for validation").await
+        watch.lap(IssuanceStep::ChallengesReady);
+        self.wait_until_ready(order, "waiting for validation")
+            .await?;
+        watch.lap(IssuanceStep::Validated);
+        Ok(())
     }
 
     /// Polls `order` (within the validation timeout) until the CA has
-    /// judged it: ready, or invalid, which fails with the CA's reasons.
+    /// judged it: ready, or anything else, which fails with the CA's reasons.
     async fn wait_until_ready(
         &self,
         order: &mut Order,
         step: &'static str,
     ) -> Result<(), OrderError> {
-        let policy = poll_policy(self.config.validation_timeout);
-        let status = retry_bad_nonce!(async {
-            order
-                .poll_ready(&policy)
-                .await
-                .map_err(OrderError::api(step))
-        })?;
+        let status = self
+            .poll_until(
+                order,
+                step,
+                self.config.validation_timeout,
+                None,
+                |status| *status != OrderStatus::Pending,
+            )
+            .await?;
         if status != OrderStatus::Ready {
             let detail = retry_bad_nonce!(failure_details(order))?;
-            return Err(OrderError::OrderFailed { status, detail });
+            return Err(OrderError::OrderFailed {
+                status,
+                wanted: "ready",
+                detail,
+            });
         }
         Ok(())
     }
+
+    /// Polls `order` until `settled` holds for its status, as [`poll_delay`]
+    /// schedules it, within `timeout`. The order's last answer is looked at
+    /// first: one settled already costs no request. `hint` is a
+    /// `Retry-After` received before the first poll.
+    async fn poll_until(
+        &self,
+        order: &mut Order,
+        step: &'static str,
+        timeout: Duration,
+        mut hint: Option<Duration>,
+        settled: fn(&OrderStatus) -> bool,
+    ) -> Result<OrderStatus, OrderError> {
+        let deadline = Instant::now() + timeout;
+        let mut attempt = 0u32;
+        loop {
+            let state = order.state();
+            if settled(&state.status) || state.status == OrderStatus::Invalid {
+                return Ok(state.status);
+            }
+            if let Some(problem) = &state.error {
+                return Err(OrderError::Api {
+                    step,
+                    source: instant_acme::Error::Api(problem.clone()),
+                });
+            }
+            let said = self
+                .poll_hints
+                .take(order.url(), SystemTime::now())
+                .or(hint.take());
+            let delay = poll_delay(attempt, said);
+            let next = Instant::now() + delay;
+            if next > deadline {
+                // When the CA said when to ask again, the error carries it,
+                // and the renewal's backoff honours it.
+                return Err(OrderError::Api {
+                    step,
+                    source: instant_acme::Error::Timeout(said.map(|_| next)),
+                });
+            }
+            tokio::time::sleep(delay).await;
+            attempt = attempt.saturating_add(1);
+            retry_bad_nonce!(async {
+                order
+                    .refresh()
+                    .await
+                    .map(|_| ())
+                    .map_err(OrderError::api(step))
+            })?;
+            debug!(step, attempt, status = ?order.state().status, "ACME order polled");
+        }
+    }
+}
+
+/// Starts generating the key and CSR for `request` on a blocking thread, so
+/// that it overlaps the ACME exchange (an RSA key takes up to a few hundred
+/// milliseconds) and never stalls the runtime.
+fn generate_key(
+    request: &OrderRequest<'_>,
+) -> tokio::task::JoinHandle<Result<(CertificateKey, Vec<u8>), KeyError>> {
+    let key_type = request.key_type;
+    let names = request.names.clone();
+    tokio::task::spawn_blocking(move || {
+        let key = CertificateKey::generate(key_type)?;
+        let csr = key.csr_der(&names)?;
+        Ok((key, csr))
+    })
 }
 
 /// The challenges of `kind` for every pending authorization of `order`.
@@ -335,15 +474,6 @@ async fn failure_details(order: &mut Order) -> Result<String, OrderError> {
     })
 }
 
-/// Polls from 50 ms, growing by half each time: validation against a nearby
-/// CA takes well under a second, against a public one a few seconds.
-fn poll_policy(timeout: Duration) -> RetryPolicy {
-    RetryPolicy::new()
-        .initial_delay(Duration::from_millis(50))
-        .backoff(1.5)
-        .timeout(timeout)
-}
-
 /// How a CA turned down an order's `replaces` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReplacesRefusal {
@@ -392,17 +522,31 @@ fn replaces_refusal(error: &OrderError) -> Option<ReplacesRefusal> {
 /// ends: after validation, on an error, and also when the order is dropped
 /// half-way (the renewal lock lost, SIGTERM), so that no `_acme-challenge`
 /// record or HTTP-01 token outlives the order.
+///
+/// Withdrawals run on tasks of their own, tracked by
+/// [`AcmeConfig::withdrawals`]: once the CA has judged the challenges
+/// nothing needs to wait for them (a DNS server may hold an UPDATE for most
+/// of a second; knot holds one until its next NOTIFY), yet each runs to the
+/// end, and a failure is logged and counted.
 struct PresentedChallenges {
     solver: Arc<dyn ChallengeSolver>,
     /// `None` once withdrawn.
     challenges: Option<Vec<Challenge>>,
+    tasks: TaskTracker,
+    failures: Option<Counter>,
 }
 
 impl PresentedChallenges {
-    fn new(solver: Arc<dyn ChallengeSolver>, challenges: Vec<Challenge>) -> Self {
+    fn new(
+        solver: Arc<dyn ChallengeSolver>,
+        challenges: Vec<Challenge>,
+        config: &AcmeConfig,
+    ) -> Self {
         Self {
             solver,
             challenges: Some(challenges),
+            tasks: config.withdrawals.clone(),
+            failures: config.withdrawal_failures.clone(),
         }
     }
 
@@ -410,34 +554,41 @@ impl PresentedChallenges {
         self.challenges.as_deref().unwrap_or_default()
     }
 
-    async fn withdraw(mut self) {
-        if let Some(challenges) = &self.challenges {
-            if let Err(error) = self.solver.cleanup(challenges).await {
-                warn!(%error, "challenge cleanup failed");
+    fn withdraw_in_background(mut self) {
+        self.spawn_withdrawal("challenge responses withdrawn");
+    }
+
+    fn spawn_withdrawal(&mut self, done: &'static str) {
+        let Some(challenges) = self.challenges.take() else {
+            return;
+        };
+        // Dropped without a runtime (the process ending): nothing can run.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let solver = Arc::clone(&self.solver);
+        let failures = self.failures.clone();
+        let withdrawal = async move {
+            let started = Instant::now();
+            match solver.cleanup(&challenges).await {
+                Ok(()) => debug!(elapsed = ?started.elapsed(), "{done}"),
+                Err(error) => {
+                    warn!(%error, "challenge cleanup failed");
+                    if let Some(failures) = failures {
+                        failures.inc();
+                    }
+                }
             }
-            // Only now: dropped during the cleanup, the guard tries again.
-            self.challenges = None;
-        }
+        };
+        self.tasks.spawn_on(withdrawal, &runtime);
     }
 }
 
 impl Drop for PresentedChallenges {
     fn drop(&mut self) {
-        let Some(challenges) = self.challenges.take() else {
-            return;
-        };
         // Dropped with the order's future: the cleanup cannot be awaited
         // here, so it runs on its own.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let solver = Arc::clone(&self.solver);
-        runtime.spawn(async move {
-            match solver.cleanup(&challenges).await {
-                Ok(()) => info!("challenges of a cancelled order withdrawn"),
-                Err(error) => warn!(%error, "challenge cleanup after a cancelled order failed"),
-            }
-        });
+        self.spawn_withdrawal("challenges of a cancelled order withdrawn");
     }
 }
 

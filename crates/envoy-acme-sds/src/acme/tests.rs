@@ -1,16 +1,24 @@
 //! The client against a scripted CA: what the CA says in answer to one
-//! call is reported with that call's outcome, and nowhere else.
+//! call is reported with that call's outcome, and nowhere else; and the
+//! `Retry-After` it sends with an order it is issuing sets when that order
+//! is polled next.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use instant_acme::CertificateIdentifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, Der, PrivateKeyDer};
 
-use super::{AcmeClient, AcmeConfig};
+use async_trait::async_trait;
+
+use super::{AcmeClient, AcmeConfig, OrderRequest};
+use crate::challenge::{Challenge, ChallengeKind, ChallengeSolver, SolverError};
+use crate::domain::NameSet;
+use crate::keys::KeyType;
 use crate::store::disk::DiskStore;
 
 /// The `Retry-After` the scripted CA sends when it throttles.
@@ -19,10 +27,12 @@ const RETRY_AFTER_SECONDS: u64 = 120;
 /// An HTTPS server on 127.0.0.1 answering just enough of RFC 8555 for an
 /// account to be created, then renewal information (RFC 9773): a rate
 /// limit with `Retry-After` for one certificate, a server error without
-/// it for every other. One thread a connection, each answer closing it.
+/// it for every other; and one order, authorized already, issued slowly.
+/// One thread a connection, each answer closing it.
 struct ScriptedCa {
     base_url: String,
     root_pem: String,
+    script: Arc<Script>,
 }
 
 impl ScriptedCa {
@@ -48,7 +58,11 @@ impl ScriptedCa {
         let script = Arc::new(Script {
             base_url: base_url.clone(),
             throttled_path: format!("/renewal-info/{throttled}"),
+            certificate_pem: leaf.cert_pem.clone(),
+            order_polls: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
         });
+        let script_handle = Arc::clone(&script);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let tls = Arc::clone(&tls);
@@ -59,7 +73,20 @@ impl ScriptedCa {
         Self {
             base_url,
             root_pem: ca.cert_pem().to_owned(),
+            script: Arc::clone(&script_handle),
         }
+    }
+
+    /// When each request for `path` arrived.
+    fn arrivals(&self, path: &str) -> Vec<Instant> {
+        self.script
+            .requests
+            .lock()
+            .expect("requests")
+            .iter()
+            .filter(|(requested, _)| requested == path)
+            .map(|(_, at)| *at)
+            .collect()
     }
 
     fn config(&self) -> AcmeConfig {
@@ -72,7 +99,16 @@ impl ScriptedCa {
 struct Script {
     base_url: String,
     throttled_path: String,
+    /// What the order's certificate URL serves.
+    certificate_pem: String,
+    /// Polls of the order so far: it is valid from the second on.
+    order_polls: AtomicUsize,
+    /// Every request's path and arrival.
+    requests: Mutex<Vec<(String, Instant)>>,
 }
+
+/// The `Retry-After` the scripted CA sends with an order it is issuing.
+const ORDER_RETRY_AFTER_SECONDS: u64 = 1;
 
 /// One answer: status line, extra header lines, body.
 type Answer = (&'static str, Vec<String>, String);
@@ -86,6 +122,10 @@ impl Script {
         let Some((method, path)) = read_request(&mut stream) else {
             return;
         };
+        self.requests
+            .lock()
+            .expect("requests")
+            .push((path.clone(), Instant::now()));
         let (status, headers, body) = self.answer(&method, &path);
         let mut head = format!(
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\nReplay-Nonce: nonce-{}\r\n",
@@ -132,6 +172,48 @@ impl Script {
                 vec![format!("Location: {base}/account/1")],
                 r#"{"status":"valid"}"#.to_owned(),
             ),
+            // An order whose one name was authorized before: ready at
+            // once. Finalized, it is processing, and the CA asks to look
+            // again in a second, until the second poll finds it valid.
+            ("POST", "/order") => (
+                "201 Created",
+                vec![
+                    format!("Location: {base}/orders/1"),
+                    "Content-Type: application/json".to_owned(),
+                ],
+                order_state("ready", base),
+            ),
+            ("POST", "/finalize/1") => (
+                "200 OK",
+                vec![
+                    "Content-Type: application/json".to_owned(),
+                    format!("Retry-After: {ORDER_RETRY_AFTER_SECONDS}"),
+                ],
+                order_state("processing", base),
+            ),
+            ("POST", "/orders/1") => {
+                if self.order_polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    (
+                        "200 OK",
+                        vec![
+                            "Content-Type: application/json".to_owned(),
+                            format!("Retry-After: {ORDER_RETRY_AFTER_SECONDS}"),
+                        ],
+                        order_state("processing", base),
+                    )
+                } else {
+                    (
+                        "200 OK",
+                        vec!["Content-Type: application/json".to_owned()],
+                        order_state("valid", base),
+                    )
+                }
+            }
+            ("POST", "/certificate/1") => (
+                "200 OK",
+                vec!["Content-Type: application/pem-certificate-chain".to_owned()],
+                self.certificate_pem.clone(),
+            ),
             ("GET", path) if path == self.throttled_path => (
                 "429 Too Many Requests",
                 vec![problem_type, format!("Retry-After: {RETRY_AFTER_SECONDS}")],
@@ -144,6 +226,20 @@ impl Script {
             ),
         }
     }
+}
+
+/// The order document in `status`.
+fn order_state(status: &str, base: &str) -> String {
+    let mut order = serde_json::json!({
+        "status": status,
+        "identifiers": [{"type": "dns", "value": "example.test"}],
+        "authorizations": [],
+        "finalize": format!("{base}/finalize/1"),
+    });
+    if status == "valid" {
+        order["certificate"] = format!("{base}/certificate/1").into();
+    }
+    order.to_string()
 }
 
 /// The request line's method and path; the headers and body are read and
@@ -215,4 +311,65 @@ async fn a_retry_after_is_reported_with_the_failure_that_received_it_only() {
         message.contains("too many renewal information"),
         "{message}"
     );
+}
+
+/// For orders whose authorizations are all valid: never asked to solve.
+#[derive(Debug)]
+struct NoChallenges;
+
+#[async_trait]
+impl ChallengeSolver for NoChallenges {
+    fn kind(&self) -> ChallengeKind {
+        ChallengeKind::Dns01
+    }
+
+    async fn present(&self, _challenges: &[Challenge]) -> Result<(), SolverError> {
+        panic!("no challenge to present");
+    }
+
+    async fn cleanup(&self, _challenges: &[Challenge]) -> Result<(), SolverError> {
+        panic!("no challenge to withdraw");
+    }
+}
+
+/// The CA answers the finalization and the first poll with `Retry-After:
+/// 1`: the order is asked about a second later each time, not after the
+/// 50 ms and 75 ms of the schedule, and the certificate comes on the poll
+/// that finds the order valid.
+#[tokio::test]
+async fn polling_an_issuing_order_honours_its_retry_after() {
+    let ca = ScriptedCa::start(&certificate(b"unused"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DiskStore::open(dir.path(), None).expect("store");
+    let acme = AcmeClient::connect(ca.config(), &store)
+        .await
+        .expect("account");
+    let names = NameSet::parse(&["example.test"]).expect("names");
+    let request = OrderRequest {
+        names: &names,
+        key_type: KeyType::EcdsaP256,
+        profile: None,
+        replaces: None,
+    };
+    let solver: Arc<dyn ChallengeSolver> = Arc::new(NoChallenges);
+
+    let issued = acme.issue(&request, &solver).await.expect("issued");
+
+    assert!(issued.chain_pem.contains("BEGIN CERTIFICATE"));
+    let finalized = ca.arrivals("/finalize/1");
+    let polls = ca.arrivals("/orders/1");
+    assert_eq!((finalized.len(), polls.len()), (1, 2), "{polls:?}");
+    let hint = Duration::from_secs(ORDER_RETRY_AFTER_SECONDS);
+    // The hint is whole seconds from the answer's arrival; allow for the
+    // answer's own time on the way.
+    let at_least = hint - Duration::from_millis(100);
+    let first_wait = polls[0] - finalized[0];
+    let second_wait = polls[1] - polls[0];
+    assert!(first_wait >= at_least, "{first_wait:?}");
+    assert!(second_wait >= at_least, "{second_wait:?}");
+    assert!(second_wait < hint * 3, "{second_wait:?}");
+    // The ready order was finalized without polling it first.
+    let created = ca.arrivals("/order");
+    assert_eq!(created.len(), 1);
+    assert_eq!(ca.arrivals("/certificate/1").len(), 1);
 }

@@ -335,6 +335,14 @@ impl ChallengeSolver for Rfc2136Solver {
             names = ?records.keys().map(Name::to_ascii).collect::<Vec<_>>(),
             "DNS-01 TXT records added"
         );
+        Ok(())
+    }
+
+    async fn await_visible(&self, challenges: &[Challenge]) -> Result<(), SolverError> {
+        let records = self.records(challenges)?;
+        if records.is_empty() {
+            return Ok(());
+        }
         self.wait_until_visible(&records).await?;
         Ok(())
     }

@@ -127,9 +127,18 @@ pub trait ChallengeSolver: Send + Sync + fmt::Debug {
     /// The challenge type this solver answers.
     fn kind(&self) -> ChallengeKind;
 
-    /// Publishes the responses of all `challenges` and returns once the CA can
-    /// see them (for DNS-01: the records are served by the authoritative server).
+    /// Publishes the responses of all `challenges`. They may not be visible
+    /// to the CA yet: [`ChallengeSolver::await_visible`] says when they are.
     async fn present(&self, challenges: &[Challenge]) -> Result<(), SolverError>;
+
+    /// Returns once the CA can see the responses [`ChallengeSolver::present`]
+    /// published (for DNS-01: the records are served by the check server).
+    /// A separate step so that an issuance can tell publishing from
+    /// propagation; solvers whose responses are visible once published keep
+    /// this default.
+    async fn await_visible(&self, _challenges: &[Challenge]) -> Result<(), SolverError> {
+        Ok(())
+    }
 
     /// Withdraws the responses. Called after validation whether it succeeded
     /// or not; must tolerate responses that were never (fully) published.
