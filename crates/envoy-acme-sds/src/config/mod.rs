@@ -51,7 +51,8 @@ pub use layer::{
 };
 pub use resolve::resolve_storage;
 pub use settings::{
-    CertificateSettings, ChallengeSettings, Settings, StorageLocation, StorageSettings,
+    CertificateSettings, ChallengeSettings, RoutesSettings, Settings, StorageLocation,
+    StorageSettings,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,350 @@
+//! Certificates for routed hosts, end to end: real Consul 1.8.7, the real
+//! consul-eds-server in gateway mode, a real Envoy taking its listeners
+//! from it and its certificates from envoy-acme-sds over SDS, and a real
+//! pebble validating DNS-01 through knot. Every assertion is a request
+//! sent through Envoy, or what the CA saw.
+//!
+//! - a service registering a `tls=true` route for a new host gets HTTPS for
+//!   it, verified against pebble's root, with no operator step;
+//! - a host a configured wildcard covers is served that certificate, with
+//!   no new order (counted at the CA's door);
+//! - a host outside `--allowed-domains` gets no order, is reported with its
+//!   reason, and is served a placeholder, while HTTPS to the other hosts
+//!   never fails.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::service::{SdsService, binary, describe_certificate};
+use common::{start_pebble, tsig_key_file};
+use consul_client::{AgentCheck, AgentServiceRegistration, CheckStatus, Client, ClientConfig};
+use test_support::acme_ari::AriFront;
+use test_support::bootstrap::{ads_only_bootstrap, control_plane_cluster};
+use test_support::{
+    Backend, ConsulAgent, Envoy, Knot, ManagedProcess, PebbleOptions, eventually, free_port,
+    http_get,
+};
+
+const ZONE: &str = "demo.test";
+const NEW_HOST: &str = "new.demo.test";
+const COVERED_HOST: &str = "shop.wild.demo.test";
+const OUTSIDE_HOST: &str = "evil.other.test";
+
+/// The consul-eds-server binary, built beside this package's.
+fn eds_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("CONSUL_EDS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = binary().with_file_name("consul-eds-server");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p consul-eds-server) or set CONSUL_EDS_SERVER_BIN",
+        path.display()
+    );
+    path
+}
+
+fn client(consul: &ConsulAgent) -> Client {
+    let address: consul_client::config::Address = consul.http_url().parse().expect("address");
+    Client::new(ClientConfig::new(address)).expect("client")
+}
+
+async fn register(client: &Client, service: &str, backend: &Backend, tags: &[&str]) {
+    let registration = AgentServiceRegistration {
+        id: Some(backend.name().to_owned()),
+        name: service.to_owned(),
+        address: backend.addr().ip().to_string(),
+        port: backend.addr().port(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        checks: vec![
+            AgentCheck::ttl("ttl", Duration::from_secs(600))
+                .with_id(format!("ttl:{}", backend.name()))
+                .with_initial_status(CheckStatus::Passing),
+        ],
+        ..AgentServiceRegistration::default()
+    };
+    client
+        .agent_service_register(&registration)
+        .await
+        .expect("register");
+}
+
+/// An HTTPS request through Envoy's TLS listener with SNI `host`,
+/// verified against `root`: the presented serial and the body, when both
+/// the handshake and the request succeed with 200.
+async fn https(listener: SocketAddr, host: &str, root: &str) -> Option<(String, String)> {
+    let (response, der) = test_support::https_get(listener, host, root, "/")
+        .await
+        .ok()?;
+    (response.status == 200).then(|| (describe_certificate(&der).serial, response.body))
+}
+
+struct Gateway {
+    process: ManagedProcess,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_gateway(consul: &ConsulAgent, xds: SocketAddr, plain: u16, secure: u16) -> Gateway {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = [
+        "--consul-addr",
+        &consul.http_url(),
+        "--xds-listen",
+        &xds.to_string(),
+        "--admin-listen",
+        &admin.to_string(),
+        "--gateway",
+        "--listener",
+        &format!("web=127.0.0.1:{plain}"),
+        "--listener",
+        &format!("secure=127.0.0.1:{secure},tls"),
+        "--sds-cluster",
+        "sds",
+        "--coalesce",
+        "20ms",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let process = ManagedProcess::spawn(
+        "consul-eds-server",
+        &eds_binary(),
+        &args,
+        &[("RUST_LOG".to_owned(), "info".to_owned())],
+        &dir.path().join("eds.log"),
+    )
+    .expect("consul-eds-server starts");
+    let gateway = Gateway { process, _dir: dir };
+    eventually(
+        "consul-eds-server admin",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            http_get(admin, "/healthz")
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.process.log_tail()));
+    gateway
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_refused() {
+    let knot = Knot::start(ZONE, &["@ A 127.0.0.1"]).await.expect("knot");
+    let consul = ConsulAgent::start().await.expect("consul");
+    let consul_client = client(&consul);
+    // No nonce rejections: every new-order request the front sees is one
+    // order, so its count is exact.
+    let pebble = start_pebble(
+        &knot,
+        PebbleOptions {
+            nonce_reject_percent: Some(0),
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let front = AriFront::start(&pebble.directory_url(), pebble.listener_ca_pem())
+        .await
+        .expect("front");
+    let root = pebble.issuing_root_pem().await.expect("pebble root");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("front-ca.pem");
+    std::fs::write(&ca_file, front.ca_pem()).expect("ca file");
+    let tsig = tsig_key_file(&knot, dir.path());
+    let storage = dir.path().join("store");
+    let wildcard = "*.wild.demo.test";
+    let args: Vec<String> = [
+        "--acme-directory",
+        &front.directory_url(),
+        "--acme-ca-file",
+        &ca_file.display().to_string(),
+        "--challenge",
+        "dns-01",
+        "--rfc2136-server",
+        &knot.addr().to_string(),
+        "--tsig-key-file",
+        &tsig.display().to_string(),
+        "--rfc2136-zone",
+        ZONE,
+        "--cert",
+        wildcard,
+        "--storage",
+        &format!("disk:{}", storage.display()),
+        "--consul-addr",
+        &consul.http_url(),
+        "--follow-routes",
+        "--allowed-domains",
+        ZONE,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut sds = SdsService::start("envoy-acme-sds", dir.path(), &args);
+    sds.wait_ready(Duration::from_secs(60)).await;
+    // The configured wildcard is the one order so far.
+    assert_eq!(front.orders().len(), 1, "{:?}", front.orders());
+
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let plain = free_port();
+    let secure = free_port();
+    let gateway = start_gateway(&consul, xds, plain, secure).await;
+    let bootstrap = format!(
+        "{}{}",
+        ads_only_bootstrap(&format!("gw-{secure}"), xds, false),
+        control_plane_cluster("sds", sds.sds, "")
+    );
+    let envoy = Envoy::start(&bootstrap).await.expect("Envoy starts");
+    let listener = SocketAddr::from(([127, 0, 0, 1], secure));
+
+    // A service registers a TLS route for a host nobody configured.
+    let new_backend = Backend::start("new-1").await.expect("backend");
+    let registered = Instant::now();
+    register(
+        &consul_client,
+        "new",
+        &new_backend,
+        &[&format!("edge.route={NEW_HOST}/ tls=true")],
+    )
+    .await;
+    let (new_serial, body) = eventually(
+        "HTTPS to the new host verifies against pebble's root",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || https(listener, NEW_HOST, &root),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nenvoy-acme-sds:\n{}\nEnvoy:\n{}\ngateway:\n{}",
+            sds.logs(),
+            envoy.log_tail(),
+            gateway.process.log_tail()
+        )
+    });
+    eprintln!(
+        "tag registered -> first verified HTTPS response: {:?}",
+        registered.elapsed()
+    );
+    assert_eq!(body, "new-1");
+    assert_eq!(front.orders().len(), 2, "one order for the new host");
+    assert_eq!(
+        sds.served_serial(NEW_HOST).await.as_deref(),
+        Some(new_serial.as_str()),
+        "the host's own certificate, stored under its name"
+    );
+
+    // A host under the configured wildcard: served that certificate, no order.
+    let shop = Backend::start("shop-1").await.expect("backend");
+    register(
+        &consul_client,
+        "shop",
+        &shop,
+        &[&format!("edge.route={COVERED_HOST}/ tls=true")],
+    )
+    .await;
+    let (covered_serial, body) = eventually(
+        "HTTPS to the covered host",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || https(listener, COVERED_HOST, &root),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+    assert_eq!(body, "shop-1");
+    assert_eq!(
+        sds.served_serial(wildcard).await.as_deref(),
+        Some(covered_serial.as_str()),
+        "the wildcard's certificate"
+    );
+
+    // A host outside the allowed suffixes: refused, reported, no order;
+    // the other hosts keep answering over HTTPS throughout.
+    let evil = Backend::start("evil-1").await.expect("backend");
+    register(
+        &consul_client,
+        "evil",
+        &evil,
+        &[&format!("edge.route={OUTSIDE_HOST}/ tls=true")],
+    )
+    .await;
+    let refused = eventually(
+        "the outside host reported as refused",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            assert!(
+                https(listener, NEW_HOST, &root).await.is_some(),
+                "HTTPS to the new host failed while another host was added"
+            );
+            let page = sds.debug_certificates().await;
+            page["refused"]
+                .as_array()?
+                .iter()
+                .find(|r| r["host"] == OUTSIDE_HOST)
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+    assert_eq!(refused["reason"], "not_allowed", "{refused}");
+    assert_eq!(refused["services"][0], "evil", "{refused}");
+    // Served at once, as a placeholder no client trusts: the listener never
+    // waits on it, and the handshake fails for that host only.
+    let placeholder = eventually(
+        "a placeholder served for the refused host",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let page = sds.debug_certificates().await;
+            page["routed"]
+                .as_array()?
+                .iter()
+                .find(|r| r["host"] == OUTSIDE_HOST && r["served_as"] == "placeholder")
+                .cloned()
+        },
+    )
+    .await
+    .expect("placeholder");
+    assert_eq!(placeholder["plan"], "refused", "{placeholder}");
+    assert!(https(listener, OUTSIDE_HOST, &root).await.is_none());
+    let status = sds.admin("/").await.expect("status page");
+    assert!(status.body.contains(OUTSIDE_HOST), "{}", status.body);
+    assert!(
+        status.body.contains("not under any --allowed-domains"),
+        "{}",
+        status.body
+    );
+    assert!(
+        status.body.contains("covered by *.wild.demo.test"),
+        "{}",
+        status.body
+    );
+    assert_eq!(
+        sds.metric("envoy_acme_sds_routed_refused_hosts{reason=\"not_allowed\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(sds.metric("envoy_acme_sds_placeholder_secrets").await, 1.0);
+    assert_eq!(
+        sds.metric("envoy_acme_sds_routed_hosts{plan=\"covered\"}")
+            .await,
+        1.0
+    );
+
+    // Still the same two orders: the covered and the refused host cost none.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(front.orders().len(), 2, "{:?}", front.orders());
+    let directory = std::fs::read_dir(&storage).expect("store").count();
+    assert!(directory > 0);
+    assert!(https(listener, NEW_HOST, &root).await.is_some());
+    assert!(https(listener, COVERED_HOST, &root).await.is_some());
+    assert!(sds.is_running());
+}
