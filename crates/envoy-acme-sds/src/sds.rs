@@ -560,4 +560,154 @@ mod tests {
             "{json}"
         );
     }
+
+    /// The leaf of the secret `name` in the cache: its serial, hex.
+    fn served_serial(cache: &SnapshotCache, name: &str) -> Option<String> {
+        let snapshot = cache.snapshot("gateways")?;
+        let resource = snapshot
+            .resources(ResourceType::Secret)
+            .find(|r| r.name() == name)?;
+        let any = resource.to_any().ok()?;
+        let secret = <Secret as prost::Message>::decode(any.value.as_slice()).ok()?;
+        let Some(secret::Type::TlsCertificate(tls)) = secret.r#type else {
+            return None;
+        };
+        let Some(Specifier::InlineString(chain)) = tls.certificate_chain?.specifier else {
+            return None;
+        };
+        let der = parse_certificate_chain(&chain).ok()?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(der[0].as_ref()).ok()?;
+        Some(
+            leaf.raw_serial()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn every_routed_name_is_answered_at_once_and_a_real_certificate_replaces_the_placeholder() {
+        let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
+        let publisher = SecretPublisher::new(
+            cache.clone(),
+            "gateways",
+            vec![spec("*.example.com", None)],
+            "consul:certs",
+        )
+        .serving_every_stored();
+        let wildcard = SecretName::new("*.example.com").expect("name");
+        let new = SecretName::new("new.demo.test").expect("name");
+        let shop = SecretName::new("shop.example.com").expect("name");
+        let evil = SecretName::new("evil.other.test").expect("name");
+        let covering = bundle(&["*.example.com"]);
+        publisher
+            .offer(&wildcard, Arc::clone(&covering))
+            .expect("offer");
+
+        let routed = BTreeMap::from([
+            (new.clone(), RoutedSecret::Own),
+            (
+                shop.clone(),
+                RoutedSecret::Covered {
+                    by: wildcard.clone(),
+                },
+            ),
+            (evil.clone(), RoutedSecret::Refused),
+        ]);
+        assert!(publisher.set_routed(routed.clone()).expect("routed"));
+        assert!(!publisher.set_routed(routed.clone()).expect("same again"));
+        let snapshot = cache.snapshot("gateways").expect("snapshot");
+        let mut names: Vec<&str> = snapshot
+            .resources(ResourceType::Secret)
+            .map(|r| r.name())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            vec![
+                "*.example.com",
+                "evil.other.test",
+                "new.demo.test",
+                "shop.example.com"
+            ]
+        );
+        let served_as = |host: &str| {
+            publisher
+                .routed_views()
+                .into_iter()
+                .find(|v| v.host == host)
+                .map(|v| v.served_as)
+        };
+        assert_eq!(served_as("new.demo.test"), Some(ServedAs::Placeholder));
+        assert_eq!(served_as("evil.other.test"), Some(ServedAs::Placeholder));
+        assert_eq!(served_as("shop.example.com"), Some(ServedAs::Covered));
+        // The covered host is the wildcard's own certificate, under its name.
+        let wildcard_serial = served_serial(&cache, "*.example.com").expect("wildcard");
+        assert_eq!(
+            served_serial(&cache, "shop.example.com").as_deref(),
+            Some(wildcard_serial.as_str())
+        );
+        // The placeholder stays the same one until replaced.
+        let placeholder = served_serial(&cache, "new.demo.test").expect("placeholder");
+        assert!(
+            publisher
+                .set_routed(BTreeMap::from([(new.clone(), RoutedSecret::Own)]))
+                .expect("fewer")
+        );
+        assert!(publisher.set_routed(routed.clone()).expect("back"));
+        assert_eq!(
+            served_serial(&cache, "new.demo.test").as_deref(),
+            Some(placeholder.as_str())
+        );
+
+        // The host's own certificate arrives from the store: it replaces
+        // the placeholder, the other names untouched.
+        let own = bundle(&["new.demo.test"]);
+        assert!(publisher.offer(&new, Arc::clone(&own)).expect("offer"));
+        assert_eq!(served_as("new.demo.test"), Some(ServedAs::Own));
+        assert_eq!(
+            served_serial(&cache, "shop.example.com").as_deref(),
+            Some(wildcard_serial.as_str())
+        );
+
+        // No longer routed: the real certificate stays served (until it
+        // expires), the placeholder of the refused host goes.
+        assert!(
+            publisher
+                .set_routed(BTreeMap::new())
+                .expect("nothing routed")
+        );
+        let snapshot = cache.snapshot("gateways").expect("snapshot");
+        let mut names: Vec<&str> = snapshot
+            .resources(ResourceType::Secret)
+            .map(|r| r.name())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["*.example.com", "new.demo.test"]);
+        assert!(publisher.routed_views().is_empty());
+        assert!(
+            publisher
+                .views()
+                .iter()
+                .any(|v| v.secret == "new.demo.test")
+        );
+    }
+
+    #[test]
+    fn without_follow_routes_only_configured_names_are_served() {
+        let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
+        let publisher = SecretPublisher::new(
+            cache.clone(),
+            "gateways",
+            vec![spec("a.example.com", None)],
+            "consul:certs",
+        );
+        let other = SecretName::new("other.example.com").expect("name");
+        assert!(
+            !publisher
+                .offer(&other, bundle(&["other.example.com"]))
+                .expect("offer")
+        );
+        assert!(publisher.views().is_empty());
+    }
 }

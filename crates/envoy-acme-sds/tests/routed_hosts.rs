@@ -348,3 +348,157 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     assert!(https(listener, COVERED_HOST, &root).await.is_some());
     assert!(sds.is_running());
 }
+
+/// Registers a service at `addr` (not a test backend) with `tags`.
+async fn register_at(client: &Client, service: &str, addr: SocketAddr, tags: &[&str]) {
+    let registration = AgentServiceRegistration {
+        id: Some(service.to_owned()),
+        name: service.to_owned(),
+        address: addr.ip().to_string(),
+        port: addr.port(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        ..AgentServiceRegistration::default()
+    };
+    client
+        .agent_service_register(&registration)
+        .await
+        .expect("register");
+}
+
+/// HTTP-01 through the gateway: pebble validates on the gateway's plain
+/// listener (resolving the host through knot), which forwards the
+/// challenge to envoy-acme-sds's responder because the responder is
+/// itself declared by an empty-host route tag: no special case anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_through_the_gateway_gives_a_new_host_https() {
+    let knot = Knot::start(ZONE, &["new A 127.0.0.1"]).await.expect("knot");
+    let consul = ConsulAgent::start().await.expect("consul");
+    let consul_client = client(&consul);
+    let plain = free_port();
+    let secure = free_port();
+    let pebble = start_pebble(
+        &knot,
+        PebbleOptions {
+            http01_port: Some(plain),
+            nonce_reject_percent: Some(0),
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let root = pebble.issuing_root_pem().await.expect("pebble root");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = common::acme_ca_file(&pebble, dir.path());
+    let http01 = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args: Vec<String> = [
+        "--acme-directory",
+        &pebble.directory_url(),
+        "--acme-ca-file",
+        &ca_file.display().to_string(),
+        "--challenge",
+        "http-01",
+        "--http01-listen",
+        &http01.to_string(),
+        "--storage",
+        &format!("disk:{}", dir.path().join("store").display()),
+        "--consul-addr",
+        &consul.http_url(),
+        "--follow-routes",
+        "--allowed-domains",
+        ZONE,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut sds = SdsService::start("envoy-acme-sds", dir.path(), &args);
+    // Ready at once: no configured certificate to wait for.
+    sds.wait_ready(Duration::from_secs(30)).await;
+
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gateway = start_gateway(&consul, xds, plain, secure).await;
+    let bootstrap = format!(
+        "{}{}",
+        ads_only_bootstrap(&format!("gw-{secure}"), xds, false),
+        control_plane_cluster("sds", sds.sds, "")
+    );
+    let envoy = Envoy::start(&bootstrap).await.expect("Envoy starts");
+
+    // The responder declares its own route, for every host.
+    register_at(
+        &consul_client,
+        "envoy-acme-sds-http01",
+        http01,
+        &["edge.route=/.well-known/acme-challenge/"],
+    )
+    .await;
+    let plain_listener = SocketAddr::from(([127, 0, 0, 1], plain));
+    // The responder answers a POST with 405 (Envoy, without the route, 404).
+    eventually(
+        "the gateway routes challenges to the responder",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            test_support::http_request(
+                "POST",
+                plain_listener,
+                "/.well-known/acme-challenge/probe",
+                &[("host", NEW_HOST)],
+                Vec::new(),
+            )
+            .await
+            .ok()
+            .filter(|r| r.status == 405)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
+
+    let backend = Backend::start("new-1").await.expect("backend");
+    let registered = Instant::now();
+    register(
+        &consul_client,
+        "new",
+        &backend,
+        &[&format!("edge.route={NEW_HOST}/ tls=true")],
+    )
+    .await;
+    let listener = SocketAddr::from(([127, 0, 0, 1], secure));
+    let (_, body) = eventually(
+        "HTTPS to the new host verifies against pebble's root",
+        Duration::from_secs(150),
+        Duration::from_millis(50),
+        || https(listener, NEW_HOST, &root),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nenvoy-acme-sds:\n{}\nEnvoy:\n{}\ngateway:\n{}",
+            sds.logs(),
+            envoy.log_tail(),
+            gateway.process.log_tail()
+        )
+    });
+    eprintln!(
+        "http-01: tag registered -> first verified HTTPS response: {:?}",
+        registered.elapsed()
+    );
+    assert_eq!(body, "new-1");
+    assert_eq!(
+        sds.metric("envoy_acme_sds_renewals_total{secret=\"new.demo.test\",result=\"ok\"}")
+            .await,
+        1.0,
+        "issued at the first attempt: the challenge went through the gateway"
+    );
+    assert_eq!(sds.metric("envoy_acme_sds_placeholder_secrets").await, 0.0);
+    // Plain http to the TLS host is redirected, the challenge path excepted.
+    let redirect = test_support::http_request(
+        "GET",
+        plain_listener,
+        "/",
+        &[("host", NEW_HOST)],
+        Vec::new(),
+    )
+    .await
+    .expect("plain request");
+    assert_eq!(redirect.status, 308);
+}
