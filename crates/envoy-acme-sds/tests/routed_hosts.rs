@@ -501,4 +501,185 @@ async fn http01_through_the_gateway_gives_a_new_host_https() {
     .await
     .expect("plain request");
     assert_eq!(redirect.status, 308);
+
+    // A host pebble cannot validate (no address in DNS): its order fails,
+    // it backs off on its own, and the other host's HTTPS never fails.
+    let broken = Backend::start("broken-1").await.expect("backend");
+    register(
+        &consul_client,
+        "broken",
+        &broken,
+        &["edge.route=broken.demo.test/ tls=true"],
+    )
+    .await;
+    let failed = "envoy_acme_sds_renewals_total{secret=\"broken.demo.test\",result=\"failed\"}";
+    eventually(
+        "the broken host's order fails",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            assert!(
+                https(listener, NEW_HOST, &root).await.is_some(),
+                "HTTPS to the new host failed while another host's order failed"
+            );
+            (sds.metric(failed).await >= 1.0).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+    // Backed off: no second attempt within the next seconds (the first
+    // retry waits a minute), and HTTPS to the other host keeps answering.
+    for _ in 0..20 {
+        assert!(https(listener, NEW_HOST, &root).await.is_some());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sds.metric(failed).await, 1.0, "retried without backing off");
+    let page = sds.debug_certificates().await;
+    let entry = page["routed"]
+        .as_array()
+        .expect("routed")
+        .iter()
+        .find(|r| r["host"] == "broken.demo.test")
+        .cloned()
+        .expect("the broken host is listed");
+    assert_eq!(entry["served_as"], "placeholder", "{entry}");
+    assert_eq!(entry["plan"], "ordered", "{entry}");
+}
+
+/// Two replicas on one Consul prefix, each behind its own gateway and
+/// Envoy: only the lock holder orders the new host's certificate, and both
+/// Envoys present it, each from its own replica's SDS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_orders_both_envoys_present_the_new_hosts_certificate() {
+    let knot = Knot::start(ZONE, &["@ A 127.0.0.1"]).await.expect("knot");
+    let consul = ConsulAgent::start().await.expect("consul");
+    let consul_client = client(&consul);
+    let pebble = start_pebble(
+        &knot,
+        PebbleOptions {
+            nonce_reject_percent: Some(0),
+            ..PebbleOptions::default()
+        },
+    )
+    .await;
+    let front = AriFront::start(&pebble.directory_url(), pebble.listener_ca_pem())
+        .await
+        .expect("front");
+    let root = pebble.issuing_root_pem().await.expect("pebble root");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("front-ca.pem");
+    std::fs::write(&ca_file, front.ca_pem()).expect("ca file");
+    let tsig = tsig_key_file(&knot, dir.path());
+    let key_file = dir.path().join("encryption.key");
+    std::fs::write(&key_file, [9_u8; 32]).expect("key file");
+    let start = |name: &str| {
+        let args: Vec<String> = [
+            "--acme-directory",
+            &front.directory_url(),
+            "--acme-ca-file",
+            &ca_file.display().to_string(),
+            "--challenge",
+            "dns-01",
+            "--rfc2136-server",
+            &knot.addr().to_string(),
+            "--tsig-key-file",
+            &tsig.display().to_string(),
+            "--storage",
+            "consul:routed-ha",
+            "--encryption-key-file",
+            &key_file.display().to_string(),
+            "--consul-addr",
+            &consul.http_url(),
+            "--instance-name",
+            name,
+            "--lock-delay",
+            "0s",
+            "--session-ttl",
+            "10s",
+            "--follow-routes",
+            "--allowed-domains",
+            ZONE,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        SdsService::start(name, dir.path(), &args)
+    };
+    let mut replicas = vec![start("replica-a"), start("replica-b")];
+    for replica in &mut replicas {
+        replica.wait_ready(Duration::from_secs(30)).await;
+    }
+    let holders = eventually(
+        "one replica holds the lock",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let mut holders = Vec::new();
+            for (index, replica) in replicas.iter().enumerate() {
+                if replica.metric("envoy_acme_sds_lock_holder").await == 1.0 {
+                    holders.push(index);
+                }
+            }
+            (holders.len() == 1).then_some(holders)
+        },
+    )
+    .await
+    .expect("a lock holder");
+    let leader = holders[0];
+
+    let mut edges = Vec::new();
+    for replica in &replicas {
+        let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let plain = free_port();
+        let secure = free_port();
+        let gateway = start_gateway(&consul, xds, plain, secure).await;
+        let bootstrap = format!(
+            "{}{}",
+            ads_only_bootstrap(&format!("gw-{secure}"), xds, false),
+            control_plane_cluster("sds", replica.sds, "")
+        );
+        let envoy = Envoy::start(&bootstrap).await.expect("Envoy starts");
+        edges.push((gateway, envoy, SocketAddr::from(([127, 0, 0, 1], secure))));
+    }
+
+    let backend = Backend::start("new-1").await.expect("backend");
+    register(
+        &consul_client,
+        "new",
+        &backend,
+        &[&format!("edge.route={NEW_HOST}/ tls=true")],
+    )
+    .await;
+    let mut serials = Vec::new();
+    for (index, (_, envoy, listener)) in edges.iter().enumerate() {
+        let (serial, body) = eventually(
+            "HTTPS to the new host through this replica's Envoy",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || https(*listener, NEW_HOST, &root),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e} (Envoy {index})\n{}\nreplica:\n{}",
+                envoy.log_tail(),
+                replicas[index].logs()
+            )
+        });
+        assert_eq!(body, "new-1");
+        serials.push(serial);
+    }
+    assert_eq!(serials[0], serials[1], "both present the one certificate");
+    assert_eq!(front.orders().len(), 1, "{:?}", front.orders());
+    let issued = "envoy_acme_sds_renewals_total{secret=\"new.demo.test\",result=\"ok\"}";
+    assert_eq!(replicas[leader].metric(issued).await, 1.0);
+    assert_eq!(
+        replicas[1 - leader].metric(issued).await,
+        0.0,
+        "the follower ordered"
+    );
+    for replica in &mut replicas {
+        assert!(replica.is_running());
+    }
 }
