@@ -346,6 +346,38 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     assert!(directory > 0);
     assert!(https(listener, NEW_HOST, &root).await.is_some());
     assert!(https(listener, COVERED_HOST, &root).await.is_some());
+
+    // The new host's service goes away: its certificate stays served (it
+    // is not deleted), its unrouted clock starts, renewal goes on for the
+    // grace; the other hosts are untouched.
+    consul_client
+        .agent_service_deregister(new_backend.name())
+        .await
+        .expect("deregister");
+    let unrouted = eventually(
+        "the new host reported unrouted",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let page = sds.debug_certificates().await;
+            page["routed"]
+                .as_array()?
+                .iter()
+                .find(|r| r["host"] == NEW_HOST && r["unrouted_since"].is_string())
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+    assert_eq!(unrouted["renewed"], true, "{unrouted}");
+    assert_eq!(unrouted["served_as"], "own", "{unrouted}");
+    assert_eq!(
+        sds.served_serial(NEW_HOST).await.as_deref(),
+        Some(new_serial.as_str()),
+        "still served"
+    );
+    assert!(https(listener, COVERED_HOST, &root).await.is_some());
+    assert_eq!(front.orders().len(), 2, "{:?}", front.orders());
     assert!(sds.is_running());
 }
 

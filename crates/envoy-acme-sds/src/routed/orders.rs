@@ -26,7 +26,7 @@ use super::policy::HostPlan;
 use crate::acme::AcmeClient;
 use crate::challenge::ChallengeSolver;
 use crate::keys::KeyType;
-use crate::manager::{CertManager, RenewalObserver};
+use crate::manager::{CertManager, CertificateSpec, RenewalObserver};
 use crate::policy::{AccountOrders, HourlyOrderCap};
 use crate::store::CertificateStore;
 
@@ -76,18 +76,9 @@ impl RoutedOrdering {
         loop {
             let current = view.borrow_and_update().clone();
             let now = OffsetDateTime::now_utc();
-            let mut next_stop: Option<OffsetDateTime> = None;
-            for (host, entry) in &current.hosts {
-                let HostPlan::Order { spec, zone } = &entry.plan else {
-                    continue;
-                };
-                if !entry.renews_at(now, self.unrouted_grace) {
-                    continue;
-                }
-                if let Some(stop) = entry.renewal_stops_at(self.unrouted_grace) {
-                    next_stop = Some(next_stop.map_or(stop, |s| s.min(stop)));
-                }
-                if running.contains_key(host) {
+            let (wanted, next_stop) = to_manage(&current, now, self.unrouted_grace);
+            for (host, (spec, zone)) in &wanted {
+                if running.contains_key(*host) {
                     continue;
                 }
                 let solver = match self.solvers.solver_for(zone) {
@@ -97,7 +88,7 @@ impl RoutedOrdering {
                         continue;
                     }
                 };
-                let mut spec = spec.clone();
+                let mut spec = (*spec).clone();
                 spec.key_type = self.key_type;
                 spec.profile.clone_from(&self.profile);
                 let mut manager = CertManager::new(
@@ -115,13 +106,10 @@ impl RoutedOrdering {
                 let stop = managers.child_token();
                 info!(%host, "managing the routed host's certificate");
                 tasks.spawn(manager.run(stop.clone()));
-                running.insert(host.clone(), Running { stop });
+                running.insert((*host).to_owned(), Running { stop });
             }
             running.retain(|host, run| {
-                let keep = current.hosts.get(host).is_some_and(|entry| {
-                    matches!(entry.plan, HostPlan::Order { .. })
-                        && entry.renews_at(now, self.unrouted_grace)
-                });
+                let keep = wanted.contains_key(host.as_str());
                 if !keep {
                     // Its certificate stays stored and served until it
                     // expires; only renewal stops.
@@ -142,5 +130,91 @@ impl RoutedOrdering {
         }
         managers.cancel();
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The hosts whose certificate the lock holder keeps at `now`, each with
+/// its spec and zone: those to order, routed or unrouted for less than
+/// `grace`; and when the next of them leaves the grace.
+pub fn to_manage(
+    view: &RoutedView,
+    now: OffsetDateTime,
+    grace: Duration,
+) -> (
+    BTreeMap<&str, (&CertificateSpec, &str)>,
+    Option<OffsetDateTime>,
+) {
+    let mut wanted = BTreeMap::new();
+    let mut next_stop: Option<OffsetDateTime> = None;
+    for (host, entry) in &view.hosts {
+        let HostPlan::Order { spec, zone } = &entry.plan else {
+            continue;
+        };
+        if !entry.renews_at(now, grace) {
+            continue;
+        }
+        if let Some(stop) = entry.renewal_stops_at(grace) {
+            next_stop = Some(next_stop.map_or(stop, |s| s.min(stop)));
+        }
+        wanted.insert(host.as_str(), (spec, zone.as_str()));
+    }
+    (wanted, next_stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::routed::RoutedHost;
+    use crate::routed::catalog::HostRouting;
+    use crate::routed::policy::{AllowedSuffix, RoutedPolicy};
+
+    #[test]
+    fn renewal_stops_only_after_the_grace_and_only_ordered_hosts_are_managed() {
+        let policy = RoutedPolicy {
+            allowed: vec![AllowedSuffix::parse("demo.test").expect("suffix")],
+            configured: Vec::new(),
+            http01: true,
+        };
+        let start = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1000);
+        let grace = Duration::from_secs(3600);
+        let host = |name: &str, unrouted_since: Option<OffsetDateTime>| {
+            (
+                name.to_owned(),
+                RoutedHost {
+                    routing: HostRouting {
+                        services: BTreeSet::from(["svc".to_owned()]),
+                        unrouted_since,
+                    },
+                    plan: policy.plan(name),
+                },
+            )
+        };
+        let view = RoutedView {
+            hosts: BTreeMap::from([
+                host("routed.demo.test", None),
+                host(
+                    "recent.demo.test",
+                    Some(start - time::Duration::minutes(10)),
+                ),
+                host("old.demo.test", Some(start - time::Duration::hours(2))),
+                host("evil.other.test", None),
+            ]),
+            read: true,
+        };
+        let (wanted, next_stop) = to_manage(&view, start, grace);
+        let names: Vec<&str> = wanted.keys().copied().collect();
+        assert_eq!(names, vec!["recent.demo.test", "routed.demo.test"]);
+        assert_eq!(wanted["routed.demo.test"].1, "demo.test");
+        assert_eq!(
+            next_stop,
+            Some(start - time::Duration::minutes(10) + grace),
+            "woken when the recent one leaves its grace"
+        );
+        let (wanted, next_stop) = to_manage(&view, start + time::Duration::hours(1), grace);
+        let names: Vec<&str> = wanted.keys().copied().collect();
+        assert_eq!(names, vec!["routed.demo.test"]);
+        assert_eq!(next_stop, None);
     }
 }
