@@ -15,6 +15,7 @@ use service_support::admin::{AdminResponse, AdminRoutes};
 use tokio::sync::watch;
 
 use crate::election::Leadership;
+use crate::outcomes::{LastOutcome, LastOutcomes};
 use crate::routed::policy::HostPlan;
 use crate::routed::{RefusedHost, RoutedView};
 use crate::sds::{CertificateView, RoutedSecretView, SecretPublisher, ServedAs};
@@ -33,6 +34,8 @@ pub struct SdsAdmin {
     /// The routed hosts as last read, and the unrouted grace
     /// (`--follow-routes` only).
     routed: Option<(watch::Receiver<Arc<RoutedView>>, Duration)>,
+    /// Each certificate's last outcome (the renewing replica's only).
+    outcomes: Option<LastOutcomes>,
 }
 
 /// One routed host as `/debug/certificates` shows it.
@@ -53,6 +56,8 @@ struct RoutedHostView {
     unrouted_since: Option<OffsetDateTime>,
     /// Whether its certificate is still renewed (routed, or within the grace).
     renewed: bool,
+    /// The last order or check, on the renewing replica.
+    last_outcome: Option<LastOutcome>,
 }
 
 #[derive(Serialize)]
@@ -91,6 +96,33 @@ impl SdsAdmin {
             instance: instance.into(),
             keys_at_rest: None,
             routed: None,
+            outcomes: None,
+        }
+    }
+
+    /// Shows each certificate's last outcome, as `outcomes` records them.
+    #[must_use]
+    pub fn with_outcomes(mut self, outcomes: LastOutcomes) -> Self {
+        self.outcomes = Some(outcomes);
+        self
+    }
+
+    /// The last outcome of `name`, as a table cell.
+    fn last_outcome_cell(&self, name: &str) -> String {
+        match self.outcomes.as_ref().and_then(|o| o.get(name)) {
+            Some(last) if last.result == "failed" => format!(
+                "<span class=\"bad\">failed</span> {}: {}",
+                format_date(last.at),
+                escape(&last.detail)
+            ),
+            Some(last) => format!(
+                "{} {}: {}",
+                last.result,
+                format_date(last.at),
+                escape(&last.detail)
+            ),
+            None if self.renews() => "not yet".to_owned(),
+            None => "(another replica renews)".to_owned(),
         }
     }
 
@@ -132,6 +164,7 @@ impl SdsAdmin {
                     unrouted_since: entry.routing.unrouted_since,
                     renewed: matches!(entry.plan, HostPlan::Order { .. })
                         && entry.renews_at(now, *grace),
+                    last_outcome: self.outcomes.as_ref().and_then(|o| o.get(host)),
                 }
             })
             .collect();
@@ -207,12 +240,13 @@ impl SdsAdmin {
         for view in self.publisher.views() {
             let _ = write!(
                 rows,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&view.secret),
                 escape(&view.names.join(", ")),
                 escape(&view.serial),
                 format_date(view.not_after),
                 format_date(view.next_renewal),
+                self.last_outcome_cell(&view.secret),
             );
         }
         let routed = self.routed_section();
@@ -225,7 +259,7 @@ impl SdsAdmin {
              <a href=\"/debug/certificates\">certificates JSON</a> · <a href=\"/metrics\">metrics</a></p>\
              <p>Keys at rest: {keys}</p>\
              <table><tr><th>secret</th><th>names</th><th>serial</th><th>not after</th>\
-             <th>next renewal</th></tr>{rows}</table>{routed}</body></html>",
+             <th>next renewal</th><th>last result</th></tr>{rows}</table>{routed}</body></html>",
             instance = escape(&self.instance),
             readiness = escape(&readiness),
         ))
@@ -258,9 +292,14 @@ impl SdsAdmin {
                 }
                 Some(since) => format!("unrouted since {} (renewal stopped)", format_date(since)),
             };
+            let last = if host.plan == "ordered" {
+                self.last_outcome_cell(&host.host)
+            } else {
+                String::new()
+            };
             let _ = write!(
                 rows,
-                "<tr><td>{}</td><td>{}</td><td>{plan}</td><td>{served}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{plan}</td><td>{served}</td><td>{}</td><td>{}</td><td>{last}</td></tr>",
                 escape(&host.host),
                 escape(&host.services.join(", ")),
                 host.not_after.map(format_date).unwrap_or_default(),
@@ -280,7 +319,7 @@ impl SdsAdmin {
         format!(
             "<h2>Routed hosts ({count})</h2>\
              <table><tr><th>host</th><th>services</th><th>how</th><th>served</th>\
-             <th>not after</th><th>routing</th></tr>{rows}</table>\
+             <th>not after</th><th>routing</th><th>last result</th></tr>{rows}</table>\
              <h2>Refused hosts ({refused_count})</h2>\
              <table><tr><th>host</th><th>why</th><th>services</th></tr>{refusals}</table>",
             count = hosts.len(),

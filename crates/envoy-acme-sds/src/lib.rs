@@ -19,6 +19,7 @@
 //! | [`routed`] | certificates for the hosts service tags route (`--follow-routes`) |
 //! | [`sds`] | certificates in service, as Envoy SDS secrets in the xDS cache |
 //! | [`metrics`] | Prometheus metrics of certificates, renewals, the ACME client and the lock |
+//! | [`outcomes`] | each certificate's last reconciliation outcome, for the status page |
 //! | [`admin`] | `/readyz` and `/debug/certificates` for the admin server |
 //! | [`config`] | command line, environment and TOML file, resolved into [`config::Settings`] |
 
@@ -33,6 +34,7 @@ pub mod keys;
 pub mod kv_watch;
 pub mod manager;
 pub mod metrics;
+pub mod outcomes;
 pub mod pem;
 pub mod policy;
 pub mod renewer;

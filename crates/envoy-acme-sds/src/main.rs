@@ -26,6 +26,7 @@ use envoy_acme_sds::config::{
     ChallengeSettings, Cli, Command, Layer, RenewArgs, Settings, StorageLocation,
 };
 use envoy_acme_sds::metrics::ServiceMetrics;
+use envoy_acme_sds::outcomes::{LastOutcomes, Observers};
 use envoy_acme_sds::renewer::{ManagedCertificate, Renewer};
 use envoy_acme_sds::routed::follower::RouteFollower;
 use envoy_acme_sds::routed::orders::{RoutedOrdering, SolverSource};
@@ -90,7 +91,11 @@ async fn serve(args: Layer) -> Result<()> {
     let certificates = managed_certificates(&settings, &solvers)?;
     let mut acme = settings.acme.clone();
     acme.request_duration = Some(metrics.acme_request_duration());
-    let observer: Arc<dyn envoy_acme_sds::manager::RenewalObserver> = Arc::new(metrics.clone());
+    let outcomes = LastOutcomes::default();
+    let observer: Arc<dyn envoy_acme_sds::manager::RenewalObserver> = Arc::new(Observers(vec![
+        Arc::new(metrics.clone()),
+        Arc::new(outcomes.clone()),
+    ]));
     let mut renewer = Renewer::new(certificates, acme, wake_receiver).with_observer(observer);
 
     let cache = SnapshotCache::new(SharedKey(NODE_KEY.to_owned()));
@@ -190,7 +195,8 @@ async fn serve(args: Layer) -> Result<()> {
         leadership,
         settings.instance_name.clone(),
     )
-    .with_keys_at_rest(keys_at_rest_seen);
+    .with_keys_at_rest(keys_at_rest_seen)
+    .with_outcomes(outcomes);
     if let Some((view, grace)) = routed_view {
         admin_routes = admin_routes.with_routed(view, grace);
     }

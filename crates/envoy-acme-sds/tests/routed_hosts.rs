@@ -576,6 +576,18 @@ async fn http01_through_the_gateway_gives_a_new_host_https() {
         .expect("the broken host is listed");
     assert_eq!(entry["served_as"], "placeholder", "{entry}");
     assert_eq!(entry["plan"], "ordered", "{entry}");
+    // The renewing replica says what the last order did, and why it failed.
+    assert_eq!(entry["last_outcome"]["result"], "failed", "{entry}");
+    let issued = page["routed"]
+        .as_array()
+        .expect("routed")
+        .iter()
+        .find(|r| r["host"] == NEW_HOST)
+        .cloned()
+        .expect("the new host is listed");
+    assert_eq!(issued["last_outcome"]["result"], "issued", "{issued}");
+    let status = sds.admin("/").await.expect("status page");
+    assert!(status.body.contains("1 in a row"), "{}", status.body);
 }
 
 /// Two replicas on one Consul prefix, each behind its own gateway and
