@@ -230,7 +230,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
         )
     });
     eprintln!(
-        "tag registered -> first verified HTTPS response: {:?}",
+        "dns-01: tag registered -> first verified HTTPS response: {:?}",
         registered.elapsed()
     );
     assert_eq!(body, "new-1");
@@ -243,6 +243,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
 
     // A host under the configured wildcard: served that certificate, no order.
     let shop = Backend::start("shop-1").await.expect("backend");
+    let registered = Instant::now();
     register(
         &consul_client,
         "shop",
@@ -258,6 +259,10 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+    eprintln!(
+        "covered: tag registered -> first verified HTTPS response: {:?}",
+        registered.elapsed()
+    );
     assert_eq!(body, "shop-1");
     assert_eq!(
         sds.served_serial(wildcard).await.as_deref(),
