@@ -318,6 +318,23 @@ impl SecretPublisher {
                 }
             }
         }
+        // A routed host a configured certificate covers is served that one,
+        // even if a certificate of its own is stored (ordered before the
+        // configured one covered it): the covering one is the one renewed.
+        for (name, how) in &state.routed {
+            if let RoutedSecret::Covered { by } = how
+                && let Some(covering) = state.served.get(by)
+                && named.insert(name.as_str().to_owned())
+            {
+                secrets.extend(envoy_secrets(
+                    &ServedSecret {
+                        name: name.clone(),
+                        validation_context: None,
+                    },
+                    &covering.bundle,
+                ));
+            }
+        }
         for (name, served) in &state.served {
             if named.insert(name.as_str().to_owned()) {
                 secrets.extend(envoy_secrets(
@@ -436,9 +453,7 @@ impl SecretPublisher {
             .routed
             .iter()
             .filter_map(|(name, how)| {
-                let (served_as, covered_by, bundle) = if let Some(own) = state.served.get(name) {
-                    (ServedAs::Own, None, &own.bundle)
-                } else if let RoutedSecret::Covered { by } = how
+                let (served_as, covered_by, bundle) = if let RoutedSecret::Covered { by } = how
                     && let Some(covering) = state.served.get(by)
                 {
                     (
@@ -446,6 +461,8 @@ impl SecretPublisher {
                         Some(by.as_str().to_owned()),
                         &covering.bundle,
                     )
+                } else if let Some(own) = state.served.get(name) {
+                    (ServedAs::Own, None, &own.bundle)
                 } else {
                     (ServedAs::Placeholder, None, state.placeholders.get(name)?)
                 };
@@ -670,6 +687,28 @@ mod tests {
             Some(wildcard_serial.as_str())
         );
 
+        // Once a configured certificate covers it, that one is served
+        // under its name, though its own is stored.
+        let wildcard_for_new = bundle(&["*.demo.test"]);
+        let demo = SecretName::new("*.demo.test").expect("name");
+        publisher
+            .offer(&demo, Arc::clone(&wildcard_for_new))
+            .expect("offer");
+        assert!(
+            publisher
+                .set_routed(BTreeMap::from([(
+                    new.clone(),
+                    RoutedSecret::Covered { by: demo.clone() }
+                )]))
+                .expect("covered now")
+        );
+        assert_eq!(
+            served_serial(&cache, "new.demo.test"),
+            served_serial(&cache, "*.demo.test")
+        );
+        assert_eq!(served_as("new.demo.test"), Some(ServedAs::Covered));
+        assert!(publisher.set_routed(routed.clone()).expect("own again"));
+
         // No longer routed: the real certificate stays served (until it
         // expires), the placeholder of the refused host goes.
         assert!(
@@ -683,7 +722,7 @@ mod tests {
             .map(|r| r.name())
             .collect();
         names.sort_unstable();
-        assert_eq!(names, vec!["*.example.com", "new.demo.test"]);
+        assert_eq!(names, vec!["*.demo.test", "*.example.com", "new.demo.test"]);
         assert!(publisher.routed_views().is_empty());
         assert!(
             publisher
