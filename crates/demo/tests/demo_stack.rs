@@ -3,7 +3,8 @@
 //! mode): HTTPS through Envoy presents the ACME certificate and reaches
 //! `web` at `/` and `api` at `/api/`, plain HTTP for the TLS host answers
 //! 308, requests succeed while backends churn (failures only the backends'
-//! deliberate 500s), and Prometheus scrapes every target.
+//! deliberate 500s), Prometheus scrapes every target, and a host a service
+//! declares during the run gets HTTPS with its own certificate.
 
 use std::path::Path;
 use std::time::Duration;
@@ -147,6 +148,12 @@ async fn the_demo_serves_https_survives_churn_and_is_scraped() {
         deliberate += number_after(line, "deliberate 500 ");
     }
     assert!(deliberate > 0, "no deliberate 500s seen:\n{log}");
+    // The host a service declared during the run got HTTPS, and the
+    // summary said when.
+    assert!(
+        log.contains("new host shop.apps.demo.test: HTTPS verified"),
+        "{log}"
+    );
 }
 
 fn number_after(line: &str, label: &str) -> u64 {

@@ -5,16 +5,22 @@
 //! ever shows a private key: the pages are built from metadata only, and
 //! from how the stored keys lie at rest (sealed or not), never their bytes.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use service_support::admin::{AdminResponse, AdminRoutes};
 use tokio::sync::watch;
 
 use crate::election::Leadership;
-use crate::sds::{CertificateView, SecretPublisher};
+use crate::outcomes::{LastOutcome, LastOutcomes};
+use crate::routed::policy::HostPlan;
+use crate::routed::{RefusedHost, RoutedView};
+use crate::sds::{CertificateView, RoutedSecretView, SecretPublisher, ServedAs};
 use crate::store::codec::KeysAtRest;
+use time::OffsetDateTime;
 
 #[derive(Debug, Clone)]
 pub struct SdsAdmin {
@@ -25,6 +31,33 @@ pub struct SdsAdmin {
     /// How the stored keys lie at rest; `None` until known (or with disk
     /// storage, where nothing follows the store).
     keys_at_rest: Option<watch::Receiver<Option<KeysAtRest>>>,
+    /// The routed hosts as last read, and the unrouted grace
+    /// (`--follow-routes` only).
+    routed: Option<(watch::Receiver<Arc<RoutedView>>, Duration)>,
+    /// Each certificate's last outcome (the renewing replica's only).
+    outcomes: Option<LastOutcomes>,
+}
+
+/// One routed host as `/debug/certificates` shows it.
+#[derive(Serialize)]
+struct RoutedHostView {
+    host: String,
+    services: Vec<String>,
+    /// `ordered`, `covered` or `refused`.
+    plan: &'static str,
+    /// The covering certificate, or why the host is refused.
+    detail: Option<String>,
+    /// `own`, `covered` or `placeholder`.
+    served_as: Option<ServedAs>,
+    serial: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    not_after: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    unrouted_since: Option<OffsetDateTime>,
+    /// Whether its certificate is still renewed (routed, or within the grace).
+    renewed: bool,
+    /// The last order or check, on the renewing replica.
+    last_outcome: Option<LastOutcome>,
 }
 
 #[derive(Serialize)]
@@ -35,6 +68,11 @@ struct DebugCertificates<'a> {
     /// `null` while unknown.
     keys_at_rest: Option<KeysAtRestView>,
     certificates: Vec<CertificateView>,
+    /// Absent without `--follow-routes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routed: Option<Vec<RoutedHostView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<Vec<RefusedHost>>,
 }
 
 #[derive(Serialize)]
@@ -57,7 +95,80 @@ impl SdsAdmin {
             leadership,
             instance: instance.into(),
             keys_at_rest: None,
+            routed: None,
+            outcomes: None,
         }
+    }
+
+    /// Shows each certificate's last outcome, as `outcomes` records them.
+    #[must_use]
+    pub fn with_outcomes(mut self, outcomes: LastOutcomes) -> Self {
+        self.outcomes = Some(outcomes);
+        self
+    }
+
+    /// The last outcome of `name`, as a table cell.
+    fn last_outcome_cell(&self, name: &str) -> String {
+        match self.outcomes.as_ref().and_then(|o| o.get(name)) {
+            Some(last) if last.result == "failed" => format!(
+                "<span class=\"bad\">failed</span> {}: {}",
+                format_date(last.at),
+                escape(&last.detail)
+            ),
+            Some(last) => format!(
+                "{} {}: {}",
+                last.result,
+                format_date(last.at),
+                escape(&last.detail)
+            ),
+            None if self.renews() => "not yet".to_owned(),
+            None => "(another replica renews)".to_owned(),
+        }
+    }
+
+    /// Shows the routed hosts as `view` is told, renewed for `grace` once unrouted.
+    #[must_use]
+    pub fn with_routed(mut self, view: watch::Receiver<Arc<RoutedView>>, grace: Duration) -> Self {
+        self.routed = Some((view, grace));
+        self
+    }
+
+    fn routed_hosts(&self) -> Option<(Vec<RoutedHostView>, Vec<RefusedHost>)> {
+        let (view, grace) = self.routed.as_ref()?;
+        let view = view.borrow().clone();
+        let served: BTreeMap<String, RoutedSecretView> = self
+            .publisher
+            .routed_views()
+            .into_iter()
+            .map(|v| (v.host.clone(), v))
+            .collect();
+        let now = OffsetDateTime::now_utc();
+        let hosts = view
+            .hosts
+            .iter()
+            .map(|(host, entry)| {
+                let detail = match &entry.plan {
+                    HostPlan::Covered { by } => Some(by.as_str().to_owned()),
+                    HostPlan::Refused(refusal) => Some(refusal.to_string()),
+                    HostPlan::Order { .. } => None,
+                };
+                let secret = served.get(host);
+                RoutedHostView {
+                    host: host.clone(),
+                    services: entry.routing.services.iter().cloned().collect(),
+                    plan: entry.plan.label(),
+                    detail,
+                    served_as: secret.map(|s| s.served_as),
+                    serial: secret.map(|s| s.serial.clone()),
+                    not_after: secret.map(|s| s.not_after),
+                    unrouted_since: entry.routing.unrouted_since,
+                    renewed: matches!(entry.plan, HostPlan::Order { .. })
+                        && entry.renews_at(now, *grace),
+                    last_outcome: self.outcomes.as_ref().and_then(|o| o.get(host)),
+                }
+            })
+            .collect();
+        Some((hosts, view.refused()))
     }
 
     /// Shows how the stored keys lie at rest, as `keys_at_rest` is told.
@@ -78,7 +189,7 @@ impl SdsAdmin {
     }
 
     fn certificates(&self) -> AdminResponse {
-        let page = DebugCertificates {
+        let mut page = DebugCertificates {
             instance: &self.instance,
             renews: self.renews(),
             missing: self
@@ -93,7 +204,14 @@ impl SdsAdmin {
                 counts,
             }),
             certificates: self.publisher.views(),
+            routed: None,
+            refused: None,
         };
+
+        if let Some((routed, refused)) = self.routed_hosts() {
+            page.routed = Some(routed);
+            page.refused = Some(refused);
+        }
         match serde_json::to_string_pretty(&page) {
             Ok(body) => AdminResponse::json(body),
             Err(error) => AdminResponse::text(500, format!("encoding the page failed: {error}\n")),
@@ -122,14 +240,16 @@ impl SdsAdmin {
         for view in self.publisher.views() {
             let _ = write!(
                 rows,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&view.secret),
                 escape(&view.names.join(", ")),
                 escape(&view.serial),
                 format_date(view.not_after),
                 format_date(view.next_renewal),
+                self.last_outcome_cell(&view.secret),
             );
         }
+        let routed = self.routed_section();
         AdminResponse::html(format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>envoy-acme-sds</title>\
              <style>body{{font-family:sans-serif}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;\
@@ -139,10 +259,72 @@ impl SdsAdmin {
              <a href=\"/debug/certificates\">certificates JSON</a> · <a href=\"/metrics\">metrics</a></p>\
              <p>Keys at rest: {keys}</p>\
              <table><tr><th>secret</th><th>names</th><th>serial</th><th>not after</th>\
-             <th>next renewal</th></tr>{rows}</table></body></html>",
+             <th>next renewal</th><th>last result</th></tr>{rows}</table>{routed}</body></html>",
             instance = escape(&self.instance),
             readiness = escape(&readiness),
         ))
+    }
+}
+
+impl SdsAdmin {
+    /// The routed hosts' tables of the status page (empty without `--follow-routes`).
+    fn routed_section(&self) -> String {
+        let Some((hosts, refused)) = self.routed_hosts() else {
+            return String::new();
+        };
+        let mut rows = String::new();
+        for host in &hosts {
+            let plan = match (&host.detail, host.plan) {
+                (Some(by), "covered") => format!("covered by {}", escape(by)),
+                (_, "refused") => "refused".to_owned(),
+                _ => "own order".to_owned(),
+            };
+            let served = match host.served_as {
+                Some(ServedAs::Own) => "own certificate".to_owned(),
+                Some(ServedAs::Covered) => "covering certificate".to_owned(),
+                Some(ServedAs::Placeholder) => "<b class=\"bad\">placeholder</b>".to_owned(),
+                None => "nothing".to_owned(),
+            };
+            let routed = match host.unrouted_since {
+                None => "routed".to_owned(),
+                Some(since) if host.renewed => {
+                    format!("unrouted since {} (still renewed)", format_date(since))
+                }
+                Some(since) => format!("unrouted since {} (renewal stopped)", format_date(since)),
+            };
+            let last = if host.plan == "ordered" {
+                self.last_outcome_cell(&host.host)
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                rows,
+                "<tr><td>{}</td><td>{}</td><td>{plan}</td><td>{served}</td><td>{}</td><td>{}</td><td>{last}</td></tr>",
+                escape(&host.host),
+                escape(&host.services.join(", ")),
+                host.not_after.map(format_date).unwrap_or_default(),
+                escape(&routed),
+            );
+        }
+        let mut refusals = String::new();
+        for host in &refused {
+            let _ = write!(
+                refusals,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&host.host),
+                escape(&host.detail),
+                escape(&host.services.join(", ")),
+            );
+        }
+        format!(
+            "<h2>Routed hosts ({count})</h2>\
+             <table><tr><th>host</th><th>services</th><th>how</th><th>served</th>\
+             <th>not after</th><th>routing</th><th>last result</th></tr>{rows}</table>\
+             <h2>Refused hosts ({refused_count})</h2>\
+             <table><tr><th>host</th><th>why</th><th>services</th></tr>{refusals}</table>",
+            count = hosts.len(),
+            refused_count = refused.len(),
+        )
     }
 }
 

@@ -17,8 +17,10 @@
 //! | [`renewer`] | runs the managers while this replica may renew |
 //! | [`kv_watch`] | every replica follows the Consul prefix and serves what it holds |
 //! | [`storage_mode`] | where certificates are stored decides who renews and how they reach Envoy |
+//! | [`routed`] | certificates for the hosts service tags route (`--follow-routes`) |
 //! | [`sds`] | certificates in service, as Envoy SDS secrets in the xDS cache |
 //! | [`metrics`] | Prometheus metrics of certificates, renewals, the ACME client and the lock |
+//! | [`outcomes`] | each certificate's last reconciliation outcome, for the status page |
 //! | [`admin`] | `/readyz` and `/debug/certificates` for the admin server |
 //! | [`config`] | command line, environment and TOML file, resolved into [`config::Settings`] |
 
@@ -33,9 +35,11 @@ pub mod keys;
 pub mod kv_watch;
 pub mod manager;
 pub mod metrics;
+pub mod outcomes;
 pub mod pem;
 pub mod policy;
 pub mod renewer;
+pub mod routed;
 pub mod sds;
 pub mod secret;
 pub mod storage_mode;

@@ -19,14 +19,18 @@ use xds_core::{ServerOptions, SharedKey, SnapshotCache, XdsServer};
 use envoy_acme_sds::admin::SdsAdmin;
 use envoy_acme_sds::challenge::ChallengeSolver;
 use envoy_acme_sds::challenge::consul_tokens::ConsulTokenStore;
-use envoy_acme_sds::challenge::dns01::{Rfc2136Config, Rfc2136Solver};
+use envoy_acme_sds::challenge::dns01::{Rfc2136Config, Rfc2136Solver, TsigKey};
 use envoy_acme_sds::challenge::exec::{ExecHookConfig, ExecHookSolver};
 use envoy_acme_sds::challenge::http01::{Http01Server, Http01Solver, MemoryTokenStore, TokenStore};
 use envoy_acme_sds::config::{
     ChallengeSettings, Cli, Command, Layer, RenewArgs, Settings, StorageLocation,
 };
 use envoy_acme_sds::metrics::ServiceMetrics;
+use envoy_acme_sds::outcomes::{LastOutcomes, Observers};
 use envoy_acme_sds::renewer::{ManagedCertificate, Renewer};
+use envoy_acme_sds::routed::follower::RouteFollower;
+use envoy_acme_sds::routed::orders::{RoutedOrdering, SolverSource};
+use envoy_acme_sds::routed::policy::RoutedPolicy;
 use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
 use envoy_acme_sds::storage_mode::{LockSettings, Replica, StorageMode};
 use envoy_acme_sds::store::RenewalRequest;
@@ -62,7 +66,14 @@ async fn serve(args: Layer) -> Result<()> {
     metrics.register(&mut registry);
     let xds_metrics = xds_core::Metrics::default();
     xds_metrics.register(&mut registry);
-    let consul = match &settings.storage.consul {
+    // Consul storage's client reads the catalog too; routed hosts with disk
+    // storage bring their own.
+    let consul_config = settings
+        .storage
+        .consul
+        .as_ref()
+        .or(settings.routes.as_ref().map(|routes| &routes.consul));
+    let consul = match consul_config {
         Some(config) => {
             let client_metrics = ClientMetrics::new();
             client_metrics.register(&mut registry);
@@ -75,14 +86,19 @@ async fn serve(args: Layer) -> Result<()> {
     let mut tasks = JoinSet::new();
     tasks.spawn(reconcile_on_sighup(wake.clone(), shutdown.clone()));
 
-    let certificates =
-        managed_certificates(&settings, consul.as_ref(), &mut tasks, &shutdown).await?;
+    let solvers =
+        Arc::new(Solvers::start(&settings, consul.as_ref(), &mut tasks, &shutdown).await?);
+    let certificates = managed_certificates(&settings, &solvers)?;
     let mut acme = settings.acme.clone();
     acme.request_duration = Some(metrics.acme_request_duration());
     acme.withdrawal_failures = Some(metrics.withdrawal_failures());
     let withdrawals = acme.withdrawals.clone();
-    let observer: Arc<dyn envoy_acme_sds::manager::RenewalObserver> = Arc::new(metrics.clone());
-    let renewer = Renewer::new(certificates, acme, wake_receiver).with_observer(observer);
+    let outcomes = LastOutcomes::default();
+    let observer: Arc<dyn envoy_acme_sds::manager::RenewalObserver> = Arc::new(Observers(vec![
+        Arc::new(metrics.clone()),
+        Arc::new(outcomes.clone()),
+    ]));
+    let mut renewer = Renewer::new(certificates, acme, wake_receiver).with_observer(observer);
 
     let cache = SnapshotCache::new(SharedKey(NODE_KEY.to_owned()));
     let wanted = settings
@@ -93,15 +109,48 @@ async fn serve(args: Layer) -> Result<()> {
             validation_context: c.validation_context.clone(),
         })
         .collect();
-    let publisher = Arc::new(
-        SecretPublisher::new(
-            cache.clone(),
-            NODE_KEY,
-            wanted,
-            settings.storage.location.to_string(),
-        )
-        .with_metrics(metrics.clone()),
-    );
+    let mut publisher = SecretPublisher::new(
+        cache.clone(),
+        NODE_KEY,
+        wanted,
+        settings.storage.location.to_string(),
+    )
+    .with_metrics(metrics.clone());
+    if settings.routes.is_some() {
+        publisher = publisher.serving_every_stored();
+    }
+    let publisher = Arc::new(publisher);
+    let mut routed_view = None;
+    if let (Some(routes), Some(client)) = (&settings.routes, &consul) {
+        let policy = RoutedPolicy {
+            allowed: routes.allowed.clone(),
+            configured: settings
+                .certificates
+                .iter()
+                .map(|c| c.spec.clone())
+                .collect(),
+            http01: settings.challenge.is_http01(),
+        };
+        let follower = RouteFollower::new(
+            client.clone(),
+            routes.prefix.clone(),
+            policy,
+            Arc::clone(&publisher),
+            metrics.clone(),
+        );
+        let view = follower.subscribe();
+        tasks.spawn(follower.run(shutdown.clone()));
+        renewer = renewer.with_routed(RoutedOrdering {
+            view: view.clone(),
+            solvers: Arc::clone(&solvers) as Arc<dyn SolverSource>,
+            orders_per_hour: routes.orders_per_hour,
+            unrouted_grace: routes.unrouted_grace,
+            key_type: routes.key_type,
+            profile: routes.profile.clone(),
+        });
+        info!(prefix = %routes.prefix.as_str(), allowed = ?routes.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(), "following the routed TLS hosts in the catalog");
+        routed_view = Some((view, routes.unrouted_grace));
+    }
     tasks.spawn(announce_when_complete(
         Arc::clone(&publisher),
         shutdown.clone(),
@@ -143,14 +192,17 @@ async fn serve(args: Layer) -> Result<()> {
     };
     let leadership = storage.start(replica, &mut tasks, &shutdown).await;
 
-    let routes = Arc::new(
-        SdsAdmin::new(
-            Arc::clone(&publisher),
-            leadership,
-            settings.instance_name.clone(),
-        )
-        .with_keys_at_rest(keys_at_rest_seen),
-    );
+    let mut admin_routes = SdsAdmin::new(
+        Arc::clone(&publisher),
+        leadership,
+        settings.instance_name.clone(),
+    )
+    .with_keys_at_rest(keys_at_rest_seen)
+    .with_outcomes(outcomes);
+    if let Some((view, grace)) = routed_view {
+        admin_routes = admin_routes.with_routed(view, grace);
+    }
+    let routes = Arc::new(admin_routes);
     tasks.spawn(admin.serve(Arc::new(registry), routes, shutdown.clone()));
     // A process without its SDS server serves nothing while looking alive
     // (`/readyz` would stay 200): if the server fails, the whole process
@@ -190,68 +242,99 @@ async fn serve(args: Layer) -> Result<()> {
     Ok(())
 }
 
-/// The solver of each certificate; starts the HTTP-01 listener if needed.
-async fn managed_certificates(
-    settings: &Settings,
-    consul: Option<&Client>,
-    tasks: &mut JoinSet<()>,
-    shutdown: &CancellationToken,
-) -> Result<Vec<ManagedCertificate>> {
-    let mut by_zone: BTreeMap<String, Arc<dyn ChallengeSolver>> = BTreeMap::new();
-    let shared: Option<Arc<dyn ChallengeSolver>> = match &settings.challenge {
-        ChallengeSettings::Rfc2136 { .. } => None,
-        ChallengeSettings::Http01 { listen } => {
-            let tokens: Arc<dyn TokenStore> = match (&settings.storage.location, consul) {
-                (StorageLocation::Consul { prefix }, Some(client)) => {
-                    let tokens = ConsulTokenStore::new(client.clone(), prefix);
-                    tasks.spawn(tokens.clone().follow(shutdown.clone()));
-                    Arc::new(tokens)
-                }
-                _ => Arc::new(MemoryTokenStore::new()),
-            };
-            let server = Http01Server::bind(*listen, Arc::clone(&tokens))
-                .await
-                .context("HTTP-01 listener")?;
-            tasks.spawn(server.serve(shutdown.clone()));
-            Some(Arc::new(Http01Solver::new(tokens)))
-        }
-        ChallengeSettings::Exec { program, kind } => {
-            let mut config = ExecHookConfig::new(program.clone());
-            config.kind = *kind;
-            Some(Arc::new(ExecHookSolver::new(config)))
-        }
-    };
-    let mut certificates = Vec::new();
-    for certificate in &settings.certificates {
-        let solver = match (&shared, &settings.challenge) {
-            (Some(solver), _) => Arc::clone(solver),
-            (None, ChallengeSettings::Rfc2136 { server, tsig }) => {
-                match by_zone.get(&certificate.zone) {
-                    Some(solver) => Arc::clone(solver),
-                    None => {
-                        let solver: Arc<dyn ChallengeSolver> = Arc::new(
-                            Rfc2136Solver::new(Rfc2136Config::new(
-                                *server,
-                                certificate.zone.clone(),
-                                tsig.clone(),
-                            ))
-                            .with_context(|| {
-                                format!("RFC 2136 solver for zone {}", certificate.zone)
-                            })?,
-                        );
-                        by_zone.insert(certificate.zone.clone(), Arc::clone(&solver));
-                        solver
+/// The challenge solvers: one shared (HTTP-01, exec hook), or one per
+/// RFC 2136 zone, made when a certificate of the zone first needs it.
+#[derive(Debug)]
+struct Solvers {
+    shared: Option<Arc<dyn ChallengeSolver>>,
+    rfc2136: Option<(std::net::SocketAddr, TsigKey)>,
+    /// `--rfc2136-zone` for routed hosts, when given.
+    routed_zone: Option<String>,
+    by_zone: std::sync::Mutex<BTreeMap<String, Arc<dyn ChallengeSolver>>>,
+}
+
+impl Solvers {
+    /// Starts the HTTP-01 listener if needed.
+    async fn start(
+        settings: &Settings,
+        consul: Option<&Client>,
+        tasks: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) -> Result<Self> {
+        let shared: Option<Arc<dyn ChallengeSolver>> = match &settings.challenge {
+            ChallengeSettings::Rfc2136 { .. } => None,
+            ChallengeSettings::Http01 { listen } => {
+                let tokens: Arc<dyn TokenStore> = match (&settings.storage.location, consul) {
+                    (StorageLocation::Consul { prefix }, Some(client)) => {
+                        let tokens = ConsulTokenStore::new(client.clone(), prefix);
+                        tasks.spawn(tokens.clone().follow(shutdown.clone()));
+                        Arc::new(tokens)
                     }
-                }
+                    _ => Arc::new(MemoryTokenStore::new()),
+                };
+                let server = Http01Server::bind(*listen, Arc::clone(&tokens))
+                    .await
+                    .context("HTTP-01 listener")?;
+                tasks.spawn(server.serve(shutdown.clone()));
+                Some(Arc::new(Http01Solver::new(tokens)))
             }
-            (None, _) => anyhow::bail!("no challenge solver configured"),
+            ChallengeSettings::Exec { program, kind } => {
+                let mut config = ExecHookConfig::new(program.clone());
+                config.kind = *kind;
+                Some(Arc::new(ExecHookSolver::new(config)))
+            }
         };
-        certificates.push(ManagedCertificate {
-            spec: certificate.spec.clone(),
-            solver,
-        });
+        let rfc2136 = match &settings.challenge {
+            ChallengeSettings::Rfc2136 { server, tsig } => Some((*server, tsig.clone())),
+            _ => None,
+        };
+        Ok(Self {
+            shared,
+            rfc2136,
+            routed_zone: settings.routes.as_ref().and_then(|r| r.zone.clone()),
+            by_zone: std::sync::Mutex::default(),
+        })
     }
-    Ok(certificates)
+
+    fn for_zone(&self, zone: &str) -> Result<Arc<dyn ChallengeSolver>> {
+        if let Some(solver) = &self.shared {
+            return Ok(Arc::clone(solver));
+        }
+        let Some((server, tsig)) = &self.rfc2136 else {
+            anyhow::bail!("no challenge solver configured");
+        };
+        let mut by_zone = self.by_zone.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(solver) = by_zone.get(zone) {
+            return Ok(Arc::clone(solver));
+        }
+        let solver: Arc<dyn ChallengeSolver> = Arc::new(
+            Rfc2136Solver::new(Rfc2136Config::new(*server, zone.to_owned(), tsig.clone()))
+                .with_context(|| format!("RFC 2136 solver for zone {zone}"))?,
+        );
+        by_zone.insert(zone.to_owned(), Arc::clone(&solver));
+        Ok(solver)
+    }
+}
+
+impl SolverSource for Solvers {
+    fn solver_for(&self, zone: &str) -> std::result::Result<Arc<dyn ChallengeSolver>, String> {
+        let zone = self.routed_zone.as_deref().unwrap_or(zone);
+        self.for_zone(zone).map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// The solver of each configured certificate.
+fn managed_certificates(settings: &Settings, solvers: &Solvers) -> Result<Vec<ManagedCertificate>> {
+    settings
+        .certificates
+        .iter()
+        .map(|certificate| {
+            Ok(ManagedCertificate {
+                spec: certificate.spec.clone(),
+                solver: solvers.for_zone(&certificate.zone)?,
+            })
+        })
+        .collect()
 }
 
 async fn announce_when_complete(publisher: Arc<SecretPublisher>, shutdown: CancellationToken) {

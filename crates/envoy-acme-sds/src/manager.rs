@@ -24,8 +24,8 @@ use crate::challenge::ChallengeSolver;
 use crate::domain::NameSet;
 use crate::keys::KeyType;
 use crate::policy::{
-    self, AccountOrders, AriWindow, OrderBudgetExhausted, OrderHistory, OrderOutcome, RenewReason,
-    RenewalDecision, failure_delay, next_ari_check,
+    self, AccountOrders, AriWindow, HourlyOrderCap, OrderBudgetExhausted, OrderHistory,
+    OrderOutcome, RenewReason, RenewalDecision, failure_delay, next_ari_check,
 };
 use crate::store::{CertificateStore, InvalidSecretName, SecretName, StoreError};
 use crate::timings::{IssuanceStep, IssuanceTimings, Stopwatch};
@@ -159,6 +159,8 @@ pub struct CertManager {
     observer: Option<Arc<dyn RenewalObserver>>,
     /// New orders of the ACME account, shared with the other managers.
     account_orders: Arc<std::sync::Mutex<AccountOrders>>,
+    /// `--orders-per-hour`, for routed hosts' managers only.
+    hourly_cap: Option<Arc<std::sync::Mutex<HourlyOrderCap>>>,
 }
 
 impl CertManager {
@@ -179,7 +181,16 @@ impl CertManager {
             wake: None,
             observer: None,
             account_orders: Arc::default(),
+            hourly_cap: None,
         }
+    }
+
+    /// Counts new orders against `cap` too (`--orders-per-hour`), shared by
+    /// the managers of routed hosts.
+    #[must_use]
+    pub fn with_hourly_cap(mut self, cap: Arc<std::sync::Mutex<HourlyOrderCap>>) -> Self {
+        self.hourly_cap = Some(cap);
+        self
     }
 
     /// Counts new orders against `orders`, the account-wide budget shared
@@ -391,6 +402,16 @@ impl CertManager {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             account.check(now)?;
+            // The cap's lock is taken inside the account's, always in this
+            // order, so no two managers can deadlock on them.
+            let mut cap = self
+                .hourly_cap
+                .as_ref()
+                .map(|cap| cap.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Some(cap) = cap.as_mut() {
+                cap.check(now)?;
+                cap.record(now);
+            }
             account.record(now);
         }
         history.record(&names_key, now);

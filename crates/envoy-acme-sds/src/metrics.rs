@@ -12,6 +12,9 @@
 //! | `envoy_acme_sds_challenge_withdrawal_failures_total` | counter: challenge responses the solver failed to withdraw | |
 //! | `envoy_acme_sds_lock_holder` | gauge, 1 while this replica holds the renewal lock | |
 //! | `envoy_acme_sds_keys_resealed_total` | counter: stored secrets rewritten sealed with the current key | |
+//! | `envoy_acme_sds_placeholder_secrets` | gauge: routed hosts served a self-signed placeholder | |
+//! | `envoy_acme_sds_routed_hosts` | gauge: routed TLS hosts by plan | `plan` = `ordered`/`covered`/`refused` |
+//! | `envoy_acme_sds_routed_refused_hosts` | gauge: refused routed hosts by reason | `reason` |
 //!
 //! The certificate gauges are computed at scrape time from what is served,
 //! so "seconds to renewal" counts down without anything updating it. It
@@ -46,6 +49,16 @@ struct StepLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlanLabel {
+    plan: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RenewalLabels {
     secret: String,
     result: &'static str,
@@ -62,6 +75,9 @@ pub struct ServiceMetrics {
     withdrawal_failures: Counter,
     lock_holder: Gauge,
     keys_resealed: Counter,
+    placeholders: Gauge,
+    routed_hosts: Family<PlanLabel, Gauge>,
+    refused_hosts: Family<ReasonLabel, Gauge>,
 }
 
 impl Default for ServiceMetrics {
@@ -82,6 +98,9 @@ impl Default for ServiceMetrics {
             withdrawal_failures: Counter::default(),
             lock_holder: Gauge::default(),
             keys_resealed: Counter::default(),
+            placeholders: Gauge::default(),
+            routed_hosts: Family::default(),
+            refused_hosts: Family::default(),
         }
     }
 }
@@ -126,6 +145,45 @@ impl ServiceMetrics {
             "Stored private keys rewritten sealed with the current encryption key (plaintext or previous key before)",
             self.keys_resealed.clone(),
         );
+        registry.register(
+            "placeholder_secrets",
+            "Routed hosts served a self-signed placeholder (no certificate yet, or refused)",
+            self.placeholders.clone(),
+        );
+        registry.register(
+            "routed_hosts",
+            "Routed TLS hosts by plan: ordered (own certificate), covered (by a configured one), refused",
+            self.routed_hosts.clone(),
+        );
+        registry.register(
+            "routed_refused_hosts",
+            "Routed TLS hosts refused an order, by reason",
+            self.refused_hosts.clone(),
+        );
+    }
+
+    pub fn set_placeholders(&self, count: usize) {
+        self.placeholders
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the routed host counts; `plans` and `refusals` list every
+    /// label with its count (zero included, so a cleared count shows 0).
+    pub fn set_routed_hosts(
+        &self,
+        plans: &[(&'static str, usize)],
+        refusals: &[(&'static str, usize)],
+    ) {
+        for (plan, count) in plans {
+            self.routed_hosts
+                .get_or_create(&PlanLabel { plan })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        for (reason, count) in refusals {
+            self.refused_hosts
+                .get_or_create(&ReasonLabel { reason })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
     }
 
     /// Counts stored secrets rewritten sealed with the current key.

@@ -371,6 +371,53 @@ impl AccountOrders {
     }
 }
 
+/// A cap on new orders in a sliding hour (`--orders-per-hour`), shared by
+/// the managers of routed hosts: a burst of new tags (a job gone wrong,
+/// a typo in a loop) cannot spend the account's budget at the CA. Kept in
+/// memory, like [`AccountOrders`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyOrderCap {
+    limit: usize,
+    placed: std::collections::VecDeque<OffsetDateTime>,
+}
+
+impl HourlyOrderCap {
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            placed: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Whether one more order fits at `now`.
+    pub fn check(&self, now: OffsetDateTime) -> Result<(), OrderBudgetExhausted> {
+        let recent: Vec<OffsetDateTime> = self
+            .placed
+            .iter()
+            .copied()
+            .filter(|at| *at > now - time::Duration::HOUR)
+            .collect();
+        budget(
+            &recent,
+            self.limit,
+            time::Duration::HOUR,
+            "new orders for routed hosts (--orders-per-hour)",
+            "hour",
+        )
+    }
+
+    pub fn record(&mut self, now: OffsetDateTime) {
+        while self
+            .placed
+            .front()
+            .is_some_and(|at| *at <= now - time::Duration::HOUR)
+        {
+            self.placed.pop_front();
+        }
+        self.placed.push_back(now);
+    }
+}
+
 /// Refuses when `recent` already holds `limit` entries; the oldest must
 /// leave the window before another fits.
 fn budget(
@@ -541,6 +588,29 @@ mod tests {
             &meta,
             Some(&legacy(START - time::Duration::seconds(1)))
         ));
+    }
+
+    #[test]
+    fn the_hourly_cap_on_routed_orders_slides() {
+        let mut cap = HourlyOrderCap::new(2);
+        cap.check(START).expect("first");
+        cap.record(START);
+        let minute = START + time::Duration::minutes(1);
+        cap.check(minute).expect("second");
+        cap.record(minute);
+        let refused = cap.check(minute).expect_err("third in the hour");
+        assert_eq!(refused.limit, 2);
+        assert_eq!(refused.next_allowed, START + time::Duration::HOUR);
+        assert!(
+            refused.to_string().contains("--orders-per-hour"),
+            "{refused}"
+        );
+        cap.check(START + time::Duration::HOUR + time::Duration::SECOND)
+            .expect("the first left the hour");
+        assert!(
+            HourlyOrderCap::new(0).check(START).is_err(),
+            "0 orders nothing"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::challenge::ChallengeSolver;
 use crate::election::{Leadership, Term};
 use crate::manager::{CertManager, CertificateSpec, RenewalObserver};
 use crate::metrics::ServiceMetrics;
+use crate::routed::orders::{RoutedOrdering, Shared};
 use crate::store::consul::ConsulStore;
 use crate::store::{CertificateStore, StoreError};
 
@@ -46,6 +47,8 @@ pub struct Renewer {
     acme: AcmeConfig,
     wake: watch::Receiver<()>,
     observer: Option<Arc<dyn RenewalObserver>>,
+    /// Orders for routed hosts too (`--follow-routes`).
+    routed: Option<RoutedOrdering>,
 }
 
 impl Renewer {
@@ -60,7 +63,15 @@ impl Renewer {
             acme,
             wake,
             observer: None,
+            routed: None,
         }
+    }
+
+    /// Also keeps a certificate for every routed host that gets its own.
+    #[must_use]
+    pub fn with_routed(mut self, routed: RoutedOrdering) -> Self {
+        self.routed = Some(routed);
+        self
     }
 
     #[must_use]
@@ -93,6 +104,17 @@ impl Renewer {
                 manager = manager.with_observer(Arc::clone(observer));
             }
             tasks.spawn(manager.run(until.clone()));
+        }
+        if let Some(routed) = self.routed.clone() {
+            let shared = Shared {
+                acme: Arc::clone(&acme),
+                store: Arc::clone(&store),
+                account_orders: Arc::clone(&account_orders),
+                observer: self.observer.clone(),
+                wake: self.wake.clone(),
+            };
+            let until = until.clone();
+            tasks.spawn(async move { routed.run(shared, until).await });
         }
         while tasks.join_next().await.is_some() {}
     }

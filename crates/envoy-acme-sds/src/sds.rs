@@ -29,6 +29,7 @@ use crate::certificate::CertificateBundle;
 use crate::metrics::ServiceMetrics;
 use crate::pem::{encode_certificate_pem, parse_certificate_chain};
 use crate::policy::default_renewal_time;
+use crate::routed::placeholder::placeholder;
 use crate::store::SecretName;
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +122,53 @@ struct Served {
     since: OffsetDateTime,
 }
 
+/// How a routed host's secret is filled: the name Envoy asks for is the
+/// host (see the gateway contract in ARCHITECTURE.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutedSecret {
+    /// Its own certificate, stored under the host's name; a placeholder
+    /// until it exists.
+    Own,
+    /// The configured certificate `by`, served under the host's name.
+    Covered { by: SecretName },
+    /// No certificate will come: a placeholder for good.
+    Refused,
+}
+
+/// How a routed host's secret is served right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServedAs {
+    /// Its own certificate.
+    Own,
+    /// A configured certificate covering it.
+    Covered,
+    /// The self-signed placeholder.
+    Placeholder,
+}
+
+/// A routed host's secret as the status page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutedSecretView {
+    pub host: String,
+    pub served_as: ServedAs,
+    /// The certificate covering it, when covered.
+    pub covered_by: Option<String>,
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Real certificates, by the name they are stored under.
+    served: BTreeMap<SecretName, Served>,
+    /// The routed hosts' names and how each is filled.
+    routed: BTreeMap<SecretName, RoutedSecret>,
+    /// Generated once per name, kept while the name is routed.
+    placeholders: BTreeMap<SecretName, Arc<CertificateBundle>>,
+}
+
 /// Keeps the SDS secrets in the cache equal to the certificates in service.
 #[derive(Debug)]
 pub struct SecretPublisher {
@@ -128,7 +176,10 @@ pub struct SecretPublisher {
     node_key: String,
     wanted: Vec<ServedSecret>,
     source: String,
-    served: Mutex<BTreeMap<SecretName, Served>>,
+    /// Whether a stored certificate not configured is served too (routed
+    /// hosts: its host may be routed, or was, and is served until expiry).
+    serve_every_stored: bool,
+    state: Mutex<State>,
     metrics: Option<ServiceMetrics>,
     /// Whether every wanted certificate is served.
     complete: watch::Sender<bool>,
@@ -148,7 +199,8 @@ impl SecretPublisher {
             complete: watch::Sender::new(wanted.is_empty()),
             wanted,
             source: source.into(),
-            served: Mutex::new(BTreeMap::new()),
+            serve_every_stored: false,
+            state: Mutex::new(State::default()),
             metrics: None,
         }
     }
@@ -159,8 +211,22 @@ impl SecretPublisher {
         self
     }
 
+    /// Also serves every stored certificate offered, configured or not
+    /// (`--follow-routes`): routed hosts' certificates are stored under
+    /// their host's name, and one stays served until it expires, routed
+    /// or not, as every replica reads them from the store.
+    #[must_use]
+    pub fn serving_every_stored(mut self) -> Self {
+        self.serve_every_stored = true;
+        self
+    }
+
     pub fn wanted(&self) -> &[ServedSecret] {
         &self.wanted
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Serves `bundle` under `name`, unless that certificate is served
@@ -170,32 +236,33 @@ impl SecretPublisher {
         name: &SecretName,
         bundle: Arc<CertificateBundle>,
     ) -> Result<bool, SdsError> {
-        if !self.wanted.iter().any(|spec| spec.name == *name) {
+        let configured = self.wanted.iter().any(|spec| spec.name == *name);
+        if !configured && !self.serve_every_stored {
             return Ok(false);
         }
-        let mut served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
-        if served
+        let mut state = self.lock();
+        if state
+            .served
             .get(name)
             .is_some_and(|current| current.bundle.metadata() == bundle.metadata())
         {
             return Ok(false);
         }
-        let mut next: BTreeMap<SecretName, Arc<CertificateBundle>> = served
-            .iter()
-            .map(|(name, served)| (name.clone(), Arc::clone(&served.bundle)))
-            .collect();
-        next.insert(name.clone(), Arc::clone(&bundle));
-        let secrets: Vec<Secret> = self
-            .wanted
-            .iter()
-            .filter_map(|spec| {
-                next.get(&spec.name)
-                    .map(|bundle| envoy_secrets(spec, bundle))
-            })
-            .flatten()
-            .collect();
-        // The cache refuses the whole set or takes it; only then is it "served".
-        self.cache.set_secrets(&self.node_key, &secrets)?;
+        let previous = state.served.insert(
+            name.clone(),
+            Served {
+                bundle: Arc::clone(&bundle),
+                since: OffsetDateTime::now_utc(),
+            },
+        );
+        if let Err(error) = self.publish(&mut state) {
+            // The cache refuses the whole set or takes it; only then is it "served".
+            match previous {
+                Some(previous) => state.served.insert(name.clone(), previous),
+                None => state.served.remove(name),
+            };
+            return Err(error);
+        }
         info!(
             secret = %name,
             serial = %bundle.metadata().serial,
@@ -205,17 +272,10 @@ impl SecretPublisher {
         if let Some(metrics) = &self.metrics {
             metrics.certificate_served(name, bundle.metadata());
         }
-        served.insert(
-            name.clone(),
-            Served {
-                bundle,
-                since: OffsetDateTime::now_utc(),
-            },
-        );
         let complete = self
             .wanted
             .iter()
-            .all(|spec| served.contains_key(&spec.name));
+            .all(|spec| state.served.contains_key(&spec.name));
         self.complete.send_if_modified(|current| {
             let changed = *current != complete;
             *current = complete;
@@ -224,21 +284,126 @@ impl SecretPublisher {
         Ok(true)
     }
 
+    /// Serves a secret under every routed host's name at once: its own
+    /// certificate, the covering one, or a placeholder. A name no longer
+    /// routed keeps its real certificate (until it expires) and loses only
+    /// its placeholder. Returns whether Envoy gets an update.
+    pub fn set_routed(&self, routed: BTreeMap<SecretName, RoutedSecret>) -> Result<bool, SdsError> {
+        let mut state = self.lock();
+        if state.routed == routed {
+            return Ok(false);
+        }
+        let previous = std::mem::replace(&mut state.routed, routed);
+        let routed_names: Vec<SecretName> = state.routed.keys().cloned().collect();
+        state
+            .placeholders
+            .retain(|name, _| routed_names.contains(name));
+        if let Err(error) = self.publish(&mut state) {
+            state.routed = previous;
+            return Err(error);
+        }
+        Ok(true)
+    }
+
+    /// Builds every secret from `state` and hands the set to the cache,
+    /// generating the placeholders it needs.
+    fn publish(&self, state: &mut State) -> Result<(), SdsError> {
+        let mut secrets: Vec<Secret> = Vec::new();
+        let mut named: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for spec in &self.wanted {
+            if let Some(served) = state.served.get(&spec.name) {
+                for secret in envoy_secrets(spec, &served.bundle) {
+                    named.insert(secret.name.clone());
+                    secrets.push(secret);
+                }
+            }
+        }
+        // A routed host a configured certificate covers is served that one,
+        // even if a certificate of its own is stored (ordered before the
+        // configured one covered it): the covering one is the one renewed.
+        for (name, how) in &state.routed {
+            if let RoutedSecret::Covered { by } = how
+                && let Some(covering) = state.served.get(by)
+                && named.insert(name.as_str().to_owned())
+            {
+                secrets.extend(envoy_secrets(
+                    &ServedSecret {
+                        name: name.clone(),
+                        validation_context: None,
+                    },
+                    &covering.bundle,
+                ));
+            }
+        }
+        for (name, served) in &state.served {
+            if named.insert(name.as_str().to_owned()) {
+                secrets.extend(envoy_secrets(
+                    &ServedSecret {
+                        name: name.clone(),
+                        validation_context: None,
+                    },
+                    &served.bundle,
+                ));
+            }
+        }
+        let mut placeholders = 0_usize;
+        for (name, how) in &state.routed {
+            if !named.insert(name.as_str().to_owned()) {
+                continue;
+            }
+            let covering = match how {
+                RoutedSecret::Covered { by } => state.served.get(by).map(|s| &s.bundle),
+                RoutedSecret::Own | RoutedSecret::Refused => None,
+            };
+            let bundle = match covering {
+                Some(bundle) => Arc::clone(bundle),
+                None => {
+                    placeholders += 1;
+                    match state.placeholders.get(name) {
+                        Some(bundle) => Arc::clone(bundle),
+                        None => match placeholder(name.as_str()) {
+                            Ok(bundle) => {
+                                let bundle = Arc::new(bundle);
+                                state.placeholders.insert(name.clone(), Arc::clone(&bundle));
+                                bundle
+                            }
+                            Err(error) => {
+                                warn!(%error, "no placeholder served");
+                                continue;
+                            }
+                        },
+                    }
+                }
+            };
+            secrets.extend(envoy_secrets(
+                &ServedSecret {
+                    name: name.clone(),
+                    validation_context: None,
+                },
+                &bundle,
+            ));
+        }
+        self.cache.set_secrets(&self.node_key, &secrets)?;
+        if let Some(metrics) = &self.metrics {
+            metrics.set_placeholders(placeholders);
+        }
+        Ok(())
+    }
+
     /// The served certificate of `name`.
     pub fn current(&self, name: &SecretName) -> Option<Arc<CertificateBundle>> {
-        self.served
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.lock()
+            .served
             .get(name)
             .map(|served| Arc::clone(&served.bundle))
     }
 
     /// Configured certificates not served yet.
     pub fn missing(&self) -> Vec<SecretName> {
-        let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.lock();
         self.wanted
             .iter()
-            .filter(|spec| !served.contains_key(&spec.name))
+            .filter(|spec| !state.served.contains_key(&spec.name))
             .map(|spec| spec.name.clone())
             .collect()
     }
@@ -248,23 +413,65 @@ impl SecretPublisher {
         self.complete.subscribe()
     }
 
+    /// Every real certificate served, configured ones first.
     pub fn views(&self) -> Vec<CertificateView> {
-        let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
-        self.wanted
+        let state = self.lock();
+        let view = |name: &SecretName, entry: &Served, validation_context: Option<String>| {
+            let metadata = entry.bundle.metadata();
+            CertificateView {
+                secret: name.as_str().to_owned(),
+                names: metadata.names.iter().map(ToString::to_string).collect(),
+                serial: metadata.serial.clone(),
+                not_before: metadata.not_before,
+                not_after: metadata.not_after,
+                next_renewal: default_renewal_time(metadata),
+                served_since: entry.since,
+                source: self.source.clone(),
+                validation_context,
+            }
+        };
+        let mut views: Vec<CertificateView> = self
+            .wanted
             .iter()
             .filter_map(|spec| {
-                let entry = served.get(&spec.name)?;
-                let metadata = entry.bundle.metadata();
-                Some(CertificateView {
-                    secret: spec.name.as_str().to_owned(),
-                    names: metadata.names.iter().map(ToString::to_string).collect(),
-                    serial: metadata.serial.clone(),
-                    not_before: metadata.not_before,
-                    not_after: metadata.not_after,
-                    next_renewal: default_renewal_time(metadata),
-                    served_since: entry.since,
-                    source: self.source.clone(),
-                    validation_context: spec.validation_context.clone(),
+                let entry = state.served.get(&spec.name)?;
+                Some(view(&spec.name, entry, spec.validation_context.clone()))
+            })
+            .collect();
+        for (name, entry) in &state.served {
+            if !self.wanted.iter().any(|spec| spec.name == *name) {
+                views.push(view(name, entry, None));
+            }
+        }
+        views
+    }
+
+    /// Every routed host's secret, as served now.
+    pub fn routed_views(&self) -> Vec<RoutedSecretView> {
+        let state = self.lock();
+        state
+            .routed
+            .iter()
+            .filter_map(|(name, how)| {
+                let (served_as, covered_by, bundle) = if let RoutedSecret::Covered { by } = how
+                    && let Some(covering) = state.served.get(by)
+                {
+                    (
+                        ServedAs::Covered,
+                        Some(by.as_str().to_owned()),
+                        &covering.bundle,
+                    )
+                } else if let Some(own) = state.served.get(name) {
+                    (ServedAs::Own, None, &own.bundle)
+                } else {
+                    (ServedAs::Placeholder, None, state.placeholders.get(name)?)
+                };
+                Some(RoutedSecretView {
+                    host: name.as_str().to_owned(),
+                    served_as,
+                    covered_by,
+                    serial: bundle.metadata().serial.clone(),
+                    not_after: bundle.metadata().not_after,
                 })
             })
             .collect()
@@ -369,5 +576,177 @@ mod tests {
             json.contains("\"source\":\"disk:/var/lib/envoy-acme-sds\""),
             "{json}"
         );
+    }
+
+    /// The leaf of the secret `name` in the cache: its serial, hex.
+    fn served_serial(cache: &SnapshotCache, name: &str) -> Option<String> {
+        let snapshot = cache.snapshot("gateways")?;
+        let resource = snapshot
+            .resources(ResourceType::Secret)
+            .find(|r| r.name() == name)?;
+        let any = resource.to_any().ok()?;
+        let secret = <Secret as prost::Message>::decode(any.value.as_slice()).ok()?;
+        let Some(secret::Type::TlsCertificate(tls)) = secret.r#type else {
+            return None;
+        };
+        let Some(Specifier::InlineString(chain)) = tls.certificate_chain?.specifier else {
+            return None;
+        };
+        let der = parse_certificate_chain(&chain).ok()?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(der[0].as_ref()).ok()?;
+        Some(
+            leaf.raw_serial()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn every_routed_name_is_answered_at_once_and_a_real_certificate_replaces_the_placeholder() {
+        let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
+        let publisher = SecretPublisher::new(
+            cache.clone(),
+            "gateways",
+            vec![spec("*.example.com", None)],
+            "consul:certs",
+        )
+        .serving_every_stored();
+        let wildcard = SecretName::new("*.example.com").expect("name");
+        let new = SecretName::new("new.demo.test").expect("name");
+        let shop = SecretName::new("shop.example.com").expect("name");
+        let evil = SecretName::new("evil.other.test").expect("name");
+        let covering = bundle(&["*.example.com"]);
+        publisher
+            .offer(&wildcard, Arc::clone(&covering))
+            .expect("offer");
+
+        let routed = BTreeMap::from([
+            (new.clone(), RoutedSecret::Own),
+            (
+                shop.clone(),
+                RoutedSecret::Covered {
+                    by: wildcard.clone(),
+                },
+            ),
+            (evil.clone(), RoutedSecret::Refused),
+        ]);
+        assert!(publisher.set_routed(routed.clone()).expect("routed"));
+        assert!(!publisher.set_routed(routed.clone()).expect("same again"));
+        let snapshot = cache.snapshot("gateways").expect("snapshot");
+        let mut names: Vec<&str> = snapshot
+            .resources(ResourceType::Secret)
+            .map(|r| r.name())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            vec![
+                "*.example.com",
+                "evil.other.test",
+                "new.demo.test",
+                "shop.example.com"
+            ]
+        );
+        let served_as = |host: &str| {
+            publisher
+                .routed_views()
+                .into_iter()
+                .find(|v| v.host == host)
+                .map(|v| v.served_as)
+        };
+        assert_eq!(served_as("new.demo.test"), Some(ServedAs::Placeholder));
+        assert_eq!(served_as("evil.other.test"), Some(ServedAs::Placeholder));
+        assert_eq!(served_as("shop.example.com"), Some(ServedAs::Covered));
+        // The covered host is the wildcard's own certificate, under its name.
+        let wildcard_serial = served_serial(&cache, "*.example.com").expect("wildcard");
+        assert_eq!(
+            served_serial(&cache, "shop.example.com").as_deref(),
+            Some(wildcard_serial.as_str())
+        );
+        // The placeholder stays the same one until replaced.
+        let placeholder = served_serial(&cache, "new.demo.test").expect("placeholder");
+        assert!(
+            publisher
+                .set_routed(BTreeMap::from([(new.clone(), RoutedSecret::Own)]))
+                .expect("fewer")
+        );
+        assert!(publisher.set_routed(routed.clone()).expect("back"));
+        assert_eq!(
+            served_serial(&cache, "new.demo.test").as_deref(),
+            Some(placeholder.as_str())
+        );
+
+        // The host's own certificate arrives from the store: it replaces
+        // the placeholder, the other names untouched.
+        let own = bundle(&["new.demo.test"]);
+        assert!(publisher.offer(&new, Arc::clone(&own)).expect("offer"));
+        assert_eq!(served_as("new.demo.test"), Some(ServedAs::Own));
+        assert_eq!(
+            served_serial(&cache, "shop.example.com").as_deref(),
+            Some(wildcard_serial.as_str())
+        );
+
+        // Once a configured certificate covers it, that one is served
+        // under its name, though its own is stored.
+        let wildcard_for_new = bundle(&["*.demo.test"]);
+        let demo = SecretName::new("*.demo.test").expect("name");
+        publisher
+            .offer(&demo, Arc::clone(&wildcard_for_new))
+            .expect("offer");
+        assert!(
+            publisher
+                .set_routed(BTreeMap::from([(
+                    new.clone(),
+                    RoutedSecret::Covered { by: demo.clone() }
+                )]))
+                .expect("covered now")
+        );
+        assert_eq!(
+            served_serial(&cache, "new.demo.test"),
+            served_serial(&cache, "*.demo.test")
+        );
+        assert_eq!(served_as("new.demo.test"), Some(ServedAs::Covered));
+        assert!(publisher.set_routed(routed.clone()).expect("own again"));
+
+        // No longer routed: the real certificate stays served (until it
+        // expires), the placeholder of the refused host goes.
+        assert!(
+            publisher
+                .set_routed(BTreeMap::new())
+                .expect("nothing routed")
+        );
+        let snapshot = cache.snapshot("gateways").expect("snapshot");
+        let mut names: Vec<&str> = snapshot
+            .resources(ResourceType::Secret)
+            .map(|r| r.name())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["*.demo.test", "*.example.com", "new.demo.test"]);
+        assert!(publisher.routed_views().is_empty());
+        assert!(
+            publisher
+                .views()
+                .iter()
+                .any(|v| v.secret == "new.demo.test")
+        );
+    }
+
+    #[test]
+    fn without_follow_routes_only_configured_names_are_served() {
+        let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
+        let publisher = SecretPublisher::new(
+            cache.clone(),
+            "gateways",
+            vec![spec("a.example.com", None)],
+            "consul:certs",
+        );
+        let other = SecretName::new("other.example.com").expect("name");
+        assert!(
+            !publisher
+                .offer(&other, bundle(&["other.example.com"]))
+                .expect("offer")
+        );
+        assert!(publisher.views().is_empty());
     }
 }

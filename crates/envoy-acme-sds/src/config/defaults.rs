@@ -14,3 +14,11 @@ pub const HTTP01_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPE
 pub const LOCK_DELAY: Duration = Duration::from_secs(15);
 pub const SESSION_TTL: Duration = Duration::from_secs(15);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The gateway's default tag prefix: both read the same tags.
+pub const TAG_PREFIX: &str = "edge";
+/// Let's Encrypt allows 300 new orders per account per 3 hours; a fifth of
+/// that per hour leaves the static certificates and retries room.
+pub const ORDERS_PER_HOUR: u32 = 20;
+/// A week: longer than any redeploy or maintenance window that takes a
+/// service's tags away for a while, shorter than a certificate's life.
+pub const UNROUTED_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);

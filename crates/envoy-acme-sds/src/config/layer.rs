@@ -192,6 +192,48 @@ pub struct Layer {
     #[serde(skip)]
     pub shutdown_grace: Option<Duration>,
 
+    /// Also obtain a certificate for every TLS host routed by service tags in the Consul catalog.
+    #[arg(long, env = "ENVOY_ACME_SDS_FOLLOW_ROUTES")]
+    #[serde(default)]
+    pub follow_routes: bool,
+
+    #[arg(
+        long,
+        env = "ENVOY_ACME_SDS_TAG_PREFIX",
+        help = help_with_default("Prefix of the route tags, as the gateway's", defaults::TAG_PREFIX)
+    )]
+    pub tag_prefix: Option<String>,
+
+    /// Domains routed hosts may be ordered for: a host equal to a suffix or ending in `.SUFFIX`. Required with --follow-routes.
+    #[arg(
+        long,
+        env = "ENVOY_ACME_SDS_ALLOWED_DOMAINS",
+        value_name = "SUFFIX,...",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+
+    #[arg(
+        long,
+        env = "ENVOY_ACME_SDS_ORDERS_PER_HOUR",
+        value_name = "N",
+        help = help_with_default("Cap on new orders for routed hosts per hour", defaults::ORDERS_PER_HOUR)
+    )]
+    pub orders_per_hour: Option<u32>,
+
+    #[arg(
+        long,
+        env = "ENVOY_ACME_SDS_UNROUTED_GRACE",
+        value_parser = parse_duration,
+        help = help_with_default(
+            "How long a host no longer routed keeps being renewed",
+            format_duration(defaults::UNROUTED_GRACE),
+        )
+    )]
+    #[serde(default, deserialize_with = "duration::deserialize_optional")]
+    pub unrouted_grace: Option<Duration>,
+
     /// The file's `[[certificate]]` tables.
     #[arg(skip)]
     #[serde(default, rename = "certificate")]
@@ -230,6 +272,11 @@ impl Layer {
             admin,
             log_format,
             shutdown_grace,
+            follow_routes,
+            tag_prefix,
+            allowed_domains,
+            orders_per_hour,
+            unrouted_grace,
             mut certificates,
         } = self;
         certs.extend(fallback.certs);
@@ -263,6 +310,17 @@ impl Layer {
             admin: admin.or(fallback.admin),
             log_format: log_format.or(fallback.log_format),
             shutdown_grace: shutdown_grace.or(fallback.shutdown_grace),
+            // A flag can only say yes; either layer saying it is enough.
+            follow_routes: follow_routes || fallback.follow_routes,
+            tag_prefix: tag_prefix.or(fallback.tag_prefix),
+            // A list replaces the fallback's as a whole, as `email` does.
+            allowed_domains: if allowed_domains.is_empty() {
+                fallback.allowed_domains
+            } else {
+                allowed_domains
+            },
+            orders_per_hour: orders_per_hour.or(fallback.orders_per_hour),
+            unrouted_grace: unrouted_grace.or(fallback.unrouted_grace),
             certificates,
         }
     }

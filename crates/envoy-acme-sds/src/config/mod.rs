@@ -7,8 +7,10 @@
 //! setting is parsed the same way wherever it is written. Precedence: a flag
 //! (or its variable) wins over the file, the file over the defaults
 //! ([`defaults`]); [`Layer::or`] is the one merge. Certificates add up: those
-//! of `--cert` and those of the file's `[[certificate]]` tables. Rules across
-//! settings (wildcards need dns-01, secret names are unique, ...) live in
+//! of `--cert` and those of the file's `[[certificate]]` tables (none at all
+//! only with `--follow-routes`). Rules across settings (wildcards need
+//! dns-01, secret names are unique, `--follow-routes` needs
+//! `--allowed-domains`, ...) live in
 //! [`rules`]. Every error names the flag or the field.
 //!
 //! ```toml
@@ -16,6 +18,13 @@
 //! email = "ops@example.com"
 //! challenge = "dns-01"
 //! storage = "consul:envoy-acme-sds"
+//!
+//! # Certificates for the TLS hosts service tags route (optional)
+//! follow_routes = true
+//! allowed_domains = ["example.com"]      # required with follow_routes
+//! tag_prefix = "edge"
+//! orders_per_hour = 20
+//! unrouted_grace = "168h"                # a week
 //!
 //! [rfc2136]
 //! server = "10.0.0.53:53"
@@ -51,7 +60,8 @@ pub use layer::{
 };
 pub use resolve::resolve_storage;
 pub use settings::{
-    CertificateSettings, ChallengeSettings, Settings, StorageLocation, StorageSettings,
+    CertificateSettings, ChallengeSettings, RoutesSettings, Settings, StorageLocation,
+    StorageSettings,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use service_support::consul::ConsulArgs;
 
 use super::{
-    CertificateSettings, ChallengeSettings, ConfigError, Layer, Settings, StorageArgs,
-    StorageLocation, StorageSettings, defaults, invalid, rules,
+    CertificateSettings, ChallengeSettings, ConfigError, Layer, RoutesSettings, Settings,
+    StorageArgs, StorageLocation, StorageSettings, defaults, invalid, rules,
 };
 use crate::acme::{AcmeConfig, ExternalAccountBinding, LETS_ENCRYPT_STAGING};
 use crate::challenge::ChallengeKind;
@@ -17,9 +17,11 @@ use crate::challenge::tsig_file::read_tsig_key;
 use crate::domain::NameSet;
 use crate::keys::KeyType;
 use crate::manager::CertificateSpec;
+use crate::routed::policy::AllowedSuffix;
 use crate::secret::Secret;
 use crate::store::SecretName;
 use crate::store::encryption::KeyEncryption;
+use route_tags::TagPrefix;
 
 impl Layer {
     /// Reads the file (if any) and every referenced file, and checks it all.
@@ -39,7 +41,8 @@ impl Layer {
         let acme = self.resolve_acme()?;
         let challenge = self.resolve_challenge()?;
         let certificates = self.resolve_certificates(flag_certs)?;
-        rules::certificates_fit(&certificates, &challenge)?;
+        rules::certificates_fit(&certificates, &challenge, self.follow_routes)?;
+        let routes = self.resolve_routes()?;
         let session_ttl = self.session_ttl.unwrap_or(defaults::SESSION_TTL);
         rules::session_ttl_allowed(session_ttl)?;
         let lock_delay = self.lock_delay.unwrap_or(defaults::LOCK_DELAY);
@@ -57,7 +60,36 @@ impl Layer {
             admin_listen: self.admin.listen(),
             log_format: self.log_format.unwrap_or_default(),
             shutdown_grace: self.shutdown_grace.unwrap_or(defaults::SHUTDOWN_GRACE),
+            routes,
         })
+    }
+
+    fn resolve_routes(&self) -> Result<Option<RoutesSettings>, ConfigError> {
+        rules::routes_fit(self)?;
+        if !self.follow_routes {
+            return Ok(None);
+        }
+        let prefix_text = self.tag_prefix.as_deref().unwrap_or(defaults::TAG_PREFIX);
+        let prefix =
+            TagPrefix::new(prefix_text).map_err(|e| invalid("--tag-prefix", e.to_string()))?;
+        let allowed = self
+            .allowed_domains
+            .iter()
+            .map(|suffix| {
+                AllowedSuffix::parse(suffix)
+                    .map_err(|e| invalid("--allowed-domains", format!("`{suffix}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(RoutesSettings {
+            prefix,
+            allowed,
+            orders_per_hour: self.orders_per_hour.unwrap_or(defaults::ORDERS_PER_HOUR),
+            unrouted_grace: self.unrouted_grace.unwrap_or(defaults::UNROUTED_GRACE),
+            consul: self.consul.client_config()?,
+            key_type: self.key_type.unwrap_or_default(),
+            profile: self.acme_profile.clone(),
+            zone: self.rfc2136.rfc2136_zone.clone(),
+        }))
     }
 
     fn resolve_acme(&self) -> Result<AcmeConfig, ConfigError> {

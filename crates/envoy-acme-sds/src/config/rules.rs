@@ -63,6 +63,33 @@ pub fn consul_keys_sealed(storage: &StorageSettings) -> Result<(), ConfigError> 
     Ok(())
 }
 
+/// Routed hosts are ordered only under the operator's own domains, so
+/// following routes without saying which they are is refused; and the
+/// routed settings mean nothing without `--follow-routes`.
+pub fn routes_fit(layer: &Layer) -> Result<(), ConfigError> {
+    if layer.follow_routes {
+        if layer.allowed_domains.is_empty() {
+            return Err(invalid(
+                "--allowed-domains",
+                "required with --follow-routes: the domains routed hosts may be ordered for \
+                 (e.g. --allowed-domains example.com), so a service's tag cannot make us order \
+                 a name we do not own",
+            ));
+        }
+        return Ok(());
+    }
+    let stray = [
+        ("--tag-prefix", layer.tag_prefix.is_some()),
+        ("--allowed-domains", !layer.allowed_domains.is_empty()),
+        ("--orders-per-hour", layer.orders_per_hour.is_some()),
+        ("--unrouted-grace", layer.unrouted_grace.is_some()),
+    ];
+    if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
+        return Err(invalid(*flag, "applies only with --follow-routes"));
+    }
+    Ok(())
+}
+
 /// Consul refuses shorter session TTLs.
 pub fn session_ttl_allowed(ttl: Duration) -> Result<(), ConfigError> {
     if ttl < MIN_SESSION_TTL {
@@ -93,11 +120,13 @@ pub fn lock_delay_allowed(delay: Duration) -> Result<(), ConfigError> {
 
 /// At least one certificate; every secret name (certificates and their
 /// validation contexts) served once; wildcards only where dns-01 proves them.
+/// With `--follow-routes` the list may be empty: routed hosts bring their own.
 pub fn certificates_fit(
     certificates: &[CertificateSettings],
     challenge: &ChallengeSettings,
+    follow_routes: bool,
 ) -> Result<(), ConfigError> {
-    if certificates.is_empty() {
+    if certificates.is_empty() && !follow_routes {
         return Err(invalid(
             "--cert",
             "no certificate configured (give --cert or [[certificate]] in --config)",

@@ -13,8 +13,11 @@ use xds_core::{Listen, TlsOptions};
 use crate::acme::AcmeConfig;
 use crate::challenge::ChallengeKind;
 use crate::challenge::dns01::TsigKey;
+use crate::keys::KeyType;
 use crate::manager::CertificateSpec;
+use crate::routed::policy::AllowedSuffix;
 use crate::store::encryption::KeyEncryption;
+use route_tags::TagPrefix;
 
 /// Everything the service runs with.
 #[derive(Debug, Clone)]
@@ -31,6 +34,24 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    /// Set with `--follow-routes`.
+    pub routes: Option<RoutesSettings>,
+}
+
+/// Certificates for routed hosts (`--follow-routes`), resolved.
+#[derive(Debug, Clone)]
+pub struct RoutesSettings {
+    pub prefix: TagPrefix,
+    pub allowed: Vec<AllowedSuffix>,
+    pub orders_per_hour: u32,
+    pub unrouted_grace: Duration,
+    /// The catalog is read from this Consul, whatever the storage.
+    pub consul: ClientConfig,
+    /// Of routed hosts' certificates: the configured defaults.
+    pub key_type: KeyType,
+    pub profile: Option<String>,
+    /// `--rfc2136-zone`, if given: else each host's allowed suffix.
+    pub zone: Option<String>,
 }
 
 /// Where certificates are stored.

@@ -566,3 +566,164 @@ fn a_previous_key_needs_a_current_one() {
         "{error}"
     );
 }
+
+#[test]
+fn following_routes_needs_allowed_domains_and_takes_its_defaults() {
+    let base = [
+        "--storage",
+        "disk:/x",
+        "--challenge",
+        "http-01",
+        "--follow-routes",
+    ];
+    let error = parse(&base)
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("no allow-list");
+    assert!(
+        error.to_string().starts_with("--allowed-domains: required"),
+        "{error}"
+    );
+
+    // No --cert at all: routed hosts bring their own certificates.
+    let mut args = base.to_vec();
+    args.extend(["--allowed-domains", "demo.test,Example.COM."]);
+    let settings = parse(&args)
+        .expect("parses")
+        .run
+        .resolve()
+        .expect("resolves");
+    assert!(settings.certificates.is_empty());
+    let routes = settings.routes.expect("routes");
+    assert_eq!(routes.prefix.as_str(), "edge");
+    let allowed: Vec<&str> = routes.allowed.iter().map(|s| s.as_str()).collect();
+    assert_eq!(allowed, vec!["demo.test", "example.com"]);
+    assert_eq!(routes.orders_per_hour, defaults::ORDERS_PER_HOUR);
+    assert_eq!(routes.unrouted_grace, defaults::UNROUTED_GRACE);
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--allowed-domains",
+        "demo.test",
+        "--tag-prefix",
+        "web",
+        "--orders-per-hour",
+        "3",
+        "--unrouted-grace",
+        "2h",
+    ]);
+    let routes = parse(&args)
+        .expect("parses")
+        .run
+        .resolve()
+        .expect("resolves")
+        .routes
+        .expect("routes");
+    assert_eq!(routes.prefix.as_str(), "web");
+    assert_eq!(routes.orders_per_hour, 3);
+    assert_eq!(routes.unrouted_grace, Duration::from_secs(7200));
+
+    let mut args = base.to_vec();
+    args.extend(["--allowed-domains", "*.demo.test"]);
+    let error = parse(&args)
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("wildcard suffix");
+    assert!(error.to_string().contains("--allowed-domains"), "{error}");
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--allowed-domains",
+        "demo.test",
+        "--tag-prefix",
+        "bad prefix",
+    ]);
+    let error = parse(&args)
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("bad prefix");
+    assert!(error.to_string().contains("--tag-prefix"), "{error}");
+
+    let error = parse(&["--orders-per-hour", "many"]).expect_err("not a number");
+    assert!(error.to_string().contains("--orders-per-hour"), "{error}");
+
+    // Without --follow-routes the routed settings are refused, not ignored,
+    // and no certificate at all still is.
+    let error = parse(&[
+        "--storage",
+        "disk:/x",
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+        "--allowed-domains",
+        "demo.test",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect_err("stray flag");
+    assert!(
+        error
+            .to_string()
+            .starts_with("--allowed-domains: applies only with --follow-routes"),
+        "{error}"
+    );
+    let error = parse(&["--storage", "disk:/x", "--challenge", "http-01"])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("nothing to serve");
+    assert!(error.to_string().contains("--cert"), "{error}");
+}
+
+#[test]
+fn routed_settings_come_from_the_file_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        &dir,
+        r#"
+storage = "disk:/x"
+challenge = "http-01"
+follow_routes = true
+tag_prefix = "gw"
+allowed_domains = ["demo.test"]
+orders_per_hour = 7
+unrouted_grace = "36h"
+"#,
+    );
+    let routes = parse(&["--config", &config])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect("resolves")
+        .routes
+        .expect("routes");
+    assert_eq!(routes.prefix.as_str(), "gw");
+    assert_eq!(routes.orders_per_hour, 7);
+    assert_eq!(routes.unrouted_grace, Duration::from_secs(36 * 3600));
+    // The flag's list replaces the file's.
+    let routes = parse(&["--config", &config, "--allowed-domains", "other.test"])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect("resolves")
+        .routes
+        .expect("routes");
+    let allowed: Vec<&str> = routes.allowed.iter().map(|s| s.as_str()).collect();
+    assert_eq!(allowed, vec!["other.test"]);
+
+    let config = write_config(
+        &dir,
+        "storage = \"disk:/x\"\nchallenge = \"http-01\"\nfollow_routes = true\n",
+    );
+    let error = parse(&["--config", &config])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("no allow-list in the file either");
+    assert!(error.to_string().contains("--allowed-domains"), "{error}");
+}
