@@ -493,6 +493,10 @@ pub fn service_decl(prefix: &TagPrefix, instances: &[InstanceTags<'_>]) -> Servi
         .collect();
     problems.sort();
     problems.dedup();
+    // Kept per service for as long as it routes: room for routes never
+    // pushed is kilobytes each at thousands of services.
+    routes.shrink_to_fit();
+    problems.shrink_to_fit();
 
     ServiceDecl {
         routes,

@@ -405,6 +405,10 @@ fn listener_table(
                 from_any_host: false,
             });
         }
+        // Most hosts have one route, and a vector grown by pushing holds
+        // room for four: at 5,000 hosts that is megabytes of table kept for
+        // nothing, twice while a rebuild holds the old table beside the new.
+        routes.shrink_to_fit();
         virtual_hosts.push(VirtualHostTable {
             host: host.clone(),
             tls,
@@ -413,12 +417,14 @@ fn listener_table(
     }
     if let Some(mut routes) = any_host {
         sort_routes(&mut routes);
+        routes.shrink_to_fit();
         virtual_hosts.push(VirtualHostTable {
             host: HostPattern::Any,
             tls: false,
             routes,
         });
     }
+    virtual_hosts.shrink_to_fit();
     ListenerTable {
         listener: listener.clone(),
         virtual_hosts,
