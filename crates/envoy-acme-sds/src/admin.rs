@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::election::Leadership;
 use crate::outcomes::{LastOutcome, LastOutcomes};
+use crate::renewer::AccountStatus;
 use crate::routed::policy::HostPlan;
 use crate::routed::{RefusedHost, RoutedView};
 use crate::sds::{CertificateView, RoutedSecretView, SecretPublisher, ServedAs};
@@ -36,6 +37,8 @@ pub struct SdsAdmin {
     routed: Option<(watch::Receiver<Arc<RoutedView>>, Duration)>,
     /// Each certificate's last outcome (the renewing replica's only).
     outcomes: Option<LastOutcomes>,
+    /// This replica's ACME account, as the renewer last reached it.
+    account: Option<watch::Receiver<AccountStatus>>,
 }
 
 /// One routed host as `/debug/certificates` shows it.
@@ -73,6 +76,8 @@ struct DebugCertificates<'a> {
     routed: Option<Vec<RoutedHostView>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refused: Option<Vec<RefusedHost>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acme_account: Option<AccountStatus>,
 }
 
 #[derive(Serialize)]
@@ -97,7 +102,19 @@ impl SdsAdmin {
             keys_at_rest: None,
             routed: None,
             outcomes: None,
+            account: None,
         }
+    }
+
+    /// Shows how this replica's ACME account stands.
+    #[must_use]
+    pub fn with_account(mut self, account: watch::Receiver<AccountStatus>) -> Self {
+        self.account = Some(account);
+        self
+    }
+
+    fn account(&self) -> Option<AccountStatus> {
+        self.account.as_ref().map(|seen| seen.borrow().clone())
     }
 
     /// Shows each certificate's last outcome, as `outcomes` records them.
@@ -206,6 +223,7 @@ impl SdsAdmin {
             certificates: self.publisher.views(),
             routed: None,
             refused: None,
+            acme_account: self.account(),
         };
 
         if let Some((routed, refused)) = self.routed_hosts() {
@@ -236,6 +254,22 @@ impl SdsAdmin {
             Some(keys) => format!("<b class=\"bad\">{}</b>", escape(&keys.summary())),
             None => "not known (followed with Consul storage only)".to_owned(),
         };
+        let account = match self.account() {
+            None => String::new(),
+            Some(AccountStatus::NotConnected) => {
+                "<p>ACME account: not asked for yet (this replica has not held the renewal lock)</p>"
+                    .to_owned()
+            }
+            Some(AccountStatus::Ready { directory }) => {
+                format!("<p>ACME account: ready at {}</p>", escape(&directory))
+            }
+            Some(AccountStatus::Unreachable { error, retry_at }) => format!(
+                "<p>ACME account: <b class=\"bad\">unreachable, nothing is ordered or renewed</b>: {} \
+                 (next attempt {})</p>",
+                escape(&error),
+                format_date(retry_at)
+            ),
+        };
         let mut rows = String::new();
         for view in self.publisher.views() {
             let _ = write!(
@@ -249,6 +283,11 @@ impl SdsAdmin {
                 self.last_outcome_cell(&view.secret),
             );
         }
+        if rows.is_empty() {
+            rows.push_str(
+                "<tr><td colspan=\"6\">none served: no certificate is configured, or none is stored yet</td></tr>",
+            );
+        }
         let routed = self.routed_section();
         AdminResponse::html(format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>envoy-acme-sds</title>\
@@ -257,7 +296,8 @@ impl SdsAdmin {
              <body><h1>envoy-acme-sds</h1>\
              <p>Instance <b>{instance}</b>: {role}. Status: <b>{readiness}</b> · \
              <a href=\"/debug/certificates\">certificates JSON</a> · <a href=\"/metrics\">metrics</a></p>\
-             <p>Keys at rest: {keys}</p>\
+             <p>Keys at rest: {keys}</p>{account}\
+             <h2>Configured certificates</h2>\
              <table><tr><th>secret</th><th>names</th><th>serial</th><th>not after</th>\
              <th>next renewal</th><th>last result</th></tr>{rows}</table>{routed}</body></html>",
             instance = escape(&self.instance),
@@ -329,6 +369,8 @@ impl SdsAdmin {
 }
 
 fn format_date(date: time::OffsetDateTime) -> String {
+    // Whole seconds: a person reading the page needs no nanoseconds.
+    let date = date.replace_nanosecond(0).unwrap_or(date);
     date.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -360,5 +402,60 @@ impl AdminRoutes for SdsAdmin {
             "/debug/certificates" => Some(self.certificates()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use xds_core::{SharedKey, SnapshotCache};
+
+    use super::*;
+
+    fn admin() -> SdsAdmin {
+        let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
+        let publisher = SecretPublisher::new(cache, "gateways", Vec::new(), "disk:/store");
+        SdsAdmin::new(Arc::new(publisher), None, "replica-1")
+    }
+
+    fn page(admin: &SdsAdmin) -> String {
+        admin.route("/").expect("a status page").body
+    }
+
+    #[test]
+    fn an_unreachable_acme_account_is_on_the_status_page_and_in_the_json() {
+        let (account, seen) = watch::channel(AccountStatus::NotConnected);
+        let admin = admin().with_account(seen);
+        assert!(page(&admin).contains("not asked for yet"));
+
+        let retry_at = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        account.send_replace(AccountStatus::Unreachable {
+            error: "ACME account at https://ca.test/dir: connection refused".to_owned(),
+            retry_at,
+        });
+        let html = page(&admin);
+        assert!(
+            html.contains("unreachable, nothing is ordered or renewed"),
+            "{html}"
+        );
+        assert!(html.contains("https://ca.test/dir: connection refused"));
+        assert!(html.contains(&format_date(retry_at)));
+        let json: serde_json::Value =
+            serde_json::from_str(&admin.route("/debug/certificates").expect("json").body)
+                .expect("JSON");
+        assert_eq!(json["acme_account"]["state"], "unreachable");
+
+        account.send_replace(AccountStatus::Ready {
+            directory: "https://ca.test/dir".to_owned(),
+        });
+        assert!(page(&admin).contains("ACME account: ready at https://ca.test/dir"));
+    }
+
+    #[test]
+    fn an_empty_certificate_table_says_so() {
+        let html = page(&admin());
+        assert!(html.contains("<h2>Configured certificates</h2>"));
+        assert!(html.contains("none served"), "{html}");
+        // Without a renewer attached there is no account line.
+        assert!(!html.contains("ACME account"));
     }
 }

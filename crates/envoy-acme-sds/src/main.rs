@@ -99,6 +99,7 @@ async fn serve(args: Layer) -> Result<()> {
         Arc::new(outcomes.clone()),
     ]));
     let mut renewer = Renewer::new(certificates, acme, wake_receiver).with_observer(observer);
+    let account_status = renewer.account_status();
 
     let cache = SnapshotCache::new(SharedKey(NODE_KEY.to_owned()));
     let wanted = settings
@@ -198,7 +199,8 @@ async fn serve(args: Layer) -> Result<()> {
         settings.instance_name.clone(),
     )
     .with_keys_at_rest(keys_at_rest_seen)
-    .with_outcomes(outcomes);
+    .with_outcomes(outcomes)
+    .with_account(account_status);
     if let Some((view, grace)) = routed_view {
         admin_routes = admin_routes.with_routed(view, grace);
     }

@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,11 +43,31 @@ pub struct ManagedCertificate {
     pub solver: Arc<dyn ChallengeSolver>,
 }
 
+/// How this replica's ACME account stands, for the status page: while it
+/// cannot be reached nothing is ordered or renewed, which a person must see
+/// without reading the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AccountStatus {
+    /// Not asked for: this replica has not held the renewal lock yet.
+    #[default]
+    NotConnected,
+    Ready {
+        directory: String,
+    },
+    Unreachable {
+        error: String,
+        #[serde(with = "time::serde::rfc3339")]
+        retry_at: OffsetDateTime,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Renewer {
     certificates: Vec<ManagedCertificate>,
     acme: AcmeConfig,
     wake: watch::Receiver<()>,
+    account: Arc<watch::Sender<AccountStatus>>,
     observer: Option<Arc<dyn RenewalObserver>>,
     /// Orders for routed hosts too (`--follow-routes`).
     routed: Option<RoutedOrdering>,
@@ -62,9 +84,15 @@ impl Renewer {
             certificates,
             acme,
             wake,
+            account: Arc::new(watch::Sender::new(AccountStatus::default())),
             observer: None,
             routed: None,
         }
+    }
+
+    /// How the ACME account stands, as it changes.
+    pub fn account_status(&self) -> watch::Receiver<AccountStatus> {
+        self.account.subscribe()
     }
 
     /// Also keeps a certificate for every routed host that gets its own.
@@ -138,12 +166,19 @@ impl Renewer {
                         directory = client.directory_url(),
                         "ACME account ready"
                     );
+                    self.account.send_replace(AccountStatus::Ready {
+                        directory: client.directory_url().to_owned(),
+                    });
                     return Some(Arc::new(client));
                 }
                 Err(error) => {
                     let delay = ACCOUNT_RETRY[attempt.min(ACCOUNT_RETRY.len() - 1)];
                     attempt += 1;
                     error!(%error, retry_in = ?delay, "cannot reach the ACME account; nothing is renewed meanwhile");
+                    self.account.send_replace(AccountStatus::Unreachable {
+                        error: error.to_string(),
+                        retry_at: OffsetDateTime::now_utc() + delay,
+                    });
                     tokio::select! {
                         () = until.cancelled() => return None,
                         () = tokio::time::sleep(delay) => {}
