@@ -24,8 +24,8 @@ use consul_client::{AgentCheck, AgentServiceRegistration, CheckStatus, Client, C
 use test_support::acme_ari::AriFront;
 use test_support::bootstrap::{ads_only_bootstrap, control_plane_cluster};
 use test_support::{
-    Backend, ConsulAgent, Envoy, Knot, ManagedProcess, PebbleOptions, eventually, free_port,
-    http_get,
+    Backend, ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, eventually,
+    free_port, http_get,
 };
 
 const ZONE: &str = "demo.test";
@@ -135,30 +135,71 @@ async fn start_gateway(consul: &ConsulAgent, xds: SocketAddr, plain: u16, secure
     gateway
 }
 
+/// What the DNS-01 tests share: knot serving the zone, Consul, pebble
+/// behind an ARI front that counts new orders, pebble's root, and a
+/// directory holding the front's CA and knot's TSIG key.
+struct Dns01World {
+    knot: Knot,
+    consul: ConsulAgent,
+    consul_client: Client,
+    _pebble: Pebble,
+    front: AriFront,
+    root: String,
+    dir: tempfile::TempDir,
+    ca_file: PathBuf,
+    tsig: PathBuf,
+}
+
+impl Dns01World {
+    async fn start() -> Self {
+        let knot = Knot::start(ZONE, &["@ A 127.0.0.1"]).await.expect("knot");
+        let consul = ConsulAgent::start().await.expect("consul");
+        let consul_client = client(&consul);
+        // No nonce rejections: every new-order request the front sees is
+        // one order, so its count is exact.
+        let pebble = start_pebble(
+            &knot,
+            PebbleOptions {
+                nonce_reject_percent: Some(0),
+                ..PebbleOptions::default()
+            },
+        )
+        .await;
+        let front = AriFront::start(&pebble.directory_url(), pebble.listener_ca_pem())
+            .await
+            .expect("front");
+        let root = pebble.issuing_root_pem().await.expect("pebble root");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("front-ca.pem");
+        std::fs::write(&ca_file, front.ca_pem()).expect("ca file");
+        let tsig = tsig_key_file(&knot, dir.path());
+        Self {
+            knot,
+            consul,
+            consul_client,
+            _pebble: pebble,
+            front,
+            root,
+            dir,
+            ca_file,
+            tsig,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_refused() {
-    let knot = Knot::start(ZONE, &["@ A 127.0.0.1"]).await.expect("knot");
-    let consul = ConsulAgent::start().await.expect("consul");
-    let consul_client = client(&consul);
-    // No nonce rejections: every new-order request the front sees is one
-    // order, so its count is exact.
-    let pebble = start_pebble(
-        &knot,
-        PebbleOptions {
-            nonce_reject_percent: Some(0),
-            ..PebbleOptions::default()
-        },
-    )
-    .await;
-    let front = AriFront::start(&pebble.directory_url(), pebble.listener_ca_pem())
-        .await
-        .expect("front");
-    let root = pebble.issuing_root_pem().await.expect("pebble root");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_file = dir.path().join("front-ca.pem");
-    std::fs::write(&ca_file, front.ca_pem()).expect("ca file");
-    let tsig = tsig_key_file(&knot, dir.path());
+    let Dns01World {
+        knot,
+        consul,
+        consul_client,
+        _pebble,
+        front,
+        root,
+        dir,
+        ca_file,
+        tsig,
+    } = Dns01World::start().await;
     let storage = dir.path().join("store");
     let wildcard = "*.wild.demo.test";
     let args: Vec<String> = [
@@ -600,26 +641,17 @@ async fn http01_through_the_gateway_gives_a_new_host_https() {
 /// Envoys present it, each from its own replica's SDS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_orders_both_envoys_present_the_new_hosts_certificate() {
-    let knot = Knot::start(ZONE, &["@ A 127.0.0.1"]).await.expect("knot");
-    let consul = ConsulAgent::start().await.expect("consul");
-    let consul_client = client(&consul);
-    let pebble = start_pebble(
-        &knot,
-        PebbleOptions {
-            nonce_reject_percent: Some(0),
-            ..PebbleOptions::default()
-        },
-    )
-    .await;
-    let front = AriFront::start(&pebble.directory_url(), pebble.listener_ca_pem())
-        .await
-        .expect("front");
-    let root = pebble.issuing_root_pem().await.expect("pebble root");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_file = dir.path().join("front-ca.pem");
-    std::fs::write(&ca_file, front.ca_pem()).expect("ca file");
-    let tsig = tsig_key_file(&knot, dir.path());
+    let Dns01World {
+        knot,
+        consul,
+        consul_client,
+        _pebble,
+        front,
+        root,
+        dir,
+        ca_file,
+        tsig,
+    } = Dns01World::start().await;
     let key_file = dir.path().join("encryption.key");
     std::fs::write(&key_file, [9_u8; 32]).expect("key file");
     let start = |name: &str| {
