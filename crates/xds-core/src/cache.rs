@@ -71,6 +71,27 @@ struct NodeEntry {
     snapshot: watch::Sender<Arc<Snapshot>>,
 }
 
+/// Wakes on each new snapshot of one node key; see [`SnapshotCache::changes`].
+#[derive(Debug)]
+pub struct SnapshotChanges {
+    /// `None` once the node key was removed from the cache.
+    receiver: Option<watch::Receiver<Arc<Snapshot>>>,
+}
+
+impl SnapshotChanges {
+    /// Resolves at the next snapshot written after this value was made or
+    /// after the last call returned; never, once the node key was removed.
+    pub async fn changed(&mut self) {
+        if let Some(receiver) = &mut self.receiver
+            && receiver.changed().await.is_ok()
+        {
+            return;
+        }
+        self.receiver = None;
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Everything one node key is served, at one moment; immutable.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -203,6 +224,15 @@ impl SnapshotCache {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         nodes.remove(node_key);
+    }
+
+    /// A handle that wakes on every later snapshot of `node_key`, for an
+    /// application waiting for another writer's resources (endpoints a
+    /// different task writes) without polling.
+    pub fn changes(&self, node_key: &str) -> SnapshotChanges {
+        SnapshotChanges {
+            receiver: Some(self.watch(node_key)),
+        }
     }
 
     /// A receiver that sees every snapshot of `node_key` from now on.

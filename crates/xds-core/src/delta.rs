@@ -23,6 +23,7 @@ use crate::protocol::{PerType, Protocol, Reply, TypeWatch};
 use crate::status::Rejection;
 use crate::subscription::{Subscription, WILDCARD};
 use crate::tracker::{Mode, Tracker};
+use crate::version::Version;
 
 /// Responses per type remembered for their ACK; a client that never
 /// answers cannot grow this without bound.
@@ -36,6 +37,8 @@ pub(crate) struct DeltaType {
     tracker: Tracker,
     /// (nonce, system version) of responses not yet answered, oldest first.
     outstanding: VecDeque<(String, String)>,
+    /// The cache version last shown as caught up in the stream's status.
+    caught_up: Option<Version>,
     _watch: TypeWatch,
 }
 
@@ -62,6 +65,7 @@ impl Protocol for Delta {
                 subscription: Subscription::new(ctx.subscriptions.clone(), resource_type),
                 tracker,
                 outstanding: VecDeque::new(),
+                caught_up: None,
                 _watch: TypeWatch::new(&ctx.metrics, resource_type),
             }
         });
@@ -149,6 +153,11 @@ impl Protocol for Delta {
         for (resource_type, state) in &mut self.types {
             let type_snapshot = snapshot.of_type(*resource_type);
             let Some(plan) = state.tracker.plan(type_snapshot, &state.subscription) else {
+                self.ctx.record_caught_up(
+                    *resource_type,
+                    type_snapshot.version,
+                    &mut state.caught_up,
+                );
                 continue;
             };
             state.tracker.record(&plan);
@@ -166,6 +175,8 @@ impl Protocol for Delta {
                 plan.upserts.len() + plan.removals.len(),
                 plan.after_write,
             );
+            self.ctx
+                .record_caught_up(*resource_type, type_snapshot.version, &mut state.caught_up);
             tracing::debug!(
                 resource_type = %resource_type,
                 %version,

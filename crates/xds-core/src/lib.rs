@@ -56,12 +56,12 @@ pub mod subscription;
 mod tracker;
 pub mod version;
 
-pub use cache::{CacheError, Snapshot, SnapshotCache};
+pub use cache::{CacheError, Snapshot, SnapshotCache, SnapshotChanges};
 pub use incoming::Listen;
 pub use metrics::Metrics;
 pub use node::{ByNodeCluster, ByNodeId, NodeHash, SharedKey};
 pub use resource::{Resource, ResourceError, ResourceType, XdsResource};
 pub use server::{BoundServer, ServerError, ServerOptions, TlsOptions, XdsServer};
-pub use status::{ConnectedClients, Rejection, StreamStatus, TypeStatus};
+pub use status::{ConnectedClients, Rejection, StatusChanges, StreamStatus, TypeStatus};
 pub use subscription::SubscriptionRegistry;
 pub use version::Version;

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::resource::ResourceType;
 use crate::status::{Rejection, StatusHandle};
 use crate::subscription::{Subscription, SubscriptionRegistry};
+use crate::version::Version;
 
 /// One protocol variant's state machine for one stream.
 ///
@@ -161,6 +162,25 @@ impl StreamContext {
         self.status.update_type(resource_type, |status| {
             status.wildcard = wildcard;
             status.subscribed = subscribed;
+        });
+    }
+
+    /// Shows that the stream has nothing of `resource_type` left to send
+    /// from the cache's `version`. `shown` is the caller's record of the
+    /// last version shown, so a stream woken by a write to another type
+    /// takes no lock.
+    pub(crate) fn record_caught_up(
+        &self,
+        resource_type: ResourceType,
+        version: Version,
+        shown: &mut Option<Version>,
+    ) {
+        if *shown == Some(version) {
+            return;
+        }
+        *shown = Some(version);
+        self.status.update_type(resource_type, |status| {
+            status.caught_up_version = Some(version.to_string());
         });
     }
 

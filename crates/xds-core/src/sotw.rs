@@ -23,6 +23,7 @@ use crate::protocol::{PerType, Protocol, Reply, TypeWatch};
 use crate::status::Rejection;
 use crate::subscription::Subscription;
 use crate::tracker::{Mode, Tracker};
+use crate::version::Version;
 
 pub(crate) type Sotw = PerType<SotwType>;
 
@@ -33,6 +34,8 @@ pub(crate) struct SotwType {
     last_nonce: Option<String>,
     sent_version: String,
     awaiting_reply: bool,
+    /// The cache version last shown as caught up in the stream's status.
+    caught_up: Option<Version>,
     _watch: TypeWatch,
 }
 
@@ -73,6 +76,7 @@ impl Protocol for Sotw {
                     tracker,
                     last_nonce: None,
                     sent_version: String::new(),
+                    caught_up: None,
                     awaiting_reply: false,
                     _watch: TypeWatch::new(&self.ctx.metrics, resource_type),
                 },
@@ -154,6 +158,11 @@ impl Protocol for Sotw {
             }
             let type_snapshot = snapshot.of_type(*resource_type);
             let Some(plan) = state.tracker.plan(type_snapshot, &state.subscription) else {
+                self.ctx.record_caught_up(
+                    *resource_type,
+                    type_snapshot.version,
+                    &mut state.caught_up,
+                );
                 continue;
             };
             let resources = if resource_type.is_full_state() {
@@ -171,6 +180,8 @@ impl Protocol for Sotw {
             state.awaiting_reply = true;
             self.ctx
                 .record_push(*resource_type, &version, resources.len(), plan.after_write);
+            self.ctx
+                .record_caught_up(*resource_type, type_snapshot.version, &mut state.caught_up);
             tracing::debug!(
                 resource_type = %resource_type,
                 %version,

@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::watch;
+
 use crate::resource::ResourceType;
 
 /// One connected stream.
@@ -37,6 +39,15 @@ pub struct TypeStatus {
     pub sent_version: Option<String>,
     /// Version the client last acknowledged (SotW: as it reported it).
     pub acked_version: Option<String>,
+    /// The cache's version of this type the stream last compared with
+    /// what it had sent and found nothing left to send (or sent what
+    /// differed). Once it equals the cache's current version and the
+    /// client acknowledged what it was sent, the client holds the cache's
+    /// contents of the type: the test a make-before-break writer needs,
+    /// which `sent_version` alone cannot give for a type whose streams
+    /// subscribe to names (a write that touches none of them sends none
+    /// of them anything).
+    pub caught_up_version: Option<String>,
     pub pushes: u64,
     pub acks: u64,
     pub nacks: u64,
@@ -58,10 +69,43 @@ pub struct ConnectedClients {
     inner: Arc<ClientsInner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ClientsInner {
     next_id: AtomicU64,
     streams: Mutex<HashMap<u64, StreamStatus>>,
+    /// Ticks on every change of any stream's status, so a writer waiting
+    /// for acknowledgements wakes when one arrives instead of polling.
+    changes: watch::Sender<()>,
+}
+
+impl Default for ClientsInner {
+    fn default() -> Self {
+        Self {
+            next_id: AtomicU64::new(0),
+            streams: Mutex::new(HashMap::new()),
+            changes: watch::Sender::new(()),
+        }
+    }
+}
+
+/// Wakes on changes of the statuses of a server's streams: a stream
+/// connecting, closing, being sent a response, or answering one.
+#[derive(Debug)]
+pub struct StatusChanges {
+    receiver: watch::Receiver<()>,
+}
+
+impl StatusChanges {
+    /// Resolves at the first change after this value was made or after
+    /// the last call returned. A change made between reading the statuses
+    /// and calling this is not missed.
+    pub async fn changed(&mut self) {
+        // Closed only once the server and every `ConnectedClients` clone
+        // are gone: nothing can change any more, so wait rather than spin.
+        if self.receiver.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl ConnectedClients {
@@ -71,6 +115,14 @@ impl ConnectedClients {
         let mut all: Vec<StreamStatus> = streams.values().cloned().collect();
         all.sort_by_key(|s| s.id);
         all
+    }
+
+    /// A handle that wakes on every later change of any stream's status.
+    /// Take it before reading the statuses it should wake a re-read of.
+    pub fn changes(&self) -> StatusChanges {
+        StatusChanges {
+            receiver: self.inner.changes.subscribe(),
+        }
     }
 
     /// The streams of one node id.
@@ -87,22 +139,30 @@ impl ConnectedClients {
         peer: Option<SocketAddr>,
     ) -> StatusHandle {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock().insert(
-            id,
-            StreamStatus {
+        self.change(|streams| {
+            streams.insert(
                 id,
-                service,
-                protocol,
-                peer,
-                node_id: String::new(),
-                node_key: String::new(),
-                types: BTreeMap::new(),
-            },
-        );
+                StreamStatus {
+                    id,
+                    service,
+                    protocol,
+                    peer,
+                    node_id: String::new(),
+                    node_key: String::new(),
+                    types: BTreeMap::new(),
+                },
+            );
+        });
         StatusHandle {
             id,
             clients: self.clone(),
         }
+    }
+
+    /// Applies `change` to the statuses, then wakes every [`StatusChanges`].
+    fn change(&self, change: impl FnOnce(&mut HashMap<u64, StreamStatus>)) {
+        change(&mut self.lock());
+        self.inner.changes.send_modify(|()| {});
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StreamStatus>> {
@@ -126,9 +186,11 @@ impl StatusHandle {
     }
 
     pub(crate) fn update(&self, change: impl FnOnce(&mut StreamStatus)) {
-        if let Some(status) = self.clients.lock().get_mut(&self.id) {
-            change(status);
-        }
+        self.clients.change(|streams| {
+            if let Some(status) = streams.get_mut(&self.id) {
+                change(status);
+            }
+        });
     }
 
     pub(crate) fn update_type(
@@ -142,7 +204,9 @@ impl StatusHandle {
 
 impl Drop for StatusHandle {
     fn drop(&mut self) {
-        self.clients.lock().remove(&self.id);
+        self.clients.change(|streams| {
+            streams.remove(&self.id);
+        });
     }
 }
 

@@ -414,3 +414,41 @@ async fn pushes_and_their_latency_are_exported() {
         "{text}"
     );
 }
+
+/// What a make-before-break writer waits on: a write that touches none
+/// of the names a stream subscribes to sends it nothing, yet its status
+/// must say it has caught up with that write; a write it must send shows
+/// as caught up but unacknowledged until the ACK.
+#[tokio::test]
+async fn the_status_says_when_a_stream_has_caught_up_with_the_cache() {
+    let (server, mut client, first) = acked_subscription(&["a", "b"], &["a"]).await;
+    let current = || server.cache.snapshot(KEY).unwrap().version(EDS).to_string();
+    let settled = || {
+        let status = server.type_status("envoy-1", EDS);
+        status.caught_up_version == Some(current()) && status.acked_version == status.sent_version
+    };
+    eventually("the first response acknowledged", settled).await;
+
+    let mut changes = server.clients.changes();
+    server.update_endpoints(&[assignment("b", &[addr(2)])]);
+    tokio::time::timeout(std::time::Duration::from_secs(5), changes.changed())
+        .await
+        .expect("the stream's status changes after a write");
+    eventually("caught up with a write it had nothing to send for", settled).await;
+    assert_eq!(
+        server.type_status("envoy-1", EDS).sent_version.as_deref(),
+        Some(first.version_info.as_str()),
+        "nothing was sent for a name the stream does not subscribe to"
+    );
+
+    server.update_endpoints(&[assignment("a", &[addr(3)])]);
+    let update = client.recv().await;
+    let status = server.type_status("envoy-1", EDS);
+    assert_eq!(status.caught_up_version, Some(current()));
+    assert_ne!(
+        status.acked_version, status.sent_version,
+        "not yet acknowledged"
+    );
+    client.ack(&update, &["a"]);
+    eventually("the update acknowledged", settled).await;
+}

@@ -187,6 +187,72 @@ impl Gateway {
     }
 }
 
+/// Where the server's time between a tag change and Envoy holding the
+/// routes goes, from its own histograms: each is a sum and a count, so
+/// two readings give the mean per event in between.
+struct PublishBreakdown {
+    /// (label, sum of seconds, count) per step, in publication order.
+    steps: Vec<(&'static str, f64, f64)>,
+}
+
+impl PublishBreakdown {
+    const STEPS: [(&'static str, &'static str, Option<&'static str>); 5] = [
+        (
+            "rebuild (table + translation)",
+            "consul_eds_gateway_rebuild_seconds",
+            None,
+        ),
+        (
+            "endpoints of new clusters cached",
+            "consul_eds_gateway_publish_step_seconds",
+            Some("step=\"endpoints_cached\""),
+        ),
+        (
+            "clusters + endpoints acknowledged",
+            "consul_eds_gateway_publish_step_seconds",
+            Some("step=\"clusters_acknowledged\""),
+        ),
+        (
+            "listeners + routes written",
+            "consul_eds_gateway_publish_step_seconds",
+            Some("step=\"routes_written\""),
+        ),
+        (
+            "routes acknowledged, clusters removed",
+            "consul_eds_gateway_publish_step_seconds",
+            Some("step=\"clusters_removed\""),
+        ),
+    ];
+
+    async fn read(server: &EdsServer) -> Result<Self> {
+        let text = server.metrics().await?;
+        let steps = Self::STEPS
+            .iter()
+            .map(|(label, metric, filter)| {
+                (
+                    *label,
+                    metric_sum(&text, &format!("{metric}_sum"), *filter),
+                    metric_sum(&text, &format!("{metric}_count"), *filter),
+                )
+            })
+            .collect();
+        Ok(Self { steps })
+    }
+
+    fn print_since(&self, before: &Self) {
+        println!("  server side, mean per event over the samples (from its histograms):");
+        for ((label, sum, count), (_, sum_before, count_before)) in
+            self.steps.iter().zip(&before.steps)
+        {
+            let events = count - count_before;
+            if events > 0.0 {
+                let mean = Duration::from_secs_f64((sum - sum_before) / events);
+                println!("    {label:<40} {:>9}  over {events} events", ms(mean));
+            }
+        }
+    }
+}
+
 /// Registers `id` (service `id` too) with Consul at `backend`, with
 /// a passing TTL check, the tag `edge.route=HOST/` and nothing else.
 async fn register_routed(client: &Client, id: &str, backend: &Backend, host: &str) -> Result<()> {
@@ -253,6 +319,7 @@ async fn latency(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         .answers("warm.test", 200, Duration::from_secs(30))
         .await?;
 
+    let before = PublishBreakdown::read(&gateway.server).await?;
     let mut floor = Vec::new();
     let mut total = Vec::new();
     for n in 0..args.samples {
@@ -286,6 +353,8 @@ async fn latency(args: &Args, rows: &mut Vec<Row>) -> Result<()> {
         ms(t99.saturating_sub(f99))
     );
     println!("  (clocked from the start of the registration; Envoy is asked every 1 ms)");
+    let after = PublishBreakdown::read(&gateway.server).await?;
+    after.print_since(&before);
     let samples = args.samples;
     rows.push(Row {
         scenario: "latency",

@@ -37,7 +37,9 @@ use super::cluster_name;
 use super::clusters::EncodedClusters;
 use super::publish::Publisher;
 use super::translate::{self, TranslateSettings};
-use super::view::{GatewayMetrics, GatewayStatus, GatewayView, ServiceStatus, TypeLabel};
+use super::view::{
+    GatewayMetrics, GatewayStatus, GatewayView, ServiceStatus, StepLabel, TypeLabel,
+};
 use crate::engine::ServiceInstances;
 use crate::model::ServiceInstance;
 use crate::naming::ClusterTarget;
@@ -277,6 +279,7 @@ impl Gateway {
             self.rebuild_at = Some(Instant::now() + Duration::from_millis(100));
             return;
         }
+        let started = Instant::now();
         let inputs: Vec<ServiceInput<'_>> = self
             .decls
             .iter()
@@ -302,6 +305,9 @@ impl Gateway {
                 return;
             }
         };
+        self.metrics
+            .rebuild_seconds
+            .observe(started.elapsed().as_secs_f64());
         let previous = std::mem::replace(&mut self.table, table);
         // The engine starts feeding a new canary cluster before a route
         // names it; the publisher waits for its endpoints.
@@ -311,6 +317,14 @@ impl Gateway {
         self.clusters = clusters;
         match self.publisher.publish(&self.clusters, &resources).await {
             Ok(report) => {
+                for (step, took) in &report.steps {
+                    self.metrics
+                        .publish_step_seconds
+                        .get_or_create(&StepLabel {
+                            step: step.as_str(),
+                        })
+                        .observe(took.as_secs_f64());
+                }
                 for (resource_type, written) in &report.changed {
                     if *written > 0 {
                         self.metrics

@@ -50,6 +50,41 @@ pub struct Published {
     pub changed: BTreeMap<&'static str, usize>,
     /// Waits that ended at their bound instead of on an acknowledgement.
     pub timed_out_waits: Vec<&'static str>,
+    /// How long each step that ran took, in order: where a change's time
+    /// between the rebuild and Envoy holding it goes.
+    pub steps: Vec<(PublishStep, Duration)>,
+}
+
+/// The steps of a publication, as timed in [`Published::steps`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PublishStep {
+    /// Waiting for the engine to cache the endpoints of added clusters.
+    EndpointsCached,
+    /// Writing clusters until every Envoy acknowledged them and the
+    /// endpoints sent after them.
+    ClustersAcknowledged,
+    /// Writing listeners and routes.
+    RoutesWritten,
+    /// Waiting for listeners and routes to be acknowledged before removing
+    /// clusters, and removing them.
+    ClustersRemoved,
+}
+
+impl PublishStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EndpointsCached => "endpoints_cached",
+            Self::ClustersAcknowledged => "clusters_acknowledged",
+            Self::RoutesWritten => "routes_written",
+            Self::ClustersRemoved => "clusters_removed",
+        }
+    }
+}
+
+impl Published {
+    fn time(&mut self, step: PublishStep, started: Instant) {
+        self.steps.push((step, started.elapsed()));
+    }
 }
 
 #[derive(Debug)]
@@ -104,9 +139,12 @@ impl Publisher {
                 .filter(|name| !self.clusters.contains_key(**name))
                 .copied()
                 .collect();
+            let started = Instant::now();
             if !self.endpoints_ready(&added).await {
                 report.timed_out_waits.push("endpoints in cache");
             }
+            report.time(PublishStep::EndpointsCached, started);
+            let started = Instant::now();
             // Old and new side by side.
             for name in &made {
                 if let Some(cluster) = next_clusters.get(name) {
@@ -121,9 +159,11 @@ impl Publisher {
             if !self.acknowledged(ResourceType::Endpoint).await {
                 report.timed_out_waits.push("endpoint");
             }
+            report.time(PublishStep::ClustersAcknowledged, started);
         }
 
         // 2. Listeners and routes, together.
+        let started = Instant::now();
         let listeners = encode(ResourceType::Listener, next.listeners.iter())?;
         let routes = next.routes.clone();
         let before_listeners = self.version(ResourceType::Listener);
@@ -146,9 +186,11 @@ impl Publisher {
         if self.version(ResourceType::Route) != before_routes {
             report.changed.insert("route", 1);
         }
+        report.time(PublishStep::RoutesWritten, started);
 
         // 3. Break: clusters no route names any more.
         if !broken.is_empty() {
+            let started = Instant::now();
             if !self.acknowledged(ResourceType::Listener).await {
                 report.timed_out_waits.push("listener");
             }
@@ -162,6 +204,7 @@ impl Publisher {
             }
             let written = self.write_clusters()?;
             *report.changed.entry("cluster").or_default() += written;
+            report.time(PublishStep::ClustersRemoved, started);
         }
         Ok(report)
     }
@@ -204,12 +247,10 @@ impl Publisher {
     }
 
     /// Waits until every Envoy stream carrying `resource_type` has nothing
-    /// outstanding: it acknowledged what it was last sent, and a stream
-    /// taking the whole type (CDS, LDS) was sent the cache's version.
+    /// outstanding: it caught up with the cache's current version of the
+    /// type (compared it with what it had sent, and sent what differed)
+    /// and acknowledged what it was last sent.
     async fn acknowledged(&self, resource_type: ResourceType) -> bool {
-        // A write wakes the streams' tasks; give them a moment to send it
-        // before judging what is outstanding.
-        tokio::time::sleep(Duration::from_millis(5)).await;
         self.poll(|| {
             let Some(current) = self.version(resource_type) else {
                 return true;
@@ -220,26 +261,33 @@ impl Publisher {
                 .filter(|stream| stream.node_key == self.node_key)
                 .filter_map(|stream| stream.types.get(&resource_type))
                 .all(|status| {
-                    let settled = status.acked_version.is_some()
-                        && status.acked_version == status.sent_version;
-                    settled
-                        && (!status.wildcard
-                            || status.sent_version.as_deref() == Some(current.as_str()))
+                    status.caught_up_version.as_deref() == Some(current.as_str())
+                        && status.acked_version.is_some()
+                        && status.acked_version == status.sent_version
                 })
         })
         .await
     }
 
+    /// Waits until `done` holds, re-checking it on every change of the
+    /// cache or of a stream's status (an acknowledgement, a push): the
+    /// wait ends with the event that ends it, not at the next tick of a
+    /// poll. `false` when the bound passed first.
     async fn poll(&self, done: impl Fn() -> bool) -> bool {
         let deadline = Instant::now() + self.ack_timeout;
+        // Taken before the first check, so a change between the check and
+        // the wait still wakes it.
+        let mut streams = self.clients.changes();
+        let mut cache = self.cache.changes(&self.node_key);
         loop {
             if done() {
                 return true;
             }
-            if Instant::now() >= deadline {
-                return false;
+            tokio::select! {
+                () = streams.changed() => {}
+                () = cache.changed() => {}
+                () = tokio::time::sleep_until(deadline) => return done(),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
