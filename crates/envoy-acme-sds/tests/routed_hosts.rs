@@ -11,11 +11,16 @@
 //! - a host outside `--allowed-domains` gets no order, is reported with its
 //!   reason, and is served a placeholder, while HTTPS to the other hosts
 //!   never fails.
+//! - a host the CA refuses (pebble's blocklist) is tried once, backs off
+//!   and is served a placeholder, while another new host is issued and
+//!   HTTPS requests sent back to back to a served host never fail.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::service::{SdsService, binary, describe_certificate};
@@ -32,6 +37,8 @@ const ZONE: &str = "demo.test";
 const NEW_HOST: &str = "new.demo.test";
 const COVERED_HOST: &str = "shop.wild.demo.test";
 const OUTSIDE_HOST: &str = "evil.other.test";
+/// Allowed by `--allowed-domains`, refused by the CA (pebble's blocklist).
+const CA_REFUSED_HOST: &str = "blocked.demo.test";
 
 /// The consul-eds-server binary, built beside this package's.
 fn eds_binary() -> PathBuf {
@@ -152,6 +159,11 @@ struct Dns01World {
 
 impl Dns01World {
     async fn start() -> Self {
+        Self::start_with_blocklist(&[]).await
+    }
+
+    /// The world with pebble refusing to order for `blocked` names.
+    async fn start_with_blocklist(blocked: &[&str]) -> Self {
         let knot = Knot::start(ZONE, &["@ A 127.0.0.1"]).await.expect("knot");
         let consul = ConsulAgent::start().await.expect("consul");
         let consul_client = client(&consul);
@@ -161,6 +173,7 @@ impl Dns01World {
             &knot,
             PebbleOptions {
                 nonce_reject_percent: Some(0),
+                domain_blocklist: blocked.iter().map(|b| (*b).to_owned()).collect(),
                 ..PebbleOptions::default()
             },
         )
@@ -185,65 +198,70 @@ impl Dns01World {
             tsig,
         }
     }
+
+    /// envoy-acme-sds ordering DNS-01 through knot, with `--cert wildcard`,
+    /// disk storage at `storage`, following routes under the zone.
+    fn follow_routes_args(&self, wildcard: &str, storage: &std::path::Path) -> Vec<String> {
+        [
+            "--acme-directory",
+            &self.front.directory_url(),
+            "--acme-ca-file",
+            &self.ca_file.display().to_string(),
+            "--challenge",
+            "dns-01",
+            "--rfc2136-server",
+            &self.knot.addr().to_string(),
+            "--tsig-key-file",
+            &self.tsig.display().to_string(),
+            "--rfc2136-zone",
+            ZONE,
+            "--cert",
+            wildcard,
+            "--storage",
+            &format!("disk:{}", storage.display()),
+            "--consul-addr",
+            &self.consul.http_url(),
+            "--follow-routes",
+            "--allowed-domains",
+            ZONE,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    /// The gateway and an Envoy taking its listeners from it and its
+    /// certificates from `sds`; returns them with the TLS listener.
+    async fn edge(&self, sds: &SdsService) -> (Gateway, Envoy, SocketAddr) {
+        let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let plain = free_port();
+        let secure = free_port();
+        let gateway = start_gateway(&self.consul, xds, plain, secure).await;
+        let bootstrap = format!(
+            "{}{}",
+            ads_only_bootstrap(&format!("gw-{secure}"), xds, false),
+            control_plane_cluster("sds", sds.sds, "")
+        );
+        let envoy = Envoy::start(&bootstrap).await.expect("Envoy starts");
+        (gateway, envoy, SocketAddr::from(([127, 0, 0, 1], secure)))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_refused() {
-    let Dns01World {
-        knot,
-        consul,
-        consul_client,
-        _pebble,
-        front,
-        root,
-        dir,
-        ca_file,
-        tsig,
-    } = Dns01World::start().await;
-    let storage = dir.path().join("store");
+    let world = Dns01World::start().await;
+    let (consul_client, front, root) = (&world.consul_client, &world.front, &world.root);
+    let storage = world.dir.path().join("store");
     let wildcard = "*.wild.demo.test";
-    let args: Vec<String> = [
-        "--acme-directory",
-        &front.directory_url(),
-        "--acme-ca-file",
-        &ca_file.display().to_string(),
-        "--challenge",
-        "dns-01",
-        "--rfc2136-server",
-        &knot.addr().to_string(),
-        "--tsig-key-file",
-        &tsig.display().to_string(),
-        "--rfc2136-zone",
-        ZONE,
-        "--cert",
-        wildcard,
-        "--storage",
-        &format!("disk:{}", storage.display()),
-        "--consul-addr",
-        &consul.http_url(),
-        "--follow-routes",
-        "--allowed-domains",
-        ZONE,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let mut sds = SdsService::start("envoy-acme-sds", dir.path(), &args);
+    let mut sds = SdsService::start(
+        "envoy-acme-sds",
+        world.dir.path(),
+        &world.follow_routes_args(wildcard, &storage),
+    );
     sds.wait_ready(Duration::from_secs(60)).await;
     // The configured wildcard is the one order so far.
     assert_eq!(front.orders().len(), 1, "{:?}", front.orders());
-
-    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let plain = free_port();
-    let secure = free_port();
-    let gateway = start_gateway(&consul, xds, plain, secure).await;
-    let bootstrap = format!(
-        "{}{}",
-        ads_only_bootstrap(&format!("gw-{secure}"), xds, false),
-        control_plane_cluster("sds", sds.sds, "")
-    );
-    let envoy = Envoy::start(&bootstrap).await.expect("Envoy starts");
-    let listener = SocketAddr::from(([127, 0, 0, 1], secure));
+    let (gateway, envoy, listener) = world.edge(&sds).await;
 
     // A service registers a TLS route for a host nobody configured.
     let new_backend = Backend::start("new-1").await.expect("backend");
@@ -424,6 +442,140 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     );
     assert!(https(listener, COVERED_HOST, &root).await.is_some());
     assert_eq!(front.orders().len(), 2, "{:?}", front.orders());
+    assert!(sds.is_running());
+}
+
+/// Pebble refuses one allowed host's order (its blocklist) while another
+/// new host is issued. HTTPS to a host already served is sent without a
+/// pause through both changes and never fails; the refused host's order
+/// is tried once, then backs off, and the host is served a placeholder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_the_ca_refuses_backs_off_and_https_to_the_others_never_fails() {
+    let world = Dns01World::start_with_blocklist(&[CA_REFUSED_HOST]).await;
+    let (consul_client, front, root) = (&world.consul_client, &world.front, &world.root);
+    let storage = world.dir.path().join("store");
+    let mut sds = SdsService::start(
+        "envoy-acme-sds",
+        world.dir.path(),
+        &world.follow_routes_args("*.wild.demo.test", &storage),
+    );
+    sds.wait_ready(Duration::from_secs(60)).await;
+    let (_gateway, envoy, listener) = world.edge(&sds).await;
+
+    // A host already served: the configured wildcard covers it.
+    let shop = Backend::start("shop-1").await.expect("backend");
+    register(
+        consul_client,
+        "shop",
+        &shop,
+        &[&format!("edge.route={COVERED_HOST}/ tls=true")],
+    )
+    .await;
+    eventually(
+        "HTTPS to the covered host",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || https(listener, COVERED_HOST, root),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", sds.logs(), envoy.log_tail()));
+
+    // From here on, HTTPS to it is sent back to back until both changes
+    // have played out.
+    let done = Arc::new(AtomicBool::new(false));
+    let prober = tokio::spawn({
+        let (done, root) = (Arc::clone(&done), root.clone());
+        async move {
+            let (mut sent, mut failed) = (0_u32, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                sent += 1;
+                match https(listener, COVERED_HOST, &root).await {
+                    Some((_, body)) if body == "shop-1" => {}
+                    other => failed.push(format!("request {sent}: {other:?}")),
+                }
+            }
+            (sent, failed)
+        }
+    });
+
+    let orders_before = front.orders().len();
+    let blocked = Backend::start("blocked-1").await.expect("backend");
+    register(
+        consul_client,
+        "blocked",
+        &blocked,
+        &[&format!("edge.route={CA_REFUSED_HOST}/ tls=true")],
+    )
+    .await;
+    let new_backend = Backend::start("new-1").await.expect("backend");
+    register(
+        consul_client,
+        "new",
+        &new_backend,
+        &[&format!("edge.route={NEW_HOST}/ tls=true")],
+    )
+    .await;
+    let (_, body) = eventually(
+        "HTTPS to the new host, issued beside the refused one",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || https(listener, NEW_HOST, root),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+    assert_eq!(body, "new-1");
+    let refused = eventually(
+        "the CA's refusal reported for its host",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let page = sds.debug_certificates().await;
+            page["routed"]
+                .as_array()?
+                .iter()
+                .find(|r| r["host"] == CA_REFUSED_HOST && r["last_outcome"]["result"] == "failed")
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+    // A moment more of requests after both outcomes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    let (sent, failed) = prober.await.expect("prober");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} HTTPS requests to the covered host failed: {failed:?}",
+        failed.len()
+    );
+    assert!(sent >= 10, "only {sent} requests were sent");
+    eprintln!("HTTPS to the covered host through both changes: {sent} requests, none failed");
+
+    // Allowed by us, refused by the CA: a placeholder is served, the
+    // failure names the CA's reason and when it is tried again.
+    assert_eq!(refused["plan"], "ordered", "{refused}");
+    assert_eq!(refused["served_as"], "placeholder", "{refused}");
+    let detail = refused["last_outcome"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(detail.contains("rejectedIdentifier"), "{refused}");
+    assert!(detail.contains("1 in a row; retry at"), "{refused}");
+    assert!(https(listener, CA_REFUSED_HOST, root).await.is_none());
+    // One order each for the two hosts, the refused one answered with an
+    // error; it backs off instead of asking again.
+    let refusals = |orders: &[test_support::acme_ari::OrderSeen]| {
+        orders.iter().filter(|o| o.status != 201).count()
+    };
+    let orders = front.orders();
+    assert_eq!(orders.len() - orders_before, 2, "{orders:?}");
+    assert_eq!(refusals(&orders[orders_before..]), 1, "{orders:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        front.orders().len() - orders_before,
+        2,
+        "asked again without backing off"
+    );
+    assert!(https(listener, NEW_HOST, root).await.is_some());
     assert!(sds.is_running());
 }
 

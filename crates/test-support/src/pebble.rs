@@ -20,6 +20,9 @@ pub struct PebbleOptions {
     pub always_valid: bool,
     /// Percentage of nonces rejected as badNonce (pebble's default is 5).
     pub nonce_reject_percent: Option<u8>,
+    /// Names pebble refuses to order for (`domainBlocklist`: a new order
+    /// naming one, or a name under one, is answered `rejectedIdentifier`).
+    pub domain_blocklist: Vec<String>,
     /// Any further environment variables (`PEBBLE_AUTHZREUSE`, ...).
     pub extra_env: Vec<(String, String)>,
 }
@@ -61,10 +64,12 @@ impl Pebble {
   "httpPort": {http01_port},
   "tlsPort": {tls_port},
   "ocspResponderURL": "",
-  "externalAccountBindingRequired": false
+  "externalAccountBindingRequired": false,
+  "domainBlocklist": {blocklist}
 }}}}"#,
             cert = cert_path.display(),
             key = key_path.display(),
+            blocklist = serde_json::Value::from(options.domain_blocklist.clone()),
         );
         let config_path = dir.path().join("pebble.json");
         std::fs::write(&config_path, config).map_err(HarnessError::io(&config_path))?;
