@@ -267,7 +267,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     let new_backend = Backend::start("new-1").await.expect("backend");
     let registered = Instant::now();
     register(
-        &consul_client,
+        consul_client,
         "new",
         &new_backend,
         &[&format!("edge.route={NEW_HOST}/ tls=true")],
@@ -277,7 +277,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
         "HTTPS to the new host verifies against pebble's root",
         Duration::from_secs(60),
         Duration::from_millis(50),
-        || https(listener, NEW_HOST, &root),
+        || https(listener, NEW_HOST, root),
     )
     .await
     .unwrap_or_else(|e| {
@@ -304,7 +304,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     let shop = Backend::start("shop-1").await.expect("backend");
     let registered = Instant::now();
     register(
-        &consul_client,
+        consul_client,
         "shop",
         &shop,
         &[&format!("edge.route={COVERED_HOST}/ tls=true")],
@@ -314,7 +314,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
         "HTTPS to the covered host",
         Duration::from_secs(30),
         Duration::from_millis(50),
-        || https(listener, COVERED_HOST, &root),
+        || https(listener, COVERED_HOST, root),
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
@@ -333,7 +333,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     // the other hosts keep answering over HTTPS throughout.
     let evil = Backend::start("evil-1").await.expect("backend");
     register(
-        &consul_client,
+        consul_client,
         "evil",
         &evil,
         &[&format!("edge.route={OUTSIDE_HOST}/ tls=true")],
@@ -345,7 +345,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
         Duration::from_millis(50),
         || async {
             assert!(
-                https(listener, NEW_HOST, &root).await.is_some(),
+                https(listener, NEW_HOST, root).await.is_some(),
                 "HTTPS to the new host failed while another host was added"
             );
             let page = sds.debug_certificates().await;
@@ -378,7 +378,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     .await
     .expect("placeholder");
     assert_eq!(placeholder["plan"], "refused", "{placeholder}");
-    assert!(https(listener, OUTSIDE_HOST, &root).await.is_none());
+    assert!(https(listener, OUTSIDE_HOST, root).await.is_none());
     let status = sds.admin("/").await.expect("status page");
     assert!(status.body.contains(OUTSIDE_HOST), "{}", status.body);
     assert!(
@@ -408,8 +408,8 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
     assert_eq!(front.orders().len(), 2, "{:?}", front.orders());
     let directory = std::fs::read_dir(&storage).expect("store").count();
     assert!(directory > 0);
-    assert!(https(listener, NEW_HOST, &root).await.is_some());
-    assert!(https(listener, COVERED_HOST, &root).await.is_some());
+    assert!(https(listener, NEW_HOST, root).await.is_some());
+    assert!(https(listener, COVERED_HOST, root).await.is_some());
 
     // The new host's service goes away: its certificate stays served (it
     // is not deleted), its unrouted clock starts, renewal goes on for the
@@ -440,7 +440,7 @@ async fn a_routed_tls_host_gets_https_covered_hosts_order_nothing_outsiders_are_
         Some(new_serial.as_str()),
         "still served"
     );
-    assert!(https(listener, COVERED_HOST, &root).await.is_some());
+    assert!(https(listener, COVERED_HOST, root).await.is_some());
     assert_eq!(front.orders().len(), 2, "{:?}", front.orders());
     assert!(sds.is_running());
 }
