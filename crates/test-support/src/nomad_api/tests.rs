@@ -50,6 +50,24 @@ fn nomad_index(response: &HttpResponse) -> u64 {
         .expect("a number")
 }
 
+/// `GET path` on a task of its own, for queries that block.
+fn spawn_get(nomad: &Arc<FakeNomad>, path: String) -> tokio::task::JoinHandle<HttpResponse> {
+    let nomad = Arc::clone(nomad);
+    tokio::spawn(async move { get(&nomad, &path).await })
+}
+
+/// Waits until exactly `expected` queries are blocked in the stand-in.
+async fn blocked_queries_reach(nomad: &FakeNomad, expected: usize) {
+    crate::eventually(
+        "the count of blocked queries",
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        || async { (nomad.blocking_queries_in_flight() == expected).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn acl_nomad() -> FakeNomadOptions {
     FakeNomadOptions {
         acl: Some(
@@ -171,23 +189,8 @@ async fn a_blocking_query_wakes_when_its_service_changes() {
     let nomad = Arc::new(FakeNomad::start().await.expect("start"));
     let index = nomad.register(Registration::new("web", "10.0.0.1", 8080));
     let started = Instant::now();
-    let blocked = {
-        let nomad = Arc::clone(&nomad);
-        tokio::spawn(async move {
-            get(&nomad, &format!("/v1/service/web?index={index}&wait=10s")).await
-        })
-    };
-    crate::eventually(
-        "the query to block",
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || {
-            let nomad = Arc::clone(&nomad);
-            async move { (nomad.blocking_queries_in_flight() == 1).then_some(()) }
-        },
-    )
-    .await
-    .expect("blocked");
+    let blocked = spawn_get(&nomad, format!("/v1/service/web?index={index}&wait=10s"));
+    blocked_queries_reach(&nomad, 1).await;
     assert!(!blocked.is_finished(), "nothing changed yet");
 
     let changed = nomad.register(Registration::new("web", "10.0.0.2", 8080));
@@ -207,23 +210,8 @@ async fn a_change_to_another_service_does_not_wake_a_blocked_query_but_moves_the
     let index = nomad.register(Registration::new("web", "10.0.0.1", 8080));
     let before = body(&get(&nomad, "/v1/service/web").await);
     let started = Instant::now();
-    let blocked = {
-        let nomad = Arc::clone(&nomad);
-        tokio::spawn(async move {
-            get(&nomad, &format!("/v1/service/web?index={index}&wait=600ms")).await
-        })
-    };
-    crate::eventually(
-        "the query to block",
-        Duration::from_secs(5),
-        Duration::from_millis(5),
-        || {
-            let nomad = Arc::clone(&nomad);
-            async move { (nomad.blocking_queries_in_flight() == 1).then_some(()) }
-        },
-    )
-    .await
-    .expect("blocked");
+    let blocked = spawn_get(&nomad, format!("/v1/service/web?index={index}&wait=600ms"));
+    blocked_queries_reach(&nomad, 1).await;
     let other = nomad.register(Registration::new("api", "10.0.0.2", 80));
 
     let timed_out = blocked.await.expect("query task");
@@ -254,27 +242,11 @@ async fn a_change_to_another_service_does_not_wake_a_blocked_query_but_moves_the
 async fn a_wildcard_listing_wakes_on_a_change_in_any_namespace() {
     let nomad = Arc::new(FakeNomad::start().await.expect("start"));
     let index = nomad.register(Registration::new("web", "10.0.0.1", 8080));
-    let blocked = {
-        let nomad = Arc::clone(&nomad);
-        tokio::spawn(async move {
-            get(
-                &nomad,
-                &format!("/v1/services?namespace=*&index={index}&wait=10s"),
-            )
-            .await
-        })
-    };
-    crate::eventually(
-        "the query to block",
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || {
-            let nomad = Arc::clone(&nomad);
-            async move { (nomad.blocking_queries_in_flight() == 1).then_some(()) }
-        },
-    )
-    .await
-    .expect("blocked");
+    let blocked = spawn_get(
+        &nomad,
+        format!("/v1/services?namespace=*&index={index}&wait=10s"),
+    );
+    blocked_queries_reach(&nomad, 1).await;
     let changed = nomad.register(Registration::new("db", "10.0.0.5", 5432).namespace("prod"));
     let answer = tokio::time::timeout(Duration::from_secs(5), blocked)
         .await
@@ -291,23 +263,8 @@ async fn after_a_restore_an_index_above_the_tables_waits_out_the_deadline_and_an
         nomad.register(Registration::new("web", "10.0.0.1", port));
     }
     let high = nomad.index();
-    let blocked = {
-        let nomad = Arc::clone(&nomad);
-        tokio::spawn(async move {
-            get(&nomad, &format!("/v1/service/web?index={high}&wait=500ms")).await
-        })
-    };
-    crate::eventually(
-        "the query to block",
-        Duration::from_secs(5),
-        Duration::from_millis(5),
-        || {
-            let nomad = Arc::clone(&nomad);
-            async move { (nomad.blocking_queries_in_flight() == 1).then_some(()) }
-        },
-    )
-    .await
-    .expect("blocked");
+    let blocked = spawn_get(&nomad, format!("/v1/service/web?index={high}&wait=500ms"));
+    blocked_queries_reach(&nomad, 1).await;
     let started = Instant::now();
     nomad.reset_index(1);
     // A write after the restore still leaves the index below the query's.
@@ -617,6 +574,23 @@ async fn dropping_the_server_closes_its_port_and_its_blocked_connections() {
         "no answer from a stopped server: {outcome:?}"
     );
     assert!(TcpStream::connect(addr).await.is_err(), "port closed");
+}
+
+#[tokio::test]
+async fn a_blocked_query_whose_client_hangs_up_stops_counting() {
+    use tokio::io::AsyncWriteExt;
+
+    let nomad = FakeNomad::start().await.expect("start");
+    let index = nomad.register(Registration::new("web", "10.0.0.1", 8080));
+    let mut client = TcpStream::connect(socket_addr(&nomad))
+        .await
+        .expect("connect");
+    let request =
+        format!("GET /v1/service/web?index={index}&wait=30s HTTP/1.1\r\nhost: nomad\r\n\r\n");
+    client.write_all(request.as_bytes()).await.expect("write");
+    blocked_queries_reach(&nomad, 1).await;
+    drop(client);
+    blocked_queries_reach(&nomad, 0).await;
 }
 
 /// `GET https://127.0.0.1/path` trusting `ca`, presenting `client` if given.
