@@ -17,6 +17,13 @@
 #   nomad/jobs/consul-eds-server: consul_token, xds_tls_cert, xds_tls_key, client_ca
 # docs/operations.md ("Control-plane certificates") shows how to make the
 # certificates with openssl, or how to have Vault's PKI issue them instead.
+#
+# Nomad services (`provider = "nomad"`, e.g. sample-app-nomad-services.nomad.hcl)
+# are read once the Nomad source is there: its flags (`--sources`,
+# `--nomad-addr`, `--nomad-token-file`, `--nomad-namespace`) are not in the
+# binary yet, so the settings below are commented out and the job serves
+# Consul only. To enable them, uncomment the marked lines in `args` and
+# either the `identity` block or the `nomad-token` template.
 
 variable "datacenters" {
   type    = list(string)
@@ -126,8 +133,35 @@ job "consul-eds-server" {
           "--log-format", "json",
           "--gateway",
           "--listener", join(";", var.listeners),
+          # Nomad source (arrives with it; see the top of this file):
+          # "--sources", "consul,nomad",
+          # "--nomad-addr", "http://${attr.unique.network.ip-address}:4646",
+          # "--nomad-token-file", "${NOMAD_SECRETS_DIR}/nomad_token",
+          # "--nomad-namespace", "default",
         ]
       }
+
+      # The Nomad token, either way written to secrets/nomad_token:
+      # - the task's workload identity (Nomad 1.5+). Nomad's implicit policy
+      #   lets it list and read services with no ACL policy, except a `*`
+      #   listing: that shows only the namespaces a policy attached to this
+      #   job lets it read, and silently nothing else (`nomad acl policy
+      #   apply -namespace default -job consul-eds-server ...` with
+      #   `read-job` on them).
+      # identity {
+      #   file = true
+      # }
+      #
+      # - or a token kept in a Nomad Variable (`nomad_token` beside
+      #   `consul_token`), when a policy-backed ACL token is wanted instead.
+      # template {
+      #   destination = "${NOMAD_SECRETS_DIR}/nomad_token"
+      #   perms       = "0400"
+      #   change_mode = "restart"
+      #   data        = <<-EOT
+      #     {{- with nomadVar "nomad/jobs/consul-eds-server" -}}{{ .nomad_token }}{{- end -}}
+      #   EOT
+      # }
 
       template {
         destination = "${NOMAD_SECRETS_DIR}/consul-token"

@@ -72,6 +72,50 @@ fn the_nomad_job_serves_xds_only_over_mutual_tls_for_listed_services() {
 /// are the ordinary ones plus `edge.canary`.
 #[test]
 fn the_sample_application_declares_a_route_the_gateway_serves() {
+    assert_sample_route(
+        "sample-app.nomad.hcl",
+        "sample-app",
+        "consul",
+        "app.example.com",
+    );
+}
+
+/// The same for the sample registered in Nomad itself: the tags say the
+/// same, only the provider differs.
+#[test]
+fn the_nomad_services_sample_declares_a_route_the_gateway_serves() {
+    assert_sample_route(
+        "sample-app-nomad-services.nomad.hcl",
+        "sample-app-nomad",
+        "nomad",
+        "nomad-app.example.com",
+    );
+}
+
+/// The Nomad source's flags do not exist yet, so the job must not pass them
+/// (the flag test above would fail); they wait in comments, every one of
+/// them there.
+#[test]
+fn the_nomad_source_settings_wait_commented_out_in_the_server_job() {
+    let jobs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nomad-jobs");
+    let text = std::fs::read_to_string(jobs.join("consul-eds-server.nomad.hcl")).expect("read");
+    for flag in [
+        "--sources",
+        "--nomad-addr",
+        "--nomad-token-file",
+        "--nomad-namespace",
+    ] {
+        let quoted = format!("\"{flag}\"");
+        let lines: Vec<&str> = text.lines().filter(|line| line.contains(&quoted)).collect();
+        assert!(!lines.is_empty(), "the job mentions {flag}");
+        assert!(
+            lines.iter().all(|line| line.trim_start().starts_with('#')),
+            "{flag} is passed before the binary has it: {lines:?}"
+        );
+    }
+}
+
+fn assert_sample_route(job: &str, service_name: &str, provider: &str, host: &str) {
     use route_tags::{InstanceTags, ListenerSpec, RouteTable, ServiceInput, TagPrefix};
     use test_support::nomad::service_tags;
 
@@ -98,12 +142,13 @@ fn the_sample_application_declares_a_route_the_gateway_serves() {
         "the test's listeners are the job's defaults"
     );
 
-    let app = parse_job(&jobs.join("sample-app.nomad.hcl")).expect("the sample job parses");
+    let app = parse_job(&jobs.join(job)).expect("the sample job parses");
     let services = service_tags(&app, &[]).expect("tags evaluate");
     let service = services
         .iter()
-        .find(|s| s.name == "sample-app")
-        .expect("the sample-app service");
+        .find(|s| s.name == service_name)
+        .unwrap_or_else(|| panic!("{job} has no service {service_name}"));
+    assert_eq!(service.provider, provider, "{job}");
     let mut expected_canary = service.tags.clone();
     expected_canary.push("edge.canary".to_owned());
     assert_eq!(service.canary_tags, expected_canary);
@@ -132,7 +177,7 @@ fn the_sample_application_declares_a_route_the_gateway_serves() {
     let table = RouteTable::build(
         &listeners,
         &[ServiceInput {
-            service: "sample-app",
+            service: service_name,
             decl: &decl,
         }],
         &RouteTable::default(),
@@ -140,7 +185,7 @@ fn the_sample_application_declares_a_route_the_gateway_serves() {
     assert!(table.problems.is_empty(), "{:?}", table.problems);
     assert_eq!(
         table.tls_hosts(),
-        vec![route_tags::HostPattern::Exact("app.example.com".to_owned())]
+        vec![route_tags::HostPattern::Exact(host.to_owned())]
     );
     assert!(table.clusters[0].canary, "the canary gets its share");
 }

@@ -34,7 +34,7 @@ use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -42,7 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::http::http_error;
-use crate::tls::TestCa;
+use crate::tls::{TestCa, tls_acceptor};
 use crate::{HarnessError, Result};
 
 /// Where the front serves renewal information.
@@ -131,7 +131,7 @@ impl AriFront {
             .local_addr()
             .map_err(HarnessError::io("ARI front listener"))?;
         let authority = addr.to_string();
-        let acceptor = tls_acceptor(&leaf.cert_pem, &leaf.key_pem, &authority)?;
+        let acceptor = tls_acceptor(&leaf.cert_pem, &leaf.key_pem, None, &authority)?;
         let now = OffsetDateTime::now_utc();
         let front = Arc::new(Front {
             upstream,
@@ -486,27 +486,6 @@ impl Upstream {
             tls: Arc::new(config),
         })
     }
-}
-
-fn tls_acceptor(
-    cert_pem: &str,
-    key_pem: &str,
-    authority: &str,
-) -> Result<tokio_rustls::TlsAcceptor> {
-    let url = format!("https://{authority}/");
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| http_error(&url, e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| http_error(&url, e))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| http_error(&url, e))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| http_error(&url, e))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Drops the headers that describe one hop's message framing; hyper

@@ -9,8 +9,10 @@
 //! Binaries come from `.tools/bin` (installed by `cargo xtask tools`); set
 //! `CONTROL_PLANE_TOOLS` to use another directory.
 //!
-//! [`acme_ari`] is the one in-process fake here, and it fronts a real pebble
-//! rather than replacing it: it adds what pebble 2.4 lacks (ARI).
+//! Two in-process stand-ins are the exceptions. [`acme_ari`] fronts a real
+//! pebble rather than replacing it: it adds what pebble 2.4 lacks (ARI).
+//! [`nomad_api`] replaces Nomad's service-discovery API, because no Nomad
+//! binary can be obtained under an open-source licence (ADR 0007).
 
 pub mod acme_ari;
 mod backend;
@@ -22,6 +24,7 @@ mod error;
 mod http;
 mod knot;
 pub mod nomad;
+pub mod nomad_api;
 mod pebble;
 mod process;
 mod proxy;

@@ -198,6 +198,8 @@ fn all_blocks<'a>(body: &'a Body, identifier: &str) -> Vec<&'a Block> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceTags {
     pub name: String,
+    /// Where Nomad registers it: `consul` (Nomad's default) or `nomad`.
+    pub provider: String,
     pub tags: Vec<String>,
     pub canary_tags: Vec<String>,
 }
@@ -248,12 +250,14 @@ pub fn service_tags(body: &Body, vars: &[(&str, Value)]) -> Result<Vec<ServiceTa
     };
     let mut found = Vec::new();
     for service in all_blocks(body, "service") {
-        let name = attribute(service.body(), "name")
-            .and_then(|name| name.evaluate(&context).ok())
-            .and_then(|value| value.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let text = |key: &str| {
+            attribute(service.body(), key)
+                .and_then(|value| value.evaluate(&context).ok())
+                .and_then(|value| value.as_str().map(str::to_owned))
+        };
         found.push(ServiceTags {
-            name,
+            name: text("name").unwrap_or_default(),
+            provider: text("provider").unwrap_or_else(|| "consul".to_owned()),
             tags: list(service, "tags")?,
             canary_tags: list(service, "canary_tags")?,
         });

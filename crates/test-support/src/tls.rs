@@ -8,7 +8,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 
 use crate::http::{HttpResponse, http_error, send};
@@ -124,4 +124,45 @@ pub async fn https_get(
         })?;
     let response = send(tls, &url, "GET", server_name, path, &[], Vec::new()).await?;
     Ok((response, presented))
+}
+
+/// A TLS acceptor serving `cert_pem` (chain) with `key_pem` at `authority`
+/// (named in errors); with `client_ca_pem`, a client certificate signed by
+/// it is required.
+pub(crate) fn tls_acceptor(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+    authority: &str,
+) -> Result<tokio_rustls::TlsAcceptor> {
+    let url = format!("https://{authority}/");
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| http_error(&url, e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| http_error(&url, e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| http_error(&url, e))?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+                let cert = cert.map_err(|e| http_error(&url, e))?;
+                roots.add(cert).map_err(|e| http_error(&url, e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| http_error(&url, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| http_error(&url, e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
