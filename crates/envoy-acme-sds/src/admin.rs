@@ -14,7 +14,7 @@ use serde::Serialize;
 use service_support::admin::{AdminResponse, AdminRoutes};
 use tokio::sync::watch;
 
-use crate::election::Leadership;
+use crate::election::{Leadership, LockHolder};
 use crate::outcomes::{LastOutcome, LastOutcomes};
 use crate::renewer::AccountStatus;
 use crate::routed::policy::HostPlan;
@@ -39,6 +39,8 @@ pub struct SdsAdmin {
     outcomes: Option<LastOutcomes>,
     /// This replica's ACME account, as the renewer last reached it.
     account: Option<watch::Receiver<AccountStatus>>,
+    /// Which replica holds the renewal lock (shared storage only).
+    lock_holder: Option<watch::Receiver<LockHolder>>,
 }
 
 /// One routed host as `/debug/certificates` shows it.
@@ -53,6 +55,8 @@ struct RoutedHostView {
     /// `own`, `covered` or `placeholder`.
     served_as: Option<ServedAs>,
     serial: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    not_before: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     not_after: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -78,6 +82,9 @@ struct DebugCertificates<'a> {
     refused: Option<Vec<RefusedHost>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     acme_account: Option<AccountStatus>,
+    /// Which replica holds the renewal lock; absent with disk storage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_holder: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -103,7 +110,26 @@ impl SdsAdmin {
             routed: None,
             outcomes: None,
             account: None,
+            lock_holder: None,
         }
+    }
+
+    /// Shows which replica holds the renewal lock.
+    #[must_use]
+    pub fn with_lock_holder(mut self, holder: watch::Receiver<LockHolder>) -> Self {
+        self.lock_holder = Some(holder);
+        self
+    }
+
+    /// The lock holder's name, or why there is none; `None` with disk
+    /// storage, where there is no lock.
+    fn lock_holder(&self) -> Option<String> {
+        let holder = self.lock_holder.as_ref()?.borrow().clone();
+        Some(match holder {
+            LockHolder::Held { name } => name,
+            LockHolder::Free => "nobody (the lock is free)".to_owned(),
+            LockHolder::Unknown => "not known yet (the lock has not been read)".to_owned(),
+        })
     }
 
     /// Shows how this replica's ACME account stands.
@@ -177,6 +203,7 @@ impl SdsAdmin {
                     detail,
                     served_as: secret.map(|s| s.served_as),
                     serial: secret.map(|s| s.serial.clone()),
+                    not_before: secret.map(|s| s.not_before),
                     not_after: secret.map(|s| s.not_after),
                     unrouted_since: entry.routing.unrouted_since,
                     renewed: matches!(entry.plan, HostPlan::Order { .. })
@@ -224,6 +251,7 @@ impl SdsAdmin {
             routed: None,
             refused: None,
             acme_account: self.account(),
+            lock_holder: self.lock_holder(),
         };
 
         if let Some((routed, refused)) = self.routed_hosts() {
@@ -244,10 +272,14 @@ impl SdsAdmin {
             let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
             format!("waiting for {}", names.join(", "))
         };
-        let role = if self.renews() {
-            "renews (holds the renewal lock)"
-        } else {
-            "serves (another replica renews)"
+        let role = match (self.renews(), self.lock_holder()) {
+            (true, Some(_)) => "renews (holds the renewal lock)".to_owned(),
+            (true, None) => "renews (disk storage: no lock)".to_owned(),
+            (false, Some(holder)) => format!(
+                "serves; the renewal lock is held by <b>{}</b>",
+                escape(&holder)
+            ),
+            (false, None) => "serves (another replica renews)".to_owned(),
         };
         let keys = match self.keys_at_rest() {
             Some(keys) if keys.all_sealed() => format!("<b>{}</b>", escape(&keys.summary())),
@@ -270,14 +302,21 @@ impl SdsAdmin {
                 format_date(retry_at)
             ),
         };
+        let now = OffsetDateTime::now_utc();
         let mut rows = String::new();
         for view in self.publisher.views() {
             let _ = write!(
                 rows,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&view.secret),
                 escape(&view.names.join(", ")),
                 escape(&view.serial),
+                timeline(
+                    now,
+                    view.not_before,
+                    view.not_after,
+                    Some(view.next_renewal)
+                ),
                 format_date(view.not_after),
                 format_date(view.next_renewal),
                 self.last_outcome_cell(&view.secret),
@@ -285,20 +324,24 @@ impl SdsAdmin {
         }
         if rows.is_empty() {
             rows.push_str(
-                "<tr><td colspan=\"6\">none served: no certificate is configured, or none is stored yet</td></tr>",
+                "<tr><td colspan=\"7\">none served: no certificate is configured, or none is stored yet</td></tr>",
             );
         }
         let routed = self.routed_section();
         AdminResponse::html(format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>envoy-acme-sds</title>\
              <style>body{{font-family:sans-serif}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd;\
-             vertical-align:top;text-align:left}}.bad{{color:#b00}}</style></head>\
+             vertical-align:top;text-align:left}}.bad{{color:#b00}}\
+             .tl{{position:relative;width:160px;height:10px;background:#dfe9df;margin:3px 0}}\
+             .tl .used{{height:100%;background:#7a7}}.tl.late .used{{background:#c55}}\
+             .tl .renew{{position:absolute;top:-3px;width:2px;height:16px;background:#224}}\
+             small{{color:#555}}</style></head>\
              <body><h1>envoy-acme-sds</h1>\
              <p>Instance <b>{instance}</b>: {role}. Status: <b>{readiness}</b> · \
              <a href=\"/debug/certificates\">certificates JSON</a> · <a href=\"/metrics\">metrics</a></p>\
              <p>Keys at rest: {keys}</p>{account}\
              <h2>Configured certificates</h2>\
-             <table><tr><th>secret</th><th>names</th><th>serial</th><th>not after</th>\
+             <table><tr><th>secret</th><th>names</th><th>serial</th><th>lifetime</th><th>not after</th>\
              <th>next renewal</th><th>last result</th></tr>{rows}</table>{routed}</body></html>",
             instance = escape(&self.instance),
             readiness = escape(&readiness),
@@ -312,6 +355,7 @@ impl SdsAdmin {
         let Some((hosts, refused)) = self.routed_hosts() else {
             return String::new();
         };
+        let now = OffsetDateTime::now_utc();
         let mut rows = String::new();
         for host in &hosts {
             let plan = match (&host.detail, host.plan) {
@@ -339,9 +383,13 @@ impl SdsAdmin {
             };
             let _ = write!(
                 rows,
-                "<tr><td>{}</td><td>{}</td><td>{plan}</td><td>{served}</td><td>{}</td><td>{}</td><td>{last}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{plan}</td><td>{served}</td><td>{}</td><td>{}</td><td>{}</td><td>{last}</td></tr>",
                 escape(&host.host),
                 escape(&host.services.join(", ")),
+                match (host.not_before, host.not_after) {
+                    (Some(from), Some(until)) => timeline(now, from, until, None),
+                    _ => String::new(),
+                },
                 host.not_after.map(format_date).unwrap_or_default(),
                 escape(&routed),
             );
@@ -359,12 +407,62 @@ impl SdsAdmin {
         format!(
             "<h2>Routed hosts ({count})</h2>\
              <table><tr><th>host</th><th>services</th><th>how</th><th>served</th>\
-             <th>not after</th><th>routing</th><th>last result</th></tr>{rows}</table>\
+             <th>lifetime</th><th>not after</th><th>routing</th><th>last result</th></tr>{rows}</table>\
              <h2>Refused hosts ({refused_count})</h2>\
              <table><tr><th>host</th><th>why</th><th>services</th></tr>{refusals}</table>",
             count = hosts.len(),
             refused_count = refused.len(),
         )
+    }
+}
+
+/// A certificate's lifetime as a bar a person reads at a glance: the part
+/// already lived filled (red once the renewal point is passed), the renewal
+/// point marked, and the time left in words beneath.
+fn timeline(
+    now: OffsetDateTime,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    renewal: Option<OffsetDateTime>,
+) -> String {
+    let lifetime = (not_after - not_before).as_seconds_f64().max(1.0);
+    let at = |moment: OffsetDateTime| {
+        ((moment - not_before).as_seconds_f64() / lifetime * 100.0).clamp(0.0, 100.0)
+    };
+    let late = renewal.is_some_and(|renewal| now >= renewal) || now >= not_after;
+    let marker = renewal.map_or_else(String::new, |renewal| {
+        format!(
+            "<div class=\"renew\" style=\"left:{:.1}%\" title=\"renewal {}\"></div>",
+            at(renewal),
+            format_date(renewal)
+        )
+    });
+    let left = if now >= not_after {
+        "<b class=\"bad\">expired</b>".to_owned()
+    } else {
+        format!("{} left", in_words(not_after - now))
+    };
+    format!(
+        "<div class=\"tl{}\" title=\"{} to {}\"><div class=\"used\" style=\"width:{:.1}%\"></div>{marker}</div><small>{left}</small>",
+        if late { " late" } else { "" },
+        format_date(not_before),
+        format_date(not_after),
+        at(now),
+    )
+}
+
+/// A duration as a person says it: days, or hours, or minutes.
+fn in_words(duration: time::Duration) -> String {
+    let (days, hours, minutes) = (
+        duration.whole_days(),
+        duration.whole_hours(),
+        duration.whole_minutes(),
+    );
+    match (days, hours, minutes) {
+        (2.., _, _) => format!("{days} days"),
+        (_, 2.., _) => format!("{hours} hours"),
+        (_, _, 2..) => format!("{minutes} minutes"),
+        _ => "under 2 minutes".to_owned(),
     }
 }
 
@@ -457,5 +555,69 @@ mod tests {
         assert!(html.contains("none served"), "{html}");
         // Without a renewer attached there is no account line.
         assert!(!html.contains("ACME account"));
+    }
+
+    #[test]
+    fn a_follower_names_the_replica_holding_the_lock() {
+        let (leadership_tx, leadership) = watch::channel(Leadership::Follower);
+        let (holder, seen) = watch::channel(LockHolder::Unknown);
+        let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
+        let publisher = SecretPublisher::new(cache, "gateways", Vec::new(), "consul:certs");
+        let admin = SdsAdmin::new(Arc::new(publisher), Some(leadership), "replica-b")
+            .with_lock_holder(seen);
+        assert!(page(&admin).contains("not known yet"), "{}", page(&admin));
+
+        holder.send_replace(LockHolder::Held {
+            name: "replica-<a>".to_owned(),
+        });
+        let html = page(&admin);
+        assert!(
+            html.contains("the renewal lock is held by <b>replica-&lt;a&gt;</b>"),
+            "{html}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&admin.route("/debug/certificates").expect("json").body)
+                .expect("JSON");
+        assert_eq!(json["lock_holder"], "replica-<a>");
+
+        holder.send_replace(LockHolder::Free);
+        assert!(page(&admin).contains("nobody (the lock is free)"));
+        drop(leadership_tx);
+    }
+
+    #[test]
+    fn the_timeline_fills_the_lived_part_and_marks_the_renewal() {
+        let not_before = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let not_after = not_before + time::Duration::days(90);
+        let renewal = not_before + time::Duration::days(60);
+
+        let early = timeline(
+            not_before + time::Duration::days(9),
+            not_before,
+            not_after,
+            Some(renewal),
+        );
+        assert!(early.contains("width:10.0%"), "{early}");
+        assert!(early.contains("left:66.7%"), "{early}");
+        assert!(early.contains("81 days left"), "{early}");
+        assert!(!early.contains(" late"), "{early}");
+
+        let overdue = timeline(
+            not_before + time::Duration::days(89) + time::Duration::hours(12),
+            not_before,
+            not_after,
+            Some(renewal),
+        );
+        assert!(overdue.contains("tl late"), "{overdue}");
+        assert!(overdue.contains("12 hours left"), "{overdue}");
+
+        let expired = timeline(
+            not_after + time::Duration::days(1),
+            not_before,
+            not_after,
+            None,
+        );
+        assert!(expired.contains("width:100.0%"), "{expired}");
+        assert!(expired.contains("expired"), "{expired}");
     }
 }

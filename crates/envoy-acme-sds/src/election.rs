@@ -84,12 +84,42 @@ impl Leadership {
     }
 }
 
+/// Who holds the lock, as this replica last read the lock key: what the
+/// status page shows a person looking at a replica that does not renew.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockHolder {
+    /// Not read yet (no session, or Consul has not answered).
+    Unknown,
+    /// No session holds the key.
+    Free,
+    /// Held; `name` is what the holder wrote into the key (its
+    /// `--instance-name`).
+    Held { name: String },
+}
+
+impl LockHolder {
+    fn of(pair: Option<&consul_client::KvPair>) -> Self {
+        match pair {
+            Some(pair) if pair.session.is_some() => Self::Held {
+                name: pair
+                    .value
+                    .as_deref()
+                    .map(|value| String::from_utf8_lossy(value).into_owned())
+                    .filter(|name| !name.is_empty())
+                    .unwrap_or_else(|| "(unnamed)".to_owned()),
+            },
+            _ => Self::Free,
+        }
+    }
+}
+
 /// Campaigns for the lock and reports this replica's [`Leadership`].
 #[derive(Debug)]
 pub struct Election {
     client: Client,
     config: ElectionConfig,
     state: watch::Sender<Leadership>,
+    holder: watch::Sender<LockHolder>,
 }
 
 /// Why holding a session ended.
@@ -104,11 +134,17 @@ impl Election {
             client,
             config,
             state: watch::Sender::new(Leadership::Follower),
+            holder: watch::Sender::new(LockHolder::Unknown),
         }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Leadership> {
         self.state.subscribe()
+    }
+
+    /// Who holds the lock, as last read.
+    pub fn holder(&self) -> watch::Receiver<LockHolder> {
+        self.holder.subscribe()
     }
 
     /// Campaigns until `shutdown`, then resigns.
@@ -250,6 +286,7 @@ impl Election {
                         WatchEvent::Value { value, .. } => value,
                         WatchEvent::Degraded { .. } => continue,
                     };
+                    self.holder.send_replace(LockHolder::of(pair.as_ref().as_ref()));
                     let holder = pair.as_ref().as_ref().and_then(|p| p.session.clone());
                     lock_free = holder.is_none();
                     if term.is_some() {

@@ -191,7 +191,11 @@ async fn serve(args: Layer) -> Result<()> {
         },
         keys_at_rest,
     };
-    let leadership = storage.start(replica, &mut tasks, &shutdown).await;
+    let election = storage.start(replica, &mut tasks, &shutdown).await;
+    let (leadership, lock_holder) = match election {
+        Some(view) => (Some(view.leadership), Some(view.holder)),
+        None => (None, None),
+    };
 
     let mut admin_routes = SdsAdmin::new(
         Arc::clone(&publisher),
@@ -203,6 +207,9 @@ async fn serve(args: Layer) -> Result<()> {
     .with_account(account_status);
     if let Some((view, grace)) = routed_view {
         admin_routes = admin_routes.with_routed(view, grace);
+    }
+    if let Some(holder) = lock_holder {
+        admin_routes = admin_routes.with_lock_holder(holder);
     }
     let routes = Arc::new(admin_routes);
     tasks.spawn(admin.serve(Arc::new(registry), routes, shutdown.clone()));

@@ -156,6 +156,8 @@ pub struct RoutedSecretView {
     pub covered_by: Option<String>,
     pub serial: String,
     #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
 }
 
@@ -471,6 +473,7 @@ impl SecretPublisher {
                     served_as,
                     covered_by,
                     serial: bundle.metadata().serial.clone(),
+                    not_before: bundle.metadata().not_before,
                     not_after: bundle.metadata().not_after,
                 })
             })

@@ -25,7 +25,7 @@ use tracing::error;
 
 use crate::certificate::CertificateBundle;
 use crate::config::StorageLocation;
-use crate::election::{Election, ElectionConfig, Leadership};
+use crate::election::{Election, ElectionConfig, Leadership, LockHolder};
 use crate::kv_watch::KvFollower;
 use crate::metrics::ServiceMetrics;
 use crate::policy::OrderHistory;
@@ -132,7 +132,7 @@ impl StorageMode {
         replica: Replica,
         tasks: &mut JoinSet<()>,
         shutdown: &CancellationToken,
-    ) -> Option<watch::Receiver<Leadership>> {
+    ) -> Option<ElectionView> {
         let Replica {
             renewer,
             publisher,
@@ -163,6 +163,7 @@ impl StorageMode {
                 election_config.lock_delay = lock.lock_delay;
                 let election = Election::new(store.client().clone(), election_config);
                 let leadership = election.subscribe();
+                let holder = election.holder();
                 tasks.spawn(election.run(shutdown.clone()));
                 tasks.spawn(
                     KvFollower::new(store.clone(), publisher, wake)
@@ -176,10 +177,19 @@ impl StorageMode {
                         .run_while_leading(store, leading, metrics, shutdown)
                         .await;
                 });
-                Some(leadership)
+                Some(ElectionView { leadership, holder })
             }
         }
     }
+}
+
+/// What a replica sharing storage knows of the election.
+#[derive(Debug)]
+pub struct ElectionView {
+    /// Whether this replica renews.
+    pub leadership: watch::Receiver<Leadership>,
+    /// Which replica holds the lock.
+    pub holder: watch::Receiver<LockHolder>,
 }
 
 /// Serves what is stored at once, before any ACME traffic: a CA outage at

@@ -860,6 +860,15 @@ async fn two_replicas_one_orders_both_envoys_present_the_new_hosts_certificate()
     .await
     .expect("a lock holder");
     let leader = holders[0];
+    let leader_name = ["replica-a", "replica-b"][leader];
+    let follower_page = replicas[1 - leader].admin("/").await.expect("status page");
+    assert!(
+        follower_page
+            .body
+            .contains(&format!("the renewal lock is held by <b>{leader_name}</b>")),
+        "{}",
+        follower_page.body
+    );
 
     let mut edges = Vec::new();
     for replica in &replicas {
