@@ -1,7 +1,9 @@
-//! Serves Envoy EDS from Consul's catalog and health.
+//! Serves Envoy EDS from Consul's catalog and health, and from Nomad's own
+//! service registry.
 //!
-//! Data flows one way: Consul (`source`) -> domain model (`model`, `health`)
-//! -> Envoy resources (`translate`) -> xDS streams (`xds-core`).
+//! Data flows one way: Consul (`source`), Nomad, both together
+//! (`registries`) -> domain model (`model`, `health`) -> Envoy resources
+//! (`translate`) -> xDS streams (`xds-core`).
 
 pub mod admin;
 pub mod config;
@@ -11,6 +13,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod naming;
+pub mod registries;
 pub mod sink;
 pub mod source;
 pub mod state;

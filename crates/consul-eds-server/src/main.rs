@@ -11,7 +11,7 @@ use consul_client::watch::WatchEvent;
 use consul_client::{Client, ClientMetrics, WatchConfig};
 use consul_eds_server::admin::EdsAdmin;
 use consul_eds_server::config::Config;
-use consul_eds_server::engine::{Engine, EngineSettings, GatewayLink};
+use consul_eds_server::engine::{Engine, EngineSettings, GatewayLink, SourceSelection};
 use consul_eds_server::gateway::actor::{CatalogEvent, Gateway, GatewaySettings};
 use consul_eds_server::gateway::publish::Publisher;
 use consul_eds_server::gateway::translate::TranslateSettings;
@@ -82,6 +82,7 @@ async fn run(config: Config) -> Result<()> {
             naming,
             policy: config.health_policy(),
             failover_dcs: config.failover_dcs.clone(),
+            sources: SourceSelection::default(),
             allowed_services: config.services.iter().cloned().collect::<BTreeSet<_>>(),
             coalesce: config.coalesce,
             reset_grace: config.reset_grace,

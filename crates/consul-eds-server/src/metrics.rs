@@ -15,6 +15,10 @@ pub struct ClusterLabel {
 pub struct ServiceLabel {
     pub service: String,
     pub datacenter: String,
+    /// `consul` or `nomad`.
+    pub source: String,
+    /// Nomad's namespace; empty for Consul.
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -107,6 +111,8 @@ mod tests {
             .get_or_create(&ServiceLabel {
                 service: "web".to_owned(),
                 datacenter: "dc1".to_owned(),
+                source: "consul".to_owned(),
+                namespace: String::new(),
             })
             .set(1);
         metrics.pushes.inc();
@@ -119,7 +125,7 @@ mod tests {
         for line in [
             "consul_eds_watches 2",
             "consul_eds_cluster_endpoints{cluster=\"web\"} 3",
-            "consul_eds_service_degraded{service=\"web\",datacenter=\"dc1\"} 1",
+            "consul_eds_service_degraded{service=\"web\",datacenter=\"dc1\",source=\"consul\",namespace=\"\"} 1",
             "consul_eds_pushes_total 1",
             "consul_eds_cluster_updates_total 4",
             "consul_eds_empty_after_reset_held_total 1",

@@ -1,4 +1,4 @@
-//! What the server knows about Consul services, in its own terms.
+//! What the server knows about services, in its own terms.
 //!
 //! These types sit between Consul's JSON and Envoy's protobuf, so the
 //! decisions between the two are testable without either: `source` reads
@@ -9,6 +9,37 @@
 use std::sync::Arc;
 
 use serde::Serialize;
+
+/// The registry a service's instances come from.
+///
+/// Nomad (1.3 and later) keeps a service registry of its own for jobs whose
+/// services say `provider = "nomad"`; a cluster may be fed from either
+/// registry or from both (see `naming` for how a cluster name chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Consul,
+    Nomad,
+}
+
+impl SourceKind {
+    pub const ALL: [Self; 2] = [Self::Consul, Self::Nomad];
+
+    /// The name used in `--sources`, in cluster names (`{source}`) and in
+    /// metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consul => "consul",
+            Self::Nomad => "nomad",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The aggregated state of an instance's checks, worst first wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -164,10 +164,7 @@ fn entry(service: &str) -> String {
 }
 
 fn key(service: &str) -> WatchKey {
-    WatchKey {
-        service: service.to_owned(),
-        datacenter: None,
-    }
+    WatchKey::consul(service, None)
 }
 
 async fn first_instances(stream: &mut BoxStream<'static, SourceEvent>) -> usize {

@@ -2,8 +2,25 @@
 
 use std::sync::Arc;
 
-use super::SourceEvent;
+use std::time::Duration;
+
+use super::{EngineSettings, SourceEvent, SourceSelection};
+use crate::health::HealthPolicy;
 use crate::model::{CheckState, ServiceInstance, Weights};
+use crate::naming::ClusterNaming;
+
+/// Settings of an engine reading Consul alone, with no failover.
+pub(super) fn settings() -> EngineSettings {
+    EngineSettings {
+        naming: ClusterNaming::new("{service}").expect("template"),
+        policy: HealthPolicy::default(),
+        failover_dcs: Vec::new(),
+        sources: SourceSelection::default(),
+        allowed_services: Default::default(),
+        coalesce: Duration::from_millis(5),
+        reset_grace: Duration::from_secs(10),
+    }
+}
 
 /// An instance at an IP address on one node, with Consul's default weights.
 pub(super) fn instance(id: &str, checks: CheckState, tags: &[&str]) -> ServiceInstance {

@@ -37,24 +37,84 @@ use service_support::time::{sleep_until_opt, unix_now};
 
 use crate::health::HealthPolicy;
 use crate::metrics::{ClusterLabel, EngineMetrics, ServiceLabel};
-use crate::model::{ClusterEndpoints, Endpoint, ServiceInstance};
+use crate::model::{ClusterEndpoints, Endpoint, ServiceInstance, SourceKind};
 use crate::naming::{ClusterNaming, ClusterTarget};
 use crate::state::{Freshness, ServedState};
 use plan::ClusterPlan;
 use rules::{Change, Input, Now, ServiceState};
 
-/// One watched Consul service in one datacenter (`None`: the local one).
+/// One watched service in one registry and datacenter (`None`: the local
+/// one).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WatchKey {
     pub service: String,
     pub datacenter: Option<String>,
+    pub origin: Origin,
+}
+
+/// Which registry a watch reads, and where in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    Consul,
+    /// Nomad's own registry, in one namespace (`*`: every namespace the
+    /// token can read).
+    Nomad {
+        namespace: String,
+    },
+}
+
+impl Origin {
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            Self::Consul => SourceKind::Consul,
+            Self::Nomad { .. } => SourceKind::Nomad,
+        }
+    }
 }
 
 impl WatchKey {
+    /// `service` in Consul's catalog of `datacenter`.
+    pub fn consul(service: &str, datacenter: Option<&str>) -> Self {
+        Self {
+            service: service.to_owned(),
+            datacenter: datacenter.map(str::to_owned),
+            origin: Origin::Consul,
+        }
+    }
+
+    /// `service` in Nomad's registry, in `namespace`.
+    pub fn nomad(service: &str, namespace: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            datacenter: None,
+            origin: Origin::Nomad {
+                namespace: namespace.to_owned(),
+            },
+        }
+    }
+
     fn datacenter_label(&self) -> String {
         self.datacenter
             .clone()
             .unwrap_or_else(|| "local".to_owned())
+    }
+}
+
+/// The registries the server reads (`--sources`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSelection {
+    pub consul: bool,
+    /// Nomad's namespaces to read; empty: Nomad is not read.
+    pub nomad_namespaces: Vec<String>,
+}
+
+impl Default for SourceSelection {
+    /// Consul alone, as before Nomad could be read.
+    fn default() -> Self {
+        Self {
+            consul: true,
+            nomad_namespaces: Vec::new(),
+        }
     }
 }
 
@@ -92,8 +152,10 @@ pub trait EndpointSink: Send + 'static {
 pub struct EngineSettings {
     pub naming: ClusterNaming,
     pub policy: HealthPolicy,
-    /// Datacenters tried, in order, as lower priorities.
+    /// Datacenters tried, in order, as lower priorities (Consul's).
     pub failover_dcs: Vec<String>,
+    /// The registries clusters are fed from.
+    pub sources: SourceSelection,
     /// If not empty, only these services are ever watched.
     pub allowed_services: BTreeSet<String>,
     pub coalesce: Duration,
@@ -365,14 +427,18 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                 tracing::debug!(%cluster, service = %target.service, "service not in --services; answered empty");
                 continue;
             }
-            let plan = ClusterPlan::new(target, &self.settings.failover_dcs);
+            let plan = ClusterPlan::new(target, &self.settings);
+            if plan.watch_keys().next().is_none() {
+                tracing::debug!(%cluster, "the cluster's registry is not read (--sources); answered empty");
+                continue;
+            }
             wanted.insert(cluster.clone(), plan);
         }
         // The gateway's clusters come from Consul's own tags, not from what
         // a client asks for: `--services` (which bounds what clients can
         // make the server watch) does not apply to them.
         for (cluster, target) in &self.gateway_targets {
-            let plan = ClusterPlan::new(target.clone(), &self.settings.failover_dcs);
+            let plan = ClusterPlan::new(target.clone(), &self.settings);
             wanted.insert(cluster.clone(), plan);
         }
         wanted
@@ -400,7 +466,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         if !self.watches.contains_key(key) {
             return;
         }
-        tracing::info!(service = %key.service, dc = %key.datacenter_label(), "reading the service afresh");
+        tracing::info!(service = %key.service, dc = %key.datacenter_label(), source = %key.origin.kind(), "reading the service afresh");
         let (task, generation) = self.spawn_watch(key.clone());
         if let Some(watch) = self.watches.get_mut(key) {
             watch.task.abort();
@@ -635,6 +701,11 @@ fn service_label(key: &WatchKey) -> ServiceLabel {
     ServiceLabel {
         service: key.service.clone(),
         datacenter: key.datacenter_label(),
+        source: key.origin.kind().as_str().to_owned(),
+        namespace: match &key.origin {
+            Origin::Consul => String::new(),
+            Origin::Nomad { namespace } => namespace.clone(),
+        },
     }
 }
 

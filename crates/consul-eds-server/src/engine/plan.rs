@@ -3,9 +3,10 @@
 //! Pure like the per-service rule: built from the settings and the services'
 //! states, so the actor only decides *when* a cluster is built again.
 
-use super::WatchKey;
 use super::rules::ServiceState;
+use super::{EngineSettings, WatchKey};
 use crate::health::HealthPolicy;
+use crate::model::SourceKind;
 use crate::naming::ClusterTarget;
 use crate::state::{ClusterView, Excluded, Freshness};
 
@@ -18,21 +19,47 @@ pub(crate) struct ClusterPlan {
 }
 
 impl ClusterPlan {
-    /// The target's own datacenter at priority 0, then each failover
-    /// datacenter (but the target's own) at the next priority.
-    pub(crate) fn new(target: ClusterTarget, failover_dcs: &[String]) -> Self {
-        let primary = WatchKey {
-            service: target.service.clone(),
-            datacenter: target.datacenter.clone(),
-        };
-        let failovers = failover_dcs
-            .iter()
-            .filter(|dc| target.datacenter.as_ref() != Some(*dc))
-            .map(|dc| WatchKey {
-                service: target.service.clone(),
-                datacenter: Some(dc.clone()),
-            });
-        let sources = std::iter::once(primary).chain(failovers).zip(0..).collect();
+    /// From Consul, when it is read and the target selects it: the target's
+    /// own datacenter at priority 0, then each failover datacenter (but the
+    /// target's own) at the next priority. From Nomad, when it is read and
+    /// the target selects it: each selected namespace at priority 0, beside
+    /// Consul's instances (merged by service name). Nomad's registrations
+    /// carry Nomad's datacenter, which is not Consul's: a target naming a
+    /// datacenter selects Consul only, and failover is Consul's.
+    ///
+    /// A plan may come out with no watch at all (its registry is not read);
+    /// such a cluster is not served.
+    pub(crate) fn new(target: ClusterTarget, settings: &EngineSettings) -> Self {
+        let selection = &settings.sources;
+        let wants = |kind: SourceKind| target.source.is_none_or(|source| source == kind);
+        let mut sources = Vec::new();
+        let consul_namespace = target
+            .namespace
+            .as_deref()
+            .is_none_or(|namespace| namespace == "default");
+        if selection.consul && wants(SourceKind::Consul) && consul_namespace {
+            let datacenter = target.datacenter.as_deref();
+            sources.push((WatchKey::consul(&target.service, datacenter), 0));
+            let failovers = settings
+                .failover_dcs
+                .iter()
+                .filter(|dc| target.datacenter.as_ref() != Some(*dc));
+            for (dc, priority) in failovers.zip(1..) {
+                sources.push((WatchKey::consul(&target.service, Some(dc)), priority));
+            }
+        }
+        if wants(SourceKind::Nomad) && target.datacenter.is_none() {
+            let namespaces = match &target.namespace {
+                Some(namespace) if !selection.nomad_namespaces.is_empty() => {
+                    vec![namespace.clone()]
+                }
+                Some(_) => Vec::new(),
+                None => selection.nomad_namespaces.clone(),
+            };
+            for namespace in namespaces {
+                sources.push((WatchKey::nomad(&target.service, &namespace), 0));
+            }
+        }
         Self { target, sources }
     }
 
@@ -60,16 +87,19 @@ impl ClusterPlan {
     ) -> Option<ClusterView> {
         let mut endpoints = Vec::new();
         let mut excluded = Vec::new();
-        let mut freshness = Freshness::Pending;
+        let mut freshness = None;
         let mut any_data = false;
         for (key, priority) in &self.sources {
             let Some(state) = service(key) else {
                 continue;
             };
-            // The cluster reports the primary watch's freshness, or a
-            // failover's degradation if the primary is fine.
-            if *priority == 0 || matches!(state.freshness(), Freshness::Degraded { .. }) {
-                freshness = state.freshness().clone();
+            // The cluster reports its first primary watch's freshness, or
+            // the first degradation of any other watch feeding it (another
+            // registry's, a failover's) if that one is fine.
+            let degraded = matches!(state.freshness(), Freshness::Degraded { .. });
+            let already_degraded = matches!(freshness, Some(Freshness::Degraded { .. }));
+            if (*priority == 0 && freshness.is_none()) || (degraded && !already_degraded) {
+                freshness = Some(state.freshness().clone());
             }
             let Some(instances) = state.instances() else {
                 continue;
@@ -111,7 +141,7 @@ impl ClusterPlan {
         Some(ClusterView {
             cluster: cluster.to_owned(),
             service: self.target.service.clone(),
-            freshness,
+            freshness: freshness.unwrap_or(Freshness::Pending),
             endpoints: endpoints.into(),
             excluded,
         })
@@ -123,27 +153,44 @@ mod tests {
     use super::*;
     use crate::engine::fixtures::passing;
     use crate::engine::rules::{Input, Now};
+    use crate::engine::{SourceEvent, SourceSelection};
 
     fn target(service: &str, datacenter: Option<&str>) -> ClusterTarget {
         ClusterTarget {
-            service: service.to_owned(),
-            tag: None,
-            without_tag: None,
             datacenter: datacenter.map(str::to_owned),
+            ..ClusterTarget::service(service)
         }
     }
 
     fn key(datacenter: Option<&str>) -> WatchKey {
-        WatchKey {
-            service: "web".to_owned(),
-            datacenter: datacenter.map(str::to_owned),
+        WatchKey::consul("web", datacenter)
+    }
+
+    fn settings(failover_dcs: &[&str], sources: SourceSelection) -> EngineSettings {
+        EngineSettings {
+            failover_dcs: failover_dcs.iter().map(|dc| (*dc).to_owned()).collect(),
+            sources,
+            ..crate::engine::fixtures::settings()
+        }
+    }
+
+    fn consul_only() -> SourceSelection {
+        SourceSelection::default()
+    }
+
+    fn both(namespaces: &[&str]) -> SourceSelection {
+        SourceSelection {
+            consul: true,
+            nomad_namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
         }
     }
 
     #[test]
     fn failover_datacenters_follow_the_primary_and_skip_the_targets_own() {
-        let failover = ["dc2".to_owned(), "dc3".to_owned()];
-        let plan = ClusterPlan::new(target("web", Some("dc2")), &failover);
+        let plan = ClusterPlan::new(
+            target("web", Some("dc2")),
+            &settings(&["dc2", "dc3"], consul_only()),
+        );
         assert_eq!(
             plan.sources,
             vec![(key(Some("dc2")), 0), (key(Some("dc3")), 1)]
@@ -153,8 +200,102 @@ mod tests {
     }
 
     #[test]
+    fn a_name_known_to_both_registries_is_fed_by_both_at_the_same_priority() {
+        let plan = ClusterPlan::new(target("web", None), &settings(&["dc2"], both(&["a", "b"])));
+        assert_eq!(
+            plan.sources,
+            vec![
+                (key(None), 0),
+                (key(Some("dc2")), 1),
+                (WatchKey::nomad("web", "a"), 0),
+                (WatchKey::nomad("web", "b"), 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_name_choosing_a_registry_or_namespace_is_fed_by_that_alone() {
+        let nomad_only = ClusterTarget {
+            source: Some(SourceKind::Nomad),
+            ..target("web", None)
+        };
+        let plan = ClusterPlan::new(nomad_only, &settings(&["dc2"], both(&["a"])));
+        assert_eq!(plan.sources, vec![(WatchKey::nomad("web", "a"), 0)]);
+
+        let in_namespace = ClusterTarget {
+            namespace: Some("b".to_owned()),
+            ..target("web", None)
+        };
+        let plan = ClusterPlan::new(in_namespace.clone(), &settings(&[], both(&["a"])));
+        assert_eq!(plan.sources, vec![(WatchKey::nomad("web", "b"), 0)]);
+        // Nomad not read: nothing feeds a namespace other than Consul's.
+        let plan = ClusterPlan::new(in_namespace, &settings(&[], consul_only()));
+        assert_eq!(plan.watch_keys().count(), 0);
+
+        // A Consul datacenter is Consul's alone.
+        let plan = ClusterPlan::new(target("web", Some("dc2")), &settings(&[], both(&["a"])));
+        assert_eq!(plan.sources, vec![(key(Some("dc2")), 0)]);
+    }
+
+    #[test]
+    fn a_merged_cluster_serves_both_registries_and_shows_either_ones_degradation() {
+        use crate::engine::fixtures::passing;
+        let now = Now {
+            instant: std::time::Instant::now(),
+            unix_secs: 0,
+        };
+        let mut consul = ServiceState::default();
+        consul.apply(
+            Input::Source(passing(&["c-1"], 3)),
+            now,
+            std::time::Duration::ZERO,
+        );
+        let mut nomad = ServiceState::default();
+        nomad.apply(
+            Input::Source(passing(&["n-1", "n-2"], 9)),
+            now,
+            std::time::Duration::ZERO,
+        );
+        let plan = ClusterPlan::new(target("web", None), &settings(&[], both(&["default"])));
+        let build = |consul: &ServiceState, nomad: &ServiceState| {
+            plan.build("web", &HealthPolicy::default(), |key| {
+                Some(match key.origin {
+                    crate::engine::Origin::Consul => consul,
+                    crate::engine::Origin::Nomad { .. } => nomad,
+                })
+            })
+            .expect("read")
+        };
+        let view = build(&consul, &nomad);
+        let mut ids: Vec<String> = view
+            .endpoints
+            .iter()
+            .map(|e| e.instance_id.to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["c-1", "n-1", "n-2"]);
+        assert_eq!(view.freshness, Freshness::Synced { index: 3 });
+
+        // Nomad fails: its last instances stay, and the cluster says so.
+        nomad.apply(
+            Input::Source(SourceEvent::Failing {
+                error: "nomad down".to_owned(),
+            }),
+            now,
+            std::time::Duration::ZERO,
+        );
+        let view = build(&consul, &nomad);
+        assert_eq!(view.endpoints.len(), 3);
+        assert!(
+            matches!(view.freshness, Freshness::Degraded { .. }),
+            "{:?}",
+            view.freshness
+        );
+    }
+
+    #[test]
     fn nothing_is_built_before_a_feeding_watch_has_read() {
-        let plan = ClusterPlan::new(target("web", None), &[]);
+        let plan = ClusterPlan::new(target("web", None), &settings(&[], consul_only()));
         let unread = ServiceState::default();
         assert!(
             plan.build("web", &HealthPolicy::default(), |_| Some(&unread))
@@ -197,7 +338,7 @@ mod tests {
             std::time::Duration::ZERO,
         );
         let ids = |target: ClusterTarget| -> Vec<String> {
-            let view = ClusterPlan::new(target, &[])
+            let view = ClusterPlan::new(target, &settings(&[], consul_only()))
                 .build("web", &HealthPolicy::default(), |_| Some(&read))
                 .expect("read");
             view.endpoints

@@ -33,20 +33,14 @@ impl FakeSource {
     }
 
     fn send_dc(&self, service: &str, dc: Option<&str>, event: SourceEvent) {
-        let key = WatchKey {
-            service: service.to_owned(),
-            datacenter: dc.map(str::to_owned),
-        };
+        let key = WatchKey::consul(service, dc);
         let senders = self.senders.lock().expect("lock");
         let sender = senders.get(&key).expect("service is watched");
         sender.send(event).expect("watch is running");
     }
 
     fn is_watching(&self, service: &str) -> bool {
-        let key = WatchKey {
-            service: service.to_owned(),
-            datacenter: None,
-        };
+        let key = WatchKey::consul(service, None);
         self.senders
             .lock()
             .expect("lock")
@@ -97,6 +91,7 @@ impl Harness {
             naming: ClusterNaming::new("{service}").expect("template"),
             policy: HealthPolicy::default(),
             failover_dcs: failover_dcs.iter().map(|s| (*s).to_owned()).collect(),
+            sources: SourceSelection::default(),
             allowed_services: allowed.iter().map(|s| (*s).to_owned()).collect(),
             coalesce: Duration::from_millis(5),
             reset_grace: Duration::from_secs(10),
@@ -448,6 +443,7 @@ async fn gateway_targets_are_fed_unasked_and_their_instances_reported() {
         naming: ClusterNaming::new("{service}").expect("template"),
         policy: HealthPolicy::default(),
         failover_dcs: vec![],
+        sources: SourceSelection::default(),
         // `--services` bounds what clients may ask for, not what Consul's
         // own tags route.
         allowed_services: BTreeSet::from(["other".to_owned()]),
@@ -458,10 +454,8 @@ async fn gateway_targets_are_fed_unasked_and_their_instances_reported() {
     let (sink_tx, mut sink) = mpsc::unbounded_channel();
     let (_demand, demand_rx) = watch::channel(BTreeSet::new());
     let stable = |without: Option<&str>| ClusterTarget {
-        service: "web".to_owned(),
-        tag: None,
         without_tag: without.map(str::to_owned),
-        datacenter: None,
+        ..ClusterTarget::service("web")
     };
     let (targets, targets_rx) = watch::channel(BTreeMap::from([("web".to_owned(), stable(None))]));
     let (instances_tx, mut reported) = mpsc::unbounded_channel();
@@ -555,6 +549,7 @@ async fn a_lone_change_is_pushed_at_once_and_what_follows_waits_for_the_window()
         naming: ClusterNaming::new("{service}").expect("template"),
         policy: HealthPolicy::default(),
         failover_dcs: vec![],
+        sources: SourceSelection::default(),
         allowed_services: BTreeSet::new(),
         coalesce: Duration::from_millis(100),
         reset_grace: Duration::from_secs(10),

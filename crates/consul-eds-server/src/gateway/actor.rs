@@ -425,20 +425,16 @@ fn cluster_targets<'a>(
         targets.insert(
             cluster_name(service, false),
             ClusterTarget {
-                service: service.to_owned(),
-                tag: None,
                 without_tag: Some(canary_tag.to_owned()),
-                datacenter: None,
+                ..ClusterTarget::service(service)
             },
         );
         if split.contains(&service) {
             targets.insert(
                 cluster_name(service, true),
                 ClusterTarget {
-                    service: service.to_owned(),
                     tag: Some(canary_tag.to_owned()),
-                    without_tag: None,
-                    datacenter: None,
+                    ..ClusterTarget::service(service)
                 },
             );
         }

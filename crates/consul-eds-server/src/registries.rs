@@ -1,0 +1,262 @@
+//! The registries together: Consul's catalog and Nomad's own service
+//! registry, as one [`ServiceSource`] for the engine and one catalog for the
+//! gateway.
+//!
+//! How a service name known to both is served is a choice, made here and in
+//! `engine::plan`: by default a cluster named after a service gets the
+//! instances of both registries (merged by name, as the seed's
+//! `-enable-nomad` did), each registry's watch keeping its own last good
+//! answer, so a failing Nomad never takes Consul's instances away, nor the
+//! other way round. A cluster name template with `{source}` tells them apart
+//! instead (see `naming`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::{self, BoxStream};
+
+use crate::engine::{ServiceSource, SourceEvent, WatchKey};
+use crate::gateway::actor::CatalogEvent;
+use crate::model::SourceKind;
+
+/// One [`ServiceSource`] per registry read; a watch goes to the registry its
+/// key names.
+#[derive(Default)]
+pub struct SourceSet {
+    consul: Option<Arc<dyn ServiceSource>>,
+    nomad: Option<Arc<dyn ServiceSource>>,
+}
+
+impl std::fmt::Debug for SourceSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSet")
+            .field("consul", &self.consul.is_some())
+            .field("nomad", &self.nomad.is_some())
+            .finish()
+    }
+}
+
+impl SourceSet {
+    #[must_use]
+    pub fn with(mut self, kind: SourceKind, source: Arc<dyn ServiceSource>) -> Self {
+        match kind {
+            SourceKind::Consul => self.consul = Some(source),
+            SourceKind::Nomad => self.nomad = Some(source),
+        }
+        self
+    }
+
+    fn get(&self, kind: SourceKind) -> Option<&Arc<dyn ServiceSource>> {
+        match kind {
+            SourceKind::Consul => self.consul.as_ref(),
+            SourceKind::Nomad => self.nomad.as_ref(),
+        }
+    }
+}
+
+impl ServiceSource for SourceSet {
+    fn watch(&self, key: &WatchKey) -> BoxStream<'static, SourceEvent> {
+        let kind = key.origin.kind();
+        match self.get(kind) {
+            Some(source) => source.watch(key),
+            // The engine's plans only name registries that are read; should
+            // one slip through, it is a failing read, never an empty one.
+            None => stream::once(async move {
+                SourceEvent::Failing {
+                    error: format!("the {kind} registry is not read (--sources)"),
+                }
+            })
+            .chain(stream::pending())
+            .boxed(),
+        }
+    }
+}
+
+/// The gateway's catalog, from every registry read: the services of all of
+/// them, each with the union of its tags.
+///
+/// Why nothing is believed until every registry has answered once: the
+/// gateway's first publication replaces whatever an Envoy holds, and one
+/// made without Nomad's services (Nomad down as the server starts) would
+/// take their routes away. After that, a registry that fails keeps its last
+/// good service list in the union, so the other registry's changes still
+/// go through; its failure is reported to the gateway as a read not
+/// believed, which changes nothing there.
+pub fn merge_catalogs(
+    catalogs: Vec<(SourceKind, BoxStream<'static, CatalogEvent>)>,
+) -> BoxStream<'static, CatalogEvent> {
+    if catalogs.len() == 1 {
+        return catalogs
+            .into_iter()
+            .next()
+            .map(|(_, s)| s)
+            .unwrap_or_else(|| stream::empty().boxed());
+    }
+    let kinds: Vec<SourceKind> = catalogs.iter().map(|(kind, _)| *kind).collect();
+    let tagged = stream::select_all(
+        catalogs
+            .into_iter()
+            .map(|(kind, catalog)| catalog.map(move |event| (kind, event)).boxed()),
+    );
+    let mut merger = CatalogMerger::new(kinds);
+    tagged
+        .map(move |(kind, event)| merger.on_event(kind, event))
+        .boxed()
+}
+
+/// Service name -> its tags, as a catalog read lists them.
+type ServiceList = Arc<BTreeMap<String, Vec<String>>>;
+
+/// The last good service list of each registry, and the union handed on.
+#[derive(Debug)]
+struct CatalogMerger {
+    last_good: BTreeMap<SourceKind, Option<ServiceList>>,
+}
+
+impl CatalogMerger {
+    fn new(kinds: Vec<SourceKind>) -> Self {
+        Self {
+            last_good: kinds.into_iter().map(|kind| (kind, None)).collect(),
+        }
+    }
+
+    fn on_event(&mut self, kind: SourceKind, event: CatalogEvent) -> CatalogEvent {
+        let after_reset = match event {
+            CatalogEvent::Unbelieved { reason } => {
+                return CatalogEvent::Unbelieved {
+                    reason: format!("{kind}: {reason}"),
+                };
+            }
+            CatalogEvent::Services {
+                services,
+                after_reset,
+            } => {
+                self.last_good.insert(kind, Some(services));
+                after_reset
+            }
+        };
+        let waiting: Vec<&str> = self
+            .last_good
+            .iter()
+            .filter(|(_, services)| services.is_none())
+            .map(|(kind, _)| kind.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            return CatalogEvent::Unbelieved {
+                reason: format!(
+                    "waiting for the first answer of {}; routes are published once every registry has answered",
+                    waiting.join(", ")
+                ),
+            };
+        }
+        let mut union: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for services in self.last_good.values().flatten() {
+            for (service, tags) in services.iter() {
+                let merged = union.entry(service.clone()).or_default();
+                for tag in tags {
+                    if !merged.contains(tag) {
+                        merged.push(tag.clone());
+                    }
+                }
+            }
+        }
+        CatalogEvent::Services {
+            services: Arc::new(union),
+            after_reset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services(list: &[(&str, &[&str])]) -> CatalogEvent {
+        CatalogEvent::Services {
+            services: Arc::new(
+                list.iter()
+                    .map(|(name, tags)| {
+                        (
+                            (*name).to_owned(),
+                            tags.iter().map(|t| (*t).to_owned()).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            after_reset: false,
+        }
+    }
+
+    fn names(event: &CatalogEvent) -> Option<Vec<(String, Vec<String>)>> {
+        match event {
+            CatalogEvent::Services { services, .. } => Some(
+                services
+                    .iter()
+                    .map(|(name, tags)| (name.clone(), tags.clone()))
+                    .collect(),
+            ),
+            CatalogEvent::Unbelieved { .. } => None,
+        }
+    }
+
+    #[test]
+    fn nothing_is_believed_until_every_registry_has_answered() {
+        let mut merger = CatalogMerger::new(vec![SourceKind::Consul, SourceKind::Nomad]);
+        let first = merger.on_event(SourceKind::Consul, services(&[("web", &["edge.a"])]));
+        match &first {
+            CatalogEvent::Unbelieved { reason } => {
+                assert!(reason.contains("nomad"), "{reason}");
+            }
+            other => panic!("believed before Nomad answered: {other:?}"),
+        }
+        let both = merger.on_event(
+            SourceKind::Nomad,
+            services(&[("web", &["edge.b", "edge.a"]), ("api", &[])]),
+        );
+        assert_eq!(
+            names(&both),
+            Some(vec![
+                ("api".to_owned(), vec![]),
+                (
+                    "web".to_owned(),
+                    vec!["edge.a".to_owned(), "edge.b".to_owned()]
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_failing_registry_keeps_its_services_while_the_other_changes() {
+        let mut merger = CatalogMerger::new(vec![SourceKind::Consul, SourceKind::Nomad]);
+        merger.on_event(SourceKind::Consul, services(&[("web", &[])]));
+        merger.on_event(SourceKind::Nomad, services(&[("api", &[])]));
+        let failed = merger.on_event(
+            SourceKind::Nomad,
+            CatalogEvent::Unbelieved {
+                reason: "500".to_owned(),
+            },
+        );
+        match failed {
+            CatalogEvent::Unbelieved { reason } => assert_eq!(reason, "nomad: 500"),
+            other => panic!("a failed read was believed: {other:?}"),
+        }
+        let next = merger.on_event(SourceKind::Consul, services(&[("web", &[]), ("shop", &[])]));
+        let listed: Vec<String> = names(&next)
+            .expect("believed")
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(listed, ["api", "shop", "web"]);
+    }
+
+    #[tokio::test]
+    async fn a_watch_of_a_registry_not_read_fails_instead_of_answering_empty() {
+        let set = SourceSet::default();
+        let mut watch = set.watch(&WatchKey::nomad("web", "default"));
+        match watch.next().await {
+            Some(SourceEvent::Failing { error }) => assert!(error.contains("nomad"), "{error}"),
+            other => panic!("expected a failing read, got {other:?}"),
+        }
+    }
+}
