@@ -128,6 +128,7 @@ mod tests {
             },
             tags: vec![],
             locality: Arc::default(),
+            source: crate::model::SourceKind::Consul,
         }
     }
 

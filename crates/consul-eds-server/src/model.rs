@@ -104,6 +104,8 @@ pub struct ServiceInstance {
     pub tags: Vec<String>,
     #[serde(serialize_with = "shared")]
     pub locality: Arc<Locality>,
+    /// The registry it was read from.
+    pub source: SourceKind,
 }
 
 /// What Envoy is told about one endpoint.

@@ -298,6 +298,18 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
 }
 
+impl OutlierDetection {
+    /// Envoy's own defaults: what `outlier_consecutive_5xx` and its
+    /// siblings leave out, and what a cluster gets when it must have outlier
+    /// detection but its tags ask for none.
+    pub const ENVOY_DEFAULTS: Self = Self {
+        consecutive_5xx: 5,
+        interval: Duration::from_secs(10),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_percent: 10,
+    };
+}
+
 /// Active health checking by Envoy itself, besides Consul's checks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ActiveHealthCheck {

@@ -517,12 +517,7 @@ pub const CLUSTER_KEYS: &[&str] = &[
 ];
 
 /// Envoy's outlier detection defaults, used for what the tags leave out.
-const OUTLIER_DEFAULT: OutlierDetection = OutlierDetection {
-    consecutive_5xx: 5,
-    interval: Duration::from_secs(10),
-    base_ejection_time: Duration::from_secs(30),
-    max_ejection_percent: 10,
-};
+const OUTLIER_DEFAULT: OutlierDetection = OutlierDetection::ENVOY_DEFAULTS;
 
 const HASH_COOKIE_TTL: Duration = Duration::from_secs(3600);
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{EngineSettings, SourceEvent, SourceSelection};
 use crate::health::HealthPolicy;
-use crate::model::{CheckState, ServiceInstance, Weights};
+use crate::model::{CheckState, ServiceInstance, SourceKind, Weights};
 use crate::naming::ClusterNaming;
 
 /// Settings of an engine reading Consul alone, with no failover.
@@ -35,6 +35,7 @@ pub(super) fn instance(id: &str, checks: CheckState, tags: &[&str]) -> ServiceIn
         weights: Weights::default(),
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         locality: Arc::default(),
+        source: SourceKind::Consul,
     }
 }
 

@@ -540,7 +540,9 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
     }
 
     /// Tells the gateway what a service's instances are now. Only the local
-    /// datacenter's: routes are declared where the gateway runs.
+    /// datacenter's: routes are declared where the gateway runs. A service
+    /// read from several registries (or Nomad namespaces) is reported with
+    /// all of their instances: its routes are declared by all of them.
     fn report_instances(&self, key: &WatchKey) {
         let Some(tx) = &self.instances_tx else {
             return;
@@ -548,16 +550,29 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         if key.datacenter.is_some() {
             return;
         }
-        if let Some(instances) = self
+        let mut read = self
             .watches
-            .get(key)
-            .and_then(|watch| watch.service.instances())
-        {
-            let _ = tx.send(ServiceInstances {
-                service: key.service.clone(),
-                instances: Arc::clone(instances),
-            });
-        }
+            .iter()
+            .filter(|(other, _)| other.service == key.service && other.datacenter.is_none())
+            .filter_map(|(_, watch)| watch.service.instances());
+        let Some(first) = read.next() else {
+            return;
+        };
+        let rest: Vec<&Arc<Vec<ServiceInstance>>> = read.collect();
+        let instances = if rest.is_empty() {
+            // One registry: its answer as it is, no copy.
+            Arc::clone(first)
+        } else {
+            let mut all = first.as_ref().clone();
+            for more in rest {
+                all.extend(more.iter().cloned());
+            }
+            Arc::new(all)
+        };
+        let _ = tx.send(ServiceInstances {
+            service: key.service.clone(),
+            instances,
+        });
     }
 
     /// What a change says to operators: logs and counters.

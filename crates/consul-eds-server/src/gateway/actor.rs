@@ -24,8 +24,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use route_tags::{
-    InstanceTags, ListenerSpec, Problem, RouteTable, ServiceDecl, ServiceInput, TagPrefix,
-    service_decl,
+    InstanceTags, ListenerSpec, OutlierDetection, Problem, RouteTable, ServiceDecl, ServiceInput,
+    TagPrefix, service_decl,
 };
 use service_support::time::sleep_until_opt;
 use tokio::sync::{mpsc, watch};
@@ -41,7 +41,7 @@ use super::view::{
     GatewayMetrics, GatewayStatus, GatewayView, ServiceStatus, StepLabel, TypeLabel,
 };
 use crate::engine::ServiceInstances;
-use crate::model::ServiceInstance;
+use crate::model::{ServiceInstance, SourceKind};
 use crate::naming::ClusterTarget;
 
 /// What a catalog read says.
@@ -204,7 +204,8 @@ impl Gateway {
                     tags: &instance.tags,
                 })
                 .collect();
-            let decl = service_decl(&self.settings.prefix, &tags);
+            let mut decl = service_decl(&self.settings.prefix, &tags);
+            with_nomad_defaults(&mut decl, &read.instances);
             // Most reads change no tag (a health flip, a periodic sweep of
             // the DC-wide view re-reading every service): the table would
             // be rebuilt identical, at a cost that grows with the catalog.
@@ -408,6 +409,20 @@ impl Gateway {
     }
 }
 
+/// Nomad's native services have no health checks that can be read at
+/// scale (their results live on each allocation's client, see
+/// `source::nomad`), so a cluster with instances from Nomad gets Envoy's
+/// outlier detection unless its tags set their own: a dead instance is
+/// ejected after a few failed requests even when no check reports it.
+fn with_nomad_defaults(decl: &mut ServiceDecl, instances: &[ServiceInstance]) {
+    let from_nomad = instances
+        .iter()
+        .any(|instance| instance.source == SourceKind::Nomad);
+    if from_nomad && decl.cluster.outlier_detection.is_none() {
+        decl.cluster.outlier_detection = Some(OutlierDetection::ENVOY_DEFAULTS);
+    }
+}
+
 /// The clusters the engine feeds: each service's stable cluster, and a
 /// canary cluster for each service in `split` (a route says `canary=`).
 ///
@@ -445,6 +460,45 @@ fn cluster_targets<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clusters_with_nomad_instances_get_outlier_detection_unless_their_tags_set_it() {
+        let instance = |source: SourceKind| ServiceInstance {
+            id: "web-1".into(),
+            node: "node".into(),
+            address: "10.0.0.1".into(),
+            address_is_ip: true,
+            port: 8080,
+            checks: crate::model::CheckState::Passing,
+            maintenance: false,
+            weights: crate::model::Weights::default(),
+            tags: vec![],
+            locality: Arc::default(),
+            source,
+        };
+        let mut from_consul = ServiceDecl::default();
+        with_nomad_defaults(&mut from_consul, &[instance(SourceKind::Consul)]);
+        assert_eq!(from_consul.cluster.outlier_detection, None);
+
+        let mut merged = ServiceDecl::default();
+        with_nomad_defaults(
+            &mut merged,
+            &[instance(SourceKind::Consul), instance(SourceKind::Nomad)],
+        );
+        assert_eq!(
+            merged.cluster.outlier_detection,
+            Some(OutlierDetection::ENVOY_DEFAULTS)
+        );
+
+        let own = OutlierDetection {
+            consecutive_5xx: 2,
+            ..OutlierDetection::ENVOY_DEFAULTS
+        };
+        let mut tagged = ServiceDecl::default();
+        tagged.cluster.outlier_detection = Some(own);
+        with_nomad_defaults(&mut tagged, &[instance(SourceKind::Nomad)]);
+        assert_eq!(tagged.cluster.outlier_detection, Some(own));
+    }
 
     #[test]
     fn stable_clusters_leave_canaries_out_whether_or_not_a_route_splits() {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use consul_client::{CheckStatus, ServiceEntry};
 
 use crate::config::AddressSource;
-use crate::model::{CheckState, Locality, ServiceInstance, Weights};
+use crate::model::{CheckState, Locality, ServiceInstance, SourceKind, Weights};
 
 /// How entries are read: which address, and where the zone comes from.
 #[derive(Debug, Clone)]
@@ -92,6 +92,7 @@ impl EntryReader {
             },
             tags: entry.service.tags.clone(),
             locality: interner.locality(&node.datacenter, zone),
+            source: SourceKind::Consul,
         }
     }
 }
