@@ -18,12 +18,12 @@
 # docs/operations.md ("Control-plane certificates") shows how to make the
 # certificates with openssl, or how to have Vault's PKI issue them instead.
 #
-# Nomad services (`provider = "nomad"`, e.g. sample-app-nomad-services.nomad.hcl)
-# are read once the Nomad source is there: its flags (`--sources`,
-# `--nomad-addr`, `--nomad-token-file`, `--nomad-namespace`) are not in the
-# binary yet, so the settings below are commented out and the job serves
-# Consul only. To enable them, uncomment the marked lines in `args` and
-# either the `identity` block or the `nomad-token` template.
+# Services registered in Nomad itself (`provider = "nomad"`, e.g.
+# sample-app-nomad-services.nomad.hcl) are read too (`--sources consul,nomad`):
+# a service known to both registries is one cluster with the instances of
+# both. The Nomad token is the task's workload identity (the `identity`
+# block below); a policy-backed token from a Nomad Variable is the commented
+# alternative.
 
 variable "datacenters" {
   type    = list(string)
@@ -133,11 +133,11 @@ job "consul-eds-server" {
           "--log-format", "json",
           "--gateway",
           "--listener", join(";", var.listeners),
-          # Nomad source (arrives with it; see the top of this file):
-          # "--sources", "consul,nomad",
-          # "--nomad-addr", "http://${attr.unique.network.ip-address}:4646",
-          # "--nomad-token-file", "${NOMAD_SECRETS_DIR}/nomad_token",
-          # "--nomad-namespace", "default",
+          # Nomad's own registry, through the local Nomad agent.
+          "--sources", "consul,nomad",
+          "--nomad-addr", "http://${attr.unique.network.ip-address}:4646",
+          "--nomad-token-file", "${NOMAD_SECRETS_DIR}/nomad_token",
+          "--nomad-namespace", "default",
         ]
       }
 
@@ -148,10 +148,10 @@ job "consul-eds-server" {
       #   job lets it read, and silently nothing else (`nomad acl policy
       #   apply -namespace default -job consul-eds-server ...` with
       #   `read-job` on them).
-      # identity {
-      #   file = true
-      # }
-      #
+      identity {
+        file = true
+      }
+
       # - or a token kept in a Nomad Variable (`nomad_token` beside
       #   `consul_token`), when a policy-backed ACL token is wanted instead.
       # template {

@@ -1,7 +1,10 @@
 //! Command-line flags (each also an environment variable), parsed once at start.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
+
+use nomad_client::NomadConfig;
 
 use clap::{Parser, ValueEnum};
 use route_tags::{ListenerSpec, TagPrefix};
@@ -11,7 +14,9 @@ use service_support::duration::parse_duration;
 use service_support::listener::{AdminArgs, AdminFlags, Flag, ServerArgs, ServerFlags};
 use service_support::logging::LogFormat;
 
+use crate::engine::SourceSelection;
 use crate::health::{CriticalPolicy, HealthPolicy, WarningPolicy};
+use crate::model::SourceKind;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -49,7 +54,8 @@ pub struct Config {
     #[arg(long, env = "CONSUL_EDS_SERVICES", value_delimiter = ',')]
     pub services: Vec<String>,
 
-    /// Cluster name for a service: `{service}`, `{dc}` are replaced.
+    /// Cluster name for a service: `{service}`, `{dc}`, `{source}` (consul
+    /// or nomad) and `{namespace}` (Nomad's) are replaced.
     #[arg(
         long,
         env = "CONSUL_EDS_CLUSTER_NAME_TEMPLATE",
@@ -103,6 +109,139 @@ pub struct Config {
 
     #[command(flatten)]
     pub gateway: GatewayArgs,
+
+    #[command(flatten)]
+    pub nomad: NomadArgs,
+}
+
+/// Nomad's own service registry as a source (`--sources nomad` or
+/// `consul,nomad`). The rest of the connection (token, TLS files, region)
+/// comes from the `NOMAD_*` variables Nomad's CLI reads.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Nomad")]
+pub struct NomadArgs {
+    /// Where instances (and, in gateway mode, route tags) are read from:
+    /// `consul`, `nomad` or `consul,nomad`. A service known to both is one
+    /// cluster with the instances of both, unless
+    /// --cluster-name-template has `{source}`.
+    #[arg(
+        long,
+        env = "CONSUL_EDS_SOURCES",
+        value_delimiter = ',',
+        value_parser = parse_source,
+        default_value = "consul"
+    )]
+    pub sources: Vec<SourceKind>,
+
+    /// Nomad agent: http://host:port, https://host:port or unix:///path.
+    #[arg(long, env = "NOMAD_ADDR", default_value = "http://127.0.0.1:4646")]
+    pub nomad_addr: String,
+
+    /// File holding the Nomad ACL token (wins over NOMAD_TOKEN).
+    #[arg(long, env = "CONSUL_EDS_NOMAD_TOKEN_FILE")]
+    pub nomad_token_file: Option<PathBuf>,
+
+    /// Nomad namespaces read (comma-separated). A cluster name template
+    /// with `{namespace}` may name others.
+    #[arg(
+        long,
+        env = "NOMAD_NAMESPACE",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub nomad_namespace: Vec<String>,
+
+    /// How often each Nomad allocation's check results are read
+    /// (`/v1/client/allocation/:id/checks`); 0s: never, every registration
+    /// is served as passing.
+    #[arg(long, env = "CONSUL_EDS_NOMAD_CHECK_INTERVAL", value_parser = parse_duration, default_value = "10s")]
+    pub nomad_check_interval: Duration,
+}
+
+fn parse_source(value: &str) -> Result<SourceKind, String> {
+    SourceKind::ALL
+        .into_iter()
+        .find(|kind| kind.as_str() == value.trim())
+        .ok_or_else(|| format!("`{value}` is not a registry this server reads: use consul, nomad or consul,nomad"))
+}
+
+/// A sources configuration that cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SourcesConfigError {
+    #[error("--sources names `{0}` twice")]
+    Repeated(SourceKind),
+    #[error("--nomad-namespace is empty; name at least one namespace (Nomad's own is `default`)")]
+    NoNamespace,
+    #[error(
+        "--nomad-namespace `*`: Nomad's /v1/service/:name reads one namespace at a time; list the namespaces instead"
+    )]
+    Wildcard,
+}
+
+impl NomadArgs {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), SourcesConfigError> {
+        for (i, kind) in self.sources.iter().enumerate() {
+            if self.sources[..i].contains(kind) {
+                return Err(SourcesConfigError::Repeated(*kind));
+            }
+        }
+        if !self.reads(SourceKind::Nomad) {
+            return Ok(());
+        }
+        let namespaces: Vec<&str> = self
+            .nomad_namespace
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if namespaces.is_empty() {
+            return Err(SourcesConfigError::NoNamespace);
+        }
+        if namespaces.contains(&"*") {
+            return Err(SourcesConfigError::Wildcard);
+        }
+        Ok(())
+    }
+
+    pub fn reads(&self, kind: SourceKind) -> bool {
+        self.sources.contains(&kind)
+    }
+
+    /// What the engine feeds clusters from.
+    pub fn selection(&self) -> SourceSelection {
+        SourceSelection {
+            consul: self.reads(SourceKind::Consul),
+            nomad_namespaces: if self.reads(SourceKind::Nomad) {
+                let mut namespaces: Vec<String> = self
+                    .nomad_namespace
+                    .iter()
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                namespaces.dedup();
+                namespaces
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The Nomad client's configuration: the `NOMAD_*` variables, with the
+    /// address and token file from the flags.
+    pub fn client_config(&self) -> Result<NomadConfig, nomad_client::ConfigError> {
+        let mut config = NomadConfig::from_env()?;
+        config.address = self.nomad_addr.parse().map_err(|source| {
+            nomad_client::ConfigError::InvalidAddress {
+                name: "--nomad-addr",
+                source,
+            }
+        })?;
+        if let Some(path) = &self.nomad_token_file {
+            config = config.with_token_file(path)?;
+        }
+        Ok(config)
+    }
 }
 
 /// Gateway mode: listeners, routes and clusters from the services' tags.

@@ -1,4 +1,5 @@
-//! `consul-eds-server`: Consul's catalog and health -> Envoy EDS.
+//! `consul-eds-server`: Consul's catalog and health, Nomad's service
+//! registry -> Envoy EDS (and the whole gateway with `--gateway`).
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -19,10 +20,14 @@ use consul_eds_server::gateway::view::{GatewayMetrics, GatewayView};
 use consul_eds_server::metrics::EngineMetrics;
 use consul_eds_server::naming::ClusterNaming;
 use consul_eds_server::sink::{CacheSink, SHARED_NODE_KEY};
+use consul_eds_server::model::SourceKind;
+use consul_eds_server::registries::{SourceSet, merge_catalogs};
+use consul_eds_server::source::nomad::{self, NomadSettings, NomadSource};
 use consul_eds_server::source::{ConsulSource, EntryReader};
 use consul_eds_server::state::ServedState;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use nomad_client::{NomadClient, NomadMetrics};
 use prometheus_client::registry::Registry;
 use service_support::admin::AdminServer;
 use service_support::{logging, shutdown};
@@ -44,8 +49,14 @@ async fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<()> {
     config.gateway.validate()?;
+    config.nomad.validate()?;
     let mut registry = Registry::default();
     let client = consul_client(&config, &mut registry)?;
+    let nomad = if config.nomad.reads(SourceKind::Nomad) {
+        Some(nomad_client(&config, &mut registry)?)
+    } else {
+        None
+    };
     let naming = ClusterNaming::new(&config.cluster_name_template)?;
 
     // Every Envoy shares one snapshot: endpoints do not depend on who asks.
@@ -70,19 +81,35 @@ async fn run(config: Config) -> Result<()> {
         stale: config.stale,
         ..WatchConfig::default()
     };
-    let source = ConsulSource::new(
-        client.clone(),
-        EntryReader::new(config.address, config.zone_meta_key.clone()),
-        watch_config.clone(),
-        config.per_service_watch_limit(),
-        config.dc_wide_sweep,
-    );
+    let mut sources = SourceSet::default();
+    if config.nomad.reads(SourceKind::Consul) {
+        let consul = ConsulSource::new(
+            client.clone(),
+            EntryReader::new(config.address, config.zone_meta_key.clone()),
+            watch_config.clone(),
+            config.per_service_watch_limit(),
+            config.dc_wide_sweep,
+        );
+        sources = sources.with(SourceKind::Consul, Arc::new(consul));
+    }
+    if let Some(nomad) = &nomad {
+        let check_interval = Some(config.nomad.nomad_check_interval).filter(|i| !i.is_zero());
+        let settings = NomadSettings {
+            watch: nomad_client::WatchConfig::default(),
+            check_interval,
+        };
+        sources = sources.with(
+            SourceKind::Nomad,
+            Arc::new(NomadSource::new(nomad.clone(), settings)),
+        );
+    }
+    let source = sources;
     let engine = Engine::new(
         EngineSettings {
             naming,
             policy: config.health_policy(),
             failover_dcs: config.failover_dcs.clone(),
-            sources: SourceSelection::default(),
+            sources: config.nomad.selection(),
             allowed_services: config.services.iter().cloned().collect::<BTreeSet<_>>(),
             coalesce: config.coalesce,
             reset_grace: config.reset_grace,
@@ -104,6 +131,7 @@ async fn run(config: Config) -> Result<()> {
         xds = ?xds_listen,
         admin = %config.admin.listen(),
         consul = %config.consul.address(),
+        sources = ?config.nomad.sources,
         "consul-eds-server serving"
     );
 
@@ -132,11 +160,19 @@ async fn run(config: Config) -> Result<()> {
             prefix = %config.gateway.tag_prefix,
             "gateway mode: listeners, routes and clusters from route tags"
         );
-        tokio::spawn(gateway.run(
-            catalog_events(&client, watch_config),
-            instances_rx,
-            shutdown.clone(),
-        ));
+        let mut catalogs = Vec::new();
+        if config.nomad.reads(SourceKind::Consul) {
+            catalogs.push(("consul".to_owned(), catalog_events(&client, watch_config)));
+        }
+        if let Some(nomad) = &nomad {
+            for namespace in config.nomad.selection().nomad_namespaces {
+                catalogs.push((
+                    format!("nomad/{namespace}"),
+                    nomad::catalog_events(nomad, &namespace, nomad_client::WatchConfig::default()),
+                ));
+            }
+        }
+        tokio::spawn(gateway.run(merge_catalogs(catalogs), instances_rx, shutdown.clone()));
         tokio::spawn(engine.run_gateway(
             demand,
             GatewayLink { targets, instances },
@@ -147,7 +183,12 @@ async fn run(config: Config) -> Result<()> {
     };
     let admin_task =
         tokio::spawn(admin.serve(Arc::new(registry), Arc::new(admin_routes), shutdown.clone()));
-    let probe_task = tokio::spawn(probe_consul(client, state, shutdown.clone()));
+    let probe_task = tokio::spawn(probe_sources(
+        config.nomad.reads(SourceKind::Consul).then_some(client),
+        nomad.map(|nomad| (nomad, config.nomad.selection().nomad_namespaces)),
+        state,
+        shutdown.clone(),
+    ));
 
     let drained = shutdown.clone();
     let served = bound.serve(async move { drained.cancelled().await }).await;
@@ -200,25 +241,59 @@ fn catalog_events(client: &Client, config: WatchConfig) -> BoxStream<'static, Ca
         .boxed()
 }
 
-/// Until the first successful call, `/readyz` says "starting": a server that
-/// has never reached Consul has nothing trustworthy to serve. With no Envoy
-/// subscribed yet, reaching Consul is the whole first sync.
-async fn probe_consul(
-    client: Client,
+/// Until the first successful call to every registry read, `/readyz` says
+/// "starting": a server that has never reached them has nothing
+/// trustworthy to serve. With no Envoy subscribed yet, reaching them is the
+/// whole first sync.
+async fn probe_sources(
+    consul: Option<Client>,
+    nomad: Option<(NomadClient, Vec<String>)>,
     state: ServedState,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let consul = async {
+        let Some(client) = consul else { return };
+        retry("Consul", &shutdown, || async {
+            let agent = client.agent_self().await?;
+            tracing::info!(datacenter = %agent.datacenter, node = %agent.node_name, "connected to Consul");
+            Ok::<_, consul_client::Error>(())
+        })
+        .await;
+    };
+    let nomad = async {
+        let Some((client, namespaces)) = nomad else {
+            return;
+        };
+        retry("Nomad", &shutdown, || async {
+            // A listing of each namespace read: it proves the address, the
+            // token and its right to read them, which the engine's first
+            // reads need.
+            for namespace in &namespaces {
+                client.services(namespace).await?;
+            }
+            tracing::info!(address = %client.address(), ?namespaces, "connected to Nomad");
+            Ok::<_, nomad_client::Error>(())
+        })
+        .await;
+    };
+    tokio::join!(consul, nomad);
+    if !shutdown.is_cancelled() && state.clusters().is_empty() {
+        state.mark_first_sync_done();
+    }
+}
+
+/// Calls `attempt` until it succeeds or `shutdown`, backing off to 10 s.
+async fn retry<F, Fut, E>(what: &str, shutdown: &tokio_util::sync::CancellationToken, attempt: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut delay = Duration::from_millis(200);
     loop {
-        match client.agent_self().await {
-            Ok(agent) => {
-                tracing::info!(datacenter = %agent.datacenter, node = %agent.node_name, "connected to Consul");
-                if state.clusters().is_empty() {
-                    state.mark_first_sync_done();
-                }
-                return;
-            }
-            Err(error) => tracing::warn!(%error, "Consul not reachable yet"),
+        match attempt().await {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(%error, "{what} not reachable yet"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -226,6 +301,16 @@ async fn probe_consul(
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
+}
+
+fn nomad_client(config: &Config, registry: &mut Registry) -> Result<NomadClient> {
+    let client_config = config
+        .nomad
+        .client_config()
+        .context("--nomad-* flags (or NOMAD_* variables)")?;
+    let metrics = NomadMetrics::new();
+    metrics.register(registry);
+    NomadClient::with_metrics(client_config, metrics).context("building the Nomad client")
 }
 
 fn consul_client(config: &Config, registry: &mut Registry) -> Result<Client> {

@@ -111,28 +111,28 @@ type ServiceList = Arc<BTreeMap<String, Vec<String>>>;
 /// The last good service list of each registry, and the union handed on.
 #[derive(Debug)]
 struct CatalogMerger {
-    last_good: BTreeMap<SourceKind, Option<ServiceList>>,
+    last_good: BTreeMap<String, Option<ServiceList>>,
 }
 
 impl CatalogMerger {
-    fn new(kinds: Vec<SourceKind>) -> Self {
+    fn new(names: Vec<String>) -> Self {
         Self {
-            last_good: kinds.into_iter().map(|kind| (kind, None)).collect(),
+            last_good: names.into_iter().map(|name| (name, None)).collect(),
         }
     }
 
-    fn on_event(&mut self, kind: SourceKind, event: CatalogEvent) -> CatalogEvent {
+    fn on_event(&mut self, name: &str, event: CatalogEvent) -> CatalogEvent {
         let after_reset = match event {
             CatalogEvent::Unbelieved { reason } => {
                 return CatalogEvent::Unbelieved {
-                    reason: format!("{kind}: {reason}"),
+                    reason: format!("{name}: {reason}"),
                 };
             }
             CatalogEvent::Services {
                 services,
                 after_reset,
             } => {
-                self.last_good.insert(kind, Some(services));
+                self.last_good.insert(name.to_owned(), Some(services));
                 after_reset
             }
         };
@@ -140,7 +140,7 @@ impl CatalogMerger {
             .last_good
             .iter()
             .filter(|(_, services)| services.is_none())
-            .map(|(kind, _)| kind.as_str())
+            .map(|(name, _)| name.as_str())
             .collect();
         if !waiting.is_empty() {
             return CatalogEvent::Unbelieved {
@@ -202,8 +202,8 @@ mod tests {
 
     #[test]
     fn nothing_is_believed_until_every_registry_has_answered() {
-        let mut merger = CatalogMerger::new(vec![SourceKind::Consul, SourceKind::Nomad]);
-        let first = merger.on_event(SourceKind::Consul, services(&[("web", &["edge.a"])]));
+        let mut merger = CatalogMerger::new(vec!["consul".to_owned(), "nomad/default".to_owned()]);
+        let first = merger.on_event("consul", services(&[("web", &["edge.a"])]));
         match &first {
             CatalogEvent::Unbelieved { reason } => {
                 assert!(reason.contains("nomad"), "{reason}");
@@ -211,7 +211,7 @@ mod tests {
             other => panic!("believed before Nomad answered: {other:?}"),
         }
         let both = merger.on_event(
-            SourceKind::Nomad,
+            "nomad/default",
             services(&[("web", &["edge.b", "edge.a"]), ("api", &[])]),
         );
         assert_eq!(
@@ -228,20 +228,20 @@ mod tests {
 
     #[test]
     fn a_failing_registry_keeps_its_services_while_the_other_changes() {
-        let mut merger = CatalogMerger::new(vec![SourceKind::Consul, SourceKind::Nomad]);
-        merger.on_event(SourceKind::Consul, services(&[("web", &[])]));
-        merger.on_event(SourceKind::Nomad, services(&[("api", &[])]));
+        let mut merger = CatalogMerger::new(vec!["consul".to_owned(), "nomad/default".to_owned()]);
+        merger.on_event("consul", services(&[("web", &[])]));
+        merger.on_event("nomad/default", services(&[("api", &[])]));
         let failed = merger.on_event(
-            SourceKind::Nomad,
+            "nomad/default",
             CatalogEvent::Unbelieved {
                 reason: "500".to_owned(),
             },
         );
         match failed {
-            CatalogEvent::Unbelieved { reason } => assert_eq!(reason, "nomad: 500"),
+            CatalogEvent::Unbelieved { reason } => assert_eq!(reason, "nomad/default: 500"),
             other => panic!("a failed read was believed: {other:?}"),
         }
-        let next = merger.on_event(SourceKind::Consul, services(&[("web", &[]), ("shop", &[])]));
+        let next = merger.on_event("consul", services(&[("web", &[]), ("shop", &[])]));
         let listed: Vec<String> = names(&next)
             .expect("believed")
             .into_iter()

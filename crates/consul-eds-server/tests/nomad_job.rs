@@ -92,27 +92,37 @@ fn the_nomad_services_sample_declares_a_route_the_gateway_serves() {
     );
 }
 
-/// The Nomad source's flags do not exist yet, so the job must not pass them
-/// (the flag test above would fail); they wait in comments, every one of
-/// them there.
+/// The server job reads Nomad's own registry beside Consul's, with the
+/// token of its workload identity (the file Nomad writes for `identity {
+/// file = true }`), so a job registering `provider = "nomad"` services is
+/// routed by the shipped deployment.
 #[test]
-fn the_nomad_source_settings_wait_commented_out_in_the_server_job() {
+fn the_server_job_reads_nomad_services_with_its_workload_identity() {
     let jobs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nomad-jobs");
-    let text = std::fs::read_to_string(jobs.join("consul-eds-server.nomad.hcl")).expect("read");
-    for flag in [
-        "--sources",
-        "--nomad-addr",
-        "--nomad-token-file",
-        "--nomad-namespace",
-    ] {
-        let quoted = format!("\"{flag}\"");
-        let lines: Vec<&str> = text.lines().filter(|line| line.contains(&quoted)).collect();
-        assert!(!lines.is_empty(), "the job mentions {flag}");
-        assert!(
-            lines.iter().all(|line| line.trim_start().starts_with('#')),
-            "{flag} is passed before the binary has it: {lines:?}"
-        );
-    }
+    let path = jobs.join("consul-eds-server.nomad.hcl");
+    let tasks = task_args(&parse_job(&path).expect("parses"));
+    let task = tasks
+        .iter()
+        .find(|t| t.task == "consul-eds-server")
+        .expect("task");
+    assert_eq!(task.value_of("--sources"), Some("consul,nomad"));
+    assert_eq!(
+        task.value_of("--nomad-token-file"),
+        Some("${NOMAD_SECRETS_DIR}/nomad_token")
+    );
+    assert!(task.value_of("--nomad-addr").is_some(), "{:?}", task.args);
+    let text = std::fs::read_to_string(&path).expect("read");
+    let identity = text
+        .lines()
+        .position(|line| line.trim() == "identity {")
+        .expect("an identity block, not commented out");
+    assert!(
+        text.lines()
+            .skip(identity)
+            .take(3)
+            .any(|line| line.trim() == "file = true"),
+        "the identity's token is written to a file"
+    );
 }
 
 fn assert_sample_route(job: &str, service_name: &str, provider: &str, host: &str) {

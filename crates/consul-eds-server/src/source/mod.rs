@@ -1,5 +1,5 @@
 //! Consul -> the engine's [`SourceEvent`]s: the only module of this service
-//! that reads Consul's types.
+//! that reads Consul's types ([`nomad`] is the same for Nomad's).
 //!
 //! - [`entries`]: Consul's health entries -> [`crate::model::ServiceInstance`]s.
 //! - this module: [`ConsulSource`], which picks for each watched service a
@@ -12,6 +12,7 @@
 pub mod dc_wide;
 mod digest;
 pub mod entries;
+pub mod nomad;
 mod reads;
 
 use std::collections::HashMap;
