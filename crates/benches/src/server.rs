@@ -97,7 +97,10 @@ impl EdsServer {
 
 /// A client for `consul` allowed `max_blocking` blocking queries at once.
 pub fn consul_client(consul: &ConsulAgent, max_blocking: usize) -> Result<Client, ServerError> {
-    let address: Address = consul.http_url().parse()?;
+    let address: Address = consul
+        .http_url()
+        .parse()
+        .map_err(consul_client::ConfigError::from)?;
     let mut config = ClientConfig::new(address);
     config.max_blocking_queries = max_blocking;
     config.max_concurrent_requests = 64;

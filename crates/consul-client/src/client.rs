@@ -16,15 +16,14 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use url::Url;
 
-use crate::budget::{RequestBudget, RequestClass};
+use blocking_query::{Address, RequestBudget, RequestClass, Transport, error_chain};
+
 use crate::codec::{DecodeFailure, decode_json};
-use crate::config::{Address, ClientConfig, ConfigError};
+use crate::config::{ClientConfig, ConfigError};
 use crate::endpoint::EndpointKind;
-use crate::error::error_chain;
 use crate::json_array::ArraySplitter;
 use crate::metrics::ClientMetrics;
 use crate::query::{QueryMeta, QueryOptions, QueryResponse};
-use crate::transport::Transport;
 use crate::{Error, codec};
 
 const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-consul-token");
@@ -79,15 +78,11 @@ impl Client {
     pub fn with_metrics(config: ClientConfig, metrics: ClientMetrics) -> Result<Self, ConfigError> {
         config.validate()?;
         let transport = Transport::new(&config.address, &config.tls, config.connect_timeout)?;
-        let base = match &config.address {
-            Address::Http(authority) => format!("http://{authority}/"),
-            Address::Https(authority) => format!("https://{authority}/"),
-            Address::Unix(_) => "http://localhost/".to_owned(),
-        };
-        let base_url = Url::parse(&base).map_err(|e| ConfigError::InvalidAddress {
-            address: config.address.to_string(),
-            reason: e.to_string(),
-        })?;
+        let base_url =
+            Url::parse(&config.address.base_url()).map_err(|e| ConfigError::InvalidAddress {
+                address: config.address.to_string(),
+                reason: e.to_string(),
+            })?;
         let token = config
             .token
             .as_ref()

@@ -2,14 +2,12 @@
 //! environment variables Consul's own CLI reads, so an operator configures
 //! this client exactly as they configure `consul`.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
+pub use blocking_query::{Address, Token};
+use blocking_query::{AddressError, TlsConfig, TlsError, TokenError};
 use http::uri::Authority;
-
-use crate::tls::{TlsConfig, TlsError};
 
 /// `CONSUL_HTTP_ADDR`: `host:port`, `http://…`, `https://…` or `unix:///path`.
 pub const ENV_HTTP_ADDR: &str = "CONSUL_HTTP_ADDR";
@@ -63,129 +61,28 @@ pub enum ConfigError {
     #[error("{name} must be at least 1")]
     ZeroLimit { name: &'static str },
 
-    #[error(transparent)]
+    #[error("TLS ({ENV_CACERT}, {ENV_CAPATH}, {ENV_CLIENT_CERT}, {ENV_CLIENT_KEY}): {0}")]
     Tls(#[from] TlsError),
 }
 
-/// Where the Consul agent listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    Http(Authority),
-    Https(Authority),
-    /// A Unix domain socket (Consul's `addresses { http = "unix:///…" }`).
-    Unix(PathBuf),
-}
-
-impl Address {
-    /// Parses `raw`, taking a scheme-less `host:port` as `https` when
-    /// `default_https` (Consul's `CONSUL_HTTP_SSL=true`), else `http`.
-    pub fn parse_with_default(raw: &str, default_https: bool) -> Result<Self, ConfigError> {
-        let invalid = |reason: &str| ConfigError::InvalidAddress {
-            address: raw.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let trimmed = raw.trim();
-        if let Some(path) = trimmed.strip_prefix("unix://") {
-            let path = Path::new(path);
-            if !path.is_absolute() {
-                return Err(invalid(
-                    "a unix socket needs an absolute path: unix:///path",
-                ));
-            }
-            return Ok(Self::Unix(path.to_path_buf()));
-        }
-        let (https, rest) = if let Some(rest) = trimmed.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = trimmed.strip_prefix("http://") {
-            (false, rest)
-        } else if trimmed.contains("://") {
-            return Err(invalid("the scheme must be http, https or unix"));
-        } else {
-            (default_https, trimmed)
-        };
-        // The API lives under /v1 at the root; a path would be silently lost.
-        let authority_text = rest.strip_suffix('/').unwrap_or(rest);
-        if authority_text.is_empty() {
-            return Err(invalid("no host"));
-        }
-        if authority_text.contains('/') || authority_text.contains('?') {
-            return Err(invalid("expected host:port with no path"));
-        }
-        let authority = Authority::from_str(authority_text).map_err(|e| invalid(&e.to_string()))?;
-        if authority.as_str().contains('@') {
-            return Err(invalid(
-                "credentials in the address are not supported; use a token",
-            ));
-        }
-        Ok(if https {
-            Self::Https(authority)
-        } else {
-            Self::Http(authority)
-        })
-    }
-}
-
-impl FromStr for Address {
-    type Err = ConfigError;
-
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        Self::parse_with_default(raw, false)
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Http(authority) => write!(f, "http://{authority}"),
-            Self::Https(authority) => write!(f, "https://{authority}"),
-            Self::Unix(path) => write!(f, "unix://{}", path.display()),
+impl From<AddressError> for ConfigError {
+    fn from(error: AddressError) -> Self {
+        Self::InvalidAddress {
+            address: error.address,
+            reason: error.reason,
         }
     }
 }
 
-/// A Consul ACL token. Its `Debug` is redacted and it has no `Display`, so
-/// it cannot end up in a log line by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    /// Surrounding whitespace is dropped (token files end with a newline).
-    pub fn new(secret: impl Into<String>) -> Result<Self, ConfigError> {
-        let secret = secret.into().trim().to_owned();
-        if secret.is_empty() {
-            return Err(ConfigError::InvalidToken {
-                reason: "it is empty".to_owned(),
-            });
+impl From<TokenError> for ConfigError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::File { path, source } => Self::TokenFile { path, source },
+            TokenError::Invalid { reason } => Self::InvalidToken { reason },
+            other => Self::InvalidToken {
+                reason: other.to_string(),
+            },
         }
-        http::HeaderValue::from_str(&secret).map_err(|_| ConfigError::InvalidToken {
-            reason: "it contains control or non-ASCII characters".to_owned(),
-        })?;
-        Ok(Self(secret))
-    }
-
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::new(text)
-    }
-
-    /// The `X-Consul-Token` header value, marked sensitive so HTTP/2's HPACK
-    /// never indexes it and `HeaderValue`'s own `Debug` hides it.
-    pub(crate) fn header_value(&self) -> Result<http::HeaderValue, ConfigError> {
-        let mut value =
-            http::HeaderValue::from_str(&self.0).map_err(|_| ConfigError::InvalidToken {
-                reason: "it contains control or non-ASCII characters".to_owned(),
-            })?;
-        value.set_sensitive(true);
-        Ok(value)
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
     }
 }
 
@@ -263,7 +160,10 @@ impl ClientConfig {
         // Consul's CLI: a non-empty token file wins over the variable.
         let token = match get(ENV_HTTP_TOKEN_FILE) {
             Some(path) => Some(Token::from_file(Path::new(&path))?),
-            None => get(ENV_HTTP_TOKEN).map(Token::new).transpose()?,
+            None => get(ENV_HTTP_TOKEN)
+                .map(Token::new)
+                .transpose()
+                .map_err(ConfigError::from)?,
         };
         let tls = TlsConfig {
             ca_cert: get(ENV_CACERT).map(PathBuf::from),
@@ -320,45 +220,6 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         ClientConfig::from_lookup(|name| vars.get(name).cloned())
-    }
-
-    #[test]
-    fn address_forms() {
-        assert_eq!(
-            "127.0.0.1:8500".parse::<Address>().expect("valid"),
-            Address::Http(Authority::from_static("127.0.0.1:8500"))
-        );
-        assert_eq!(
-            "https://consul.service:8501/"
-                .parse::<Address>()
-                .expect("valid"),
-            Address::Https(Authority::from_static("consul.service:8501"))
-        );
-        assert_eq!(
-            "unix:///run/consul/http.sock"
-                .parse::<Address>()
-                .expect("valid"),
-            Address::Unix(PathBuf::from("/run/consul/http.sock"))
-        );
-        assert_eq!(
-            Address::parse_with_default("10.0.0.1:8501", true).expect("valid"),
-            Address::Https(Authority::from_static("10.0.0.1:8501"))
-        );
-        for bad in [
-            "ftp://h:1",
-            "http://",
-            "http://h:8500/v1",
-            "unix://relative.sock",
-            "http://user:pw@h:1",
-        ] {
-            assert!(
-                matches!(
-                    bad.parse::<Address>(),
-                    Err(ConfigError::InvalidAddress { .. })
-                ),
-                "{bad} should be rejected"
-            );
-        }
     }
 
     #[test]

@@ -127,19 +127,3 @@ impl Error {
         matches!(self, Self::Timeout { .. })
     }
 }
-
-/// Renders an error with its whole `source()` chain: hyper's top-level
-/// messages ("client error (Connect)") say little without their causes.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}

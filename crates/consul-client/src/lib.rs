@@ -4,7 +4,10 @@
 //! Its centre is the blocking-query [`watch`]: a `Stream` that follows
 //! Consul's index rules, rate-limits itself, backs off on errors and keeps
 //! the last good value while Consul fails, saying so instead of yielding
-//! nothing.
+//! nothing. That discipline, the request budget, the transport and the TLS
+//! set-up live in the `blocking-query` crate, shared with `nomad-client`;
+//! this crate re-exports what its users name ([`Watch`], [`WatchEvent`],
+//! [`Backoff`], [`TlsConfig`], [`Address`], [`Token`], ...).
 //!
 //! Around it:
 //! - [`ClientConfig`]: `http://`, `https://` (custom CA, client certificate)
@@ -36,7 +39,6 @@
 //! ```
 
 pub mod api;
-mod budget;
 mod client;
 mod codec;
 pub mod config;
@@ -45,8 +47,6 @@ mod error;
 mod json_array;
 mod metrics;
 mod query;
-mod tls;
-mod transport;
 pub mod watch;
 
 pub use api::agent::{AgentCheck, AgentSelf, AgentServiceRegistration, Maintenance};
@@ -61,12 +61,11 @@ pub use api::kv::{KvCondition, KvPair, KvWrite};
 pub use api::lock::Lock;
 pub use api::session::{SessionBehavior, SessionId, SessionInfo, SessionRequest};
 pub use api::txn::{TxnOp, TxnOpError, TxnOutcome};
-pub use budget::RequestClass;
+pub use blocking_query::{RequestClass, TlsConfig, TlsError, root_store};
 pub use client::Client;
 pub use config::{Address, ClientConfig, ConfigError, Token};
 pub use endpoint::EndpointKind;
 pub use error::{Error, ErrorKind};
 pub use metrics::ClientMetrics;
 pub use query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, QueryResponse};
-pub use tls::{TlsConfig, TlsError, root_store};
 pub use watch::{Backoff, Continuity, Watch, WatchConfig, WatchEvent};

@@ -1,69 +1,20 @@
 //! Per-request metrics, for the services to register in their Prometheus
-//! registry. Labelled by endpoint kind and request class, never by path.
+//! registry. Labelled by endpoint kind and request class, never by path;
+//! the series themselves are `blocking-query`'s, shared with `nomad-client`.
 
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use blocking_query::{GaugeGuard, RequestClass, RequestMetrics};
+use prometheus_client::registry::Registry;
 
-use crate::budget::RequestClass;
 use crate::endpoint::EndpointKind;
 use crate::error::ErrorKind;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RequestLabels {
-    endpoint: EndpointKind,
-    class: RequestClass,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ErrorLabels {
-    endpoint: EndpointKind,
-    error: ErrorKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ClassLabels {
-    class: RequestClass,
-}
-
-impl EncodeLabelValue for ErrorKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
-
-type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 1 ms .. ~9 min: quick reads at the low end, blocking queries (which
-    // last up to their `wait`) at the high end.
-    Histogram::new(exponential_buckets(0.001, 2.0, 20))
-}
-
 /// The client's metrics. Cloning shares the series; one `ClientMetrics` may
 /// serve several clients (e.g. one per datacenter) and be registered once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientMetrics {
-    duration: HistogramFamily,
-    errors: Family<ErrorLabels, Counter>,
-    in_flight: Family<ClassLabels, Gauge>,
-    queued: Family<ClassLabels, Gauge>,
-}
-
-impl Default for ClientMetrics {
-    fn default() -> Self {
-        Self {
-            duration: Family::new_with_constructor(latency_histogram),
-            errors: Family::default(),
-            in_flight: Family::default(),
-            queued: Family::default(),
-        }
-    }
+    requests: RequestMetrics,
 }
 
 impl ClientMetrics {
@@ -73,28 +24,7 @@ impl ClientMetrics {
 
     /// Registers the metrics under `consul_client_` in `registry`.
     pub fn register(&self, registry: &mut Registry) {
-        let registry = registry.sub_registry_with_prefix("consul_client");
-        registry.register_with_unit(
-            "request_duration",
-            "Time from sending a request to Consul to having its whole answer",
-            Unit::Seconds,
-            self.duration.clone(),
-        );
-        registry.register(
-            "request_errors",
-            "Requests to Consul that failed, by endpoint kind and error kind",
-            self.errors.clone(),
-        );
-        registry.register(
-            "requests_in_flight",
-            "Requests to Consul awaiting their answer",
-            self.in_flight.clone(),
-        );
-        registry.register(
-            "requests_queued",
-            "Requests waiting for a slot of the per-agent request budget",
-            self.queued.clone(),
-        );
+        self.requests.register(registry, "consul_client", "Consul");
     }
 
     pub(crate) fn observe(
@@ -104,52 +34,32 @@ impl ClientMetrics {
         elapsed: Duration,
         error: Option<ErrorKind>,
     ) {
-        self.duration
-            .get_or_create(&RequestLabels { endpoint, class })
-            .observe(elapsed.as_secs_f64());
-        if let Some(error) = error {
-            self.errors
-                .get_or_create(&ErrorLabels { endpoint, error })
-                .inc();
-        }
+        self.requests.observe(
+            endpoint.as_str(),
+            class,
+            elapsed,
+            error.map(ErrorKind::as_str),
+        );
     }
 
     /// Requests of `class` sent and awaiting their answer, now.
     pub fn requests_in_flight(&self, class: RequestClass) -> i64 {
-        self.in_flight.get_or_create(&ClassLabels { class }).get()
+        self.requests.requests_in_flight(class)
     }
 
     /// Requests of `class` waiting for the request budget, now.
     pub fn requests_queued(&self, class: RequestClass) -> i64 {
-        self.queued.get_or_create(&ClassLabels { class }).get()
+        self.requests.requests_queued(class)
     }
 
     /// Counts a request as queued until the guard drops.
     pub(crate) fn track_queued(&self, class: RequestClass) -> GaugeGuard {
-        GaugeGuard::new(self.queued.get_or_create(&ClassLabels { class }).clone())
+        self.requests.track_queued(class)
     }
 
     /// Counts a request as in flight until the guard drops.
     pub(crate) fn track_in_flight(&self, class: RequestClass) -> GaugeGuard {
-        GaugeGuard::new(self.in_flight.get_or_create(&ClassLabels { class }).clone())
-    }
-}
-
-/// Decrements on drop, so a cancelled request (a dropped future) is
-/// uncounted too.
-#[derive(Debug)]
-pub(crate) struct GaugeGuard(Gauge);
-
-impl GaugeGuard {
-    fn new(gauge: Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
+        self.requests.track_in_flight(class)
     }
 }
 

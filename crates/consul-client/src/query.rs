@@ -6,7 +6,7 @@ use std::time::Duration;
 /// The longest `wait` Consul honours; longer values are cut to this.
 pub const MAX_WAIT: Duration = Duration::from_secs(10 * 60);
 /// Consul's own default `wait`.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_WAIT: Duration = blocking_query::watch::DEFAULT_WAIT;
 
 /// Options of a read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -23,45 +23,36 @@
 //! # }
 //! ```
 //!
-//! Layout: [`index`] holds the index rules (pure), [`backoff`] the retry
-//! delays (pure), `machine` the state machine (pure), and this module the
-//! driver that performs requests and sleeps.
+//! The index rules, state machine, backoff and driver are
+//! `blocking-query`'s, shared with `nomad-client`; this module turns each of
+//! its requests into Consul's [`QueryOptions`] and names the endpoints that
+//! can be watched.
 
-pub mod backoff;
-mod event;
-pub mod index;
-mod machine;
+pub use blocking_query::watch::{Backoff, Continuity, QueryIndex, backoff, index};
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::stream::{BoxStream, Stream, StreamExt};
-use tokio::time::Instant;
-
-pub use backoff::Backoff;
-pub use event::{Continuity, WatchEvent};
-
-use self::machine::{State, Timing};
 use crate::api::health::{CheckBrief, HealthCheck, HealthFilter, HealthState, ServiceEntry};
 use crate::api::kv::KvPair;
-use crate::query::DEFAULT_WAIT;
+use crate::query::{DEFAULT_WAIT, QueryMeta};
 use crate::{Client, Error, QueryOptions, QueryResponse};
+
+/// A running watch of Consul values of type `T`; see
+/// [`blocking_query::Watch`].
+pub type Watch<T> = blocking_query::Watch<T, Error, QueryMeta>;
+
+/// What a Consul watch yields; see [`blocking_query::WatchEvent`].
+pub type WatchEvent<T> = blocking_query::WatchEvent<T, Error, QueryMeta>;
 
 /// How a watch queries and retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchConfig {
     /// `?wait=` of each blocking query (Consul caps it at 10 minutes).
     pub wait: Duration,
-    /// The rate limit, so a fast-changing index cannot make the watch spin:
-    /// no three requests start within one `min_interval`. A change is
-    /// followed up at once unless the two requests before already started
-    /// within the last `min_interval`; an index that keeps moving is read
-    /// at most twice per interval.
+    /// The rate limit: see [`blocking_query::WatchConfig::min_interval`].
     pub min_interval: Duration,
     /// Delays between attempts while requests fail; reset by a success.
     pub backoff: Backoff,
@@ -73,93 +64,57 @@ pub struct WatchConfig {
 
 impl Default for WatchConfig {
     fn default() -> Self {
+        let shared = blocking_query::WatchConfig::default();
         Self {
             wait: DEFAULT_WAIT,
-            min_interval: Duration::from_millis(50),
-            backoff: Backoff::default(),
+            min_interval: shared.min_interval,
+            backoff: shared.backoff,
             datacenter: None,
             stale: false,
         }
     }
 }
 
-/// A running watch. Dropping it cancels the request in flight.
-///
-/// Like any `Stream` it only works while polled: the next blocking query
-/// goes out when the consumer asks for the next event. Drive it
-/// continuously (in its own task) so a query is always in flight.
-///
-/// An agent that restarts under an in-flight query fails it, and the retry
-/// (a plain read) notices the lower index at once. An agent replaced in the
-/// gap *between* two queries (or while the watch is not polled) receives a
-/// blocking query on an index it has not reached; Consul holds such a query
-/// for its whole `wait`, and the reset is seen when it answers.
-pub struct Watch<T> {
-    events: BoxStream<'static, WatchEvent<T>>,
-}
-
-impl<T> fmt::Debug for Watch<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Watch").finish_non_exhaustive()
-    }
-}
-
-impl<T> Stream for Watch<T> {
-    type Item = WatchEvent<T>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.events.poll_next_unpin(cx)
+impl WatchConfig {
+    /// The part of this configuration the shared watch discipline uses.
+    fn discipline(&self) -> blocking_query::WatchConfig {
+        blocking_query::WatchConfig {
+            wait: self.wait,
+            min_interval: self.min_interval,
+            backoff: self.backoff,
+        }
     }
 }
 
 /// Watches whatever `fetch` reads: it is called with the options of each
 /// request (index, wait, datacenter, stale) and must pass them to Consul.
 /// The stream never ends by itself.
-pub fn watch<T, F, Fut>(config: WatchConfig, fetch: F) -> Watch<T>
+pub fn watch<T, F, Fut>(config: WatchConfig, mut fetch: F) -> Watch<T>
 where
     T: Send + Sync + 'static,
     F: FnMut(QueryOptions) -> Fut + Send + 'static,
     Fut: Future<Output = Result<QueryResponse<T>, Error>> + Send + 'static,
 {
-    let config = Arc::new(config);
-    let events = futures::stream::unfold(
-        (State::Initial, fetch, config),
-        |(mut state, mut fetch, config)| async move {
-            loop {
-                let next = state.next_request();
-                // A deadline already past (the usual case: the query blocked
-                // longer than the interval) is not slept on: tokio rounds
-                // deadlines up to its millisecond tick and may fire them only
-                // on the timer driver's next turn.
-                if let Some(at) = next.not_before.filter(|at| *at > Instant::now()) {
-                    tokio::time::sleep_until(at).await;
-                }
-                let options = QueryOptions {
-                    datacenter: config.datacenter.clone(),
-                    stale: config.stale,
-                    index: next.index,
-                    wait: Some(config.wait),
-                };
-                let started = Instant::now();
-                let outcome = fetch(options).await;
-                let timing = Timing {
-                    started,
-                    finished: Instant::now(),
-                };
-                if let Err(error) = &outcome {
-                    tracing::debug!(%error, "watch request failed");
-                }
-                let (next_state, event) = state.step(outcome, timing, &config, rand::random());
-                state = next_state;
-                if let Some(event) = event {
-                    return Some((event, (state, fetch, config)));
-                }
-            }
-        },
-    );
-    Watch {
-        events: events.boxed(),
-    }
+    let discipline = config.discipline();
+    let WatchConfig {
+        datacenter, stale, ..
+    } = config;
+    blocking_query::watch(discipline, move |request: QueryIndex| {
+        let answer = fetch(QueryOptions {
+            datacenter: datacenter.clone(),
+            stale,
+            index: request.index,
+            wait: Some(request.wait),
+        });
+        async move {
+            let response = answer.await?;
+            Ok(blocking_query::Answer {
+                index: response.meta.index,
+                value: response.value,
+                meta: response.meta,
+            })
+        }
+    })
 }
 
 impl Client {
@@ -274,84 +229,5 @@ impl Client {
             let prefix = Arc::clone(&prefix);
             async move { client.kv_list(&prefix, &options).await }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::FutureExt;
-    use futures::future::BoxFuture;
-
-    use crate::QueryMeta;
-
-    type Answer = BoxFuture<'static, Result<QueryResponse<u64>, Error>>;
-
-    /// The blocking-query semantics in memory: an index that a test moves,
-    /// answered at once for a plain read or an index already passed, and
-    /// otherwise when the index moves (or after `wait`).
-    fn fake_consul(
-        index: &tokio::sync::watch::Sender<u64>,
-    ) -> impl FnMut(QueryOptions) -> Answer + Send + 'static {
-        let index = index.clone();
-        move |options| {
-            let mut current = index.subscribe();
-            async move {
-                let wait = options.wait.unwrap_or(DEFAULT_WAIT);
-                if options.index > 0 {
-                    let moved = current.wait_for(|now| *now > options.index);
-                    let _ = tokio::time::timeout(wait, moved).await;
-                }
-                let now = *current.borrow();
-                Ok(QueryResponse {
-                    value: now,
-                    meta: QueryMeta {
-                        index: Some(now),
-                        ..QueryMeta::default()
-                    },
-                })
-            }
-            .boxed()
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_change_shortly_after_the_last_one_seen_is_read_at_once() {
-        // The convergence bench's loop: a change, then the next one about
-        // 30 ms after the watch reported it (less than `min_interval`). The
-        // watch runs in its own task, as consul-eds-server drives it, so its
-        // next blocking query is in flight whenever the rate limit allows.
-        let (index, _) = tokio::sync::watch::channel(1u64);
-        let config = WatchConfig {
-            min_interval: Duration::from_millis(50),
-            ..WatchConfig::default()
-        };
-        let mut changes = watch(config, fake_consul(&index));
-        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            while let Some(event) = changes.next().await {
-                if let WatchEvent::Value { index, .. } = event {
-                    let _ = seen_tx.send((index, Instant::now()));
-                }
-            }
-        });
-        let (first, _) = seen.recv().await.expect("the initial read");
-        assert_eq!(first, 1);
-
-        let mut late = Vec::new();
-        for n in 2..=12u64 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            let changed = Instant::now();
-            index.send_replace(n);
-            let (seen_index, at) = seen.recv().await.expect("the watch keeps running");
-            assert_eq!(seen_index, n, "every change is reported, in order");
-            late.push(at - changed);
-        }
-        driver.abort();
-        assert!(
-            late.iter().all(|d| d.is_zero()),
-            "each change must be read as it happens, not after the rate limit's \
-             wait; delays: {late:?}"
-        );
     }
 }

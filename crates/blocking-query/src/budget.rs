@@ -1,13 +1,15 @@
 //! The per-agent request budget.
 //!
 //! A Consul agent accepts `http_max_conns_per_client` (200 by default)
-//! connections from one IP, and over HTTP/1 every in-flight blocking query
-//! holds a connection for up to its `wait`. Blocking queries therefore take a
+//! connections from one IP, a Nomad agent `limits.http_max_conns_per_client`
+//! (100 by default), and over HTTP/1 every in-flight blocking query holds a
+//! connection for up to its `wait`. Blocking queries therefore take a
 //! permit from a bounded FIFO queue (tokio's `Semaphore` is fair, so no watch
 //! starves); other requests take one from a separate budget, so a write or
-//! a read never queues behind long-polls. Session requests (create, renew,
-//! destroy) have a budget of their own: a lock is lost when its session's
-//! renewal comes late, so no flood of reads or writes may hold one up.
+//! a read never queues behind long-polls. Session requests (Consul's
+//! create, renew, destroy) have a budget of their own: a lock is lost when
+//! its session's renewal comes late, so no flood of reads or writes may hold
+//! one up.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Which budget a request draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestClass {
-    /// `?index=N` with N > 0: Consul may hold it up to `wait`.
+    /// `?index=N` with N > 0: the server may hold it up to `wait`.
     Blocking,
     /// Creating, renewing and destroying sessions: what keeps a lock.
     Session,
@@ -46,15 +48,18 @@ impl EncodeLabelValue for RequestClass {
 /// never the bottleneck, and keeps a runaway caller from opening hundreds.
 const SESSION_REQUESTS: usize = 4;
 
+/// The budgets of one agent: share it between everything that talks to it.
 #[derive(Debug)]
-pub(crate) struct RequestBudget {
+pub struct RequestBudget {
     blocking: Arc<Semaphore>,
     session: Arc<Semaphore>,
     other: Arc<Semaphore>,
 }
 
 impl RequestBudget {
-    pub(crate) fn new(max_blocking: usize, max_other: usize) -> Self {
+    /// At most `max_blocking` blocking queries and `max_other` other
+    /// requests in flight (each at least 1).
+    pub fn new(max_blocking: usize, max_other: usize) -> Self {
         let bounded = |n: usize| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
         Self {
             blocking: bounded(max_blocking),
@@ -67,7 +72,7 @@ impl RequestBudget {
     ///
     /// `None` only if the semaphore were closed, which never happens: this
     /// type owns both semaphores and never closes them.
-    pub(crate) async fn admit(&self, class: RequestClass) -> Option<OwnedSemaphorePermit> {
+    pub async fn admit(&self, class: RequestClass) -> Option<OwnedSemaphorePermit> {
         let semaphore = match class {
             RequestClass::Blocking => &self.blocking,
             RequestClass::Session => &self.session,

@@ -21,29 +21,32 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::UnixStream;
 
-use crate::config::{Address, ConfigError};
-use crate::tls::TlsConfig;
+use crate::address::Address;
+use crate::tls::{TlsConfig, TlsError};
 
-pub(crate) type RequestBody = Full<Bytes>;
+/// The body of every request: small, and whole before it is sent.
+pub type RequestBody = Full<Bytes>;
 
 /// Idle pooled connections are closed after this.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Detects a silently dead peer under a long blocking query.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// The connection pool to one agent, over the scheme its [`Address`] names.
 #[derive(Debug, Clone)]
-pub(crate) enum Transport {
+pub enum Transport {
     Http(HyperClient<HttpConnector, RequestBody>),
     Https(HyperClient<HttpsConnector<HttpConnector>, RequestBody>),
     Unix(HyperClient<UnixConnector, RequestBody>),
 }
 
 impl Transport {
-    pub(crate) fn new(
+    /// `tls` is used for an `https` address only.
+    pub fn new(
         address: &Address,
         tls: &TlsConfig,
         connect_timeout: Duration,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, TlsError> {
         let mut builder = HyperClient::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -80,7 +83,7 @@ impl Transport {
         })
     }
 
-    pub(crate) async fn send(
+    pub async fn send(
         &self,
         request: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
@@ -94,7 +97,7 @@ impl Transport {
 
 /// Connects every request to one Unix socket, whatever the URI's authority.
 #[derive(Debug, Clone)]
-pub(crate) struct UnixConnector {
+pub struct UnixConnector {
     path: Arc<PathBuf>,
 }
 
@@ -118,4 +121,20 @@ impl tower::Service<http::Uri> for UnixConnector {
                 })
         })
     }
+}
+
+/// Renders an error with its whole `source()` chain: hyper's top-level
+/// messages ("client error (Connect)") say little without their causes.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -1,5 +1,6 @@
 //! The rustls client configuration for `https` agents: which roots to trust
-//! and which certificate to present (Consul's `verify_incoming`), and
+//! and which certificate to present (Consul's `verify_incoming`, Nomad's
+//! `verify_https_client`), and
 //! [`root_store`], the trust decision shared with other HTTPS clients.
 
 use std::path::{Path, PathBuf};
@@ -9,19 +10,20 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// TLS settings, named after Consul's CLI variables.
+/// TLS settings, as Consul's and Nomad's CLIs take them (`*_CACERT`,
+/// `*_CAPATH`, `*_CLIENT_CERT`, `*_CLIENT_KEY`, `*_TLS_SERVER_NAME`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsConfig {
-    /// `CONSUL_CACERT`: PEM file of the CA(s) to trust. With neither this nor
-    /// `ca_path`, the system's roots are trusted.
+    /// PEM file of the CA(s) to trust. With neither this nor `ca_path`, the
+    /// system's roots are trusted.
     pub ca_cert: Option<PathBuf>,
-    /// `CONSUL_CAPATH`: a directory of PEM CA files.
+    /// A directory of PEM CA files.
     pub ca_path: Option<PathBuf>,
-    /// `CONSUL_CLIENT_CERT`: PEM certificate chain presented to the agent.
+    /// PEM certificate chain presented to the agent.
     pub client_cert: Option<PathBuf>,
-    /// `CONSUL_CLIENT_KEY`: its PEM private key.
+    /// Its PEM private key.
     pub client_key: Option<PathBuf>,
-    /// `CONSUL_TLS_SERVER_NAME`: the name to verify instead of the address's host.
+    /// The name to verify instead of the address's host.
     pub server_name: Option<String>,
 }
 
@@ -44,9 +46,7 @@ pub enum TlsError {
     },
     #[error("{what} {path} holds no certificate")]
     NoCertificate { what: &'static str, path: PathBuf },
-    #[error(
-        "a client certificate needs its key and a key its certificate (CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY)"
-    )]
+    #[error("a client certificate needs its key and a key its certificate")]
     IncompleteClientIdentity,
     #[error("no trusted root certificate could be loaded: {reason}")]
     NoRoots { reason: String },
@@ -59,9 +59,8 @@ pub enum TlsError {
 }
 
 impl TlsConfig {
-    pub(crate) fn server_name(
-        &self,
-    ) -> Result<Option<rustls_pki_types::ServerName<'static>>, TlsError> {
+    /// The name to verify, when it is not the address's host.
+    pub fn server_name(&self) -> Result<Option<rustls_pki_types::ServerName<'static>>, TlsError> {
         self.server_name
             .as_ref()
             .map(|name| {
@@ -73,7 +72,7 @@ impl TlsConfig {
 
     /// A rustls configuration (ring provider, TLS 1.2 and 1.3). ALPN is left
     /// to the connector, which offers `h2` and `http/1.1`.
-    pub(crate) fn rustls_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+    pub fn rustls_config(&self) -> Result<rustls::ClientConfig, TlsError> {
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(TlsError::IncompleteClientIdentity);
         }
@@ -95,7 +94,7 @@ impl TlsConfig {
 
     fn roots(&self) -> Result<RootCertStore, TlsError> {
         if self.ca_cert.is_none() && self.ca_path.is_none() {
-            return system_roots("set CONSUL_CACERT");
+            return system_roots("configure a CA certificate");
         }
         let mut roots = RootCertStore::empty();
         if let Some(file) = &self.ca_cert {
@@ -132,9 +131,9 @@ impl TlsConfig {
 /// The roots an HTTPS client trusts: the CA certificates in `ca_pem` when
 /// given (a private CA), the system's otherwise.
 ///
-/// Public, and free of anything Consul, because a program's other HTTPS
-/// clients (an ACME client, say) should trust exactly as its Consul client
-/// does, through one implementation.
+/// Public, and free of anything Consul or Nomad, because a program's other
+/// HTTPS clients (an ACME client, say) should trust exactly as its Consul
+/// client does, through one implementation.
 pub fn root_store(ca_pem: Option<&[u8]>) -> Result<RootCertStore, TlsError> {
     let Some(pem) = ca_pem else {
         return system_roots("configure a CA certificate");
@@ -239,7 +238,7 @@ mod tests {
     #[test]
     fn a_certificate_without_its_key_is_refused() {
         let config = TlsConfig {
-            client_cert: Some(PathBuf::from("/etc/consul/cli.pem")),
+            client_cert: Some(PathBuf::from("/etc/agent/cli.pem")),
             ..TlsConfig::default()
         };
         assert!(matches!(

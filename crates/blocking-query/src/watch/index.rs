@@ -1,7 +1,8 @@
 //! The index rules of a blocking query, as Consul documents them ("Blocking
-//! Queries: implementation details"), in one pure type with property tests.
+//! Queries: implementation details") and Nomad implements them too
+//! (`blockingRPC`), in one pure type with property tests.
 //!
-//! 1. Consul answers a blocking query when its data's index exceeds the
+//! 1. The server answers a blocking query when its data's index exceeds the
 //!    request's `index`, or after `wait` with the same index: an unchanged
 //!    index means no change.
 //! 2. An index can go backwards (a snapshot restore, a server that lost its
@@ -10,7 +11,7 @@
 //! 3. An index of 0 — or none at all — must not be blocked on, since
 //!    `index=0` returns at once and the client would spin: it is clamped to 1.
 
-/// The index Consul reported, made safe to block on: missing or 0 is 1.
+/// The index the server reported, made safe to block on: missing or 0 is 1.
 pub fn sanitize(received: Option<u64>) -> u64 {
     received.unwrap_or(0).max(1)
 }
@@ -59,7 +60,7 @@ impl IndexCursor {
         (self.last_seen > 0).then_some(self.last_seen)
     }
 
-    /// Takes in an answer's `X-Consul-Index`.
+    /// Takes in an answer's index header (`X-Consul-Index`, `X-Nomad-Index`).
     pub fn observe(&mut self, received: Option<u64>) -> Observation {
         let index = sanitize(received);
         let observation = if self.last_seen == 0 {

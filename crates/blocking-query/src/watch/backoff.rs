@@ -5,7 +5,7 @@ use std::time::Duration;
 /// Exponential backoff with "equal jitter": the n-th consecutive failure
 /// waits between half and all of `min(max, base * 2^(n-1))`.
 ///
-/// Half is fixed so delays grow with every failure (Consul under trouble is
+/// Half is fixed so delays grow with every failure (a server under trouble is
 /// left alone more and more); half is random so many watches failing
 /// together do not retry together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

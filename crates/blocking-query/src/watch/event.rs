@@ -4,31 +4,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::index::Observation;
-use crate::{Error, QueryMeta};
 
-/// One thing a watch has to say.
+/// One thing a watch has to say: values of type `T`, errors of type `E`,
+/// answer metadata of type `M` (the client's headers type).
 ///
-/// A healthy watch yields a `Value` each time Consul's answer has a new
+/// A healthy watch yields a `Value` each time the server's answer has a new
 /// index (never for a blocking query that timed out unchanged). Each failed
 /// request yields `Degraded`, carrying the last good value so the consumer
 /// keeps serving it instead of nothing. The first answer after failures is
 /// always a `Value`, whether or not the data changed meanwhile, and says so
 /// in its [`Continuity`].
 #[derive(Debug)]
-pub enum WatchEvent<T> {
-    /// Consul answered with data the consumer has not been given yet.
+pub enum WatchEvent<T, E, M> {
+    /// The server answered with data the consumer has not been given yet.
     Value {
         value: Arc<T>,
-        /// The sanitised `X-Consul-Index` (see [`super::index`]).
+        /// The sanitised index header (see [`super::index`]).
         index: u64,
-        meta: QueryMeta,
+        meta: M,
         /// How this answer relates to the one before it.
         continuity: Continuity,
     },
     Degraded {
-        /// The last value Consul gave; `None` if it never answered.
+        /// The last value the server gave; `None` if it never answered.
         last_good: Option<Arc<T>>,
-        error: Error,
+        error: E,
         /// Consecutive failures so far, this one included.
         failures: u32,
         /// When the next attempt goes out.
@@ -51,7 +51,7 @@ pub enum Continuity {
     /// The index moved forward: the data follows on from the last answer.
     Advanced,
     /// The index went backwards (a snapshot restore, a server that lost its
-    /// state, a KV key deleted and recreated): Consul's data was replaced,
+    /// state, a KV key deleted and recreated): the server's data was replaced,
     /// and nothing seen before says anything about this answer.
     Reset,
     /// The first answer after failed requests. Always the fresh value: after
@@ -83,13 +83,13 @@ impl Continuity {
     }
 
     /// Whether this answer may not follow on from what was seen before:
-    /// the index went backwards, or Consul was unreachable in between.
+    /// the index went backwards, or the server was unreachable in between.
     pub fn breaks_continuity(self) -> bool {
         matches!(self, Self::Reset | Self::Recovered { .. })
     }
 }
 
-impl<T> WatchEvent<T> {
+impl<T, E, M> WatchEvent<T, E, M> {
     /// The best value known after this event.
     pub fn value(&self) -> Option<&Arc<T>> {
         match self {
@@ -98,7 +98,7 @@ impl<T> WatchEvent<T> {
         }
     }
 
-    /// Whether Consul answered (the watch is healthy after this event).
+    /// Whether the server answered (the watch is healthy after this event).
     pub fn is_healthy(&self) -> bool {
         !matches!(self, Self::Degraded { .. })
     }

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::WatchConfig;
 use super::event::{Continuity, WatchEvent};
 use super::index::IndexCursor;
-use crate::{Error, QueryResponse};
+use super::{Answer, WatchConfig};
 
 /// Where a watch is between two requests.
 #[derive(Debug)]
@@ -84,25 +83,25 @@ impl<T> State<T> {
     /// Advances the watch by one request's outcome.
     ///
     /// `jitter` is a random number in `[0, 1]` for the backoff.
-    pub(crate) fn step(
+    pub(crate) fn step<E, M>(
         self,
-        outcome: Result<QueryResponse<T>, Error>,
+        outcome: Result<Answer<T, M>, E>,
         timing: Timing,
         config: &WatchConfig,
         jitter: f64,
-    ) -> (Self, Option<WatchEvent<T>>) {
+    ) -> (Self, Option<WatchEvent<T, E, M>>) {
         match outcome {
             Ok(response) => self.on_answer(response, timing, config),
             Err(error) => self.on_error(error, timing, config, jitter),
         }
     }
 
-    fn on_answer(
+    fn on_answer<E, M>(
         self,
-        response: QueryResponse<T>,
+        response: Answer<T, M>,
         timing: Timing,
         config: &WatchConfig,
-    ) -> (Self, Option<WatchEvent<T>>) {
+    ) -> (Self, Option<WatchEvent<T, E, M>>) {
         let (previous, mut cursor, recovering, earlier_start) = match self {
             Self::Initial => (None, IndexCursor::new(), false, None),
             Self::Healthy {
@@ -120,7 +119,7 @@ impl<T> State<T> {
         // server whose fresh state happens to carry the same index as the
         // old one (a restarted dev agent reaches the same raft index after
         // the same start-up writes): only the answer itself is trustworthy.
-        let continuity = Continuity::of(cursor.observe(response.meta.index), recovering);
+        let continuity = Continuity::of(cursor.observe(response.index), recovering);
         let value = match (previous, continuity) {
             (Some(previous), None) => previous,
             _ => Arc::new(response.value),
@@ -159,13 +158,13 @@ impl<T> State<T> {
         )
     }
 
-    fn on_error(
+    fn on_error<E, M>(
         self,
-        error: Error,
+        error: E,
         timing: Timing,
         config: &WatchConfig,
         jitter: f64,
-    ) -> (Self, Option<WatchEvent<T>>) {
+    ) -> (Self, Option<WatchEvent<T, E, M>>) {
         let (last_good, cursor, failures) = match self {
             Self::Initial => (None, IndexCursor::new(), 1),
             Self::Healthy { value, cursor, .. } => (Some(value), cursor, 1),
@@ -198,8 +197,15 @@ impl<T> State<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::QueryMeta;
     use crate::watch::Backoff;
+
+    /// What a failed request says, for these tests: an HTTP status.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Failure {
+        status: u16,
+    }
+
+    type Outcome = Result<Answer<&'static str, ()>, Failure>;
 
     fn config() -> WatchConfig {
         WatchConfig {
@@ -212,25 +218,16 @@ mod tests {
         }
     }
 
-    fn answer(
-        value: &'static str,
-        index: Option<u64>,
-    ) -> Result<QueryResponse<&'static str>, Error> {
-        Ok(QueryResponse {
+    fn answer(value: &'static str, index: Option<u64>) -> Outcome {
+        Ok(Answer {
             value,
-            meta: QueryMeta {
-                index,
-                ..QueryMeta::default()
-            },
+            index,
+            meta: (),
         })
     }
 
-    fn failure() -> Result<QueryResponse<&'static str>, Error> {
-        Err(Error::Status {
-            endpoint: "GET /v1/health/service/web".to_owned(),
-            status: 500,
-            body: "boom".to_owned(),
-        })
+    fn failure() -> Outcome {
+        Err(Failure { status: 500 })
     }
 
     fn at(start: Instant, ms: u64) -> Timing {
@@ -275,7 +272,7 @@ mod tests {
         );
     }
 
-    /// Drives the machine against a Consul whose index moves at the given
+    /// Drives the machine against a server whose index moves at the given
     /// instants (ms after `t0`, the initial read), the way the driver does:
     /// each request starts when the previous answer is in and the rate limit
     /// allows. A blocking query answers at the first change after it was sent,
@@ -383,7 +380,7 @@ mod tests {
                 }) => {
                     assert_eq!(last_good.as_deref(), Some(&"a"));
                     assert_eq!(failures, attempt);
-                    assert_eq!(error.status(), Some(500));
+                    assert_eq!(error, Failure { status: 500 });
                     retry_in
                 }
                 other => panic!("expected Degraded, got {other:?}"),
@@ -404,7 +401,7 @@ mod tests {
             [100, 200, 400, 800].map(Duration::from_millis).to_vec()
         );
 
-        // Consul is back at the same index: one recovered value carrying what it
+        // The server is back at the same index: one recovered value carrying what it
         // answered now, since a replaced agent can reach the same index with
         // other data.
         let (state, event) = state.step(answer("now", Some(5)), at(t0, 5_000), &config, 0.0);
