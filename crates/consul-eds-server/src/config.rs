@@ -162,7 +162,11 @@ fn parse_source(value: &str) -> Result<SourceKind, String> {
     SourceKind::ALL
         .into_iter()
         .find(|kind| kind.as_str() == value.trim())
-        .ok_or_else(|| format!("`{value}` is not a registry this server reads: use consul, nomad or consul,nomad"))
+        .ok_or_else(|| {
+            format!(
+                "`{value}` is not a registry this server reads: use consul, nomad or consul,nomad"
+            )
+        })
 }
 
 /// A sources configuration that cannot work.

@@ -83,25 +83,28 @@ impl ServiceSource for SourceSet {
 /// good service list in the union, so the other registry's changes still
 /// go through; its failure is reported to the gateway as a read not
 /// believed, which changes nothing there.
+///
+/// Each catalog is named (`consul`, `nomad/<namespace>`) for the reasons
+/// given when one is not believed.
 pub fn merge_catalogs(
-    catalogs: Vec<(SourceKind, BoxStream<'static, CatalogEvent>)>,
+    catalogs: Vec<(String, BoxStream<'static, CatalogEvent>)>,
 ) -> BoxStream<'static, CatalogEvent> {
     if catalogs.len() == 1 {
         return catalogs
             .into_iter()
             .next()
-            .map(|(_, s)| s)
+            .map(|(_, catalog)| catalog)
             .unwrap_or_else(|| stream::empty().boxed());
     }
-    let kinds: Vec<SourceKind> = catalogs.iter().map(|(kind, _)| *kind).collect();
+    let names: Vec<String> = catalogs.iter().map(|(name, _)| name.clone()).collect();
     let tagged = stream::select_all(
         catalogs
             .into_iter()
-            .map(|(kind, catalog)| catalog.map(move |event| (kind, event)).boxed()),
+            .map(|(name, catalog)| catalog.map(move |event| (name.clone(), event)).boxed()),
     );
-    let mut merger = CatalogMerger::new(kinds);
+    let mut merger = CatalogMerger::new(names);
     tagged
-        .map(move |(kind, event)| merger.on_event(kind, event))
+        .map(move |(name, event)| merger.on_event(&name, event))
         .boxed()
 }
 

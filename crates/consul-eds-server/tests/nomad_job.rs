@@ -106,9 +106,10 @@ fn the_server_job_reads_nomad_services_with_its_workload_identity() {
         .find(|t| t.task == "consul-eds-server")
         .expect("task");
     assert_eq!(task.value_of("--sources"), Some("consul,nomad"));
+    // An interpolated value is kept as the job writes it, quotes and all.
     assert_eq!(
         task.value_of("--nomad-token-file"),
-        Some("${NOMAD_SECRETS_DIR}/nomad_token")
+        Some("\"${NOMAD_SECRETS_DIR}/nomad_token\"")
     );
     assert!(task.value_of("--nomad-addr").is_some(), "{:?}", task.args);
     let text = std::fs::read_to_string(&path).expect("read");

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use common::{EdsServer, consul_client, gateway, hostnames, register_passing, wait_for_hostnames};
 use test_support::bootstrap::EdsTransport;
-use test_support::nomad_api::{FakeNomad, Registration};
-use test_support::{Backend, ConsulAgent, free_port, http_get};
+use test_support::nomad_api::{FakeNomad, FakeNomadOptions, Registration};
+use test_support::{Backend, ConsulAgent, eventually, free_port, http_get};
+
+/// The gauge of a Nomad service whose reads fail.
+const DEGRADED: &str = "consul_eds_service_degraded{service=\"web\",datacenter=\"local\",source=\"nomad\",namespace=\"default\"} 1";
 
 fn registration(id: &str, backend: &Backend) -> Registration {
     let addr = backend.addr();
@@ -70,53 +73,111 @@ async fn nomad_registrations_reach_envoy_and_leave_it_with_their_allocation() {
 #[tokio::test]
 async fn nomad_failures_and_index_resets_keep_the_last_good_endpoints() {
     let nomad = FakeNomad::start().await.expect("fake nomad");
-    let backend = Backend::start("web-1").await.expect("backend");
-    nomad.register(registration("web-1", &backend));
+    let backends = [
+        Backend::start("web-1").await.expect("backend"),
+        Backend::start("web-2").await.expect("backend"),
+        Backend::start("web-3").await.expect("backend"),
+    ];
+    nomad.register(registration("web-1", &backends[0]));
     let eds = nomad_only_server(&nomad, &[]).await;
     let (envoy, listener) = gateway(eds.xds, &["web"], EdsTransport::Grpc).await;
     wait_for_hostnames(&envoy, "web", &["web-1"], Duration::from_secs(10)).await;
 
-    for status in [500, 403] {
+    let mut expected = vec!["web-1"];
+    for (status, backend) in [(500, &backends[1]), (403, &backends[2])] {
+        // From now on every request fails; the blocking query in flight
+        // answers the change below, the next one gets the error.
         nomad.fail_with(Some(status));
-        // Long enough for the watch to have failed several times.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        nomad.register(registration(backend.name(), backend));
+        expected.push(backend.name());
+        wait_for_hostnames(&envoy, "web", &expected, Duration::from_secs(5)).await;
+        eventually(
+            &format!("the service to show as degraded while Nomad answers {status}"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async {
+                let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
+                metrics.contains(DEGRADED).then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
         let hosts = common::hosts(&envoy, "web").await;
-        assert_eq!(hostnames(&hosts), ["web-1"], "Nomad answering {status}");
+        assert_eq!(hostnames(&hosts), expected, "Nomad answering {status}");
         let response = http_get(listener, "/").await.expect("through envoy");
         assert_eq!(
             response.status, 200,
             "Nomad answering {status}: {}",
             response.body
         );
-        let degraded = http_get(eds.admin, "/metrics").await.expect("metrics").body;
-        assert!(
-            degraded.contains("consul_eds_service_degraded{service=\"web\",datacenter=\"local\",source=\"nomad\",namespace=\"default\"} 1"),
-            "Nomad answering {status}, the service shows as degraded:\n{degraded}"
-        );
         nomad.fail_with(None);
+        // Recovered (and blocking again) before the next fault.
+        eventually(
+            "the service to recover",
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            || async {
+                let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
+                (!metrics.contains(DEGRADED)).then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
     }
 
-    // A restored Nomad: its index goes back, and its table is empty for a
-    // moment. The last endpoints stay for the reset grace (3 s here).
-    let index = nomad.index();
-    nomad.deregister("default", "web-1");
-    nomad.reset_index(1);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Nomad gone: its connections drop, reads fail, nothing is taken away.
+    let address: SocketAddr = nomad
+        .address()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    drop(nomad);
+    eventually(
+        "the service to show as degraded with Nomad gone",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
+            metrics.contains(DEGRADED).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
     let hosts = common::hosts(&envoy, "web").await;
-    assert_eq!(
-        hostnames(&hosts),
-        ["web-1"],
-        "held after the reset from {index}"
-    );
-    nomad.register(registration("web-1", &backend));
+    assert_eq!(hostnames(&hosts), expected, "Nomad gone");
+
+    // It comes back empty at the same address, its index back at the start
+    // (a restore, a lost state): the empty answer is held for the reset
+    // grace (3 s here) while the allocations register again.
+    let restarted = FakeNomad::start_with(FakeNomadOptions {
+        listen: Some(address),
+        ..FakeNomadOptions::default()
+    })
+    .await
+    .expect("fake nomad again");
+    // Another job registers first: a real Nomad's index counts every Raft
+    // write, so the table's next change always moves it past what the
+    // first answer (floored at 1) said.
+    let other = Backend::start("db-1").await.expect("backend");
+    let addr = other.addr();
+    restarted.register(Registration::new("db", &addr.ip().to_string(), addr.port()));
+    eventually(
+        "the server to read the restarted Nomad",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || async {
+            let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
+            (!metrics.contains(DEGRADED)).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
+    let hosts = common::hosts(&envoy, "web").await;
+    assert_eq!(hostnames(&hosts), expected, "held after the reset");
+    restarted.register(registration("web-1", &backends[0]));
+    wait_for_hostnames(&envoy, "web", &["web-1"], Duration::from_secs(5)).await;
     let response = http_get(listener, "/").await.expect("through envoy");
     assert_eq!(response.status, 200, "{}", response.body);
-
-    // And Nomad unreachable altogether.
-    drop(nomad);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let hosts = common::hosts(&envoy, "web").await;
-    assert_eq!(hostnames(&hosts), ["web-1"], "Nomad gone");
 }
 
 #[tokio::test]

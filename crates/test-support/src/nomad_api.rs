@@ -89,6 +89,10 @@ pub struct FakeNomadOptions {
     pub acl: Option<Acl>,
     /// HTTPS instead of HTTP.
     pub tls: Option<FakeNomadTls>,
+    /// Where to listen; `None`: a free port. Given the address of a stand-in
+    /// just dropped, it is that Nomad restarted (or restored) empty, at the
+    /// same address.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for FakeNomadOptions {
@@ -97,6 +101,7 @@ impl Default for FakeNomadOptions {
             region: "global".to_owned(),
             acl: None,
             tls: None,
+            listen: None,
         }
     }
 }
@@ -449,7 +454,10 @@ impl FakeNomad {
     }
 
     pub async fn start_with(options: FakeNomadOptions) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listen = options
+            .listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(listen)
             .await
             .map_err(HarnessError::io("Nomad API listener"))?;
         let local = listener

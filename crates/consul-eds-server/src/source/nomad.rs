@@ -231,7 +231,11 @@ async fn read_checks(client: &NomadClient, followed: &mut Followed) -> bool {
                 }
                 // What was read before stays: a failing read of the checks
                 // is no news about them.
-                followed.checks.get(alloc).copied().unwrap_or(CheckState::Passing)
+                followed
+                    .checks
+                    .get(alloc)
+                    .copied()
+                    .unwrap_or(CheckState::Passing)
             }
         };
         if followed.checks.get(alloc) != Some(&state) {
@@ -261,7 +265,10 @@ fn worst(results: &BTreeMap<String, CheckResult>) -> CheckState {
 }
 
 fn instances_event(followed: &Followed, after_reset: bool) -> SourceEvent {
-    let registrations = followed.registrations.as_deref().map_or(&[][..], Vec::as_slice);
+    let registrations = followed
+        .registrations
+        .as_deref()
+        .map_or(&[][..], Vec::as_slice);
     SourceEvent::Instances {
         instances: registrations
             .iter()
@@ -321,9 +328,8 @@ mod tests {
 
     #[test]
     fn the_worst_check_result_decides_as_in_consul() {
-        let of = |list: Vec<CheckResult>| {
-            worst(&list.into_iter().map(|r| (r.id.clone(), r)).collect())
-        };
+        let of =
+            |list: Vec<CheckResult>| worst(&list.into_iter().map(|r| (r.id.clone(), r)).collect());
         assert_eq!(of(vec![]), CheckState::Passing);
         assert_eq!(
             of(vec![result(CheckStatus::Success, CheckMode::Healthiness)]),
