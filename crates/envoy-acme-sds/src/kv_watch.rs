@@ -2,17 +2,19 @@
 //! store, not the renewing replica, is the source of truth, so leader and
 //! followers push a renewed certificate the same way.
 //!
-//! Why two small blocking queries rather than one over the prefix: an
-//! answer to a blocking query is the whole listing, so following
-//! `<prefix>/` made every change cost every replica all certificates, keys,
-//! order histories and accounts (megabytes with a thousand hosts). Instead
-//! [`KvFollower`] follows `versions/` (one small entry per certificate and
-//! account, bumped with each write: see [`crate::store::versions`]) and
-//! `renewals/`, and reads the items of a certificate only when its entry
-//! moved (ADR 0009). Everything is read once in full at start, and again
+//! Why not one blocking query over the prefix: an answer to a blocking
+//! query is the whole listing, so following `<prefix>/` made every change
+//! cost every replica all certificates, keys, order histories and accounts
+//! (megabytes with a thousand hosts). Instead [`KvFollower`] blocks on
+//! `last-write` (one small record naming what the last write set, and the
+//! record before it: see [`crate::store::versions`]) and on `renewals/`,
+//! and reads the items of the certificates the record names. When records
+//! do not follow on from the one taken in last (two writes between two
+//! answers, a hand edit), it lists the small `versions/` entries and reads
+//! what moved there. Everything is read once in full at start, and again
 //! after Consul's data was replaced (an index reset) or unreachable, since
-//! entries seen before say nothing about such an answer; that full read is
-//! also what finds certificates stored without an entry.
+//! nothing seen before says anything about such an answer; that full read
+//! is also what finds certificates stored without an entry (ADR 0009).
 //!
 //! Each certificate is decoded once per change of its items' modify indexes.
 //! A certificate that cannot be used (corrupt, partial, written half by hand,
@@ -23,7 +25,7 @@
 //! New renewal requests (`renewals/<name>`) wake the renewing replica's
 //! managers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ use crate::store::codec::{
     ACCOUNTS_DIR, CERTIFICATES_DIR, CertificatePart, KeyAtRest, KeysAtRest, certificate_item,
 };
 use crate::store::consul::{ConsulStore, RENEWALS_DIR};
-use crate::store::versions::{VERSIONS_DIR, Versioned};
+use crate::store::versions::{LAST_WRITE_ITEM, LastWrite, VERSIONS_DIR, Versioned};
 use crate::store::{SecretName, StoreError};
 
 /// Why 5 minutes: these keys change rarely, and every replica holds such
@@ -50,20 +52,27 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// ...doubling up to this, while it keeps failing.
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
 
-/// Follows `<prefix>/versions/` and `<prefix>/renewals/` and feeds the
+/// Follows `<prefix>/last-write` and `<prefix>/renewals/` and feeds the
 /// [`SecretPublisher`].
 #[derive(Debug)]
 pub struct KvFollower {
     store: ConsulStore,
     publisher: Arc<SecretPublisher>,
     wake: watch::Sender<()>,
-    /// The version entries in Consul's last answer; `None` before the first.
-    listed: Option<BTreeMap<Versioned, u64>>,
-    /// The entry each thing's items were last read at.
+    /// The `ModifyIndex` of the last `last-write` record taken in (0: none
+    /// stored); `None` before the first answer.
+    taken_in: Option<u64>,
+    /// The version entry each thing's items were last read at.
     read: BTreeMap<Versioned, u64>,
-    /// Whether everything must be read in full before entries can be
-    /// compared: at start, after an index reset or an outage.
+    /// What is to be read, with the entry it is read for (`None`: the entry
+    /// is gone).
+    unread: BTreeMap<Versioned, Option<u64>>,
+    /// Whether everything must be read in full: at start, after an index
+    /// reset or an outage.
     full_read_due: bool,
+    /// Whether `versions/` must be compared with `read`: records did not
+    /// follow on.
+    comparison_due: bool,
     /// Passes in a row that left something unread.
     failed_passes: u32,
     /// When to try again what is left unread.
@@ -79,7 +88,7 @@ pub struct KvFollower {
 /// One answer of either blocking query.
 #[derive(Debug)]
 enum Followed {
-    Versions(WatchEvent<Vec<KvPair>>),
+    LastWrite(WatchEvent<Option<KvPair>>),
     Renewals(WatchEvent<Vec<KvPair>>),
 }
 
@@ -94,9 +103,11 @@ impl KvFollower {
             store,
             publisher,
             wake,
-            listed: None,
+            taken_in: None,
             read: BTreeMap::new(),
+            unread: BTreeMap::new(),
             full_read_due: true,
+            comparison_due: false,
             failed_passes: 0,
             retry_at: None,
             certificates_seen: HashMap::new(),
@@ -120,13 +131,13 @@ impl KvFollower {
             wait: BLOCKING_WAIT,
             ..WatchConfig::default()
         };
-        let versions = client
-            .watch_kv_prefix(self.store.key(VERSIONS_DIR), config.clone())
-            .map(Followed::Versions);
+        let last_write = client
+            .watch_kv(self.store.key(LAST_WRITE_ITEM), config.clone())
+            .map(Followed::LastWrite);
         let renewals = client
             .watch_kv_prefix(self.store.key(RENEWALS_DIR), config)
             .map(Followed::Renewals);
-        let mut events = futures::stream::select(versions, renewals);
+        let mut events = futures::stream::select(last_write, renewals);
         loop {
             let retry_at = self.retry_at;
             tokio::select! {
@@ -144,11 +155,24 @@ impl KvFollower {
     /// looks at the events' variants.
     async fn on_event(&mut self, event: Followed) {
         match event {
-            Followed::Versions(WatchEvent::Value {
+            Followed::LastWrite(WatchEvent::Value {
                 value, continuity, ..
             }) => {
+                let at = value.as_ref().as_ref().map_or(0, |pair| pair.modify_index);
                 match continuity {
-                    Continuity::Advanced => {}
+                    Continuity::Advanced if self.taken_in == Some(at) => return,
+                    Continuity::Advanced => {
+                        let record = value.as_ref().as_ref().and_then(|pair| {
+                            LastWrite::decode(pair.value.as_deref().unwrap_or_default())
+                        });
+                        match record {
+                            Some(record) if Some(record.follows) == self.taken_in => {
+                                self.unread
+                                    .extend(record.set.into_iter().map(|what| (what, Some(at))));
+                            }
+                            _ => self.comparison_due = true,
+                        }
+                    }
                     Continuity::Initial => self.full_read_due = true,
                     Continuity::Reset => {
                         // Another store's modify indexes may equal the ones seen.
@@ -160,11 +184,11 @@ impl KvFollower {
                         self.full_read_due = true;
                     }
                 }
-                self.listed = Some(self.store.versions_in(&value));
+                self.taken_in = Some(at);
                 self.catch_up().await;
             }
             Followed::Renewals(WatchEvent::Value { value, .. }) => self.take_in_renewals(&value),
-            Followed::Versions(WatchEvent::Degraded {
+            Followed::LastWrite(WatchEvent::Degraded {
                 error,
                 failures,
                 retry_in,
@@ -184,19 +208,34 @@ impl KvFollower {
     }
 
     /// Reads whatever changed since it was last read: everything when a
-    /// full read is due, else what each moved, new or removed version entry
-    /// announces. What cannot be read is tried again later.
+    /// full read is due, what moved in `versions/` when a comparison is,
+    /// then what the records named. What cannot be read is tried again.
     async fn catch_up(&mut self) {
-        let Some(listed) = self.listed.clone() else {
+        if self.taken_in.is_none() {
             return;
-        };
+        }
         let mut unread = 0;
         if self.full_read_due {
             match self.read_everything().await {
                 Ok(()) => {
-                    // Read after the listing, so at least as new as its entries.
-                    self.read = listed.clone();
                     self.full_read_due = false;
+                    self.comparison_due = false;
+                }
+                Err(error) => {
+                    self.note_unread(&error);
+                    unread += 1;
+                }
+            }
+        } else if self.comparison_due {
+            match self.store.list(VERSIONS_DIR).await {
+                Ok(pairs) => {
+                    let listed = self.store.versions_in(&pairs);
+                    for what in listed.keys().chain(self.read.keys()) {
+                        if listed.get(what) != self.read.get(what) {
+                            self.unread.insert(what.clone(), listed.get(what).copied());
+                        }
+                    }
+                    self.comparison_due = false;
                 }
                 Err(error) => {
                     self.note_unread(&error);
@@ -204,26 +243,19 @@ impl KvFollower {
                 }
             }
         }
-        if !self.full_read_due {
-            let moved: BTreeSet<Versioned> = listed
-                .keys()
-                .chain(self.read.keys())
-                .filter(|what| listed.get(*what) != self.read.get(*what))
-                .cloned()
-                .collect();
-            for what in moved {
-                match self.store.read_versioned(&what).await {
-                    Ok(pairs) => {
-                        self.take_in(&what, &pairs);
-                        match listed.get(&what) {
-                            Some(index) => self.read.insert(what, *index),
-                            None => self.read.remove(&what),
-                        };
-                    }
-                    Err(error) => {
-                        self.note_unread(&error);
-                        unread += 1;
-                    }
+        for (what, entry) in std::mem::take(&mut self.unread) {
+            match self.store.read_versioned(&what).await {
+                Ok(pairs) => {
+                    self.take_in(&what, &pairs);
+                    match entry {
+                        Some(index) => self.read.insert(what, index),
+                        None => self.read.remove(&what),
+                    };
+                }
+                Err(error) => {
+                    self.note_unread(&error);
+                    self.unread.insert(what, entry);
+                    unread += 1;
                 }
             }
         }
@@ -246,9 +278,11 @@ impl KvFollower {
         }
     }
 
-    /// Every certificate and account, in one recursive read each: what
-    /// the store holds, entries or not.
+    /// Every version entry, certificate and account, in one recursive read
+    /// each: what the store holds, entries or not. The entries are read
+    /// first, so the items read after are at least as new.
     async fn read_everything(&mut self) -> Result<(), StoreError> {
+        let versions = self.store.list(VERSIONS_DIR).await?;
         let certificates = self.store.list(CERTIFICATES_DIR).await?;
         let accounts = self.store.list(ACCOUNTS_DIR).await?;
         let stored = self.store.certificate_entries(&certificates);
@@ -263,6 +297,8 @@ impl KvFollower {
             .into_iter()
             .chain(self.store.secrets_at_rest(&accounts))
             .collect();
+        self.read = self.store.versions_in(&versions);
+        self.unread.clear();
         Ok(())
     }
 

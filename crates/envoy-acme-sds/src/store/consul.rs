@@ -16,6 +16,7 @@
 //! <prefix>/http01/<token>                       HTTP-01 key authorizations (see `challenge::consul_tokens`)
 //! <prefix>/versions/certificates/<name>         digest of that certificate's last write (see `super::versions`)
 //! <prefix>/versions/accounts/<directory>        digest of that account's last write
+//! <prefix>/last-write                           which entries the last write set, and the record before
 //! ```
 //!
 //! Each value is a few kilobytes at most, far under Consul's 512 KB limit,
@@ -24,10 +25,10 @@
 //! reader sees the old set or the new one, never a chain with another
 //! certificate's key.
 //!
-//! The same transaction sets the certificate's version entry (see
-//! [`super::versions`]): replicas follow `versions/` and read a
-//! certificate's items only when its entry moved, so a renewal costs each
-//! of them one certificate's items, not the whole prefix (ADR 0009).
+//! The same transaction sets the certificate's version entry and replaces
+//! `last-write` (see [`super::versions`]): replicas block on `last-write`
+//! and read the items of what it names, so a renewal costs each of them one
+//! small record and one certificate's items, not the whole prefix (ADR 0009).
 //! Items written without their entry (by a version before entries, or by
 //! hand) are announced by the next lock holder at the start of its term
 //! ([`ConsulStore::announce_unversioned_writes`]).
@@ -60,7 +61,7 @@ use super::layout::{
     parse_certificate_item,
 };
 use super::typed::Store;
-use super::versions::{EntryValue, VERSIONS_DIR, Versioned};
+use super::versions::{EntryValue, LAST_WRITE_ITEM, LastWrite, VERSIONS_DIR, Versioned};
 use super::{SecretName, StoreError};
 use crate::certificate::CertificateBundle;
 
@@ -71,6 +72,10 @@ pub const RENEWALS_DIR: &str = "renewals/";
 
 /// Consul 1.8 refuses a transaction of more operations.
 const MAX_TXN_OPS: usize = 64;
+
+/// Attempts at a write whose `last-write` record another write of the same
+/// holder replaced first (its managers write concurrently).
+const LAST_WRITE_ATTEMPTS: usize = 32;
 
 /// What entitles a replica to write: its session holds `lock_key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,18 +232,14 @@ impl ConsulStore {
             }
         }
         let announced = self.versions_in(&self.list(VERSIONS_DIR).await?);
-        let unannounced: Vec<(String, String)> = stored
+        let unannounced: Vec<(Versioned, String)> = stored
             .into_iter()
             .filter(|(what, (_, newest))| announced.get(what).is_none_or(|entry| entry < newest))
-            .map(|(what, (value, _))| (what.entry(), value.finish()))
+            .map(|(what, (value, _))| (what, value.finish()))
             .collect();
-        // One operation of each transaction is the lock check.
-        for entries in unannounced.chunks(MAX_TXN_OPS - 1) {
-            let items: Vec<(String, &[u8])> = entries
-                .iter()
-                .map(|(entry, value)| (entry.clone(), value.as_bytes()))
-                .collect();
-            self.backend().write_fenced(VERSIONS_DIR, &items).await?;
+        // Two operations of each transaction are the lock check and `last-write`.
+        for entries in unannounced.chunks(MAX_TXN_OPS - 2) {
+            self.backend().announce(entries).await?;
         }
         Ok(unannounced.len())
     }
@@ -387,12 +388,36 @@ impl ConsulKv {
                 index: read.modify_index,
             },
         ];
-        ops.extend(self.version_entries_of(&[(item, bytes)]));
-        self.commit(item, fence, &ops).await
+        let (entries, set) = self.version_entries_of(&[(item, bytes)]);
+        ops.extend(entries);
+        self.commit_recorded(item, fence, ops, set).await
     }
 
-    /// The operations setting the version entries of what `items` belong to.
-    fn version_entries_of(&self, items: &[(&str, &[u8])]) -> Vec<TxnOp> {
+    /// One fenced transaction setting each entry of `entries` to its value,
+    /// with its `last-write` record.
+    async fn announce(&self, entries: &[(Versioned, String)]) -> Result<(), StoreError> {
+        let Some(fence) = &self.fence else {
+            return Err(StoreError::Fenced {
+                item: VERSIONS_DIR.to_owned(),
+                reason: "this replica does not hold the renewal lock".to_owned(),
+            });
+        };
+        let mut ops = vec![TxnOp::KvCheckSession {
+            key: fence.lock_key.clone(),
+            session: fence.session.clone(),
+        }];
+        ops.extend(entries.iter().map(|(what, value)| TxnOp::KvSet {
+            key: self.key(&what.entry()),
+            value: Bytes::from(value.clone()),
+            flags: 0,
+        }));
+        let set = entries.iter().map(|(what, _)| what.clone()).collect();
+        self.commit_recorded(VERSIONS_DIR, fence, ops, set).await
+    }
+
+    /// The operations setting the version entries of what `items` belong
+    /// to, and what those are.
+    fn version_entries_of(&self, items: &[(&str, &[u8])]) -> (Vec<TxnOp>, Vec<Versioned>) {
         let mut values: BTreeMap<Versioned, EntryValue> = BTreeMap::new();
         for (item, bytes) in items {
             if let Some(what) = Versioned::of_item(item) {
@@ -401,12 +426,71 @@ impl ConsulKv {
         }
         values
             .into_iter()
-            .map(|(what, value)| TxnOp::KvSet {
-                key: self.key(&what.entry()),
-                value: Bytes::from(value.finish()),
-                flags: 0,
+            .map(|(what, value)| {
+                let op = TxnOp::KvSet {
+                    key: self.key(&what.entry()),
+                    value: Bytes::from(value.finish()),
+                    flags: 0,
+                };
+                (op, what)
             })
-            .collect()
+            .unzip()
+    }
+
+    /// Runs `ops` (the lock check first) with the `last-write` record of
+    /// `set` appended as a CAS on the record it replaces; when another write
+    /// replaced that record first, reads it again and retries. Without
+    /// entries set, `ops` run as they are.
+    async fn commit_recorded(
+        &self,
+        what: &str,
+        fence: &Fence,
+        ops: Vec<TxnOp>,
+        set: Vec<Versioned>,
+    ) -> Result<(), StoreError> {
+        if set.is_empty() {
+            return self.commit(what, fence, &ops).await;
+        }
+        let key = self.key(LAST_WRITE_ITEM);
+        for _ in 0..LAST_WRITE_ATTEMPTS {
+            let follows = self
+                .client
+                .kv_get(&key, &QueryOptions::default())
+                .await
+                .map_err(|source| StoreError::Consul {
+                    operation: "reading",
+                    key: key.clone(),
+                    source,
+                })?
+                .value
+                .map_or(0, |pair| pair.modify_index);
+            let record = LastWrite {
+                follows,
+                set: set.clone(),
+            };
+            let mut attempt = ops.clone();
+            attempt.push(TxnOp::KvCas {
+                key: key.clone(),
+                value: Bytes::from(record.encode()),
+                flags: 0,
+                index: follows,
+            });
+            let last = attempt.len() - 1;
+            match self.transact(what, &attempt).await? {
+                TxnOutcome::RolledBack(errors)
+                    if !errors.is_empty() && errors.iter().all(|error| error.op_index == last) =>
+                {
+                    continue;
+                }
+                outcome => return settle(what, fence, outcome),
+            }
+        }
+        Err(StoreError::RolledBack {
+            item: what.to_owned(),
+            reasons: format!(
+                "{key} was replaced by other writes {LAST_WRITE_ATTEMPTS} times in a row"
+            ),
+        })
     }
 
     /// One transaction: the lock check, the items, and the version entries
@@ -432,44 +516,27 @@ impl ConsulKv {
             .iter()
             .map(|(item, bytes)| (item.as_str(), *bytes))
             .collect();
-        ops.extend(self.version_entries_of(&written));
-        self.commit(what, fence, &ops).await
+        let (entries, set) = self.version_entries_of(&written);
+        ops.extend(entries);
+        self.commit_recorded(what, fence, ops, set).await
     }
 
     /// Runs `ops`, whose first is `fence`'s lock check; a rollback caused by
     /// that check is [`StoreError::Fenced`].
     async fn commit(&self, what: &str, fence: &Fence, ops: &[TxnOp]) -> Result<(), StoreError> {
-        let outcome = self
-            .client
+        let outcome = self.transact(what, ops).await?;
+        settle(what, fence, outcome)
+    }
+
+    async fn transact(&self, what: &str, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
+        self.client
             .txn(ops, &QueryOptions::default())
             .await
             .map_err(|source| StoreError::Consul {
                 operation: "writing",
                 key: self.key(what),
                 source,
-            })?;
-        match outcome {
-            TxnOutcome::Committed(_) => Ok(()),
-            // Consul names the operation that failed; the first is the lock check.
-            TxnOutcome::RolledBack(errors)
-                if errors.is_empty() || errors.iter().any(|error| error.op_index == 0) =>
-            {
-                Err(StoreError::Fenced {
-                    item: what.to_owned(),
-                    reason: format!(
-                        "session {} no longer holds {}",
-                        fence.session, fence.lock_key
-                    ),
-                })
-            }
-            TxnOutcome::RolledBack(errors) => {
-                let reasons: Vec<&str> = errors.iter().map(|e| e.what.as_str()).collect();
-                Err(StoreError::RolledBack {
-                    item: what.to_owned(),
-                    reasons: reasons.join("; "),
-                })
-            }
-        }
+            })
     }
 
     /// Every key under `<prefix>/<dir>`, with values.
@@ -584,6 +651,33 @@ impl ItemBackend for ConsulKv {
             .map(|(part, bytes)| (certificate_item(name, part), bytes))
             .collect();
         self.write_fenced(&certificate_dir(name), &items).await
+    }
+}
+
+/// What became of a transaction whose first operation is `fence`'s lock
+/// check: a rollback caused by that check is [`StoreError::Fenced`].
+fn settle(what: &str, fence: &Fence, outcome: TxnOutcome) -> Result<(), StoreError> {
+    match outcome {
+        TxnOutcome::Committed(_) => Ok(()),
+        // Consul names the operation that failed; the first is the lock check.
+        TxnOutcome::RolledBack(errors)
+            if errors.is_empty() || errors.iter().any(|error| error.op_index == 0) =>
+        {
+            Err(StoreError::Fenced {
+                item: what.to_owned(),
+                reason: format!(
+                    "session {} no longer holds {}",
+                    fence.session, fence.lock_key
+                ),
+            })
+        }
+        TxnOutcome::RolledBack(errors) => {
+            let reasons: Vec<&str> = errors.iter().map(|e| e.what.as_str()).collect();
+            Err(StoreError::RolledBack {
+                item: what.to_owned(),
+                reasons: reasons.join("; "),
+            })
+        }
     }
 }
 

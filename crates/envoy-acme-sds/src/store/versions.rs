@@ -19,15 +19,70 @@
 //! values (`?keys` gives names only), so following these entries is the
 //! cheapest way to learn which certificate changed.
 //!
+//! Listing `versions/` still costs every replica an entry per certificate,
+//! so the same transaction also replaces one key, [`LAST_WRITE_ITEM`],
+//! with a [`LastWrite`] record: the entries it set and the `ModifyIndex`
+//! of the record it replaced (a CAS on that index, so records form a
+//! chain). Replicas block on that one key. A record that follows the one
+//! a replica took in last names everything that changed; any other (two
+//! writes between two answers, a record written by hand, none at all) sends
+//! it to compare the listing of `versions/` with what it read.
+//!
 //! Only the Consul backend writes them; the disk backend has nobody to tell.
 
 use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
 
 use super::SecretName;
 use super::layout::{ACCOUNTS_DIR, CERTIFICATES_DIR, certificate_dir, parse_certificate_item};
 
 /// Where version entries live, relative to the store's root.
 pub const VERSIONS_DIR: &str = "versions/";
+
+/// The key, relative to the store's root, holding the last write's [`LastWrite`].
+pub const LAST_WRITE_ITEM: &str = "last-write";
+
+/// What one write set, as recorded in [`LAST_WRITE_ITEM`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWrite {
+    /// The `ModifyIndex` of the record this one replaced; 0 when there was none.
+    pub follows: u64,
+    /// What the write set the version entries of.
+    pub set: Vec<Versioned>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LastWriteDocument {
+    follows: u64,
+    /// Version entry item names.
+    set: Vec<String>,
+}
+
+impl LastWrite {
+    pub fn encode(&self) -> Vec<u8> {
+        let document = LastWriteDocument {
+            follows: self.follows,
+            set: self.set.iter().map(Versioned::entry).collect(),
+        };
+        // Numbers and strings only: serializing cannot fail.
+        serde_json::to_vec(&document).unwrap_or_default()
+    }
+
+    /// `None` when `bytes` is no record (written by hand, by another tool):
+    /// the reader then compares the entries instead.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let document: LastWriteDocument = serde_json::from_slice(bytes).ok()?;
+        let set = document
+            .set
+            .iter()
+            .map(|entry| Versioned::from_entry(entry))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            follows: document.follows,
+            set,
+        })
+    }
+}
 
 /// Something followers read, announced by one version entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -192,6 +247,31 @@ mod tests {
             assert_ne!(other, value(four, None));
         }
         assert_ne!(value(four, Some(7)), value(four, Some(8)));
+    }
+
+    #[test]
+    fn last_write_records_round_trip_and_anything_else_is_no_record() {
+        let record = LastWrite {
+            follows: 41,
+            set: vec![
+                Versioned::Certificate(SecretName::new("*.example.com").expect("name")),
+                Versioned::Account("ca_dir".to_owned()),
+            ],
+        };
+        let bytes = record.encode();
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            r#"{"follows":41,"set":["versions/certificates/%2A.example.com","versions/accounts/ca_dir"]}"#
+        );
+        assert_eq!(LastWrite::decode(&bytes), Some(record));
+        for other in [
+            &b""[..],
+            b"by hand",
+            br#"{"follows":1}"#,
+            br#"{"follows":1,"set":["orders/x"]}"#,
+        ] {
+            assert_eq!(LastWrite::decode(other), None, "{other:?}");
+        }
     }
 
     #[test]
