@@ -10,9 +10,20 @@
 //!    the moment the new certificate is in Consul KV (seen by a blocking
 //!    query) to the moment both Envoys present it to a new connection.
 //!
-//! Prints the figures, then where the issuance's time went, step by step
-//! (the timings the manager reports with each issued certificate); never
-//! fails on timing.
+//! 3. Routed hosts: envoy-acme-sds following the gateway's routes
+//!    (`--follow-routes`) behind consul-eds-server in gateway mode and
+//!    Envoy. For each of `--hosts` new hosts per mode, from the Consul
+//!    registration of a service with a `tls=true` route tag to the first
+//!    HTTPS 200 through Envoy that verifies against pebble's root: hosts
+//!    ordered via HTTP-01 (pebble validating through the gateway's plain
+//!    listener), via DNS-01 (RFC 2136 to knot), and hosts a configured
+//!    wildcard covers (no order). Pebble's validation sleep is off.
+//!
+//! `--scenario issuance|propagation|routed` (repeatable) runs only those;
+//! all three without it. Prints the figures, then where the time went, step
+//! by step (for issuance the timings the manager reports with each issued
+//! certificate; for routed hosts what envoy-acme-sds's status JSON and
+//! metrics show); never fails on timing.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,8 +42,10 @@ use envoy_acme_sds::store::encryption::KeyEncryption;
 use envoy_acme_sds::store::{CertificateStore, RenewalRequest, SecretName};
 use envoy_acme_sds::timings::{IssuanceStep, IssuanceTimings};
 use test_support::bootstrap::SdsListenerBootstrap;
+use test_support::gateway::{Challenge, Edge, GatewayWorld, GatewayWorldOptions};
 use test_support::{
-    ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, free_port, http_get, https_get,
+    Backend, ConsulAgent, Envoy, Knot, ManagedProcess, Pebble, PebbleOptions, free_port, http_get,
+    https_get,
 };
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
@@ -41,34 +54,85 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 const ZONE: &str = "example.test";
 const PREFIX: &str = "bench-sds";
 
+/// The parts of the benchmark, run in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scenario {
+    Issuance,
+    Propagation,
+    Routed,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 3] = [Self::Issuance, Self::Propagation, Self::Routed];
+
+    fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "issuance" => Ok(Self::Issuance),
+            "propagation" => Ok(Self::Propagation),
+            "routed" => Ok(Self::Routed),
+            other => Err(format!(
+                "--scenario: unknown `{other}`; known: issuance, propagation, routed"
+            )),
+        }
+    }
+}
+
 struct Options {
     binary: PathBuf,
+    /// consul-eds-server, for the routed scenario's gateway.
+    eds_binary: Option<PathBuf>,
+    scenarios: Vec<Scenario>,
     runs: usize,
     rotations: usize,
+    /// Samples per routed mode.
+    hosts: usize,
 }
 
 fn options() -> Result<Options, String> {
     let mut binary = None;
+    let mut eds_binary = None;
+    let mut scenarios = Vec::new();
     let mut runs = 10;
     let mut rotations = 20;
+    let mut hosts = 10;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--binary" => binary = Some(PathBuf::from(value("--binary")?)),
+            "--eds-binary" => eds_binary = Some(PathBuf::from(value("--eds-binary")?)),
+            "--scenario" => scenarios.push(Scenario::parse(&value("--scenario")?)?),
             "--runs" => runs = value("--runs")?.parse().map_err(|_| "--runs: a number")?,
             "--rotations" => {
                 rotations = value("--rotations")?
                     .parse()
                     .map_err(|_| "--rotations: a number")?;
             }
+            "--hosts" => {
+                hosts = value("--hosts")?
+                    .parse()
+                    .map_err(|_| "--hosts: a number of samples per mode")?;
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
+    if scenarios.is_empty() {
+        scenarios = Scenario::ALL.to_vec();
+    }
+    scenarios.sort();
+    scenarios.dedup();
+    if scenarios.contains(&Scenario::Routed) && eds_binary.is_none() {
+        return Err(
+            "the routed scenario needs --eds-binary <path of consul-eds-server>".to_owned(),
+        );
+    }
     Ok(Options {
         binary: binary.ok_or("--binary <path of envoy-acme-sds> is required")?,
+        eds_binary,
+        scenarios,
         runs,
         rotations,
+        hosts,
     })
 }
 
@@ -411,6 +475,295 @@ async fn propagation(binary: &std::path::Path, rotations: usize) -> Vec<Duration
     samples
 }
 
+/// How a routed host gets its certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoutedMode {
+    Http01,
+    Dns01,
+    /// Under the configured wildcard: no order.
+    Covered,
+}
+
+impl RoutedMode {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Http01 => "HTTP-01 through the gateway (own order)",
+            Self::Dns01 => "DNS-01, RFC 2136 to knot (own order)",
+            Self::Covered => "under a configured wildcard (no order)",
+        }
+    }
+
+    /// The new host of sample `index`.
+    fn host(self, index: usize) -> String {
+        match self {
+            Self::Http01 => format!("http01-{index}.{ZONE}"),
+            Self::Dns01 => format!("dns01-{index}.{ZONE}"),
+            Self::Covered => format!("covered-{index}.{ROUTED_WILDCARD_ZONE}"),
+        }
+    }
+
+    /// What envoy-acme-sds's status JSON must say of the host.
+    fn plan(self) -> &'static str {
+        match self {
+            Self::Http01 | Self::Dns01 => "ordered",
+            Self::Covered => "covered",
+        }
+    }
+}
+
+/// The configured wildcard of the DNS-01 instance is `*.` this.
+const ROUTED_WILDCARD_ZONE: &str = "wild.example.test";
+
+/// One routed host, clocked from its registration in Consul.
+#[derive(Debug, Clone, Copy)]
+struct RoutedSample {
+    /// To the first verified HTTPS 200 through Envoy.
+    total: Duration,
+    /// To envoy-acme-sds listing the host (`/debug/certificates`).
+    seen: Option<Duration>,
+    /// To envoy-acme-sds serving a real certificate for it over SDS.
+    published: Option<Duration>,
+    /// The issuance (order recorded to certificate published), from
+    /// `envoy_acme_sds_issuance_duration_seconds`; none for a covered host.
+    issuance: Option<Duration>,
+}
+
+/// An envoy-acme-sds process with its SDS and admin listeners.
+struct Follower {
+    /// Killed when the follower is dropped.
+    _process: ManagedProcess,
+    sds: SocketAddr,
+    admin: SocketAddr,
+}
+
+async fn start_follower(
+    binary: &std::path::Path,
+    world: &GatewayWorld,
+    challenge: Challenge,
+    certs: &[&str],
+) -> Follower {
+    let sds = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let name = match challenge {
+        Challenge::Dns01 => "dns01",
+        Challenge::Http01 { .. } => "http01",
+    };
+    let storage = format!("disk:{}", world.dir.path().join(name).display());
+    let mut args = vec![
+        "--sds-listen".to_owned(),
+        sds.to_string(),
+        "--admin-listen".to_owned(),
+        admin.to_string(),
+    ];
+    args.extend(world.follow_routes_args(challenge, &storage, certs));
+    let log = world.dir.path().join(format!("envoy-acme-sds-{name}.log"));
+    let mut process = ManagedProcess::spawn("envoy-acme-sds", binary, &args, &[], &log)
+        .expect("envoy-acme-sds starts");
+    wait_ready(admin, &mut process).await;
+    Follower {
+        _process: process,
+        sds,
+        admin,
+    }
+}
+
+/// The sum of the issuance histogram, in seconds.
+async fn issuance_seconds(admin: SocketAddr) -> f64 {
+    let body = http_get(admin, "/metrics")
+        .await
+        .map(|r| r.body)
+        .unwrap_or_default();
+    body.lines()
+        .find_map(|line| {
+            line.strip_prefix("envoy_acme_sds_issuance_duration_seconds_sum ")
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// What envoy-acme-sds showed of `host`, polled from `started` on until it
+/// serves a real certificate for it (or for `limit`): when it first listed
+/// the host, when it served the certificate, and the plan it listed.
+async fn watch_routed_host(
+    admin: SocketAddr,
+    host: String,
+    started: Instant,
+    limit: Duration,
+) -> (Option<Duration>, Option<Duration>, Option<String>) {
+    let (mut seen, mut plan) = (None, None);
+    while started.elapsed() < limit {
+        let page: serde_json::Value = match http_get(admin, "/debug/certificates").await {
+            Ok(response) => serde_json::from_str(&response.body).unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        let at = started.elapsed();
+        let entry = page["routed"]
+            .as_array()
+            .and_then(|hosts| hosts.iter().find(|h| h["host"] == host.as_str()));
+        if let Some(entry) = entry {
+            seen.get_or_insert(at);
+            plan = entry["plan"].as_str().map(str::to_owned);
+            if matches!(entry["served_as"].as_str(), Some("own" | "covered")) {
+                return (seen, Some(at), plan);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (seen, None, plan)
+}
+
+/// Samples `count` new hosts of `mode`, one at a time: each registered,
+/// clocked to its first verified HTTPS 200, then left a pause outside the
+/// timed window (a quiet zone for knot, as a lone new host finds it).
+async fn routed_samples(
+    world: &GatewayWorld,
+    edge: &Edge,
+    follower: &Follower,
+    mode: RoutedMode,
+    count: usize,
+    backends: &mut Vec<Backend>,
+) -> Vec<RoutedSample> {
+    let limit = Duration::from_secs(60);
+    let mut samples = Vec::new();
+    for index in 0..count {
+        let host = mode.host(index);
+        let service = host.split('.').next().unwrap_or("routed").to_owned();
+        let backend = Backend::start(&service).await.expect("backend");
+        let issued_before = issuance_seconds(follower.admin).await;
+        let started = Instant::now();
+        let watcher = tokio::spawn(watch_routed_host(
+            follower.admin,
+            host.clone(),
+            started,
+            limit,
+        ));
+        let verified = world
+            .route_tls_host(edge, &service, &backend, &host, limit)
+            .await;
+        let (seen, published, plan) = watcher.await.expect("watcher");
+        // The issuance is recorded as the order's outcome, just after the
+        // certificate is published: read it after the pause.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let issued = issuance_seconds(follower.admin).await - issued_before;
+        backends.push(backend);
+        let verified = match verified {
+            Ok(verified) if verified.body == service => verified,
+            Ok(verified) => {
+                eprintln!("{host}: answered by `{}`, not `{service}`", verified.body);
+                continue;
+            }
+            Err(error) => {
+                eprintln!("{host}: {error}");
+                continue;
+            }
+        };
+        if plan.as_deref() != Some(mode.plan()) {
+            eprintln!("{host}: planned {plan:?}, expected {}", mode.plan());
+            continue;
+        }
+        let sample = RoutedSample {
+            total: verified.elapsed,
+            seen,
+            published,
+            issuance: (mode != RoutedMode::Covered)
+                .then(|| Duration::from_secs_f64(issued.max(0.0))),
+        };
+        eprintln!("{host}: {sample:?}");
+        samples.push(sample);
+    }
+    samples
+}
+
+/// Each mode with its samples.
+async fn routed(
+    binary: &std::path::Path,
+    eds_binary: &std::path::Path,
+    hosts: usize,
+) -> Vec<(RoutedMode, Vec<RoutedSample>)> {
+    let mut results = Vec::new();
+    {
+        // HTTP-01: every name of the zone resolves to the gateway's
+        // loopback address, where pebble validates on its plain listener.
+        let world = GatewayWorld::start(GatewayWorldOptions {
+            records: vec!["* A 127.0.0.1".to_owned()],
+            ..GatewayWorldOptions::new(eds_binary, ZONE)
+        })
+        .await
+        .expect("the HTTP-01 world starts");
+        let responder = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let follower = start_follower(binary, &world, Challenge::Http01 { responder }, &[]).await;
+        let edge = world.edge(follower.sds).await.expect("edge starts");
+        world
+            .route_challenges_to(&edge, responder, &RoutedMode::Http01.host(0))
+            .await
+            .expect("challenges routed to the responder");
+        let mut backends = Vec::new();
+        let samples = routed_samples(
+            &world,
+            &edge,
+            &follower,
+            RoutedMode::Http01,
+            hosts,
+            &mut backends,
+        )
+        .await;
+        results.push((RoutedMode::Http01, samples));
+    }
+    {
+        let world = GatewayWorld::start(GatewayWorldOptions {
+            records: vec!["@ A 127.0.0.1".to_owned()],
+            ..GatewayWorldOptions::new(eds_binary, ZONE)
+        })
+        .await
+        .expect("the DNS-01 world starts");
+        let wildcard = format!("*.{ROUTED_WILDCARD_ZONE}");
+        let follower = start_follower(binary, &world, Challenge::Dns01, &[&wildcard]).await;
+        let edge = world.edge(follower.sds).await.expect("edge starts");
+        let mut backends = Vec::new();
+        for mode in [RoutedMode::Dns01, RoutedMode::Covered] {
+            let samples =
+                routed_samples(&world, &edge, &follower, mode, hosts, &mut backends).await;
+            results.push((mode, samples));
+        }
+    }
+    results
+}
+
+/// The p50/p99/max of each step of the routed samples, as a Markdown table.
+fn routed_step_report(samples: &[RoutedSample]) -> String {
+    type Step = fn(&RoutedSample) -> Option<Duration>;
+    let steps: [(&str, Step); 4] = [
+        ("registered -> listed by envoy-acme-sds", |s| s.seen),
+        ("listed -> certificate served over SDS", |s| {
+            Some(s.published?.saturating_sub(s.seen?))
+        }),
+        ("of which the issuance (order recorded -> published)", |s| {
+            s.issuance
+        }),
+        (
+            "served over SDS -> first verified HTTPS 200 via Envoy",
+            |s| Some(s.total.saturating_sub(s.published?)),
+        ),
+    ];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut table = String::from("| step | samples | p50 | p99 | max |\n|---|---|---|---|---|\n");
+    for (name, step) in steps {
+        let mut durations: Vec<Duration> = samples.iter().filter_map(step).collect();
+        if durations.is_empty() {
+            continue;
+        }
+        durations.sort();
+        table.push_str(&format!(
+            "| {name} | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+            durations.len(),
+            ms(quantile(&durations, 0.5)),
+            ms(quantile(&durations, 0.99)),
+            ms(durations.last().copied().unwrap_or_default()),
+        ));
+    }
+    table
+}
+
 #[tokio::main]
 async fn main() {
     let options = match options() {
@@ -421,43 +774,70 @@ async fn main() {
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
-    eprintln!("issuance: {} runs ...", options.runs);
-    eprintln!("issuance on a quiet zone ...");
-    let (issued, steps) = issuance(options.runs, Pacing::Quiet).await;
-    eprintln!("issuance back to back ...");
-    let (issued_back_to_back, steps_back_to_back) =
-        issuance(options.runs, Pacing::BackToBack).await;
-    eprintln!("propagation: {} rotations ...", options.rotations);
-    let propagated = propagation(&options.binary, options.rotations).await;
+    let mut rows = Vec::new();
+    let mut breakdowns = Vec::new();
+    for scenario in &options.scenarios {
+        match scenario {
+            Scenario::Issuance => {
+                eprintln!("issuance: {} runs ...", options.runs);
+                eprintln!("issuance on a quiet zone ...");
+                let (issued, steps) = issuance(options.runs, Pacing::Quiet).await;
+                eprintln!("issuance back to back ...");
+                let (issued_back_to_back, steps_back_to_back) =
+                    issuance(options.runs, Pacing::BackToBack).await;
+                rows.push(report(
+                    "issuance, apex + wildcard via DNS-01 (pebble + knot)",
+                    issued,
+                ));
+                rows.push(report(
+                    "issuance as above, runs back to back (an UPDATE may wait up to 1 s in knot)",
+                    issued_back_to_back,
+                ));
+                breakdowns.push(format!(
+                    "Issuance on a quiet zone, step by step:\n\n{}",
+                    step_report(&steps)
+                ));
+                breakdowns.push(format!(
+                    "Issuance back to back, step by step:\n\n{}",
+                    step_report(&steps_back_to_back)
+                ));
+            }
+            Scenario::Propagation => {
+                eprintln!("propagation: {} rotations ...", options.rotations);
+                let propagated = propagation(&options.binary, options.rotations).await;
+                rows.push(report(
+                    "renewed certificate in KV -> presented by both replicas' Envoys",
+                    propagated,
+                ));
+            }
+            Scenario::Routed => {
+                let eds_binary = options.eds_binary.as_deref().expect("checked in options");
+                eprintln!("routed hosts: {} per mode ...", options.hosts);
+                for (mode, samples) in routed(&options.binary, eds_binary, options.hosts).await {
+                    let totals = samples.iter().map(|s| s.total).collect();
+                    rows.push(report(
+                        &format!(
+                            "tag registered -> first verified HTTPS 200, {}",
+                            mode.label()
+                        ),
+                        totals,
+                    ));
+                    breakdowns.push(format!(
+                        "Routed host, {}, step by step:\n\n{}",
+                        mode.label(),
+                        routed_step_report(&samples)
+                    ));
+                }
+            }
+        }
+    }
     println!("| measurement | samples | p50 | p99 | max |");
     println!("|---|---|---|---|---|");
-    println!(
-        "{}",
-        report(
-            "issuance, apex + wildcard via DNS-01 (pebble + knot)",
-            issued
-        )
-    );
-    println!(
-        "{}",
-        report(
-            "issuance as above, runs back to back (an UPDATE may wait up to 1 s in knot)",
-            issued_back_to_back
-        )
-    );
-    println!(
-        "{}",
-        report(
-            "renewed certificate in KV -> presented by both replicas' Envoys",
-            propagated
-        )
-    );
-    println!();
-    println!("Issuance on a quiet zone, step by step:");
-    println!();
-    print!("{}", step_report(&steps));
-    println!();
-    println!("Issuance back to back, step by step:");
-    println!();
-    print!("{}", step_report(&steps_back_to_back));
+    for row in rows {
+        println!("{row}");
+    }
+    for breakdown in breakdowns {
+        println!();
+        print!("{breakdown}");
+    }
 }

@@ -36,6 +36,9 @@ const ACCOUNT_RETRY: [Duration; 4] = [
 /// Pause before another resealing pass when one left stored secrets behind.
 const RESEAL_RETRY: Duration = Duration::from_secs(30);
 
+/// Pause before announcing writes without version entries again, when Consul failed.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(30);
+
 /// A certificate to keep valid and how its names are proven.
 #[derive(Debug, Clone)]
 pub struct ManagedCertificate {
@@ -215,10 +218,11 @@ impl Renewer {
             let fenced: Arc<dyn CertificateStore> = Arc::new(fenced_store.clone());
             let until = term.ended.clone();
             tokio::select! {
-                ((), ()) = async {
+                ((), (), ()) = async {
                     tokio::join!(
                         self.run(fenced, until.clone()),
                         reseal_stored_keys(&fenced_store, &metrics, &until),
+                        announce_unversioned_writes(&fenced_store, &until),
                     )
                 } => {}
                 () = shutdown.cancelled() => until.cancel(),
@@ -227,6 +231,37 @@ impl Renewer {
             if shutdown.is_cancelled() {
                 return;
             }
+        }
+    }
+}
+
+/// Has the other replicas read what was stored without its version entry
+/// (by a version that wrote none, or by hand): once per term, again every
+/// [`ANNOUNCE_RETRY`] while Consul fails.
+async fn announce_unversioned_writes(store: &ConsulStore, until: &CancellationToken) {
+    loop {
+        let pass = tokio::select! {
+            () = until.cancelled() => return,
+            pass = store.announce_unversioned_writes() => pass,
+        };
+        match pass {
+            Ok(0) => return,
+            Ok(announced) => {
+                info!(
+                    announced,
+                    "stored items written without their version entry announced to the other replicas"
+                );
+                return;
+            }
+            // The lock is gone; the next holder announces them.
+            Err(StoreError::Fenced { .. }) => return,
+            Err(error) => {
+                warn!(%error, retry_in = ?ANNOUNCE_RETRY, "cannot announce stored items written without their version entry");
+            }
+        }
+        tokio::select! {
+            () = until.cancelled() => return,
+            () = tokio::time::sleep(ANNOUNCE_RETRY) => {}
         }
     }
 }

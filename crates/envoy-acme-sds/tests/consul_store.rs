@@ -1,6 +1,6 @@
 //! The Consul pieces against a real Consul agent: the store specification
-//! (see `store_suite`) against a KV prefix, fenced writes, the election, the
-//! followers' view of the prefix, and HTTP-01 tokens in KV.
+//! (see `store_suite`) against a KV prefix, fenced writes, the election, and
+//! HTTP-01 tokens in KV (the followers' view of the prefix: `kv_follower.rs`).
 
 #[macro_use]
 mod store_suite;
@@ -15,8 +15,6 @@ use consul_client::{
 use envoy_acme_sds::challenge::consul_tokens::ConsulTokenStore;
 use envoy_acme_sds::challenge::http01::TokenStore;
 use envoy_acme_sds::election::{Election, ElectionConfig, Leadership};
-use envoy_acme_sds::kv_watch::KvFollower;
-use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
 use envoy_acme_sds::store::consul::ConsulStore;
 use envoy_acme_sds::store::encryption::KeyEncryption;
 use envoy_acme_sds::store::{CertificateStore, RenewalRequest, SecretName, StoreError};
@@ -25,7 +23,6 @@ use test_support::{ConsulAgent, ConsulOptions, eventually, http_request};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use xds_core::{SharedKey, SnapshotCache};
 
 fn client(consul: &ConsulAgent) -> Client {
     Client::new(ClientConfig::new(
@@ -244,93 +241,6 @@ async fn only_the_lock_holders_session_can_write() {
         store.load_renewal_request(&name).await.expect("load"),
         Some(request)
     );
-}
-
-#[tokio::test]
-async fn followers_serve_the_last_good_certificate_through_corrupt_entries() {
-    let consul = ConsulAgent::start().await.expect("consul starts");
-    let client = client(&consul);
-    let store = ConsulStore::new(client.clone(), "follow", None).expect("store");
-    let holder = session(&client).await;
-    assert!(
-        client
-            .kv_acquire(&store.lock_key(), "a", &holder)
-            .await
-            .expect("acquire")
-    );
-    let writer = store.fenced(holder);
-    let name = SecretName::new("example.com").expect("name");
-    let cache = SnapshotCache::new(SharedKey("gateways".to_owned()));
-    let publisher = Arc::new(SecretPublisher::new(
-        cache,
-        "gateways",
-        vec![ServedSecret {
-            name: name.clone(),
-            validation_context: None,
-        }],
-        "consul:follow",
-    ));
-    let (wake, mut woken) = watch::channel(());
-    woken.mark_unchanged();
-    let mut follower = KvFollower::new(store.clone(), Arc::clone(&publisher), wake);
-    let listing = || async {
-        client
-            .kv_list("follow/", &Default::default())
-            .await
-            .expect("list")
-            .value
-    };
-
-    let good = certificate(&["example.com"]);
-    writer.save_certificate(&name, &good).await.expect("write");
-    follower.apply(&listing().await);
-    let served = publisher.current(&name).expect("served");
-    assert_eq!(served.metadata(), good.metadata());
-    assert!(publisher.missing().is_empty());
-
-    // Garbage, a half-written item, an empty one, then a partial set: the
-    // good certificate stays.
-    let metadata = store.key("certificates/example.com/metadata");
-    for corrupt in [
-        &b"not json"[..],
-        &b"{\"version\": 1, \"metadata\": {"[..],
-        &b""[..],
-    ] {
-        client
-            .kv_put(&metadata, corrupt.to_vec())
-            .await
-            .expect("put");
-        follower.apply(&listing().await);
-        let served = publisher.current(&name).expect("still served");
-        assert_eq!(served.metadata(), good.metadata());
-    }
-    client
-        .kv_delete(&store.key("certificates/example.com/key"))
-        .await
-        .expect("delete");
-    let err = store.load_certificate(&name).await.expect_err("partial");
-    assert!(err.to_string().contains("key missing"), "{err}");
-    follower.apply(&listing().await);
-    let served = publisher.current(&name).expect("still served");
-    assert_eq!(served.metadata(), good.metadata());
-    assert!(!woken.has_changed().expect("sender alive"));
-
-    // A new good certificate is served; a renewal request wakes the renewer.
-    let next = certificate(&["example.com"]);
-    writer.save_certificate(&name, &next).await.expect("write");
-    store
-        .request_renewal(
-            &name,
-            &RenewalRequest::replacing(next.metadata(), OffsetDateTime::now_utc()),
-        )
-        .await
-        .expect("request");
-    follower.apply(&listing().await);
-    assert_eq!(
-        publisher.current(&name).expect("served").metadata(),
-        next.metadata()
-    );
-    assert!(woken.has_changed().expect("sender alive"));
 }
 
 #[tokio::test]

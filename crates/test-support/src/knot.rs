@@ -42,6 +42,17 @@ impl TsigKey {
             self.secret_base64
         )
     }
+
+    /// The key as a BIND-style key file, as an operator writes it for
+    /// `--tsig-key-file`.
+    pub fn bind_key_file(&self) -> String {
+        format!(
+            "key \"{}\" {{\n  algorithm {};\n  secret \"{}\";\n}};\n",
+            self.name.trim_end_matches('.'),
+            self.algorithm,
+            self.secret_base64
+        )
+    }
 }
 
 /// A knotd serving one zone; killed on drop.

@@ -21,6 +21,7 @@ mod consul;
 pub mod docs;
 mod envoy;
 mod error;
+pub mod gateway;
 mod http;
 mod knot;
 pub mod nomad;

@@ -14,6 +14,9 @@
 //! <prefix>/accounts/<directory>                 ACME account credentials
 //! <prefix>/renewals/<name>                      an operator's renewal request
 //! <prefix>/http01/<token>                       HTTP-01 key authorizations (see `challenge::consul_tokens`)
+//! <prefix>/versions/certificates/<name>         digest of that certificate's last write (see `super::versions`)
+//! <prefix>/versions/accounts/<directory>        digest of that account's last write
+//! <prefix>/last-write                           which entries the last write set, and the record before
 //! ```
 //!
 //! Each value is a few kilobytes at most, far under Consul's 512 KB limit,
@@ -21,6 +24,14 @@
 //! items are written by one `/v1/txn` and read by one recursive query, so a
 //! reader sees the old set or the new one, never a chain with another
 //! certificate's key.
+//!
+//! The same transaction sets the certificate's version entry and replaces
+//! `last-write` (see [`super::versions`]): replicas block on `last-write`
+//! and read the items of what it names, so a renewal costs each of them one
+//! small record and one certificate's items, not the whole prefix (ADR 0009).
+//! Items written without their entry (by a version before entries, or by
+//! hand) are announced by the next lock holder at the start of its term
+//! ([`ConsulStore::announce_unversioned_writes`]).
 //!
 //! # Fencing
 //!
@@ -30,7 +41,8 @@
 //! partition), Consul rolls the whole transaction back and the write
 //! becomes [`StoreError::Fenced`]: a replica that lost its lock cannot
 //! overwrite what the new holder wrote. A backend without a fence refuses
-//! every write but an operator's renewal requests.
+//! every write but an operator's renewal requests. A version entry is set in
+//! the transaction of the write it announces, so it is fenced with it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,10 +54,14 @@ use tracing::warn;
 use zeroize::Zeroizing;
 
 use super::backend::{ItemBackend, Writer};
-use super::codec::{Codec, EncodedCertificate, KeysAtRest, StoredCertificate};
+use super::codec::{Codec, EncodedCertificate, KeyAtRest, StoredCertificate};
 use super::encryption::KeyEncryption;
-use super::layout::{CertificatePart, certificate_dir, certificate_item, parse_certificate_item};
+use super::layout::{
+    ACCOUNTS_DIR, CERTIFICATES_DIR, CertificatePart, certificate_dir, certificate_item,
+    parse_certificate_item,
+};
 use super::typed::Store;
+use super::versions::{EntryValue, LAST_WRITE_ITEM, LastWrite, VERSIONS_DIR, Versioned};
 use super::{SecretName, StoreError};
 use crate::certificate::CertificateBundle;
 
@@ -53,6 +69,13 @@ use crate::certificate::CertificateBundle;
 pub const LOCK_ITEM: &str = "leader";
 /// Where renewal requests live, relative to the prefix.
 pub const RENEWALS_DIR: &str = "renewals/";
+
+/// Consul 1.8 refuses a transaction of more operations.
+const MAX_TXN_OPS: usize = 64;
+
+/// Attempts at a write whose `last-write` record another write of the same
+/// holder replaced first (its managers write concurrently).
+const LAST_WRITE_ATTEMPTS: usize = 32;
 
 /// What entitles a replica to write: its session holds `lock_key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,18 +157,91 @@ impl ConsulStore {
         self.backend().certificate_entries(pairs)
     }
 
-    /// How the secrets in a listing of the prefix lie at rest.
-    pub fn keys_at_rest(&self, pairs: &[KvPair]) -> KeysAtRest {
-        let mut keys = KeysAtRest::default();
-        for (item, pair) in self.backend().items(pairs) {
-            if let Some(state) = self
-                .codec()
-                .key_at_rest(item, pair.value.as_deref().unwrap_or_default())
-            {
-                keys.count(state);
+    /// How each stored secret (a certificate's key, an account) in `pairs`
+    /// lies at rest, by item name.
+    pub fn secrets_at_rest(&self, pairs: &[KvPair]) -> Vec<(String, KeyAtRest)> {
+        self.backend()
+            .items(pairs)
+            .filter_map(|(item, pair)| {
+                let state = self
+                    .codec()
+                    .key_at_rest(item, pair.value.as_deref().unwrap_or_default())?;
+                Some((item.to_owned(), state))
+            })
+            .collect()
+    }
+
+    /// Every key under `<prefix>/<dir>`, with values: one recursive read.
+    pub async fn list(&self, dir: &str) -> Result<Vec<KvPair>, StoreError> {
+        self.backend().list(dir).await
+    }
+
+    /// The stored items of `what`: a certificate's (up to four), or the
+    /// account item; empty when nothing is stored.
+    pub async fn read_versioned(&self, what: &Versioned) -> Result<Vec<KvPair>, StoreError> {
+        match what {
+            // The trailing slash keeps `a.example.com` from listing `a.example.com.other`.
+            Versioned::Certificate(_) => self.list(&format!("{}/", what.subject())).await,
+            Versioned::Account(_) => {
+                let key = self.key(&what.subject());
+                let response = self
+                    .client()
+                    .kv_get(&key, &QueryOptions::default())
+                    .await
+                    .map_err(|source| StoreError::Consul {
+                        operation: "reading",
+                        key,
+                        source,
+                    })?;
+                Ok(response.value.into_iter().collect())
             }
         }
-        keys
+    }
+
+    /// The version entries in a listing of `versions/`, with the
+    /// `ModifyIndex` each is at.
+    pub fn versions_in(&self, pairs: &[KvPair]) -> BTreeMap<Versioned, u64> {
+        self.backend()
+            .items(pairs)
+            .filter_map(|(item, pair)| Some((Versioned::from_entry(item)?, pair.modify_index)))
+            .collect()
+    }
+
+    /// Sets the version entry of every certificate and account whose items
+    /// were written after it, or that has none: stored by a version that
+    /// wrote no entries, or edited by hand. Followers read each of those
+    /// once. The lock holder runs this at the start of its term; it reads
+    /// the certificates, accounts and entries once each, and returns how
+    /// many entries it set.
+    ///
+    /// Why comparing indexes tells: a fenced write sets the entry in the
+    /// items' transaction, so both carry the same `ModifyIndex`; only a
+    /// write that skipped the entry leaves an item ahead of it.
+    pub async fn announce_unversioned_writes(&self) -> Result<usize, StoreError> {
+        // What each thing's items are as stored, and the newest of their indexes.
+        let mut stored: BTreeMap<Versioned, (EntryValue, u64)> = BTreeMap::new();
+        for dir in [CERTIFICATES_DIR, ACCOUNTS_DIR] {
+            let pairs = self.list(dir).await?;
+            for (item, pair) in self.backend().items(&pairs) {
+                if let Some(what) = Versioned::of_item(item) {
+                    let (value, newest) = stored.entry(what).or_default();
+                    value.item(item, pair.value.as_deref().unwrap_or_default());
+                    value.stored_at(pair.modify_index);
+                    *newest = (*newest).max(pair.modify_index);
+                }
+            }
+        }
+        let announced = self.versions_in(&self.list(VERSIONS_DIR).await?);
+        let unannounced: Vec<(Versioned, String)> = stored
+            .into_iter()
+            .filter(|(what, (_, newest))| announced.get(what).is_none_or(|entry| entry < newest))
+            .map(|(what, (value, _))| (what, value.finish()))
+            .collect();
+        // Two operations of each transaction are the lock check and `last-write`.
+        for entries in unannounced.chunks(MAX_TXN_OPS - 2) {
+            self.backend().announce(entries).await?;
+        }
+        Ok(unannounced.len())
     }
 
     /// Rewrites every stored secret that is in plaintext or sealed with the
@@ -160,17 +256,7 @@ impl ConsulStore {
         if !self.codec().seals() {
             return Ok(report);
         }
-        let root = format!("{}/", self.prefix());
-        let pairs = self
-            .client()
-            .kv_list(&root, &QueryOptions::default())
-            .await
-            .map_err(|source| StoreError::Consul {
-                operation: "listing",
-                key: root.clone(),
-                source,
-            })?
-            .value;
+        let pairs = self.list("").await?;
         for (item, pair) in self.backend().items(&pairs) {
             let bytes = pair.value.as_deref().unwrap_or_default();
             let resealed = match self.codec().reseal(item, bytes) {
@@ -290,7 +376,7 @@ impl ConsulKv {
                 reason: "this replica does not hold the renewal lock".to_owned(),
             });
         };
-        let ops = [
+        let mut ops = vec![
             TxnOp::KvCheckSession {
                 key: fence.lock_key.clone(),
                 session: fence.session.clone(),
@@ -302,11 +388,114 @@ impl ConsulKv {
                 index: read.modify_index,
             },
         ];
-        self.commit(item, fence, &ops).await
+        let (entries, set) = self.version_entries_of(&[(item, bytes)]);
+        ops.extend(entries);
+        self.commit_recorded(item, fence, ops, set).await
     }
 
-    /// One transaction: the lock check, then the items. Either all apply or
-    /// none does. `what` names the items in errors.
+    /// One fenced transaction setting each entry of `entries` to its value,
+    /// with its `last-write` record.
+    async fn announce(&self, entries: &[(Versioned, String)]) -> Result<(), StoreError> {
+        let Some(fence) = &self.fence else {
+            return Err(StoreError::Fenced {
+                item: VERSIONS_DIR.to_owned(),
+                reason: "this replica does not hold the renewal lock".to_owned(),
+            });
+        };
+        let mut ops = vec![TxnOp::KvCheckSession {
+            key: fence.lock_key.clone(),
+            session: fence.session.clone(),
+        }];
+        ops.extend(entries.iter().map(|(what, value)| TxnOp::KvSet {
+            key: self.key(&what.entry()),
+            value: Bytes::from(value.clone()),
+            flags: 0,
+        }));
+        let set = entries.iter().map(|(what, _)| what.clone()).collect();
+        self.commit_recorded(VERSIONS_DIR, fence, ops, set).await
+    }
+
+    /// The operations setting the version entries of what `items` belong
+    /// to, and what those are.
+    fn version_entries_of(&self, items: &[(&str, &[u8])]) -> (Vec<TxnOp>, Vec<Versioned>) {
+        let mut values: BTreeMap<Versioned, EntryValue> = BTreeMap::new();
+        for (item, bytes) in items {
+            if let Some(what) = Versioned::of_item(item) {
+                values.entry(what).or_default().item(item, bytes);
+            }
+        }
+        values
+            .into_iter()
+            .map(|(what, value)| {
+                let op = TxnOp::KvSet {
+                    key: self.key(&what.entry()),
+                    value: Bytes::from(value.finish()),
+                    flags: 0,
+                };
+                (op, what)
+            })
+            .unzip()
+    }
+
+    /// Runs `ops` (the lock check first) with the `last-write` record of
+    /// `set` appended as a CAS on the record it replaces; when another write
+    /// replaced that record first, reads it again and retries. Without
+    /// entries set, `ops` run as they are.
+    async fn commit_recorded(
+        &self,
+        what: &str,
+        fence: &Fence,
+        ops: Vec<TxnOp>,
+        set: Vec<Versioned>,
+    ) -> Result<(), StoreError> {
+        if set.is_empty() {
+            return self.commit(what, fence, &ops).await;
+        }
+        let key = self.key(LAST_WRITE_ITEM);
+        for _ in 0..LAST_WRITE_ATTEMPTS {
+            let follows = self
+                .client
+                .kv_get(&key, &QueryOptions::default())
+                .await
+                .map_err(|source| StoreError::Consul {
+                    operation: "reading",
+                    key: key.clone(),
+                    source,
+                })?
+                .value
+                .map_or(0, |pair| pair.modify_index);
+            let record = LastWrite {
+                follows,
+                set: set.clone(),
+            };
+            let mut attempt = ops.clone();
+            attempt.push(TxnOp::KvCas {
+                key: key.clone(),
+                value: Bytes::from(record.encode()),
+                flags: 0,
+                index: follows,
+            });
+            let last = attempt.len() - 1;
+            match self.transact(what, &attempt).await? {
+                TxnOutcome::RolledBack(errors)
+                    if !errors.is_empty() && errors.iter().all(|error| error.op_index == last) =>
+                {
+                    continue;
+                }
+                outcome => return settle(what, fence, outcome),
+            }
+        }
+        Err(StoreError::RolledBack {
+            item: what.to_owned(),
+            reasons: format!(
+                "{key} was replaced by other writes {LAST_WRITE_ATTEMPTS} times in a row"
+            ),
+        })
+    }
+
+    /// One transaction: the lock check, the items, and the version entries
+    /// of what they belong to. Either all apply or none does. `what` names
+    /// the items in errors.
     async fn write_fenced(&self, what: &str, items: &[(String, &[u8])]) -> Result<(), StoreError> {
         let Some(fence) = &self.fence else {
             return Err(StoreError::Fenced {
@@ -323,58 +512,51 @@ impl ConsulKv {
             value: Bytes::copy_from_slice(bytes),
             flags: 0,
         }));
-        self.commit(what, fence, &ops).await
+        let written: Vec<(&str, &[u8])> = items
+            .iter()
+            .map(|(item, bytes)| (item.as_str(), *bytes))
+            .collect();
+        let (entries, set) = self.version_entries_of(&written);
+        ops.extend(entries);
+        self.commit_recorded(what, fence, ops, set).await
     }
 
     /// Runs `ops`, whose first is `fence`'s lock check; a rollback caused by
     /// that check is [`StoreError::Fenced`].
     async fn commit(&self, what: &str, fence: &Fence, ops: &[TxnOp]) -> Result<(), StoreError> {
-        let outcome = self
-            .client
+        let outcome = self.transact(what, ops).await?;
+        settle(what, fence, outcome)
+    }
+
+    async fn transact(&self, what: &str, ops: &[TxnOp]) -> Result<TxnOutcome, StoreError> {
+        self.client
             .txn(ops, &QueryOptions::default())
             .await
             .map_err(|source| StoreError::Consul {
                 operation: "writing",
                 key: self.key(what),
                 source,
-            })?;
-        match outcome {
-            TxnOutcome::Committed(_) => Ok(()),
-            // Consul names the operation that failed; the first is the lock check.
-            TxnOutcome::RolledBack(errors)
-                if errors.is_empty() || errors.iter().any(|error| error.op_index == 0) =>
-            {
-                Err(StoreError::Fenced {
-                    item: what.to_owned(),
-                    reason: format!(
-                        "session {} no longer holds {}",
-                        fence.session, fence.lock_key
-                    ),
-                })
-            }
-            TxnOutcome::RolledBack(errors) => {
-                let reasons: Vec<&str> = errors.iter().map(|e| e.what.as_str()).collect();
-                Err(StoreError::RolledBack {
-                    item: what.to_owned(),
-                    reasons: reasons.join("; "),
-                })
-            }
-        }
+            })
     }
 
-    /// One recursive read of a certificate's items.
-    async fn list_certificate(&self, name: &SecretName) -> Result<StoredCertificate, StoreError> {
-        let dir = self.key(&format!("{}/", certificate_dir(name)));
+    /// Every key under `<prefix>/<dir>`, with values.
+    async fn list(&self, dir: &str) -> Result<Vec<KvPair>, StoreError> {
+        let dir = self.key(dir);
         let response = self
             .client
             .kv_list(&dir, &QueryOptions::default())
             .await
             .map_err(|source| StoreError::Consul {
-                operation: "reading",
+                operation: "listing",
                 key: dir,
                 source,
             })?;
-        let pairs = response.value;
+        Ok(response.value)
+    }
+
+    /// One recursive read of a certificate's items.
+    async fn list_certificate(&self, name: &SecretName) -> Result<StoredCertificate, StoreError> {
+        let pairs = self.list(&format!("{}/", certificate_dir(name))).await?;
         let entries = self
             .certificate_entries(&pairs)
             .remove(name)
@@ -469,6 +651,33 @@ impl ItemBackend for ConsulKv {
             .map(|(part, bytes)| (certificate_item(name, part), bytes))
             .collect();
         self.write_fenced(&certificate_dir(name), &items).await
+    }
+}
+
+/// What became of a transaction whose first operation is `fence`'s lock
+/// check: a rollback caused by that check is [`StoreError::Fenced`].
+fn settle(what: &str, fence: &Fence, outcome: TxnOutcome) -> Result<(), StoreError> {
+    match outcome {
+        TxnOutcome::Committed(_) => Ok(()),
+        // Consul names the operation that failed; the first is the lock check.
+        TxnOutcome::RolledBack(errors)
+            if errors.is_empty() || errors.iter().any(|error| error.op_index == 0) =>
+        {
+            Err(StoreError::Fenced {
+                item: what.to_owned(),
+                reason: format!(
+                    "session {} no longer holds {}",
+                    fence.session, fence.lock_key
+                ),
+            })
+        }
+        TxnOutcome::RolledBack(errors) => {
+            let reasons: Vec<&str> = errors.iter().map(|e| e.what.as_str()).collect();
+            Err(StoreError::RolledBack {
+                item: what.to_owned(),
+                reasons: reasons.join("; "),
+            })
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod disk;
 pub mod encryption;
 pub mod layout;
 pub mod typed;
+pub mod versions;
 
 use std::fmt;
 

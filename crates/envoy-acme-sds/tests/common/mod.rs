@@ -102,18 +102,8 @@ pub fn account_file(store: &DiskStore, pebble: &Pebble) -> std::path::PathBuf {
 
 /// Writes knot's TSIG key as a BIND-style key file, as an operator would.
 pub fn tsig_key_file(knot: &Knot, dir: &Path) -> std::path::PathBuf {
-    let tsig = knot.tsig();
     let path = dir.join("tsig.key");
-    std::fs::write(
-        &path,
-        format!(
-            "key \"{}\" {{\n  algorithm {};\n  secret \"{}\";\n}};\n",
-            tsig.name.trim_end_matches('.'),
-            tsig.algorithm,
-            tsig.secret_base64
-        ),
-    )
-    .expect("write TSIG key file");
+    std::fs::write(&path, knot.tsig().bind_key_file()).expect("write TSIG key file");
     path
 }
 
