@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::EdsServer;
-use consul_client::{AgentCheck, AgentServiceRegistration, CheckStatus, Client, ClientConfig};
 use serde_json::Value;
 use test_support::bootstrap::ads_only_bootstrap;
 use test_support::{Backend, ConsulAgent, Envoy, eventually, free_port, http_get, http_request};
@@ -28,30 +27,7 @@ fn bootstrap(node: &str, xds: SocketAddr, protocol: Protocol) -> String {
     ads_only_bootstrap(node, xds, matches!(protocol, Protocol::Delta))
 }
 
-fn client(consul: &ConsulAgent) -> Client {
-    let address: consul_client::config::Address = consul.http_url().parse().expect("address");
-    Client::new(ClientConfig::new(address)).expect("client")
-}
-
-async fn register(client: &Client, service: &str, backend: &Backend, tags: &[&str]) {
-    let registration = AgentServiceRegistration {
-        id: Some(backend.name().to_owned()),
-        name: service.to_owned(),
-        address: backend.addr().ip().to_string(),
-        port: backend.addr().port(),
-        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-        checks: vec![
-            AgentCheck::ttl("ttl", Duration::from_secs(600))
-                .with_id(format!("ttl:{}", backend.name()))
-                .with_initial_status(CheckStatus::Passing),
-        ],
-        ..AgentServiceRegistration::default()
-    };
-    client
-        .agent_service_register(&registration)
-        .await
-        .expect("register");
-}
+use common::{consul_client as client, register_tagged as register};
 
 /// Status and body of a request through Envoy.
 async fn get(listener: SocketAddr, host: &str, path: &str) -> (u16, String) {

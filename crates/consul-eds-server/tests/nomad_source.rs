@@ -244,3 +244,96 @@ async fn a_service_in_both_registries_is_one_cluster_unless_the_template_parts_t
     )
     .await;
 }
+
+/// Status and body of a request through Envoy for `host`.
+async fn get(listener: SocketAddr, host: &str) -> (u16, String) {
+    match test_support::http_request("GET", listener, "/", &[("host", host)], Vec::new()).await {
+        Ok(response) => (response.status, response.body),
+        Err(_) => (0, String::new()),
+    }
+}
+
+async fn expect_answer(eds: &EdsServer, listener: SocketAddr, host: &str, status: u16, body: &str) {
+    eventually(
+        &format!("{host} to answer {status} {body}"),
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async { (get(listener, host).await == (status, body.to_owned())).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
+}
+
+/// Gateway mode routes a job registered in Nomad from its tags alone, beside
+/// a Consul service, and a Nomad that fails afterwards takes no route away.
+#[tokio::test]
+async fn the_gateway_routes_nomad_services_from_their_tags() {
+    let consul = ConsulAgent::start().await.expect("consul");
+    let client = consul_client(&consul);
+    let shop = Backend::start("shop-1").await.expect("backend");
+    let nomad = FakeNomad::start().await.expect("fake nomad");
+    let api = Backend::start("api-1").await.expect("backend");
+    let addr = api.addr();
+    nomad.register(
+        Registration::new("api", &addr.ip().to_string(), addr.port())
+            .id("api-1")
+            .tags(&["edge.route=api.test/"]),
+    );
+
+    let port = free_port();
+    let listener = SocketAddr::from(([127, 0, 0, 1], port));
+    let address = nomad.address();
+    let eds = EdsServer::start(
+        &consul,
+        &[
+            "--gateway",
+            "--listener",
+            &format!("web=127.0.0.1:{port}"),
+            "--sources",
+            "consul,nomad",
+            "--nomad-addr",
+            address.as_str(),
+        ],
+    )
+    .await;
+    let envoy = test_support::Envoy::start(&test_support::bootstrap::ads_only_bootstrap(
+        &format!("gw-{port}"),
+        eds.xds,
+        false,
+    ))
+    .await
+    .expect("Envoy starts with the small bootstrap");
+    expect_answer(&eds, listener, "api.test", 200, "api-1").await;
+
+    // A Consul service's tags route beside it.
+    common::register_tagged(&client, "shop", &shop, &["edge.route=shop.test/"]).await;
+    expect_answer(&eds, listener, "shop.test", 200, "shop-1").await;
+
+    // Nomad fails: its route and endpoints stay, Consul's changes go on.
+    nomad.fail_with(Some(500));
+    let more = Backend::start("api-2").await.expect("backend");
+    let addr = more.addr();
+    nomad.register(
+        Registration::new("api", &addr.ip().to_string(), addr.port())
+            .id("api-2")
+            .tags(&["edge.route=api.test/"]),
+    );
+    let late = Backend::start("late-1").await.expect("backend");
+    common::register_tagged(&client, "late", &late, &["edge.route=late.test/"]).await;
+    expect_answer(&eds, listener, "late.test", 200, "late-1").await;
+    for _ in 0..10 {
+        let (status, body) = get(listener, "api.test").await;
+        assert_eq!(status, 200, "api.test while Nomad fails: {body}");
+    }
+    // The cluster of a Nomad service has outlier detection by default.
+    let clusters = envoy
+        .admin_get("/config_dump?resource=dynamic_active_clusters")
+        .await
+        .expect("config dump");
+    let api_cluster = clusters
+        .split("\"name\": \"")
+        .find(|part| part.starts_with("api\""))
+        .expect("the api cluster in Envoy's config");
+    assert!(api_cluster.contains("outlier_detection"), "{api_cluster}");
+    drop(envoy);
+}

@@ -162,6 +162,33 @@ pub async fn register(
         .expect("register");
 }
 
+/// Registers `backend` as an instance of `service` with `tags`, passing,
+/// its ID the backend's name.
+pub async fn register_tagged(
+    client: &Client,
+    service: &str,
+    backend: &test_support::Backend,
+    tags: &[&str],
+) {
+    let registration = AgentServiceRegistration {
+        id: Some(backend.name().to_owned()),
+        name: service.to_owned(),
+        address: backend.addr().ip().to_string(),
+        port: backend.addr().port(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        checks: vec![
+            AgentCheck::ttl("ttl", Duration::from_secs(600))
+                .with_id(check_id(backend.name()))
+                .with_initial_status(CheckStatus::Passing),
+        ],
+        ..AgentServiceRegistration::default()
+    };
+    client
+        .agent_service_register(&registration)
+        .await
+        .expect("register");
+}
+
 pub fn check_id(instance: &str) -> String {
     format!("ttl:{instance}")
 }
