@@ -22,7 +22,8 @@ pub fn run(root: &Path, name: &str, args: &[String]) -> Result<()> {
     }
 }
 
-/// consul-eds-server: convergence, scale, and versus nginx reloads.
+/// consul-eds-server: convergence (from Consul, and from Nomad's registry
+/// in its stand-in), scale, and versus nginx reloads.
 /// Parts can be chosen: `cargo xtask bench eds convergence reload`.
 fn eds(root: &Path, tools: &tools::Tools, args: &[String]) -> Result<()> {
     run_against_server(root, tools, "bench-eds", args)

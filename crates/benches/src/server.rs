@@ -41,12 +41,22 @@ impl EdsServer {
         consul: &ConsulAgent,
         extra: &[&str],
     ) -> Result<Self, ServerError> {
+        Self::start_reading(binary, &consul.http_url(), extra).await
+    }
+
+    /// [`start`](Self::start) with `--consul-addr consul_url`, which need not
+    /// answer when `extra` chooses other sources (`--sources nomad`).
+    pub async fn start_reading(
+        binary: &Path,
+        consul_url: &str,
+        extra: &[&str],
+    ) -> Result<Self, ServerError> {
         let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let dir = tempfile::tempdir().map_err(ServerError::TempDir)?;
         let mut argv = vec![
             "--consul-addr".to_owned(),
-            consul.http_url(),
+            consul_url.to_owned(),
             "--xds-listen".to_owned(),
             xds.to_string(),
             "--admin-listen".to_owned(),

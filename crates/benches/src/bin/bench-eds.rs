@@ -2,11 +2,15 @@
 //!
 //! 1. convergence: a Consul health change until Envoy's admin API shows it,
 //!    beside the floor: the same change seen by a raw blocking query.
-//! 2. scale: many services x instances; initial sync, memory, CPU during a
+//! 2. nomad-convergence: the same with Nomad's registry as the source, a
+//!    registration added or removed in the in-process stand-in (FakeNomad),
+//!    whose own blocking query is the floor.
+//! 3. scale: many services x instances; initial sync, memory, CPU during a
 //!    change storm, and whether any change was lost.
-//! 3. reload: the churn scenario through Envoy + EDS and through nginx
+//! 4. reload: the churn scenario through Envoy + EDS and through nginx
 //!    reloaded on every change, same load, same run.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,9 +27,12 @@ use demo::backend::Behaviour;
 use demo::churn::{ChurnPlan, Churner};
 use demo::consul::ConsulRegistrar;
 use demo::load::{LoadPlan, LoadReport, run as run_load};
+use nomad_client::{NomadClient, NomadConfig, QueryIndex};
 use serde_json::Value;
 use test_support::bootstrap::{EdsTransport, GatewayBootstrap};
+use test_support::nomad_api::{FakeNomad, Registration as NomadRegistration};
 use test_support::{ConsulAgent, Envoy, eventually, free_port};
+use tokio::task::JoinHandle;
 
 struct Args {
     eds_binary: PathBuf,
@@ -57,8 +64,10 @@ fn parse_args() -> Result<Args> {
             "--instances" => args.instances = value()?.parse()?,
             "--storm-seconds" => args.storm_seconds = value()?.parse()?,
             "--churn-seconds" => args.churn_seconds = value()?.parse()?,
-            "convergence" | "scale" | "reload" => args.parts.push(arg),
-            other => bail!("unknown argument `{other}` (parts: convergence, scale, reload)"),
+            "convergence" | "nomad-convergence" | "scale" | "reload" => args.parts.push(arg),
+            other => bail!(
+                "unknown argument `{other}` (parts: convergence, nomad-convergence, scale, reload)"
+            ),
         }
     }
     ensure!(
@@ -66,7 +75,12 @@ fn parse_args() -> Result<Args> {
         "--eds-binary must name the built consul-eds-server"
     );
     if args.parts.is_empty() {
-        args.parts = vec!["convergence".into(), "scale".into(), "reload".into()];
+        args.parts = vec![
+            "convergence".into(),
+            "nomad-convergence".into(),
+            "scale".into(),
+            "reload".into(),
+        ];
     }
     Ok(args)
 }
@@ -77,6 +91,7 @@ async fn main() -> Result<()> {
     for part in &args.parts {
         match part.as_str() {
             "convergence" => convergence(&args).await?,
+            "nomad-convergence" => nomad_convergence(&args).await?,
             "scale" => scale(&args).await?,
             "reload" => reload(&args).await?,
             _ => unreachable!("parsed above"),
@@ -158,21 +173,9 @@ async fn convergence(args: &Args) -> Result<()> {
     }
     let eds = start_eds(args, &consul, &[]).await?;
     let (envoy, _) = gateway(eds.xds, vec!["web".to_owned()]).await?;
-    eventually(
-        "5 hosts",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || async {
-            envoy_hosts(&envoy, "web")
-                .await
-                .ok()
-                .filter(|h| h.len() == 5)
-        },
-    )
-    .await?;
+    wait_for_host_count(&envoy, "web", 5, Duration::from_secs(10)).await?;
 
-    let mut floor = Vec::new();
-    let mut envoy_seen = Vec::new();
+    let mut samples = ConvergenceSamples::default();
     for n in 0..args.changes {
         let fail = n.is_multiple_of(2);
         let check = "ttl:web-0";
@@ -184,7 +187,7 @@ async fn convergence(args: &Args) -> Result<()> {
             .index
             .unwrap_or(1);
         let blocking_client = client.clone();
-        let blocking = tokio::spawn(async move {
+        let floor = tokio::spawn(async move {
             let options = QueryOptions {
                 index,
                 wait: Some(Duration::from_secs(30)),
@@ -194,53 +197,187 @@ async fn convergence(args: &Args) -> Result<()> {
                 .health_service("web", HealthFilter::All, &options)
                 .await
                 .map(|_| Instant::now())
+                .map_err(anyhow::Error::from)
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let changed = Instant::now();
-        if fail {
-            client.agent_check_fail(check, "bench").await?;
-        } else {
-            client.agent_check_pass(check, "bench").await?;
-        }
+        let change = async {
+            if fail {
+                client.agent_check_fail(check, "bench").await?;
+            } else {
+                client.agent_check_pass(check, "bench").await?;
+            }
+            Ok(())
+        };
         let want = if fail { 4 } else { 5 };
-        let seen = eventually(
-            "Envoy to converge",
+        samples
+            .time_change(&envoy, "web", want, floor, change)
+            .await?;
+    }
+    samples.print();
+    Ok(())
+}
+
+/// `convergence` with Nomad's registry as the source: each change registers
+/// or deregisters one of 5 instances of `web` in the stand-in.
+///
+/// No Nomad binary can run here (docs/adr/0007-nomad-api-stand-in.md): the
+/// stand-in serves from this process's own runtime, so the floor is the
+/// stand-in's wake-up, not a real Nomad's (which adds Raft and its RPC hop).
+async fn nomad_convergence(args: &Args) -> Result<()> {
+    println!(
+        "== eds nomad-convergence: {} registration changes; Nomad is the in-process stand-in \
+         (FakeNomad, answering as Nomad 1.6.5), so the floor is the stand-in's",
+        args.changes
+    );
+    let nomad = FakeNomad::start().await?;
+    let instance =
+        |i: u16| NomadRegistration::new("web", "127.0.0.1", 20_000 + i).id(&format!("web-{i}"));
+    for i in 0..5u16 {
+        nomad.register(instance(i));
+    }
+    let nomad_addr = nomad.address();
+    // `--consul-addr` is always passed; nothing listens there, since with
+    // `--sources nomad` the server reads no Consul at all.
+    let no_consul = format!("http://127.0.0.1:{}", free_port());
+    let eds = EdsServer::start_reading(
+        &args.eds_binary,
+        &no_consul,
+        &[
+            "--sources",
+            "nomad",
+            "--nomad-addr",
+            &nomad_addr,
+            // Check results are polled, not blocked on: off, so that only
+            // the registrations' blocking query is measured.
+            "--nomad-check-interval",
+            "0s",
+        ],
+    )
+    .await?;
+    let (envoy, _) = gateway(eds.xds, vec!["web".to_owned()]).await?;
+    wait_for_host_count(&envoy, "web", 5, Duration::from_secs(10)).await?;
+
+    let client = NomadClient::new(NomadConfig::new(nomad_addr.parse()?))?;
+    let mut samples = ConvergenceSamples::default();
+    for n in 0..args.changes {
+        let deregister = n.is_multiple_of(2);
+        // The floor: a blocking query already waiting when the change lands.
+        let index = nomad.index().max(1);
+        let blocking_client = client.clone();
+        let floor = tokio::spawn(async move {
+            let query = QueryIndex {
+                index,
+                wait: Duration::from_secs(30),
+            };
+            blocking_client
+                .service_blocking("web", "default", query)
+                .await
+                .map(|_| Instant::now())
+                .map_err(anyhow::Error::from)
+        });
+        // The server's own query and the floor's, both blocked: otherwise
+        // a change could land while the server was between two queries and
+        // be timed from a read that answers at once instead of a wake-up.
+        eventually(
+            "the server's blocking query and the floor's to wait on the stand-in",
             Duration::from_secs(10),
             Duration::from_millis(1),
-            || async {
-                envoy_hosts(&envoy, "web")
-                    .await
-                    .ok()
-                    .filter(|h| h.len() == want)
-                    .map(|_| Instant::now())
-            },
+            || async { (nomad.blocking_queries_in_flight() >= 2).then_some(()) },
         )
         .await?;
-        let blocking_returned = blocking.await??;
-        floor.push(blocking_returned.saturating_duration_since(changed));
-        envoy_seen.push(seen.saturating_duration_since(changed));
+        let change = async {
+            if deregister {
+                nomad.deregister("default", "web-0");
+            } else {
+                nomad.register(instance(0));
+            }
+            Ok(())
+        };
+        let want = if deregister { 4 } else { 5 };
+        samples
+            .time_change(&envoy, "web", want, floor, change)
+            .await?;
     }
-    floor.sort();
-    envoy_seen.sort();
-    let (f50, f99) = (quantile(&floor, 0.5), quantile(&floor, 0.99));
-    let (e50, e99) = (quantile(&envoy_seen, 0.5), quantile(&envoy_seen, 0.99));
-    println!(
-        "  raw blocking query (floor)   p50 {}  p99 {}",
-        ms(f50),
-        ms(f99)
-    );
-    println!(
-        "  Envoy admin shows the change p50 {}  p99 {}",
-        ms(e50),
-        ms(e99)
-    );
-    println!(
-        "  overhead over the floor      p50 {}  p99 {}  (target: p99 within 50 ms)",
-        ms(e50.saturating_sub(f50)),
-        ms(e99.saturating_sub(f99))
-    );
-    println!("  (Envoy's admin is polled every 1 ms; the figure includes that poll)");
+    samples.print();
+    println!("  (the floor is the in-process stand-in's; a real Nomad's is not measured here)");
     Ok(())
+}
+
+/// Polls Envoy's admin until `cluster` has `want` hosts; the instant it saw them.
+async fn wait_for_host_count(
+    envoy: &Envoy,
+    cluster: &str,
+    want: usize,
+    timeout: Duration,
+) -> Result<Instant> {
+    Ok(eventually(
+        &format!("{want} hosts of {cluster} in Envoy"),
+        timeout,
+        Duration::from_millis(1),
+        || async {
+            envoy_hosts(envoy, cluster)
+                .await
+                .ok()
+                .filter(|h| h.len() == want)
+                .map(|_| Instant::now())
+        },
+    )
+    .await?)
+}
+
+/// Per change of a convergence part: how long the floor (a raw blocking
+/// query) and Envoy's admin API took to show it.
+#[derive(Debug, Default)]
+struct ConvergenceSamples {
+    floor: Vec<Duration>,
+    envoy: Vec<Duration>,
+}
+
+impl ConvergenceSamples {
+    /// Times one change. `floor` is the blocking query already sent,
+    /// returning the instant it answered; `change` makes the change. Both
+    /// are timed from just before `change` starts.
+    async fn time_change(
+        &mut self,
+        envoy: &Envoy,
+        cluster: &str,
+        want_hosts: usize,
+        floor: JoinHandle<Result<Instant>>,
+        change: impl Future<Output = Result<()>>,
+    ) -> Result<()> {
+        // Lets the floor's query reach the server before the change lands.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let changed = Instant::now();
+        change.await?;
+        let seen = wait_for_host_count(envoy, cluster, want_hosts, Duration::from_secs(10)).await?;
+        let floor_returned = floor.await??;
+        self.floor
+            .push(floor_returned.saturating_duration_since(changed));
+        self.envoy.push(seen.saturating_duration_since(changed));
+        Ok(())
+    }
+
+    fn print(mut self) {
+        self.floor.sort();
+        self.envoy.sort();
+        let (f50, f99) = (quantile(&self.floor, 0.5), quantile(&self.floor, 0.99));
+        let (e50, e99) = (quantile(&self.envoy, 0.5), quantile(&self.envoy, 0.99));
+        println!(
+            "  raw blocking query (floor)   p50 {}  p99 {}",
+            ms(f50),
+            ms(f99)
+        );
+        println!(
+            "  Envoy admin shows the change p50 {}  p99 {}",
+            ms(e50),
+            ms(e99)
+        );
+        println!(
+            "  overhead over the floor      p50 {}  p99 {}  (target: p99 within 50 ms)",
+            ms(e50.saturating_sub(f50)),
+            ms(e99.saturating_sub(f99))
+        );
+        println!("  (Envoy's admin is polled every 1 ms; the figure includes that poll)");
+    }
 }
 
 async fn scale(args: &Args) -> Result<()> {
