@@ -23,7 +23,9 @@ pub fn generate(root: &Path) -> Result<()> {
          environment variable shown beside it.\n",
     );
     for service in SERVICES {
-        let binary = crate::bench_xds::target_dir(root).join("debug").join(service);
+        let binary = crate::bench_xds::target_dir(root)
+            .join("debug")
+            .join(service);
         let output = process::output(root, &binary.display().to_string(), &["--help"])
             .with_context(|| format!("{service} --help"))?;
         let help = String::from_utf8_lossy(&output.stdout);
