@@ -52,10 +52,7 @@ impl CatalogUnion {
         S: Into<String>,
     {
         Self {
-            last_good: names
-                .into_iter()
-                .map(|name| (name.into(), None))
-                .collect(),
+            last_good: names.into_iter().map(|name| (name.into(), None)).collect(),
         }
     }
 
