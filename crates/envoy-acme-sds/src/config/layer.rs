@@ -192,7 +192,7 @@ pub struct Layer {
     #[serde(skip)]
     pub shutdown_grace: Option<Duration>,
 
-    /// Also obtain a certificate for every TLS host routed by service tags in the Consul catalog.
+    /// Also obtain a certificate for every TLS host routed by service tags in the registries --sources names.
     #[arg(long, env = "ENVOY_ACME_SDS_FOLLOW_ROUTES")]
     #[serde(default)]
     pub follow_routes: bool,
