@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::bench_xds::target_dir;
 use crate::process;
 
 pub const SERVICES: &[&str] = &["consul-eds-server", "envoy-acme-sds"];
@@ -23,9 +24,8 @@ pub fn generate(root: &Path) -> Result<()> {
          environment variable shown beside it.\n",
     );
     for service in SERVICES {
-        let binary = crate::bench_xds::target_dir(root)
-            .join("debug")
-            .join(service);
+        // Where the build above put it, CARGO_TARGET_DIR included.
+        let binary = target_dir(root).join("debug").join(service);
         let output = process::output(root, &binary.display().to_string(), &["--help"])
             .with_context(|| format!("{service} --help"))?;
         let help = String::from_utf8_lossy(&output.stdout);

@@ -10,11 +10,11 @@
 //! other way round. A cluster name template with `{source}` tells them apart
 //! instead (see `naming`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
+use route_tags::catalog::{CatalogUnion, Union};
 
 use crate::engine::{ServiceSource, SourceEvent, WatchKey};
 use crate::gateway::actor::CatalogEvent;
@@ -108,24 +108,23 @@ pub fn merge_catalogs(
         .boxed()
 }
 
-/// Service name -> its tags, as a catalog read lists them.
-type ServiceList = Arc<BTreeMap<String, Vec<String>>>;
-
-/// The last good service list of each registry, and the union handed on.
+/// The gateway's side of the union: a failed read is passed on as not
+/// believed (naming the registry), a good one updates the union, which
+/// is believed only once every registry has answered.
 #[derive(Debug)]
 struct CatalogMerger {
-    last_good: BTreeMap<String, Option<ServiceList>>,
+    union: CatalogUnion,
 }
 
 impl CatalogMerger {
     fn new(names: Vec<String>) -> Self {
         Self {
-            last_good: names.into_iter().map(|name| (name, None)).collect(),
+            union: CatalogUnion::new(names),
         }
     }
 
     fn on_event(&mut self, name: &str, event: CatalogEvent) -> CatalogEvent {
-        let after_reset = match event {
+        let (services, after_reset) = match event {
             CatalogEvent::Unbelieved { reason } => {
                 return CatalogEvent::Unbelieved {
                     reason: format!("{name}: {reason}"),
@@ -134,39 +133,24 @@ impl CatalogMerger {
             CatalogEvent::Services {
                 services,
                 after_reset,
-            } => {
-                self.last_good.insert(name.to_owned(), Some(services));
-                after_reset
-            }
+            } => (services, after_reset),
         };
-        let waiting: Vec<&str> = self
-            .last_good
-            .iter()
-            .filter(|(_, services)| services.is_none())
-            .map(|(name, _)| name.as_str())
-            .collect();
-        if !waiting.is_empty() {
-            return CatalogEvent::Unbelieved {
+        match self.union.on_services(name, services) {
+            Ok(Union::Complete(services)) => CatalogEvent::Services {
+                services,
+                after_reset,
+            },
+            Ok(Union::Waiting(waiting)) => CatalogEvent::Unbelieved {
                 reason: format!(
                     "waiting for the first answer of {}; routes are published once every registry has answered",
                     waiting.join(", ")
                 ),
-            };
-        }
-        let mut union: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for services in self.last_good.values().flatten() {
-            for (service, tags) in services.iter() {
-                let merged = union.entry(service.clone()).or_default();
-                for tag in tags {
-                    if !merged.contains(tag) {
-                        merged.push(tag.clone());
-                    }
-                }
-            }
-        }
-        CatalogEvent::Services {
-            services: Arc::new(union),
-            after_reset,
+            },
+            // `merge_catalogs` names every stream it tags; kept as a read
+            // not believed rather than a panic should that ever change.
+            Err(unknown) => CatalogEvent::Unbelieved {
+                reason: unknown.to_string(),
+            },
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use consul_client::{Client, ClientMetrics};
+use nomad_client::{NomadClient, NomadMetrics};
 use prometheus_client::registry::Registry;
 use service_support::admin::AdminServer;
 use time::OffsetDateTime;
@@ -31,6 +32,7 @@ use envoy_acme_sds::renewer::{ManagedCertificate, Renewer};
 use envoy_acme_sds::routed::follower::RouteFollower;
 use envoy_acme_sds::routed::orders::{RoutedOrdering, SolverSource};
 use envoy_acme_sds::routed::policy::RoutedPolicy;
+use envoy_acme_sds::routed::sources;
 use envoy_acme_sds::sds::{SecretPublisher, ServedSecret};
 use envoy_acme_sds::storage_mode::{LockSettings, Replica, StorageMode};
 use envoy_acme_sds::store::RenewalRequest;
@@ -66,13 +68,13 @@ async fn serve(args: Layer) -> Result<()> {
     metrics.register(&mut registry);
     let xds_metrics = xds_core::Metrics::default();
     xds_metrics.register(&mut registry);
-    // Consul storage's client reads the catalog too; routed hosts with disk
-    // storage bring their own.
-    let consul_config = settings
-        .storage
-        .consul
+    // Consul storage's client reads the catalog too; routed hosts read from
+    // Consul with disk storage bring their own. Routes read from Nomad
+    // alone with disk storage need no Consul at all.
+    let consul_config = settings.storage.consul.as_ref().or(settings
+        .routes
         .as_ref()
-        .or(settings.routes.as_ref().map(|routes| &routes.consul));
+        .and_then(|routes| routes.consul.as_ref()));
     let consul = match consul_config {
         Some(config) => {
             let client_metrics = ClientMetrics::new();
@@ -122,7 +124,24 @@ async fn serve(args: Layer) -> Result<()> {
     }
     let publisher = Arc::new(publisher);
     let mut routed_view = None;
-    if let (Some(routes), Some(client)) = (&settings.routes, &consul) {
+    if let Some(routes) = &settings.routes {
+        let mut catalogs = Vec::new();
+        if routes.consul.is_some() {
+            let client = consul
+                .as_ref()
+                .context("the Consul client routes are read with")?;
+            catalogs.push(sources::consul_catalog(client));
+        }
+        if let Some(nomad) = &routes.nomad {
+            let nomad_metrics = NomadMetrics::new();
+            nomad_metrics.register(&mut registry);
+            let client = NomadClient::with_metrics(nomad.client.clone(), nomad_metrics)
+                .context("Nomad client")?;
+            for namespace in &nomad.namespaces {
+                catalogs.push(sources::nomad_catalog(&client, namespace));
+            }
+        }
+        let read: Vec<String> = catalogs.iter().map(|(name, _)| name.clone()).collect();
         let policy = RoutedPolicy {
             allowed: routes.allowed.clone(),
             configured: settings
@@ -133,7 +152,7 @@ async fn serve(args: Layer) -> Result<()> {
             http01: settings.challenge.is_http01(),
         };
         let follower = RouteFollower::new(
-            client.clone(),
+            sources::union_of(catalogs),
             routes.prefix.clone(),
             policy,
             Arc::clone(&publisher),
@@ -149,7 +168,7 @@ async fn serve(args: Layer) -> Result<()> {
             key_type: routes.key_type,
             profile: routes.profile.clone(),
         });
-        info!(prefix = %routes.prefix.as_str(), allowed = ?routes.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(), "following the routed TLS hosts in the catalog");
+        info!(prefix = %routes.prefix.as_str(), allowed = ?routes.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(), catalogs = ?read, "following the routed TLS hosts in the registries");
         routed_view = Some((view, routes.unrouted_grace));
     }
     tasks.spawn(announce_when_complete(

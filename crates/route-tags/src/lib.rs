@@ -7,7 +7,10 @@
 //! (`RouteTable::build` in `table`, whose module doc gives the rules); it knows
 //! neither Consul's JSON nor Envoy's protobuf, so the server that serves the
 //! routes and the one that obtains their certificates read the same rules.
+//! `catalog` unions the service lists of several registries the same way
+//! for both.
 
+pub mod catalog;
 mod duration;
 pub mod model;
 mod options;

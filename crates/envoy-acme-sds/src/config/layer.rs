@@ -192,7 +192,7 @@ pub struct Layer {
     #[serde(skip)]
     pub shutdown_grace: Option<Duration>,
 
-    /// Also obtain a certificate for every TLS host routed by service tags in the Consul catalog.
+    /// Also obtain a certificate for every TLS host routed by service tags in the registries --sources names.
     #[arg(long, env = "ENVOY_ACME_SDS_FOLLOW_ROUTES")]
     #[serde(default)]
     pub follow_routes: bool,
@@ -233,6 +233,48 @@ pub struct Layer {
     )]
     #[serde(default, deserialize_with = "duration::deserialize_optional")]
     pub unrouted_grace: Option<Duration>,
+
+    #[arg(
+        long,
+        env = "ENVOY_ACME_SDS_SOURCES",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "consul|nomad|consul,nomad",
+        help = help_with_default(
+            "Registries whose service tags --follow-routes reads: consul, nomad or consul,nomad",
+            "consul",
+        )
+    )]
+    #[serde(default)]
+    pub sources: Vec<RouteSource>,
+
+    #[arg(
+        long,
+        env = "NOMAD_ADDR",
+        value_name = "URL",
+        help = help_with_default(
+            "Nomad agent (with --sources nomad): http://host:port, https://host:port or unix:///path",
+            defaults::NOMAD_ADDR,
+        )
+    )]
+    pub nomad_addr: Option<String>,
+
+    /// File holding the Nomad ACL token (wins over NOMAD_TOKEN), with --sources nomad.
+    #[arg(long, env = "ENVOY_ACME_SDS_NOMAD_TOKEN_FILE")]
+    pub nomad_token_file: Option<PathBuf>,
+
+    #[arg(
+        long,
+        env = "NOMAD_NAMESPACE",
+        value_delimiter = ',',
+        value_name = "NAMESPACE,...",
+        help = help_with_default(
+            "Nomad namespaces whose services are read (with --sources nomad); not `*`",
+            defaults::NOMAD_NAMESPACE,
+        )
+    )]
+    #[serde(default)]
+    pub nomad_namespace: Vec<String>,
 
     /// The file's `[[certificate]]` tables.
     #[arg(skip)]
@@ -277,6 +319,10 @@ impl Layer {
             allowed_domains,
             orders_per_hour,
             unrouted_grace,
+            sources,
+            nomad_addr,
+            nomad_token_file,
+            nomad_namespace,
             mut certificates,
         } = self;
         certs.extend(fallback.certs);
@@ -321,6 +367,19 @@ impl Layer {
             },
             orders_per_hour: orders_per_hour.or(fallback.orders_per_hour),
             unrouted_grace: unrouted_grace.or(fallback.unrouted_grace),
+            // Lists replace the fallback's as a whole, as `email` does.
+            sources: if sources.is_empty() {
+                fallback.sources
+            } else {
+                sources
+            },
+            nomad_addr: nomad_addr.or(fallback.nomad_addr),
+            nomad_token_file: nomad_token_file.or(fallback.nomad_token_file),
+            nomad_namespace: if nomad_namespace.is_empty() {
+                fallback.nomad_namespace
+            } else {
+                nomad_namespace
+            },
             certificates,
         }
     }
@@ -428,6 +487,23 @@ impl From<ChallengeArg> for ChallengeKind {
             ChallengeArg::Dns01 => Self::Dns01,
             ChallengeArg::Http01 => Self::Http01,
         }
+    }
+}
+
+/// A registry whose service tags `--follow-routes` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteSource {
+    Consul,
+    Nomad,
+}
+
+impl fmt::Display for RouteSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Consul => "consul",
+            Self::Nomad => "nomad",
+        })
     }
 }
 

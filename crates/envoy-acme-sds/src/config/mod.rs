@@ -25,6 +25,9 @@
 //! tag_prefix = "edge"
 //! orders_per_hour = 20
 //! unrouted_grace = "168h"                # a week
+//! sources = ["consul", "nomad"]          # whose service tags are read; default ["consul"]
+//! nomad_addr = "http://127.0.0.1:4646"
+//! nomad_namespace = ["default"]
 //!
 //! [rfc2136]
 //! server = "10.0.0.53:53"
@@ -56,11 +59,12 @@ pub mod rules;
 mod settings;
 
 pub use layer::{
-    AdminListener, CertificateFile, ChallengeArg, Layer, Rfc2136Layer, SdsListener, StorageArgs,
+    AdminListener, CertificateFile, ChallengeArg, Layer, Rfc2136Layer, RouteSource, SdsListener,
+    StorageArgs,
 };
 pub use resolve::resolve_storage;
 pub use settings::{
-    CertificateSettings, ChallengeSettings, RoutesSettings, Settings, StorageLocation,
+    CertificateSettings, ChallengeSettings, NomadRoutes, RoutesSettings, Settings, StorageLocation,
     StorageSettings,
 };
 
@@ -92,6 +96,8 @@ pub enum ConfigError {
     PreviousEncryption(#[source] EncryptionError),
     #[error("Consul client: {0}")]
     Consul(#[from] consul_client::ConfigError),
+    #[error("Nomad client: {0}")]
+    Nomad(#[from] nomad_client::ConfigError),
     #[error(transparent)]
     Listener(#[from] service_support::listener::ListenerError),
 }

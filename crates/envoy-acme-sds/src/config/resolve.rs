@@ -5,11 +5,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use nomad_client::NomadConfig;
 use service_support::consul::ConsulArgs;
 
 use super::{
-    CertificateSettings, ChallengeSettings, ConfigError, Layer, RoutesSettings, Settings,
-    StorageArgs, StorageLocation, StorageSettings, defaults, invalid, rules,
+    CertificateSettings, ChallengeSettings, ConfigError, Layer, NomadRoutes, RouteSource,
+    RoutesSettings, Settings, StorageArgs, StorageLocation, StorageSettings, defaults, invalid,
+    rules,
 };
 use crate::acme::{AcmeConfig, ExternalAccountBinding, LETS_ENCRYPT_STAGING};
 use crate::challenge::ChallengeKind;
@@ -80,16 +82,56 @@ impl Layer {
                     .map_err(|e| invalid("--allowed-domains", format!("`{suffix}`: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let sources = if self.sources.is_empty() {
+            vec![RouteSource::Consul]
+        } else {
+            self.sources.clone()
+        };
+        rules::route_sources_fit(self, &sources)?;
+        let consul = if sources.contains(&RouteSource::Consul) {
+            Some(self.consul.client_config()?)
+        } else {
+            None
+        };
+        let nomad = if sources.contains(&RouteSource::Nomad) {
+            Some(self.resolve_nomad()?)
+        } else {
+            None
+        };
         Ok(Some(RoutesSettings {
             prefix,
             allowed,
             orders_per_hour: self.orders_per_hour.unwrap_or(defaults::ORDERS_PER_HOUR),
             unrouted_grace: self.unrouted_grace.unwrap_or(defaults::UNROUTED_GRACE),
-            consul: self.consul.client_config()?,
+            consul,
+            nomad,
             key_type: self.key_type.unwrap_or_default(),
             profile: self.acme_profile.clone(),
             zone: self.rfc2136.rfc2136_zone.clone(),
         }))
+    }
+
+    /// Nomad's CLI variables (`NOMAD_TOKEN`, `NOMAD_REGION`, TLS files),
+    /// with the address and the token file from the settings.
+    fn resolve_nomad(&self) -> Result<NomadRoutes, ConfigError> {
+        let namespaces = if self.nomad_namespace.is_empty() {
+            vec![defaults::NOMAD_NAMESPACE.to_owned()]
+        } else {
+            rules::nomad_namespaces(&self.nomad_namespace)?
+        };
+        let mut client = NomadConfig::from_env()?;
+        let address = self.nomad_addr.as_deref().unwrap_or(defaults::NOMAD_ADDR);
+        client.address =
+            address
+                .parse()
+                .map_err(|source| nomad_client::ConfigError::InvalidAddress {
+                    name: "--nomad-addr",
+                    source,
+                })?;
+        if let Some(path) = &self.nomad_token_file {
+            client = client.with_token_file(path)?;
+        }
+        Ok(NomadRoutes { client, namespaces })
     }
 
     fn resolve_acme(&self) -> Result<AcmeConfig, ConfigError> {

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{
-    CertificateSettings, ChallengeSettings, ConfigError, Layer, StorageLocation, StorageSettings,
-    invalid,
+    CertificateSettings, ChallengeSettings, ConfigError, Layer, RouteSource, StorageLocation,
+    StorageSettings, invalid,
 };
 use crate::election::MIN_SESSION_TTL;
 
@@ -83,11 +83,57 @@ pub fn routes_fit(layer: &Layer) -> Result<(), ConfigError> {
         ("--allowed-domains", !layer.allowed_domains.is_empty()),
         ("--orders-per-hour", layer.orders_per_hour.is_some()),
         ("--unrouted-grace", layer.unrouted_grace.is_some()),
+        ("--sources", !layer.sources.is_empty()),
+        ("--nomad-token-file", layer.nomad_token_file.is_some()),
     ];
     if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
         return Err(invalid(*flag, "applies only with --follow-routes"));
     }
     Ok(())
+}
+
+/// The registries routes are read from: each named once. The Nomad
+/// settings that only this service's own variable sets (the token file)
+/// are refused without Nomad as a source; `NOMAD_ADDR` and
+/// `NOMAD_NAMESPACE` are Nomad's CLI variables, often set in a shell for
+/// other reasons, so they are only read, never refused.
+pub fn route_sources_fit(layer: &Layer, sources: &[RouteSource]) -> Result<(), ConfigError> {
+    for (i, source) in sources.iter().enumerate() {
+        if sources[..i].contains(source) {
+            return Err(invalid("--sources", format!("names `{source}` twice")));
+        }
+    }
+    if !sources.contains(&RouteSource::Nomad) && layer.nomad_token_file.is_some() {
+        return Err(invalid(
+            "--nomad-token-file",
+            "applies only with --sources nomad or consul,nomad",
+        ));
+    }
+    Ok(())
+}
+
+/// The Nomad namespaces read: trimmed, each once, at least one, no `*`.
+pub fn nomad_namespaces(given: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut namespaces: Vec<String> = Vec::new();
+    for namespace in given.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if namespace == "*" {
+            return Err(invalid(
+                "--nomad-namespace",
+                "`*` lists only the namespaces the token can read and silently leaves out the \
+                 others, so routes would vanish on a narrowed token; list the namespaces instead",
+            ));
+        }
+        if !namespaces.iter().any(|n| n == namespace) {
+            namespaces.push(namespace.to_owned());
+        }
+    }
+    if namespaces.is_empty() {
+        return Err(invalid(
+            "--nomad-namespace",
+            "empty; name at least one namespace (Nomad's own is `default`)",
+        ));
+    }
+    Ok(namespaces)
 }
 
 /// Consul refuses shorter session TTLs.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consul_client::ClientConfig;
+use nomad_client::NomadConfig;
 use service_support::logging::LogFormat;
 use xds_core::{Listen, TlsOptions};
 
@@ -45,13 +46,24 @@ pub struct RoutesSettings {
     pub allowed: Vec<AllowedSuffix>,
     pub orders_per_hour: u32,
     pub unrouted_grace: Duration,
-    /// The catalog is read from this Consul, whatever the storage.
-    pub consul: ClientConfig,
+    /// With `--sources consul` (the default): the catalog is read from
+    /// this Consul, whatever the storage.
+    pub consul: Option<ClientConfig>,
+    /// With `--sources nomad`: Nomad's service registry, in these namespaces.
+    pub nomad: Option<NomadRoutes>,
     /// Of routed hosts' certificates: the configured defaults.
     pub key_type: KeyType,
     pub profile: Option<String>,
     /// `--rfc2136-zone`, if given: else each host's allowed suffix.
     pub zone: Option<String>,
+}
+
+/// Where Nomad's services are read from, resolved.
+#[derive(Debug, Clone)]
+pub struct NomadRoutes {
+    pub client: NomadConfig,
+    /// Each read with its own watch; never `*`, never empty.
+    pub namespaces: Vec<String>,
 }
 
 /// Where certificates are stored.

@@ -727,3 +727,226 @@ unrouted_grace = "36h"
         .expect_err("no allow-list in the file either");
     assert!(error.to_string().contains("--allowed-domains"), "{error}");
 }
+
+/// `--follow-routes` with http-01 and (unless `extra` names another) disk
+/// storage, plus `extra`.
+fn routes_with(extra: &[&str]) -> Result<Settings, ConfigError> {
+    let mut args = if extra.contains(&"--storage") {
+        vec![]
+    } else {
+        vec!["--storage", "disk:/x"]
+    };
+    args.extend([
+        "--challenge",
+        "http-01",
+        "--follow-routes",
+        "--allowed-domains",
+        "demo.test",
+    ]);
+    args.extend_from_slice(extra);
+    parse(&args).expect("parses").run.resolve()
+}
+
+#[test]
+fn routes_are_read_from_consul_unless_sources_say_otherwise() {
+    let routes = routes_with(&[]).expect("resolves").routes.expect("routes");
+    assert!(routes.consul.is_some());
+    assert!(routes.nomad.is_none());
+}
+
+#[test]
+fn routes_from_nomad_alone_with_disk_storage_need_no_consul() {
+    let settings = routes_with(&["--sources", "nomad"]).expect("resolves");
+    assert!(settings.storage.consul.is_none());
+    let routes = settings.routes.expect("routes");
+    assert!(routes.consul.is_none(), "no Consul read for routes");
+    let nomad = routes.nomad.expect("Nomad read");
+    assert_eq!(nomad.client.address.to_string(), defaults::NOMAD_ADDR);
+    assert_eq!(nomad.namespaces, ["default"]);
+}
+
+#[test]
+fn both_registries_and_several_namespaces_are_read_as_given() {
+    let routes = routes_with(&[
+        "--sources",
+        "consul,nomad",
+        "--nomad-addr",
+        "https://nomad.internal:4646",
+        "--nomad-namespace",
+        "apps, web,apps",
+    ])
+    .expect("resolves")
+    .routes
+    .expect("routes");
+    assert!(routes.consul.is_some());
+    let nomad = routes.nomad.expect("Nomad read");
+    assert_eq!(
+        nomad.client.address.to_string(),
+        "https://nomad.internal:4646"
+    );
+    assert_eq!(nomad.namespaces, ["apps", "web"]);
+}
+
+#[test]
+fn nomad_with_consul_storage_reads_routes_from_nomad_and_stores_in_consul() {
+    let settings = routes_with(&[
+        "--sources",
+        "nomad",
+        "--storage",
+        "consul:acme",
+        "--allow-plaintext-keys",
+        "--consul-addr",
+        "http://127.0.0.1:8501",
+    ])
+    .expect("resolves");
+    assert!(settings.storage.consul.is_some(), "storage in Consul KV");
+    let routes = settings.routes.expect("routes");
+    assert!(routes.consul.is_none(), "routes not read from Consul");
+    assert!(routes.nomad.is_some());
+}
+
+#[test]
+fn the_nomad_token_file_is_read_and_a_missing_one_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("nomad.token");
+    std::fs::write(&token, "secret-token\n").expect("write");
+    let token = token.display().to_string();
+    let nomad = routes_with(&["--sources", "nomad", "--nomad-token-file", &token])
+        .expect("resolves")
+        .routes
+        .expect("routes")
+        .nomad
+        .expect("Nomad read");
+    assert!(nomad.client.token.is_some());
+    assert!(
+        !format!("{:?}", nomad.client).contains("secret-token"),
+        "the token stays out of Debug"
+    );
+
+    let missing = dir.path().join("absent.token").display().to_string();
+    let error = routes_with(&["--sources", "nomad", "--nomad-token-file", &missing])
+        .expect_err("no such file");
+    assert!(error.to_string().contains(&missing), "{error}");
+}
+
+#[test]
+fn bad_sources_and_nomad_settings_are_refused_naming_the_flag() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--sources", "nomad,nomad"],
+            "--sources: names `nomad` twice",
+        ),
+        (
+            &["--sources", "nomad", "--nomad-namespace", "*"],
+            "--nomad-namespace: `*` lists only the namespaces the token can read",
+        ),
+        (
+            &["--sources", "nomad", "--nomad-namespace", " , "],
+            "--nomad-namespace: empty",
+        ),
+        (
+            &["--sources", "nomad", "--nomad-addr", "ftp://nomad:4646"],
+            "Nomad client: --nomad-addr",
+        ),
+        (
+            &["--nomad-token-file", "/t"],
+            "--nomad-token-file: applies only with --sources nomad",
+        ),
+        (
+            &["--sources", "consul", "--nomad-token-file", "/t"],
+            "--nomad-token-file: applies only with --sources nomad",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let error = routes_with(extra).expect_err("refused");
+        assert!(
+            error.to_string().starts_with(expected),
+            "{extra:?}: {error}"
+        );
+    }
+
+    let error = parse(&["--sources", "etcd"]).expect_err("not a registry");
+    assert!(error.to_string().contains("--sources"), "{error}");
+
+    // Without --follow-routes, --sources means nothing and is refused.
+    let error = parse(&[
+        "--storage",
+        "disk:/x",
+        "--challenge",
+        "http-01",
+        "--cert",
+        "a.example",
+        "--sources",
+        "nomad",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect_err("stray flag");
+    assert!(
+        error
+            .to_string()
+            .starts_with("--sources: applies only with --follow-routes"),
+        "{error}"
+    );
+}
+
+#[test]
+fn sources_and_nomad_settings_come_from_the_file_and_flags_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        &dir,
+        r#"
+storage = "disk:/x"
+challenge = "http-01"
+follow_routes = true
+allowed_domains = ["demo.test"]
+sources = ["nomad"]
+nomad_addr = "http://10.0.0.7:4646"
+nomad_namespace = ["apps"]
+"#,
+    );
+    let routes = parse(&["--config", &config])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect("resolves")
+        .routes
+        .expect("routes");
+    assert!(routes.consul.is_none());
+    let nomad = routes.nomad.expect("Nomad read");
+    assert_eq!(nomad.client.address.to_string(), "http://10.0.0.7:4646");
+    assert_eq!(nomad.namespaces, ["apps"]);
+
+    let routes = parse(&[
+        "--config",
+        &config,
+        "--sources",
+        "consul",
+        "--nomad-namespace",
+        "web",
+    ])
+    .expect("parses")
+    .run
+    .resolve()
+    .expect("resolves")
+    .routes
+    .expect("routes");
+    assert!(routes.consul.is_some());
+    assert!(
+        routes.nomad.is_none(),
+        "the flag's list replaces the file's"
+    );
+
+    let config = write_config(
+        &dir,
+        "storage = \"disk:/x\"\nchallenge = \"http-01\"\nfollow_routes = true\n\
+         allowed_domains = [\"demo.test\"]\nsources = [\"etcd\"]\n",
+    );
+    let error = parse(&["--config", &config])
+        .expect("parses")
+        .run
+        .resolve()
+        .expect_err("not a registry");
+    assert!(error.to_string().contains("etcd"), "{error}");
+}

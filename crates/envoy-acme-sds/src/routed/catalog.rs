@@ -1,12 +1,11 @@
-//! The routed TLS hosts, read from the catalog's service tags with the
-//! gateway's own parser (the `route-tags` crate), and how long each has
-//! been unrouted.
+//! The routed TLS hosts, read from the registries' service tags (see
+//! `sources`) with the gateway's own parser (the `route-tags` crate), and
+//! how long each has been unrouted.
 //!
-//! One blocking query on `/v1/catalog/services` covers the whole catalog:
-//! it lists each service with the union of its instances' tags, which is
-//! what a certificate needs (a host some instance routes is a host some
-//! request may arrive for, including the new tags of a rolling deploy),
-//! and keeps one query open however many hosts are routed.
+//! A registry's service list gives each service the union of its
+//! instances' tags, which is what a certificate needs (a host some
+//! instance routes is a host some request may arrive for, including the
+//! new tags of a rolling deploy).
 //!
 //! Rule kept here: only an answer that can be believed makes a host
 //! unrouted. An answer after a failure or an index reset, or one with no

@@ -1,32 +1,30 @@
-//! Every replica follows the catalog with one blocking query, keeps the
-//! routed hosts' SDS secrets in step with it, and publishes the view the
-//! lock holder orders from and the status page shows.
+//! Every replica follows the registries' service lists (see [`sources`]:
+//! one blocking query per registry, their union), keeps the routed hosts'
+//! SDS secrets in step with them, and publishes the view the lock holder
+//! orders from and the status page shows.
+//!
+//! [`sources`]: super::sources
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use consul_client::{Client, Continuity, WatchConfig, WatchEvent};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use route_tags::TagPrefix;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::RoutedView;
 use super::catalog::{RoutedHosts, tls_hosts};
 use super::policy::{HostPlan, RoutedPolicy};
+use super::sources::CatalogAnswer;
 use crate::metrics::ServiceMetrics;
 use crate::sds::SecretPublisher;
 
-/// Why a 5-minute wait: tags change rarely, and every replica holds one
-/// such query open; Consul answers at once on any change anyway.
-const CATALOG_WAIT: Duration = Duration::from_secs(300);
-
-/// Follows `/v1/catalog/services` and feeds the publisher and the view.
-#[derive(Debug)]
+/// Follows the registries' answers and feeds the publisher and the view.
 pub struct RouteFollower {
-    client: Client,
+    answers: BoxStream<'static, CatalogAnswer>,
     prefix: TagPrefix,
     policy: RoutedPolicy,
     publisher: Arc<SecretPublisher>,
@@ -35,16 +33,28 @@ pub struct RouteFollower {
     view: watch::Sender<Arc<RoutedView>>,
 }
 
+impl std::fmt::Debug for RouteFollower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteFollower")
+            .field("prefix", &self.prefix)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RouteFollower {
+    /// `answers`: the registries read, e.g. [`union_of`] their catalogs.
+    ///
+    /// [`union_of`]: super::sources::union_of
     pub fn new(
-        client: Client,
+        answers: BoxStream<'static, CatalogAnswer>,
         prefix: TagPrefix,
         policy: RoutedPolicy,
         publisher: Arc<SecretPublisher>,
         metrics: ServiceMetrics,
     ) -> Self {
         Self {
-            client,
+            answers,
             prefix,
             policy,
             publisher,
@@ -60,38 +70,26 @@ impl RouteFollower {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut watch = self.client.watch_catalog_services(WatchConfig {
-            wait: CATALOG_WAIT,
-            ..WatchConfig::default()
-        });
         loop {
-            let event = tokio::select! {
+            let answer = tokio::select! {
                 () = shutdown.cancelled() => return,
-                event = watch.next() => event,
+                answer = self.answers.next() => answer,
             };
-            let Some(event) = event else { return };
-            match event {
-                WatchEvent::Value {
-                    value, continuity, ..
-                } => {
-                    if matches!(continuity, Continuity::Recovered { .. }) {
-                        info!("Consul answers again; following the routed hosts");
-                    }
-                    // The first answer after failures or an index reset
-                    // may not follow on from what was seen: it never
-                    // makes a host unrouted.
-                    let believable = !continuity.breaks_continuity();
-                    self.apply(&value, believable, OffsetDateTime::now_utc());
+            match answer {
+                None => return,
+                Some(CatalogAnswer::Services {
+                    services,
+                    believable,
+                }) => self.apply(&services, believable, OffsetDateTime::now_utc()),
+                // Each registry's watch has told its failure already.
+                Some(CatalogAnswer::Failed { reason }) => {
+                    debug!(%reason, "a registry read failed; the routed hosts stay as they were");
                 }
-                WatchEvent::Degraded {
-                    error,
-                    failures,
-                    retry_in,
-                    ..
-                } => {
-                    if failures == 1 {
-                        warn!(%error, ?retry_in, "cannot read the catalog; the routed hosts stay as they were");
-                    }
+                Some(CatalogAnswer::Waiting { catalogs }) => {
+                    info!(
+                        ?catalogs,
+                        "waiting for every registry's first answer before following routes"
+                    );
                 }
             }
         }

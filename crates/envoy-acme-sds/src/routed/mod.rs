@@ -6,7 +6,8 @@
 //! | [`catalog`] | the routed TLS hosts, read from the catalog with the gateway's tag parser; the unrouted clock |
 //! | [`policy`] | per host: covered by a configured certificate, own order, or refused (pure) |
 //! | [`placeholder`] | the self-signed secret served until a host's certificate exists |
-//! | [`follower`] | every replica: a blocking query on the catalog, feeding the SDS secrets |
+//! | [`sources`] | the registries read (`--sources`): Consul's catalog, Nomad's namespaces, their union |
+//! | [`follower`] | every replica: the registries' answers, feeding the SDS secrets |
 //! | [`orders`] | the lock holder only: one certificate manager per host to order |
 //!
 //! The split follows the HA rule of the rest of the service: every replica
@@ -27,6 +28,7 @@ pub mod follower;
 pub mod orders;
 pub mod placeholder;
 pub mod policy;
+pub mod sources;
 
 use catalog::{HostRouting, RoutedHosts};
 use policy::{HostPlan, Refusal, RoutedPolicy};
