@@ -1,6 +1,6 @@
 //! Routed hosts from Nomad alone: the real `envoy-acme-sds` binary with
 //! `--follow-routes --sources nomad`, disk storage and no Consul anywhere,
-//! reading a stand-in Nomad agent's service registry.
+//! reading the service registry of a stand-in for Nomad.
 //!
 //! - a Nomad registration with a `tls=true` route tag makes its host a
 //!   routed host, served a placeholder until its certificate exists;

@@ -22,7 +22,7 @@ pub const ORDERS_PER_HOUR: u32 = 20;
 /// A week: longer than any redeploy or maintenance window that takes a
 /// service's tags away for a while, shorter than a certificate's life.
 pub const UNROUTED_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Nomad's CLI default agent address.
+/// The address Nomad's CLI talks to by default.
 pub const NOMAD_ADDR: &str = "http://127.0.0.1:4646";
 /// Nomad's own namespace, where jobs go unless they name another.
 pub const NOMAD_NAMESPACE: &str = "default";

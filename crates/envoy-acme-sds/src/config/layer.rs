@@ -253,7 +253,7 @@ pub struct Layer {
         env = "NOMAD_ADDR",
         value_name = "URL",
         help = help_with_default(
-            "Nomad agent (with --sources nomad): http://host:port, https://host:port or unix:///path",
+            "Nomad's HTTP API (with --sources nomad): http://host:port, https://host:port or unix:///path",
             defaults::NOMAD_ADDR,
         )
     )]
