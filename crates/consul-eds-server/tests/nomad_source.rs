@@ -28,6 +28,16 @@ fn no_consul() -> String {
     format!("http://127.0.0.1:{}", free_port())
 }
 
+/// Waits until the Nomad service's degraded gauge says `degraded`.
+async fn wait_degraded(eds: &EdsServer, degraded: bool, what: &str, limit: Duration) {
+    eventually(what, limit, Duration::from_millis(50), || async {
+        let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
+        (metrics.contains(DEGRADED) == degraded).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
+}
+
 async fn nomad_only_server(nomad: &FakeNomad, extra: &[&str]) -> EdsServer {
     let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let address = nomad.address();
@@ -91,17 +101,13 @@ async fn nomad_failures_and_index_resets_keep_the_last_good_endpoints() {
         nomad.register(registration(backend.name(), backend));
         expected.push(backend.name());
         wait_for_hostnames(&envoy, "web", &expected, Duration::from_secs(5)).await;
-        eventually(
+        wait_degraded(
+            &eds,
+            true,
             &format!("the service to show as degraded while Nomad answers {status}"),
             Duration::from_secs(10),
-            Duration::from_millis(50),
-            || async {
-                let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
-                metrics.contains(DEGRADED).then_some(())
-            },
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
+        .await;
         let hosts = common::hosts(&envoy, "web").await;
         assert_eq!(hostnames(&hosts), expected, "Nomad answering {status}");
         let response = http_get(listener, "/").await.expect("through envoy");
@@ -112,17 +118,13 @@ async fn nomad_failures_and_index_resets_keep_the_last_good_endpoints() {
         );
         nomad.fail_with(None);
         // Recovered (and blocking again) before the next fault.
-        eventually(
+        wait_degraded(
+            &eds,
+            false,
             "the service to recover",
             Duration::from_secs(15),
-            Duration::from_millis(50),
-            || async {
-                let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
-                (!metrics.contains(DEGRADED)).then_some(())
-            },
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
+        .await;
     }
 
     // Nomad gone: its connections drop, reads fail, nothing is taken away.
@@ -132,17 +134,13 @@ async fn nomad_failures_and_index_resets_keep_the_last_good_endpoints() {
         .parse()
         .expect("address");
     drop(nomad);
-    eventually(
+    wait_degraded(
+        &eds,
+        true,
         "the service to show as degraded with Nomad gone",
         Duration::from_secs(10),
-        Duration::from_millis(50),
-        || async {
-            let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
-            metrics.contains(DEGRADED).then_some(())
-        },
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
+    .await;
     let hosts = common::hosts(&envoy, "web").await;
     assert_eq!(hostnames(&hosts), expected, "Nomad gone");
 
@@ -161,17 +159,13 @@ async fn nomad_failures_and_index_resets_keep_the_last_good_endpoints() {
     let other = Backend::start("db-1").await.expect("backend");
     let addr = other.addr();
     restarted.register(Registration::new("db", &addr.ip().to_string(), addr.port()));
-    eventually(
+    wait_degraded(
+        &eds,
+        false,
         "the server to read the restarted Nomad",
         Duration::from_secs(15),
-        Duration::from_millis(50),
-        || async {
-            let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
-            (!metrics.contains(DEGRADED)).then_some(())
-        },
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
+    .await;
     let hosts = common::hosts(&envoy, "web").await;
     assert_eq!(hostnames(&hosts), expected, "held after the reset");
     restarted.register(registration("web-1", &backends[0]));

@@ -2,6 +2,8 @@
 //! (`api/services.go`, `nomad/structs/service_registration.go`,
 //! `nomad/structs/checks.go`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer};
 
 /// Go encodes a nil slice as `null`; every list here may come as one.
@@ -46,6 +48,22 @@ pub struct NamespaceServices {
     pub namespace: String,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub services: Vec<ServiceSummary>,
+}
+
+/// Each service of a `/v1/services` answer (one namespace or several) with
+/// the union of its tags, in the shape a Consul catalog listing has: what
+/// route tags are read from, whichever registry listed them.
+pub fn tags_by_service(listed: &[NamespaceServices]) -> BTreeMap<String, Vec<String>> {
+    let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for summary in listed.iter().flat_map(|namespace| &namespace.services) {
+        let tags = services.entry(summary.service_name.clone()).or_default();
+        for tag in &summary.tags {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
+            }
+        }
+    }
+    services
 }
 
 /// One service name with the union of its registrations' tags.

@@ -70,6 +70,7 @@ mod watch;
 
 pub use api::{
     CheckMode, CheckResult, CheckStatus, NamespaceServices, ServiceRegistration, ServiceSummary,
+    tags_by_service,
 };
 pub use blocking_query::{
     Address, Backoff, Continuity, QueryIndex, RequestClass, TlsConfig, TlsError, Token, WatchConfig,

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use nomad_client::{
     CheckMode, CheckResult, CheckStatus, Error as NomadError, NomadClient, ServiceRegistration,
-    WatchConfig, WatchEvent,
+    WatchConfig, WatchEvent, tags_by_service,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -101,21 +101,10 @@ pub fn catalog_events(
         .map(|event| match event {
             WatchEvent::Value {
                 value, continuity, ..
-            } => {
-                let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                for listed in value.iter().flat_map(|namespace| &namespace.services) {
-                    let tags = services.entry(listed.service_name.clone()).or_default();
-                    for tag in &listed.tags {
-                        if !tags.contains(tag) {
-                            tags.push(tag.clone());
-                        }
-                    }
-                }
-                CatalogEvent::Services {
-                    services: Arc::new(services),
-                    after_reset: continuity.breaks_continuity(),
-                }
-            }
+            } => CatalogEvent::Services {
+                services: Arc::new(tags_by_service(&value)),
+                after_reset: continuity.breaks_continuity(),
+            },
             WatchEvent::Degraded { error, .. } => CatalogEvent::Unbelieved {
                 reason: describe(&error),
             },

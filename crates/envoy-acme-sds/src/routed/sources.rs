@@ -12,7 +12,6 @@
 //! believed until every registry has answered once, so a Nomad down as
 //! the service starts does not look like its hosts being unrouted.
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use blocking_query::{Continuity, WatchConfig, WatchEvent};
 use consul_client::Client;
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
-use nomad_client::{NamespaceServices, NomadClient};
+use nomad_client::{NamespaceServices, NomadClient, tags_by_service};
 use route_tags::catalog::{CatalogUnion, ServiceList, Union};
 use tracing::{info, warn};
 
@@ -73,18 +72,7 @@ pub fn nomad_catalog(
     let answers = answers(
         name.clone(),
         watch,
-        |listed: &Arc<Vec<NamespaceServices>>| {
-            let mut services: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for summary in listed.iter().flat_map(|namespace| &namespace.services) {
-                let tags = services.entry(summary.service_name.clone()).or_default();
-                for tag in &summary.tags {
-                    if !tags.contains(tag) {
-                        tags.push(tag.clone());
-                    }
-                }
-            }
-            Arc::new(services)
-        },
+        |listed: &Arc<Vec<NamespaceServices>>| Arc::new(tags_by_service(listed)),
     )
     .boxed();
     (name, answers)

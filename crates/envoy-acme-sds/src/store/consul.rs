@@ -84,6 +84,18 @@ pub struct Fence {
     pub session: SessionId,
 }
 
+impl Fence {
+    /// The first operation of every fenced transaction: the lock key must
+    /// still be held by this session, or Consul rolls the whole transaction
+    /// back.
+    fn check(&self) -> TxnOp {
+        TxnOp::KvCheckSession {
+            key: self.lock_key.clone(),
+            session: self.session.clone(),
+        }
+    }
+}
+
 /// Certificates, order histories and accounts under one Consul KV prefix.
 pub type ConsulStore = Store<ConsulKv>;
 
@@ -370,17 +382,9 @@ impl ConsulKv {
         bytes: &[u8],
         read: &KvPair,
     ) -> Result<(), StoreError> {
-        let Some(fence) = &self.fence else {
-            return Err(StoreError::Fenced {
-                item: item.to_owned(),
-                reason: "this replica does not hold the renewal lock".to_owned(),
-            });
-        };
+        let fence = self.fence(item)?;
         let mut ops = vec![
-            TxnOp::KvCheckSession {
-                key: fence.lock_key.clone(),
-                session: fence.session.clone(),
-            },
+            fence.check(),
             TxnOp::KvCas {
                 key: read.key.clone(),
                 value: Bytes::copy_from_slice(bytes),
@@ -396,16 +400,8 @@ impl ConsulKv {
     /// One fenced transaction setting each entry of `entries` to its value,
     /// with its `last-write` record.
     async fn announce(&self, entries: &[(Versioned, String)]) -> Result<(), StoreError> {
-        let Some(fence) = &self.fence else {
-            return Err(StoreError::Fenced {
-                item: VERSIONS_DIR.to_owned(),
-                reason: "this replica does not hold the renewal lock".to_owned(),
-            });
-        };
-        let mut ops = vec![TxnOp::KvCheckSession {
-            key: fence.lock_key.clone(),
-            session: fence.session.clone(),
-        }];
+        let fence = self.fence(VERSIONS_DIR)?;
+        let mut ops = vec![fence.check()];
         ops.extend(entries.iter().map(|(what, value)| TxnOp::KvSet {
             key: self.key(&what.entry()),
             value: Bytes::from(value.clone()),
@@ -493,20 +489,21 @@ impl ConsulKv {
         })
     }
 
+    /// The fence the renewer's writes go under; without one, `item` cannot
+    /// be written at all.
+    fn fence(&self, item: &str) -> Result<&Fence, StoreError> {
+        self.fence.as_ref().ok_or_else(|| StoreError::Fenced {
+            item: item.to_owned(),
+            reason: "this replica does not hold the renewal lock".to_owned(),
+        })
+    }
+
     /// One transaction: the lock check, the items, and the version entries
     /// of what they belong to. Either all apply or none does. `what` names
     /// the items in errors.
     async fn write_fenced(&self, what: &str, items: &[(String, &[u8])]) -> Result<(), StoreError> {
-        let Some(fence) = &self.fence else {
-            return Err(StoreError::Fenced {
-                item: what.to_owned(),
-                reason: "this replica does not hold the renewal lock".to_owned(),
-            });
-        };
-        let mut ops = vec![TxnOp::KvCheckSession {
-            key: fence.lock_key.clone(),
-            session: fence.session.clone(),
-        }];
+        let fence = self.fence(what)?;
+        let mut ops = vec![fence.check()];
         ops.extend(items.iter().map(|(item, bytes)| TxnOp::KvSet {
             key: self.key(item),
             value: Bytes::copy_from_slice(bytes),
