@@ -120,7 +120,10 @@ impl ConsulAgent {
         let addr = self.http_addr();
         let token = self.options.acl_master_token.clone();
         // Ready means: a leader is elected and the agent's own node is in the
-        // catalog, so registrations and health queries behave normally.
+        // catalog with its `serfHealth` check, so registrations, health
+        // queries and sessions behave normally (a session checks
+        // `serfHealth` by default, and is refused with a 500 until the node
+        // has it: the node can be listed a moment before its check is).
         process
             .wait_ready(Duration::from_secs(30), || {
                 let token = token.clone();
@@ -136,6 +139,9 @@ impl ConsulAgent {
                         && http_request("GET", addr, "/v1/catalog/nodes", &headers, vec![])
                             .await
                             .is_ok_and(|r| r.status == 200 && r.body.contains("\"Node\""))
+                        && http_request("GET", addr, "/v1/health/state/any", &headers, vec![])
+                            .await
+                            .is_ok_and(|r| r.status == 200 && r.body.contains("\"serfHealth\""))
                 }
             })
             .await?;
