@@ -30,6 +30,7 @@ pub enum EndpointKind {
     SessionDestroy,
     SessionInfo,
     Txn,
+    UiServices,
 }
 
 impl EndpointKind {
@@ -64,6 +65,7 @@ impl EndpointKind {
             Self::SessionDestroy => "session_destroy",
             Self::SessionInfo => "session_info",
             Self::Txn => "txn",
+            Self::UiServices => "ui_services",
         }
     }
 }

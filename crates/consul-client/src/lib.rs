@@ -61,6 +61,7 @@ pub use api::kv::{KvCondition, KvPair, KvWrite};
 pub use api::lock::Lock;
 pub use api::session::{SessionBehavior, SessionId, SessionInfo, SessionRequest};
 pub use api::txn::{TxnOp, TxnOpError, TxnOutcome};
+pub use api::ui::ServiceSummary;
 pub use blocking_query::{RequestClass, TlsConfig, TlsError, root_store};
 pub use client::Client;
 pub use config::{Address, ClientConfig, ConfigError, Token};

@@ -264,6 +264,36 @@ async fn agent_services_health_checks_and_maintenance() {
         .expect("state")
         .value;
     assert!(critical.iter().any(|c| c.check_id == "web-1:ttl"));
+    // Only the checks not passing: the failing one, not the agent's own.
+    let not_passing = client
+        .health_state(HealthState::NotPassing, &QueryOptions::default())
+        .await
+        .expect("not passing")
+        .value;
+    assert_eq!(
+        not_passing
+            .iter()
+            .map(|c| (c.check_id.as_str(), c.status))
+            .collect::<Vec<_>>(),
+        [("web-1:ttl", CheckStatus::Critical)]
+    );
+    // The services' summaries: web has one instance, on the agent's node.
+    let summaries = client
+        .ui_services_fold(&QueryOptions::default(), Vec::new(), |seen, summary| {
+            seen.push((
+                summary.name.into_owned(),
+                summary.instance_count,
+                summary.nodes.len(),
+                summary.checks_critical,
+            ));
+        })
+        .await
+        .expect("summaries")
+        .value;
+    assert!(
+        summaries.contains(&("web".to_owned(), 1, 1, 1)),
+        "{summaries:?}"
+    );
 
     client
         .agent_check_pass("web-1:ttl", "ok")

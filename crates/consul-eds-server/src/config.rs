@@ -79,14 +79,15 @@ pub struct Config {
     #[arg(long, env = "CONSUL_EDS_ZONE_META", default_value = "zone")]
     pub zone_meta_key: String,
 
-    /// Most blocking queries held open against the agent at once (Consul allows
-    /// 200 connections per client IP by default).
-    #[arg(long, env = "CONSUL_EDS_MAX_BLOCKING_QUERIES", default_value_t = 64)]
+    /// Most blocking queries held open against the agent at once. Other requests
+    /// take at most 20 more, so by default at most 64 connections to the agent in
+    /// all (Consul allows 200 per client IP, shared by every client on the node).
+    #[arg(long, env = "CONSUL_EDS_MAX_BLOCKING_QUERIES", default_value_t = 44)]
     pub max_blocking_queries: usize,
 
     /// In the DC-wide mode (services beyond the blocking-query budget), how
-    /// often at most all covered services are re-read to catch instances
-    /// registered without checks.
+    /// often at most all covered services are re-read to catch changes the
+    /// services' summaries do not show (an instance's port or address).
     #[arg(long, env = "CONSUL_EDS_DC_WIDE_SWEEP", value_parser = parse_duration, default_value = "10s")]
     pub dc_wide_sweep: Duration,
 
@@ -438,7 +439,7 @@ mod tests {
             xds_core::Listen::Tcp("127.0.0.1:15000".parse().expect("addr"))
         );
         assert_eq!(config.admin.listen().to_string(), "127.0.0.1:9102");
-        assert_eq!(config.max_blocking_queries, 64);
+        assert_eq!(config.max_blocking_queries, 44);
         assert_eq!(config.coalesce, Duration::from_millis(5));
     }
 

@@ -320,6 +320,7 @@ fn consul_client(config: &Config, registry: &mut Registry) -> Result<Client> {
         .context("--consul-* flags (or CONSUL_* variables)")?;
     client_config.datacenter = config.datacenter.clone();
     client_config.max_blocking_queries = config.max_blocking_queries;
+    client_config.max_concurrent_requests = consul_eds_server::source::OTHER_REQUESTS;
     let metrics = ClientMetrics::default();
     metrics.register(registry);
     Client::with_metrics(client_config, metrics).context("building the Consul client")

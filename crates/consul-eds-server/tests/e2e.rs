@@ -207,12 +207,42 @@ async fn services_beyond_the_watch_budget_follow_changes_through_the_dc_wide_vie
     let (consul, client, _web1) = common::consul_with_one_web_instance().await;
     // A budget of 3 blocking queries leaves no per-service watch: every
     // service rides the DC-wide view (2 queries) plus the spare.
-    let eds = EdsServer::start(&consul, &["--max-blocking-queries", "3"]).await;
+    let eds = EdsServer::start(
+        &consul,
+        &["--max-blocking-queries", "3", "--dc-wide-sweep", "60s"],
+    )
+    .await;
     let (envoy, _) = gateway(eds.xds, &["web"], EdsTransport::Grpc).await;
     wait_for_hostnames(&envoy, "web", &["web-1"], Duration::from_secs(10)).await;
 
     let web2 = Backend::start("web-2").await.expect("backend");
     register_passing(&client, "web", &web2).await;
+    wait_for_hostnames(&envoy, "web", &["web-1", "web-2"], Duration::from_secs(5)).await;
+
+    // An instance without any check leaves no trace in the checks: the
+    // services' summaries show it, well before the 60 s sweep.
+    let web3 = Backend::start("web-3").await.expect("backend");
+    client
+        .agent_service_register(&consul_client::AgentServiceRegistration {
+            id: Some("web-3".to_owned()),
+            name: "web".to_owned(),
+            address: web3.addr().ip().to_string(),
+            port: web3.addr().port(),
+            ..consul_client::AgentServiceRegistration::default()
+        })
+        .await
+        .expect("register without a check");
+    wait_for_hostnames(
+        &envoy,
+        "web",
+        &["web-1", "web-2", "web-3"],
+        Duration::from_secs(5),
+    )
+    .await;
+    client
+        .agent_service_deregister("web-3")
+        .await
+        .expect("deregister");
     wait_for_hostnames(&envoy, "web", &["web-1", "web-2"], Duration::from_secs(5)).await;
 
     client
@@ -233,6 +263,11 @@ async fn services_beyond_the_watch_budget_follow_changes_through_the_dc_wide_vie
             .body
             .contains("endpoint=\"health_state\",class=\"blocking\""),
         "no DC-wide blocking query:\n{}",
+        metrics.body
+    );
+    assert!(
+        metrics.body.contains("endpoint=\"ui_services\""),
+        "the services' summaries were never read:\n{}",
         metrics.body
     );
     assert!(

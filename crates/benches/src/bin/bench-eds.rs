@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use benches::fleet::Fleet;
 use benches::nginx::NginxGateway;
+use benches::probes::{self, ProbeResult};
 use benches::server::{EdsServer, consul_client, envoy_stat_sum, metric_sum, ms};
 use benches::stats::{cpu_time, peak_rss_kib, quantile, rss_kib};
 use consul_client::{
@@ -397,9 +398,39 @@ async fn scale(args: &Args) -> Result<()> {
     println!("  registered in {:.1} s", started.elapsed().as_secs_f64());
 
     let clusters: Vec<String> = (0..args.services).map(Fleet::service_name).collect();
+    // Probe services, kept out of the storm's random changes so their
+    // instance counts are known: the last ones of the fleet (watched
+    // through the DC-wide view, as all but the first few dozen are).
+    let health_probes: Vec<usize> = (0..(args.services / 4).min(50))
+        .map(|k| args.services - 1 - k)
+        .collect();
+    let registration_probes: Vec<usize> = (0..(args.services / 10).clamp(1, 10))
+        .map(|k| args.services - 1 - health_probes.len() - k)
+        .collect();
+    let stormed = args.services - health_probes.len() - registration_probes.len();
     let eds = start_eds(args, &consul, &[]).await?;
+    let pid = eds.process.pid();
+    let agent_port = consul.http_addr().port();
+    let peak_connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let peak = std::sync::Arc::clone(&peak_connections);
+        tokio::spawn(async move {
+            loop {
+                if let Some(n) = probes::connections_to(pid, agent_port) {
+                    peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let sync_started = Instant::now();
     let (envoy, _) = gateway(eds.xds, clusters).await?;
+    let probe_clusters: Vec<String> = health_probes
+        .iter()
+        .chain(&registration_probes)
+        .map(|s| Fleet::service_name(*s))
+        .collect();
+    let probe_envoy = std::sync::Arc::new(probe_gateway(eds.xds, probe_clusters).await?);
     let expected = total as u64;
     eventually(
         "Envoy to have every instance",
@@ -414,7 +445,6 @@ async fn scale(args: &Args) -> Result<()> {
     )
     .await?;
     let sync = sync_started.elapsed();
-    let pid = eds.process.pid();
     println!(
         "  initial sync (Envoy start -> all {total} endpoints in Envoy): {:.1} s",
         sync.as_secs_f64()
@@ -434,11 +464,22 @@ async fn scale(args: &Args) -> Result<()> {
     let mut critical = std::collections::BTreeSet::new();
     let mut peak_rss = 0;
     let mut n = 0usize;
+    let mut probing = Probing::new(&fleet, health_probes, registration_probes);
     while storm_started.elapsed() < Duration::from_secs(args.storm_seconds) {
         ticker.tick().await;
-        let s = (n * 7919) % args.services;
-        let i = n % args.instances;
         n += 1;
+        // One change in ten is a timed one: a probe service's health every
+        // 100 ms, a probe instance registered or removed every second.
+        if n.is_multiple_of(100) {
+            probing.registration(&client, &probe_envoy).await?;
+            continue;
+        }
+        if n.is_multiple_of(10) {
+            probing.health(&client, &probe_envoy).await?;
+            continue;
+        }
+        let s = (n * 7919) % stormed;
+        let i = n % args.instances;
         let id = Fleet::instance_id(s, i);
         let status = if critical.contains(&id) {
             critical.remove(&id);
@@ -458,7 +499,18 @@ async fn scale(args: &Args) -> Result<()> {
     let cpu = cpu_time(pid).unwrap_or_default().saturating_sub(cpu_before);
     let storm_pushes =
         metric_sum(&eds.metrics().await?, "consul_eds_pushes_total", None) - pushes_before;
-    let expected_healthy = expected - critical.len() as u64;
+    let storm_probes = probing.finish().await;
+    // After the storm: the same probes one at a time on a quiet catalog.
+    for _ in 0..10 {
+        probing.health(&client, &probe_envoy).await?;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        probing.registration(&client, &probe_envoy).await?;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let quiet_probes = probing.finish().await;
+    let expected_healthy = expected + probing.extra.len() as u64
+        - critical.len() as u64
+        - probing.critical.len() as u64;
     let converged = eventually(
         "Envoy to converge after the storm",
         Duration::from_secs(120),
@@ -483,6 +535,13 @@ async fn scale(args: &Args) -> Result<()> {
         "  pushes to the xDS cache during the storm: {storm_pushes:.0} ({:.1} changes per push)",
         n as f64 / storm_pushes.max(1.0)
     );
+    storm_probes.print("during the storm");
+    quiet_probes.print("after it");
+    sampler.abort();
+    println!(
+        "  connections to the agent, most at once over the whole run (sampled every 20 ms): {}",
+        peak_connections.load(std::sync::atomic::Ordering::Relaxed)
+    );
     match converged {
         Ok(_) => {
             println!("  no change lost: Envoy has exactly the {expected_healthy} passing instances")
@@ -493,6 +552,186 @@ async fn scale(args: &Args) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// An Envoy subscribed over ADS to the probe clusters only (see
+/// `benches::probes`).
+async fn probe_gateway(xds: SocketAddr, clusters: Vec<String>) -> Result<Envoy> {
+    let yaml = GatewayBootstrap {
+        node_id: "bench-probe".to_owned(),
+        xds,
+        transport: EdsTransport::Ads,
+        clusters,
+        listener_port: free_port(),
+        retries: false,
+    }
+    .yaml();
+    Ok(Envoy::start(&yaml).await?)
+}
+
+/// The scale part's timed changes: each made in Consul, then awaited in
+/// the probe Envoy by a task of its own, so the storm keeps its pace.
+struct Probing {
+    fleet: Fleet,
+    health: Vec<usize>,
+    registration: Vec<usize>,
+    /// Probe services whose instance 0 is critical now.
+    critical: std::collections::BTreeSet<usize>,
+    /// Registration probes whose extra instance is registered now.
+    extra: std::collections::BTreeSet<usize>,
+    next_health: usize,
+    next_registration: usize,
+    /// Probes still waiting. A probe service comes round again only after
+    /// 5 s (health) or 10 s (registration), by which time its last probe
+    /// has ended, so each knows the count it waits for.
+    pending: Vec<(ProbeKind, JoinHandle<ProbeResult>)>,
+    done: Vec<(ProbeKind, ProbeResult)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    Health,
+    Registration,
+}
+
+/// The probes of one phase.
+struct ProbeReport(Vec<(ProbeKind, ProbeResult)>);
+
+impl Probing {
+    fn new(fleet: &Fleet, health: Vec<usize>, registration: Vec<usize>) -> Self {
+        Self {
+            fleet: *fleet,
+            health,
+            registration,
+            critical: Default::default(),
+            extra: Default::default(),
+            next_health: 0,
+            next_registration: 0,
+            pending: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Collects the probes that have ended.
+    async fn collect_finished(&mut self) {
+        for (kind, handle) in std::mem::take(&mut self.pending) {
+            if handle.is_finished() {
+                if let Ok(result) = handle.await {
+                    self.done.push((kind, result));
+                }
+            } else {
+                self.pending.push((kind, handle));
+            }
+        }
+    }
+
+    async fn health(&mut self, client: &Client, envoy: &std::sync::Arc<Envoy>) -> Result<()> {
+        let Some(s) = self
+            .health
+            .get(self.next_health % self.health.len().max(1))
+            .copied()
+        else {
+            return Ok(());
+        };
+        self.next_health += 1;
+        let status = if self.critical.remove(&s) {
+            CheckStatus::Passing
+        } else {
+            self.critical.insert(s);
+            CheckStatus::Critical
+        };
+        let want = (self.fleet.instances - usize::from(self.critical.contains(&s))) as u64;
+        client
+            .catalog_register(&self.fleet.registration(s, 0, Vec::new(), status))
+            .await?;
+        self.watch(ProbeKind::Health, s, want, envoy);
+        self.collect_finished().await;
+        Ok(())
+    }
+
+    async fn registration(&mut self, client: &Client, envoy: &std::sync::Arc<Envoy>) -> Result<()> {
+        let Some(s) = self
+            .registration
+            .get(self.next_registration % self.registration.len().max(1))
+            .copied()
+        else {
+            return Ok(());
+        };
+        self.next_registration += 1;
+        // The extra instance has the next index after the fleet's own.
+        let extra =
+            self.fleet
+                .registration(s, self.fleet.instances, Vec::new(), CheckStatus::Passing);
+        let want = if self.extra.remove(&s) {
+            client
+                .catalog_deregister(&consul_client::CatalogDeregistration {
+                    node: extra.node.clone(),
+                    service_id: Some(Fleet::instance_id(s, self.fleet.instances)),
+                    ..Default::default()
+                })
+                .await?;
+            self.fleet.instances
+        } else {
+            client.catalog_register(&extra).await?;
+            self.extra.insert(s);
+            self.fleet.instances + 1
+        };
+        self.watch(ProbeKind::Registration, s, want as u64, envoy);
+        self.collect_finished().await;
+        Ok(())
+    }
+
+    fn watch(&mut self, kind: ProbeKind, service: usize, want: u64, envoy: &std::sync::Arc<Envoy>) {
+        let changed_at = Instant::now();
+        let envoy = std::sync::Arc::clone(envoy);
+        let cluster = Fleet::service_name(service);
+        self.pending.push((
+            kind,
+            tokio::spawn(
+                async move { probes::until_members(&envoy, &cluster, want, changed_at).await },
+            ),
+        ));
+    }
+
+    /// Waits for the pending probes; everything since the last call.
+    async fn finish(&mut self) -> ProbeReport {
+        for (kind, handle) in std::mem::take(&mut self.pending) {
+            if let Ok(result) = handle.await {
+                self.done.push((kind, result));
+            }
+        }
+        ProbeReport(std::mem::take(&mut self.done))
+    }
+}
+
+impl ProbeReport {
+    fn print(&self, phase: &str) {
+        for (kind, what) in [
+            (ProbeKind::Health, "a health change"),
+            (ProbeKind::Registration, "an instance registered or removed"),
+        ] {
+            let results: Vec<&ProbeResult> = self
+                .0
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, r)| r)
+                .collect();
+            let mut seen: Vec<Duration> = results.iter().filter_map(|r| r.visible_after).collect();
+            seen.sort();
+            let lost = results.len() - seen.len();
+            let poll =
+                results.iter().map(|r| r.poll).sum::<Duration>() / results.len().max(1) as u32;
+            println!(
+                "  {phase}: {what} -> visible in Envoy: p50 {}  p99 {}  max {} ({} probes, {lost} not seen within {:?}; each admin poll {} on average, 2 ms apart)",
+                ms(quantile(&seen, 0.5)),
+                ms(quantile(&seen, 0.99)),
+                ms(seen.last().copied().unwrap_or_default()),
+                results.len(),
+                probes::PROBE_TIMEOUT,
+                ms(poll),
+            );
+        }
+    }
 }
 
 /// The sum of one `cluster.*.<stat>` over every cluster but the xDS one.

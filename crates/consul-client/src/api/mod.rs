@@ -9,6 +9,7 @@ pub mod kv;
 pub mod lock;
 pub mod session;
 pub mod txn;
+pub mod ui;
 
 /// Splits a KV key into URL path segments, so `/` stays a separator and
 /// everything else is percent-encoded. Consul ignores a leading `/`.

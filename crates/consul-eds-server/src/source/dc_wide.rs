@@ -1,16 +1,29 @@
 //! The DC-wide view: many services of one datacenter fed by two blocking
 //! queries, and what those queries cost out of the connection budget.
 //!
-//! `/v1/health/state/any` (every check: tells which services' instances or
-//! health changed) and `/v1/catalog/services` (names and tags) are each
-//! watched in a task of their own, as consul-client asks, so a query is
-//! always in flight. Each change is followed by targeted reads of the
-//! services it concerns ([`super::reads`]). Instances without any check
-//! leave no trace in the checks, so catalog changes that no check change
-//! explains are caught by a sweep of all covered services, at most once per
-//! `sweep` interval. The view's own task only decides: it never waits for a
-//! read, so a sweep of thousands of services neither holds up a new
-//! subscriber nor the two watches.
+//! Why these queries: a change must cost in proportion to the change, not
+//! to the datacenter (docs/adr/0010-dc-wide-changes.md).
+//!
+//! - Health: the checks that are *not* passing
+//!   (`/v1/health/state/any?filter=...`). Its index is the whole checks
+//!   table's, so it wakes on every check change, yet where most checks pass
+//!   its answer is small. A check turning critical joins it, one recovering
+//!   leaves it: the difference from the previous answer names the services
+//!   (and nodes) to re-read.
+//! - Instances: `/v1/catalog/services`, whose index moves only when an
+//!   instance registers, deregisters or changes (not on a check change).
+//!   Each move is followed by one read of the services' summaries
+//!   (`/v1/internal/ui/services`: instance count, nodes and tags per
+//!   service), and the difference names the services to re-read.
+//!
+//! Each of the two watches runs in a task of its own, as consul-client
+//! asks, so a query is always in flight. What neither difference explains
+//! (an instance changing only its port, say) is caught by a sweep of all
+//! covered services: at once (at most once per `sweep`) when a catalog
+//! change is explained by nothing, else within [`CATCH_UP_SWEEPS`] times
+//! `sweep`. The view's own task only decides: it never waits for a read,
+//! so a sweep of thousands of services neither holds up a new subscriber
+//! nor the two watches.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -20,13 +33,14 @@ use consul_client::watch::index::IndexCursor;
 use consul_client::watch::{Continuity, Watch, WatchConfig, WatchEvent};
 use consul_client::{Client, HealthFilter, HealthState, QueryOptions, QueryResponse, ServiceEntry};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use service_support::time::sleep_until_opt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::digest::{ChecksDigest, differing, node_key};
+use super::digest::{ChecksDigest, SummariesDigest, differing, node_key};
 use super::entries::EntryReader;
 use super::reads::{Priority, TargetedReads};
 use crate::engine::SourceEvent;
@@ -44,14 +58,23 @@ pub fn per_service_watch_limit(max_blocking_queries: usize, datacenters: usize) 
     max_blocking_queries.saturating_sub(QUERIES_PER_VIEW * datacenters + SPARE_QUERIES)
 }
 
-/// The whole datacenter's checks are a large answer; reading it more than a
-/// few times a second buys nothing and costs the agent. A watch reads at
-/// most twice per interval: four times a second.
-const MIN_VIEW_INTERVAL: Duration = Duration::from_millis(500);
+/// A watch of the view reads at most twice per interval: twenty times a
+/// second while its index keeps moving. Its answers are small, and a change
+/// waits at most this long behind the one before it.
+const MIN_VIEW_INTERVAL: Duration = Duration::from_millis(100);
+
+/// After a catalog change the summaries explained, the longest (in `sweep`
+/// intervals) before a sweep looks for what they could not show: an
+/// instance that changed only its address, port or some of its tags in the
+/// same moment.
+const CATCH_UP_SWEEPS: u32 = 6;
 
 type Subscription = (String, mpsc::UnboundedSender<SourceEvent>);
 type Catalog = BTreeMap<String, Vec<String>>;
 type Answer = Result<QueryResponse<Vec<ServiceEntry>>, consul_client::Error>;
+type Summaries = Result<QueryResponse<SummariesDigest>, consul_client::Error>;
+/// Reads the services' summaries (a function, so tests pass their own).
+type SummariesRead = Box<dyn Fn() -> BoxFuture<'static, Summaries> + Send>;
 
 /// A running DC-wide view; dropping it stops its tasks.
 #[derive(Debug)]
@@ -71,23 +94,23 @@ impl DcWideView {
         let (answers, answered) = mpsc::unbounded_channel();
         let mut view_config = config.clone();
         view_config.min_interval = view_config.min_interval.max(MIN_VIEW_INTERVAL);
-        // Each answer (every check of the datacenter: tens of MiB of JSON
-        // with 100,000 checks) is folded into a digest per service and per
-        // node as it arrives: neither its text nor a list of its checks is
-        // ever held, and the watch keeps only the digest.
+        // Each answer is folded into a digest per service and per node as it
+        // arrives: neither its text nor a list of its checks is ever held,
+        // and the watch keeps only the digest (small, as the answer is,
+        // while most checks pass; bounded even when a whole datacenter
+        // fails).
         let checks = client.watch_health_state_fold(
-            HealthState::Any,
+            HealthState::NotPassing,
             view_config.clone(),
             ChecksDigest::default,
             ChecksDigest::add,
         );
         let catalog = client.watch_catalog_services(view_config);
-        // Why the checks watch waits for the reads: each of its answers is
-        // every check of the datacenter (tens of MiB to fold), and the reads
-        // it leads to say more than its next answer would. Reading it again
-        // while they run costs a core's quarter at 100 changes a second and
-        // finds only what the reads are about to tell. The catalog watch
-        // (small answers) and new subscribers never wait.
+        // Why the checks watch waits for the reads: the reads it leads to say
+        // more than its next answer would, and reading it again while they
+        // run finds only what they are about to tell; meanwhile Consul
+        // gathers the changes that follow into one answer. The catalog watch
+        // and new subscribers never wait.
         let (reads_idle, reads_idle_rx) = watch::channel(true);
         let watches = [
             drive(
@@ -96,12 +119,29 @@ impl DcWideView {
                 WatchAnswer::Checks,
                 Some(reads_idle_rx),
             ),
-            drive(catalog, answers, WatchAnswer::Catalog, None),
+            drive(catalog, answers.clone(), WatchAnswer::Catalog, None),
         ];
         let options = QueryOptions {
             datacenter: config.datacenter,
             stale: config.stale,
             ..QueryOptions::default()
+        };
+        let summaries: SummariesRead = {
+            let client = client.clone();
+            let options = options.clone();
+            Box::new(move || {
+                let client = client.clone();
+                let options = options.clone();
+                Box::pin(async move {
+                    client
+                        .ui_services_fold(
+                            &options,
+                            SummariesDigest::default(),
+                            SummariesDigest::add,
+                        )
+                        .await
+                })
+            })
         };
         let reads = TargetedReads::new(move |service: Arc<str>| {
             let client = client.clone();
@@ -112,7 +152,7 @@ impl DcWideView {
                     .await
             }
         });
-        let view = View::new(reader, sweep, reads, reads_idle);
+        let view = View::new(reader, sweep, reads, reads_idle, summaries, answers);
         let task = tokio::spawn(view.run(subscriptions, answered, watches));
         Self {
             subscribe,
@@ -132,11 +172,13 @@ impl DcWideView {
     }
 }
 
-/// An event of one of the view's two watches.
+/// An event of one of the view's two watches, or the answer of a read of
+/// the summaries.
 #[derive(Debug)]
 enum WatchAnswer {
     Checks(WatchEvent<ChecksDigest>),
     Catalog(WatchEvent<Catalog>),
+    Summaries(Summaries),
 }
 
 /// Drives `watch` in its own task, handing each event to the view; the task
@@ -189,11 +231,40 @@ struct View {
     checks: Arc<ChecksDigest>,
     /// The last catalog answer, shared with its watch (never copied).
     catalog: Option<Arc<Catalog>>,
+    /// The digest of the last summaries answer; `None` before the first
+    /// or while they cannot be read.
+    summaries: Option<SummariesDigest>,
+    read_summaries: SummariesRead,
+    /// The read of the summaries in flight, and whether another catalog
+    /// change came meanwhile (one more read follows it).
+    summaries_in_flight: Option<AbortOnDropHandle<()>>,
+    summaries_again: bool,
+    /// Where a read of the summaries sends its answer: the watches' channel.
+    answers: mpsc::UnboundedSender<WatchAnswer>,
+    baseline: Baseline,
     reads: TargetedReads<Answer>,
     /// Whether `reads` has nothing queued or in flight, for the checks watch.
     reads_idle: watch::Sender<bool>,
     sweep_due: Option<Instant>,
     last_sweep: Instant,
+}
+
+/// Whether the first checks answer and the first summaries have arrived
+/// (or failed). Why reads wait for both: a service read before them could
+/// change between its read and the answer its later changes are compared
+/// with, and that change would never show as a difference.
+#[derive(Debug, Default)]
+struct Baseline {
+    checks: bool,
+    summaries: bool,
+    /// Services subscribed before it was complete: read once it is.
+    waiting: Vec<String>,
+}
+
+impl Baseline {
+    fn complete(&self) -> bool {
+        self.checks && self.summaries
+    }
 }
 
 impl View {
@@ -202,6 +273,8 @@ impl View {
         sweep: Duration,
         reads: TargetedReads<Answer>,
         reads_idle: watch::Sender<bool>,
+        read_summaries: SummariesRead,
+        answers: mpsc::UnboundedSender<WatchAnswer>,
     ) -> Self {
         Self {
             reader,
@@ -209,6 +282,12 @@ impl View {
             covered: HashMap::new(),
             checks: Arc::default(),
             catalog: None,
+            summaries: None,
+            read_summaries,
+            summaries_in_flight: None,
+            summaries_again: false,
+            answers,
+            baseline: Baseline::default(),
             reads,
             reads_idle,
             sweep_due: None,
@@ -242,8 +321,13 @@ impl View {
     }
 
     fn subscribe(&mut self, service: String, subscriber: mpsc::UnboundedSender<SourceEvent>) {
-        // A new subscriber gets the current state at once.
-        self.reads.ask(&service, Priority::Prompt);
+        // A new subscriber gets the current state at once, or as soon as
+        // there is something to compare its later changes with.
+        if self.baseline.complete() {
+            self.reads.ask(&service, Priority::Prompt);
+        } else {
+            self.baseline.waiting.push(service.clone());
+        }
         self.covered
             .entry(service)
             .or_default()
@@ -251,28 +335,114 @@ impl View {
             .push(subscriber);
     }
 
+    /// Reads `services` now, or once the baseline is complete.
+    fn ask_prompt(&mut self, services: impl IntoIterator<Item = String>) {
+        if self.baseline.complete() {
+            for service in services {
+                self.reads.ask(&service, Priority::Prompt);
+            }
+        } else {
+            self.baseline.waiting.extend(services);
+        }
+    }
+
+    fn complete_baseline(&mut self, part: fn(&mut Baseline) -> &mut bool) {
+        *part(&mut self.baseline) = true;
+        if self.baseline.complete() {
+            let waiting = std::mem::take(&mut self.baseline.waiting);
+            self.ask_prompt(waiting);
+        }
+    }
+
     fn on_watch(&mut self, answer: WatchAnswer) {
         match answer {
             // A recovered watch is no different here: its answer is diffed
             // against the last one like any other.
             WatchAnswer::Checks(WatchEvent::Value { value, .. }) => {
-                for service in self.changed_by_checks(value) {
-                    self.reads.ask(&service, Priority::Prompt);
-                }
+                let changed = self.changed_by_checks(value);
+                self.ask_prompt(changed);
+                self.complete_baseline(|b| &mut b.checks);
             }
             WatchAnswer::Catalog(WatchEvent::Value { value, .. }) => {
-                for service in self.changed_by_catalog(value) {
-                    self.reads.ask(&service, Priority::Prompt);
-                }
-                // Instances without checks leave no trace in the checks.
-                let earliest = self.last_sweep + self.sweep;
-                self.sweep_due.get_or_insert(earliest.max(Instant::now()));
+                let changed = self.changed_by_catalog(value);
+                self.ask_prompt(changed);
+                self.read_summaries();
             }
-            WatchAnswer::Checks(WatchEvent::Degraded { error, .. })
-            | WatchAnswer::Catalog(WatchEvent::Degraded { error, .. }) => {
+            WatchAnswer::Summaries(answer) => self.on_summaries(answer),
+            WatchAnswer::Checks(WatchEvent::Degraded { error, .. }) => {
                 self.fail_all(&error.to_string());
+                self.complete_baseline(|b| &mut b.checks);
+            }
+            WatchAnswer::Catalog(WatchEvent::Degraded { error, .. }) => {
+                self.fail_all(&error.to_string());
+                self.complete_baseline(|b| &mut b.summaries);
             }
         }
+    }
+
+    /// Starts a read of the summaries, or one more after the one in flight.
+    fn read_summaries(&mut self) {
+        if self.summaries_in_flight.is_some() {
+            self.summaries_again = true;
+            return;
+        }
+        let read = (self.read_summaries)();
+        let answers = self.answers.clone();
+        self.summaries_in_flight = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let _ = answers.send(WatchAnswer::Summaries(read.await));
+        })));
+    }
+
+    fn on_summaries(&mut self, answer: Summaries) {
+        self.summaries_in_flight = None;
+        if std::mem::take(&mut self.summaries_again) {
+            self.read_summaries();
+        }
+        let explained = match answer {
+            Ok(response) => match self.summaries.replace(response.value) {
+                // The first: what later ones are compared with.
+                None => {
+                    self.complete_baseline(|b| &mut b.summaries);
+                    return;
+                }
+                Some(previous) => {
+                    let current = self.summaries.as_ref().map(|s| &s.services);
+                    let changed: Vec<&str> = current
+                        .into_iter()
+                        .flat_map(|current| differing(&previous.services, current))
+                        .collect();
+                    // Explained even when the services it names are not
+                    // this view's (watched one query each, or by nobody).
+                    let explained = !changed.is_empty();
+                    let covered: Vec<String> = changed
+                        .into_iter()
+                        .filter(|service| self.covered.contains_key(*service))
+                        .map(str::to_owned)
+                        .collect();
+                    self.ask_prompt(covered);
+                    explained
+                }
+            },
+            Err(error) => {
+                // Nothing learned: an older Consul without the endpoint, an
+                // ACL the token lacks, or an outage. The sweep finds what
+                // changed, as it would without the summaries; the last good
+                // digest stays what the next answer is compared with.
+                tracing::warn!(
+                    %error,
+                    "reading the services' summaries failed; sweeping the covered services instead"
+                );
+                false
+            }
+        };
+        self.complete_baseline(|b| &mut b.summaries);
+        // A change the summaries explained may hide another they cannot
+        // show (an instance's port, in the same moment): a later sweep
+        // bounds how long that stays unseen.
+        let factor = if explained { CATCH_UP_SWEEPS } else { 1 };
+        let earliest = (self.last_sweep + self.sweep * factor).max(Instant::now());
+        let due = self.sweep_due.map_or(earliest, |due| due.min(earliest));
+        self.sweep_due = Some(due);
     }
 
     /// Covered services whose checks (or whose nodes' checks) differ from
@@ -299,13 +469,13 @@ impl View {
 
     /// Covered services whose tags changed or that appeared or vanished.
     fn changed_by_catalog(&mut self, services: Arc<Catalog>) -> Vec<String> {
-        let previous = self.catalog.replace(Arc::clone(&services));
+        let Some(previous) = self.catalog.replace(Arc::clone(&services)) else {
+            // The first: what later ones are compared with.
+            return Vec::new();
+        };
         self.covered
             .keys()
-            .filter(|service| {
-                let before = previous.as_ref().and_then(|p| p.get(*service));
-                before != services.get(*service)
-            })
+            .filter(|service| previous.get(*service) != services.get(*service))
             .cloned()
             .collect()
     }
@@ -398,16 +568,96 @@ mod tests {
         assert_eq!(per_service_watch_limit(2, 1), 0);
     }
 
-    #[tokio::test]
-    async fn a_checks_answer_marks_the_covered_services_it_changed() {
-        // Never read: `changed_by_checks` only compares.
+    /// A view whose reads never finish: its tests look at what it decides.
+    fn idle_view() -> View {
         let reads = TargetedReads::new(|_| std::future::pending::<Answer>());
-        let mut view = View::new(
+        View::new(
             EntryReader::new(AddressSource::Service, "zone".to_owned()),
             Duration::from_secs(10),
             reads,
             watch::channel(true).0,
+            Box::new(|| Box::pin(std::future::pending::<Summaries>())),
+            mpsc::unbounded_channel().0,
+        )
+    }
+
+    fn summaries(list: &[(&str, u64)]) -> Summaries {
+        let mut digest = SummariesDigest::default();
+        for (name, instances) in list {
+            digest.add(consul_client::ServiceSummary {
+                name: (*name).into(),
+                tags: Vec::new(),
+                nodes: vec!["n1".into()],
+                instance_count: *instances,
+                checks_passing: 0,
+                checks_warning: 0,
+                checks_critical: 0,
+            });
+        }
+        Ok(QueryResponse {
+            value: digest,
+            meta: consul_client::QueryMeta::default(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_wait_for_the_baseline_then_follow_the_summaries_differences() {
+        let mut view = idle_view();
+        let mut subscribers = Vec::new();
+        for service in ["web", "api"] {
+            let (tx, rx) = mpsc::unbounded_channel();
+            subscribers.push(rx);
+            view.subscribe(service.to_owned(), tx);
+        }
+        assert!(view.reads.is_idle(), "nothing is read before the baseline");
+
+        view.on_watch(WatchAnswer::Checks(WatchEvent::Value {
+            value: Arc::new(ChecksDigest::default()),
+            index: 10,
+            continuity: Continuity::Initial,
+            meta: consul_client::QueryMeta::default(),
+        }));
+        assert!(view.reads.is_idle(), "the summaries are not in yet");
+        view.on_summaries(summaries(&[("web", 2), ("api", 1), ("db", 1)]));
+        assert!(
+            !view.reads.is_idle(),
+            "the baseline is complete: both are read"
         );
+        assert_eq!(view.sweep_due, None, "the first summaries sweep nothing");
+
+        // Another registration of api: read, and a catch-up sweep later.
+        let mut reads = idle_view();
+        std::mem::swap(&mut view.reads, &mut reads.reads);
+        view.on_summaries(summaries(&[("web", 2), ("api", 2), ("db", 1)]));
+        assert!(!view.reads.is_idle(), "api is read");
+        let catch_up = view.sweep_due.expect("a catch-up sweep");
+        assert!(catch_up >= view.last_sweep + view.sweep * CATCH_UP_SWEEPS);
+
+        // A change of a service this view does not cover explains the
+        // catalog change too: no sweep sooner than the catch-up.
+        view.sweep_due = None;
+        std::mem::swap(&mut view.reads, &mut idle_view().reads);
+        view.on_summaries(summaries(&[("web", 2), ("api", 2), ("db", 3)]));
+        assert!(view.reads.is_idle(), "db is not covered");
+        assert!(view.sweep_due.expect("catch-up") >= catch_up);
+
+        // A catalog change the summaries do not show (a port, say), or a
+        // failed read: a sweep as soon as the interval allows.
+        view.sweep_due = None;
+        view.on_summaries(summaries(&[("web", 2), ("api", 2), ("db", 3)]));
+        assert_eq!(view.sweep_due, Some(view.last_sweep + view.sweep));
+        view.sweep_due = None;
+        view.on_summaries(Err(consul_client::Error::NotFound {
+            endpoint: "ui_services".into(),
+            message: "no such endpoint".into(),
+        }));
+        assert_eq!(view.sweep_due, Some(view.last_sweep + view.sweep));
+    }
+
+    #[tokio::test]
+    async fn a_checks_answer_marks_the_covered_services_it_changed() {
+        // Never read: `changed_by_checks` only compares.
+        let mut view = idle_view();
         // Covered: web (on n1 and n2) and api (on n2); db is not.
         let mut subscribers = Vec::new();
         for (service, nodes) in [("web", ["n1", "n2"].as_slice()), ("api", &["n2"])] {

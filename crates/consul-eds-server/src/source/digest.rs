@@ -1,15 +1,18 @@
-//! What the DC-wide view keeps of a `/v1/health/state/any` answer, and how
-//! two answers are compared to tell which services and nodes changed.
+//! What the DC-wide view keeps of its two kinds of answer, and how two
+//! answers are compared to tell which services and nodes changed:
+//! [`ChecksDigest`] of the checks that are not passing, and
+//! [`SummariesDigest`] of the services' summaries (how many instances, on
+//! which nodes, with which tags).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
-use consul_client::CheckBrief;
+use consul_client::{CheckBrief, ServiceSummary};
 
-/// What the DC-wide view keeps of a `/v1/health/state/any` answer: per
-/// service, and per node for node-level checks, a digest of the identity
-/// and status of its checks. About 5,000 small entries where the answer
-/// holds 100,000 checks.
+/// What the DC-wide view keeps of a `/v1/health/state/any` answer (all
+/// checks, or only those not passing): per service, and per node for
+/// node-level checks, a digest of the identity and status of its checks.
+/// One small entry per service or node with a check in the answer.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct ChecksDigest {
     pub(super) services: HashMap<String, Digest>,
@@ -47,14 +50,30 @@ impl ChecksDigest {
     }
 }
 
+/// What the DC-wide view keeps of a `/v1/internal/ui/services` answer: per
+/// service, a hash of its instance count, its nodes and its tags. Not its
+/// check counts: a check change is the checks watch's to find, and leaving
+/// them out keeps a health change from costing a second read.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct SummariesDigest {
+    pub(super) services: HashMap<String, u64>,
+}
+
+impl SummariesDigest {
+    pub(super) fn add(&mut self, summary: ServiceSummary<'_>) {
+        let hash = hash_of(&(summary.instance_count, &summary.nodes, &summary.tags));
+        self.services.insert(summary.name.into_owned(), hash);
+    }
+}
+
 /// Names whose digest differs between `a` and `b`, or that only one has.
-pub(super) fn differing<'a>(
-    a: &'a HashMap<String, Digest>,
-    b: &'a HashMap<String, Digest>,
+pub(super) fn differing<'a, D: PartialEq>(
+    a: &'a HashMap<String, D>,
+    b: &'a HashMap<String, D>,
 ) -> impl Iterator<Item = &'a str> {
     let changed_or_gone = a
         .iter()
-        .filter(|(name, digest)| b.get(*name) != Some(*digest))
+        .filter(|(name, digest)| b.get(*name) != Some(digest))
         .map(|(name, _)| name.as_str());
     let added = b
         .keys()
@@ -167,6 +186,81 @@ mod tests {
             changed(&before, &digest(&fewer)),
             BTreeSet::from(["cache".to_owned(), "db".to_owned()]),
             "services that lost or gained all their checks"
+        );
+    }
+
+    fn summary(
+        name: &str,
+        instances: u64,
+        nodes: &[&str],
+        tags: &[&str],
+    ) -> ServiceSummary<'static> {
+        ServiceSummary {
+            name: name.to_owned().into(),
+            tags: tags.iter().map(|t| t.to_string().into()).collect(),
+            nodes: nodes.iter().map(|n| n.to_string().into()).collect(),
+            instance_count: instances,
+            checks_passing: instances,
+            checks_warning: 0,
+            checks_critical: 0,
+        }
+    }
+
+    fn summaries(list: &[ServiceSummary<'static>]) -> SummariesDigest {
+        let mut digest = SummariesDigest::default();
+        for summary in list {
+            digest.add(summary.clone());
+        }
+        digest
+    }
+
+    #[test]
+    fn the_summaries_digest_sees_instances_nodes_and_tags_but_not_check_counts() {
+        let base = [
+            summary("web", 2, &["n1", "n2"], &["v1"]),
+            summary("api", 1, &["n2"], &[]),
+        ];
+        let before = summaries(&base);
+        let changed = |after: &SummariesDigest| -> BTreeSet<String> {
+            differing(&before.services, &after.services)
+                .map(str::to_owned)
+                .collect()
+        };
+
+        let mut flipped = base.clone();
+        flipped[0].checks_passing = 1;
+        flipped[0].checks_critical = 1;
+        assert!(
+            changed(&summaries(&flipped)).is_empty(),
+            "health is not its concern"
+        );
+
+        let mut one_more = base.clone();
+        one_more[0].instance_count = 3;
+        assert_eq!(
+            changed(&summaries(&one_more)),
+            BTreeSet::from(["web".to_owned()])
+        );
+
+        let mut moved = base.clone();
+        moved[1].nodes = vec!["n3".into()];
+        assert_eq!(
+            changed(&summaries(&moved)),
+            BTreeSet::from(["api".to_owned()])
+        );
+
+        let mut tagged = base.clone();
+        tagged[1].tags = vec!["edge.host=a.test".into()];
+        assert_eq!(
+            changed(&summaries(&tagged)),
+            BTreeSet::from(["api".to_owned()])
+        );
+
+        let gone = summaries(&base[..1]);
+        assert_eq!(
+            changed(&gone),
+            BTreeSet::from(["api".to_owned()]),
+            "a service gone"
         );
     }
 }

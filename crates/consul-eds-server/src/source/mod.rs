@@ -29,6 +29,13 @@ pub use self::dc_wide::{DcWideView, per_service_watch_limit};
 pub use self::entries::EntryReader;
 use crate::engine::{ServiceSource, SourceEvent, WatchKey};
 
+/// Requests other than blocking queries this service has in flight to its
+/// agent at once: the DC-wide view's targeted reads, its summaries read,
+/// and a few to spare for the first (non-blocking) read of each watch and
+/// the readiness probe. With `--max-blocking-queries`, the most connections
+/// it opens to the agent.
+pub const OTHER_REQUESTS: usize = reads::READS_IN_FLIGHT + 4;
+
 /// Instance data from Consul, one blocking query per watched service while
 /// they fit in the connection budget, and a shared DC-wide view beyond it.
 ///
