@@ -32,6 +32,14 @@
 # the status page says every key is sealed, remove both again.
 # docs/operations.md ("Control-plane certificates") shows how to make the
 # certificates with openssl, or how to have Vault's PKI issue them instead.
+#
+# Routed hosts (`--follow-routes`): every TLS host a service's route tags
+# declare (docs/gateway.md) gets its own certificate, under the domains
+# `var.allowed_domains` names, with no change here. The tags are read from
+# both registries consul-eds-server reads (`--sources consul,nomad`): Consul's
+# catalog, and the services Nomad registers itself (`provider = "nomad"`,
+# e.g. sample-app-nomad-services.nomad.hcl). The Nomad token is the task's
+# workload identity (the `identity` block below), as for consul-eds-server.
 
 variable "datacenters" {
   type    = list(string)
@@ -62,6 +70,14 @@ variable "email" {
 variable "certificate" {
   type    = string
   default = "example.com,*.example.com"
+}
+
+# Suffixes a routed host may be ordered for (comma-separated): a host
+# equal to one or ending in `.SUFFIX`. A tag naming any other host gets no
+# order, only a placeholder, and is listed as refused on the status page.
+variable "allowed_domains" {
+  type    = string
+  default = "example.com"
 }
 
 variable "rfc2136_server" {
@@ -159,7 +175,27 @@ job "envoy-acme-sds" {
           "--sds-client-ca", "${NOMAD_SECRETS_DIR}/client-ca.crt",
           "--admin-listen", "${NOMAD_IP_admin}:${NOMAD_PORT_admin}",
           "--log-format", "json",
+          # A certificate for every routed TLS host, from the route tags of
+          # Consul's catalog and of Nomad's own registry (through the local
+          # Nomad agent), as the gateway reads them.
+          "--follow-routes",
+          "--allowed-domains", var.allowed_domains,
+          "--sources", "consul,nomad",
+          "--nomad-addr", "http://${attr.unique.network.ip-address}:4646",
+          "--nomad-token-file", "${NOMAD_SECRETS_DIR}/nomad_token",
+          "--nomad-namespace", "default",
         ]
+      }
+
+      # The Nomad token: the task's workload identity (Nomad 1.5+), written
+      # to secrets/nomad_token. It lists the services of its own namespace
+      # with no ACL policy; reading other namespaces needs a policy with
+      # `read-job` on them attached to this job (`nomad acl policy apply
+      # -namespace default -job envoy-acme-sds ...`), or a policy-backed
+      # token kept in this job's Nomad Variable (`nomad_token`) and rendered
+      # to the same file by a template like the ones below.
+      identity {
+        file = true
       }
 
       template {

@@ -1,10 +1,11 @@
 # The sample application of sample-app.nomad.hcl for a cluster without
 # Consul: its service is registered in Nomad itself (`provider = "nomad"`,
 # Nomad 1.3+), and its tags declare the route the same way (docs/gateway.md;
-# Nomad registrations carry tags, no meta). consul-eds-server reads it once
-# it runs with `--sources nomad` or `--sources consul,nomad` (see the Nomad
-# block of consul-eds-server.nomad.hcl; the flags arrive with the Nomad
-# source).
+# Nomad registrations carry tags, no meta). consul-eds-server routes it and
+# envoy-acme-sds orders the host's certificate (`var.host` must lie under
+# envoy-acme-sds's `allowed_domains`), both reading Nomad's registry with
+# `--sources consul,nomad` (or `--sources nomad` without Consul), as their
+# jobs here do.
 #
 # Health: Nomad removes a registration when its allocation stops, and runs
 # the check itself (Nomad 1.4+): a failing check holds a deployment back and

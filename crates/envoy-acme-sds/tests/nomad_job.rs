@@ -1,5 +1,6 @@
 //! The Nomad job passes only flags the real binary has, and runs it the
-//! way the service is meant to run: two replicas on Consul storage.
+//! way the service is meant to run: two replicas on Consul storage,
+//! following the routes of both registries the gateway reads.
 
 use std::path::Path;
 
@@ -124,4 +125,102 @@ fn the_nomad_job_seals_private_keys_with_a_key_from_a_nomad_variable() {
         text.contains("nomad var put"),
         "the job says how to put the key"
     );
+}
+
+/// With `--follow-routes` the job orders for the TLS hosts of both
+/// registries the shipped gateway reads, Nomad's through the local agent
+/// with the task's workload identity (the file Nomad writes for `identity
+/// { file = true }`), the same way the server job reads them; and every
+/// host the sample jobs route, the Consul one and the `provider = "nomad"`
+/// one, lies under the job's default allowed domains, so deploying them
+/// unchanged gets each its certificate.
+#[test]
+fn the_nomad_job_follows_the_routes_of_consul_and_nomad_with_its_workload_identity() {
+    use envoy_acme_sds::domain::DomainName;
+    use envoy_acme_sds::routed::catalog::tls_hosts;
+    use envoy_acme_sds::routed::policy::AllowedSuffix;
+    use test_support::nomad::{Value, service_tags, variable_default, writes_identity_token};
+
+    let jobs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nomad-jobs");
+    let body = parse_job(&jobs.join("envoy-acme-sds.nomad.hcl")).expect("the job parses");
+    let tasks = task_args(&body);
+    let task = tasks
+        .iter()
+        .find(|t| t.task == "envoy-acme-sds")
+        .expect("the job has an envoy-acme-sds task");
+    assert!(
+        task.flags().iter().any(|flag| flag == "--follow-routes"),
+        "{:?}",
+        task.args
+    );
+    assert_eq!(task.value_of("--sources"), Some("consul,nomad"));
+    // Interpolated strings keep their quotes in the parsed arguments.
+    assert_eq!(
+        task.value_of("--nomad-token-file"),
+        Some("\"${NOMAD_SECRETS_DIR}/nomad_token\"")
+    );
+    assert!(
+        writes_identity_token(&body, "envoy-acme-sds"),
+        "no `identity {{ file = true }}` block writes the token file"
+    );
+    assert!(
+        task.flags().iter().all(|flag| flag != "--http01-listen"),
+        "DNS-01 needs no listener; one would have to be exposed"
+    );
+
+    // The same agent, namespace and token file as the server job's.
+    let server = task_args(&parse_job(&jobs.join("consul-eds-server.nomad.hcl")).expect("parses"));
+    let server = server
+        .iter()
+        .find(|t| t.task == "consul-eds-server")
+        .expect("the server task");
+    for flag in [
+        "--sources",
+        "--nomad-addr",
+        "--nomad-token-file",
+        "--nomad-namespace",
+    ] {
+        assert!(task.value_of(flag).is_some(), "the job passes no {flag}");
+        assert_eq!(task.value_of(flag), server.value_of(flag), "{flag}");
+    }
+
+    assert_eq!(
+        task.value_of("--allowed-domains"),
+        Some("var.allowed_domains")
+    );
+    let Some(Value::String(allowed)) =
+        variable_default(&body, "allowed_domains").expect("the default evaluates")
+    else {
+        panic!("allowed_domains has no string default");
+    };
+    let suffixes: Vec<AllowedSuffix> = allowed
+        .split(',')
+        .map(|suffix| AllowedSuffix::parse(suffix.trim()).expect("a valid suffix"))
+        .collect();
+    let prefix = route_tags::TagPrefix::new("edge").expect("the default tag prefix");
+    for (job, provider) in [
+        ("sample-app.nomad.hcl", "consul"),
+        ("sample-app-nomad-services.nomad.hcl", "nomad"),
+    ] {
+        let app = parse_job(&jobs.join(job)).expect("the sample job parses");
+        let services = service_tags(&app, &[]).expect("tags evaluate");
+        let routed: std::collections::BTreeMap<String, Vec<String>> = services
+            .iter()
+            .filter(|service| service.provider == provider)
+            .map(|service| {
+                let mut tags = service.tags.clone();
+                tags.extend(service.canary_tags.iter().cloned());
+                (service.name.clone(), tags)
+            })
+            .collect();
+        let hosts = tls_hosts(&prefix, &routed);
+        assert_eq!(hosts.len(), 1, "{job} routes one TLS host: {hosts:?}");
+        for host in hosts.keys() {
+            let name = DomainName::parse(host).expect("a domain name");
+            assert!(
+                suffixes.iter().any(|suffix| suffix.allows(&name)),
+                "{job} routes {host}, outside the default allowed domains {allowed}"
+            );
+        }
+    }
 }

@@ -7,18 +7,26 @@
 //! - while Nomad fails, the host stays routed;
 //! - once Nomad answers again, a deregistration it reports unroutes it;
 //! - with `--sources consul,nomad` (a real Consul), nothing is routed until
-//!   Nomad has answered too, then the hosts of both are.
-//!
-//! No CA answers here: the order itself is the pebble tests' concern.
+//!   Nomad has answered too, then the hosts of both are;
+//! - end to end, with every other part real (test-support's
+//!   `GatewayWorld`): a service registered in Nomad alone with a `tls=true`
+//!   route gets a certificate from pebble, by HTTP-01 through the gateway
+//!   (the responder's own route declared in Nomad too) and by DNS-01
+//!   through knot, and HTTPS through Envoy with the host's SNI verifies
+//!   against pebble's root and reaches the backend. consul-eds-server and
+//!   envoy-acme-sds both read `--sources nomad`; the world's Consul holds
+//!   none of the services.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::service::SdsService;
+use common::service::{SdsService, binary, describe_certificate};
 use serde_json::Value;
+use test_support::gateway::{Challenge, GatewayWorld, GatewayWorldOptions, eds_binary_beside};
 use test_support::nomad_api::{FakeNomad, Registration};
-use test_support::{ConsulAgent, eventually, free_port, http_request};
+use test_support::{Backend, ConsulAgent, eventually, free_port, http_get, http_request};
 
 const HOST: &str = "new.demo.test";
 const WAIT: Duration = Duration::from_secs(20);
@@ -208,4 +216,125 @@ async fn consul_and_nomad_routes_are_united_once_both_have_answered() {
         .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
         assert!(entry["unrouted_since"].is_null(), "{entry}");
     }
+}
+
+/// HTTP-01 through the gateway, every route read from Nomad: pebble
+/// validates on the gateway's plain listener, which forwards the challenge
+/// to envoy-acme-sds's responder because the responder's registration in
+/// Nomad declares an empty-host route for the challenge path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nomad_routed_host_gets_a_certificate_by_http01_through_the_gateway() {
+    https_for_a_nomad_routed_host(Proof::Http01).await;
+}
+
+/// DNS-01 through knot for a host only Nomad routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nomad_routed_host_gets_a_certificate_by_dns01() {
+    https_for_a_nomad_routed_host(Proof::Dns01).await;
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Proof {
+    Http01,
+    Dns01,
+}
+
+async fn https_for_a_nomad_routed_host(proof: Proof) {
+    let nomad = FakeNomad::start().await.expect("the stand-in Nomad starts");
+    // A live Nomad's index is its Raft index, far above the 1 an empty
+    // table answers with. The stand-in's moves by one per write, so its
+    // first write would leave it at 1, unseen by a query blocked at 1
+    // until its deadline: start it where a running cluster would be.
+    nomad.reset_index(1_000);
+    let world = GatewayWorld::start(GatewayWorldOptions {
+        // pebble resolves the HTTP-01 host through knot.
+        records: vec!["new A 127.0.0.1".to_owned()],
+        ..GatewayWorldOptions::new(eds_binary_beside(&binary()), "demo.test")
+    })
+    .await
+    .expect("the world starts");
+    let responder = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let challenge = match proof {
+        Proof::Http01 => Challenge::Http01 { responder },
+        Proof::Dns01 => Challenge::Dns01,
+    };
+    let reads_nomad = vec![
+        "--sources".to_owned(),
+        "nomad".to_owned(),
+        "--nomad-addr".to_owned(),
+        nomad.address(),
+    ];
+    let mut args = world.follow_routes_args(
+        challenge,
+        &format!("disk:{}", world.dir.path().join("store").display()),
+        &[],
+    );
+    args.extend(reads_nomad.iter().cloned());
+    let mut sds = SdsService::start("envoy-acme-sds", world.dir.path(), &args);
+    // Ready at once: no configured certificate to wait for.
+    sds.wait_ready(Duration::from_secs(30)).await;
+    let edge = world
+        .edge_reading(sds.sds, &reads_nomad)
+        .await
+        .expect("the gateway and Envoy start");
+
+    if let Proof::Http01 = proof {
+        nomad.register(
+            Registration::new("envoy-acme-sds-http01", "127.0.0.1", responder.port())
+                .id("envoy-acme-sds-http01")
+                .tags(&["edge.route=/.well-known/acme-challenge/"]),
+        );
+        world
+            .wait_for_challenge_route(&edge, HOST)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", edge.gateway_log_tail()));
+    }
+
+    let backend = Backend::start("new-1").await.expect("backend");
+    let addr = backend.addr();
+    nomad.register(
+        Registration::new("new", &addr.ip().to_string(), addr.port())
+            .id("new-1")
+            .tags(&[&format!("edge.route={HOST}/ tls=true")]),
+    );
+    let verified = world
+        .wait_for_https(&edge, HOST, Duration::from_secs(150))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nenvoy-acme-sds:\n{}\nEnvoy:\n{}\ngateway:\n{}",
+                sds.logs(),
+                edge.envoy.log_tail(),
+                edge.gateway_log_tail()
+            )
+        });
+    eprintln!(
+        "{proof:?}: Nomad registration -> first verified HTTPS response: {:?}",
+        verified.elapsed
+    );
+    assert_eq!(verified.body, "new-1");
+    let presented = describe_certificate(&verified.certificate_der);
+    assert_eq!(presented.names, vec![HOST.to_owned()], "the host's own");
+    assert_eq!(
+        sds.served_serial(HOST).await.as_deref(),
+        Some(presented.serial.as_str()),
+        "served under the host's name"
+    );
+    assert_eq!(
+        sds.metric("envoy_acme_sds_renewals_total{secret=\"new.demo.test\",result=\"ok\"}")
+            .await,
+        1.0,
+        "issued at the first attempt"
+    );
+    assert_eq!(sds.metric("envoy_acme_sds_placeholder_secrets").await, 0.0);
+    let entry = routed_entry(&sds).await.expect("the host is listed");
+    assert_eq!(entry["served_as"], "own", "{entry}");
+    assert_eq!(entry["services"], serde_json::json!(["new"]), "{entry}");
+    // Only Nomad knows the service: the world's Consul never saw it.
+    let catalog = http_get(world.consul.http_addr(), "/v1/catalog/services")
+        .await
+        .expect("Consul answers");
+    let services: Value = serde_json::from_str(&catalog.body).expect("JSON");
+    assert_eq!(services, serde_json::json!({ "consul": [] }), "{services}");
+    assert!(sds.is_running());
 }

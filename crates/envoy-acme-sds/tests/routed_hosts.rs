@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::service::{SdsService, binary, describe_certificate};
-use test_support::gateway::{Challenge, Edge, GatewayWorld, GatewayWorldOptions};
+use test_support::gateway::{
+    Challenge, Edge, GatewayWorld, GatewayWorldOptions, eds_binary_beside,
+};
 use test_support::{Backend, eventually, free_port};
 
 const ZONE: &str = "demo.test";
@@ -35,16 +37,7 @@ const CA_REFUSED_HOST: &str = "blocked.demo.test";
 
 /// The consul-eds-server binary, built beside this package's.
 fn eds_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("CONSUL_EDS_SERVER_BIN") {
-        return PathBuf::from(path);
-    }
-    let path = binary().with_file_name("consul-eds-server");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build -p consul-eds-server) or set CONSUL_EDS_SERVER_BIN",
-        path.display()
-    );
-    path
+    eds_binary_beside(&binary())
 }
 
 /// What the DNS-01 tests share: knot serving the zone, Consul, pebble

@@ -12,7 +12,10 @@
 //! keep its own handle on it.
 //!
 //! Services are registered through Consul's HTTP API with this crate's own
-//! client: the Consul client crate's tests depend on this crate.
+//! client: the Consul client crate's tests depend on this crate. A gateway
+//! reading another registry ([`GatewayWorld::edge_reading`], e.g. the
+//! [`crate::nomad_api::FakeNomad`] with `--sources nomad`) takes its
+//! services from there instead; the world's Consul then holds none.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,25 @@ use crate::{
 /// How often a wait for HTTPS tries again: each figure the benchmark takes
 /// is up to this late.
 const HTTPS_POLL: Duration = Duration::from_millis(10);
+
+/// The consul-eds-server binary built beside `binary` (a test's
+/// `CARGO_BIN_EXE_*`, in the same target directory), or the one
+/// `CONSUL_EDS_SERVER_BIN` names.
+///
+/// # Panics
+/// When neither exists: the test cannot run without it.
+pub fn eds_binary_beside(binary: &Path) -> PathBuf {
+    if let Ok(path) = std::env::var("CONSUL_EDS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = binary.with_file_name("consul-eds-server");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p consul-eds-server) or set CONSUL_EDS_SERVER_BIN",
+        path.display()
+    );
+    path
+}
 
 /// What the world is made of.
 #[derive(Debug, Clone)]
@@ -220,9 +242,31 @@ impl GatewayWorld {
     /// As [`Self::edge`], the plain listener on `plain` (a second edge
     /// cannot share the first one's port; pebble does not validate there).
     pub async fn edge_on(&self, sds: SocketAddr, plain: u16) -> Result<Edge> {
+        self.edge_with(sds, plain, &[]).await
+    }
+
+    /// As [`Self::edge`], the gateway started with `gateway_args` besides
+    /// its own, e.g. `--sources nomad --nomad-addr ...` for a gateway
+    /// reading Nomad's registry instead of the world's Consul.
+    pub async fn edge_reading(&self, sds: SocketAddr, gateway_args: &[String]) -> Result<Edge> {
+        self.edge_with(sds, self.challenge_port, gateway_args).await
+    }
+
+    async fn edge_with(
+        &self,
+        sds: SocketAddr,
+        plain: u16,
+        gateway_args: &[String],
+    ) -> Result<Edge> {
         let xds = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let secure = free_port();
-        let gateway = start_gateway(&self.eds_binary, &self.consul, xds, plain, secure).await?;
+        let gateway = start_gateway(
+            &self.eds_binary,
+            &self.consul,
+            (xds, plain, secure),
+            gateway_args,
+        )
+        .await?;
         let bootstrap = format!(
             "{}{}",
             ads_only_bootstrap(&format!("gw-{secure}"), xds, false),
@@ -352,6 +396,15 @@ impl GatewayWorld {
             &["edge.route=/.well-known/acme-challenge/"],
         )
         .await?;
+        self.wait_for_challenge_route(edge, probe_host).await
+    }
+
+    /// Waits until `edge`'s plain listener forwards ACME challenge paths
+    /// to envoy-acme-sds's HTTP-01 responder, however its route was
+    /// declared (in Consul by [`Self::route_challenges_to`], or in another
+    /// registry the gateway reads): the responder answers a POST for
+    /// `probe_host` with 405, where Envoy without the route answers 404.
+    pub async fn wait_for_challenge_route(&self, edge: &Edge, probe_host: &str) -> Result<()> {
         eventually(
             "the gateway routes challenges to the responder",
             Duration::from_secs(30),
@@ -418,12 +471,14 @@ struct Gateway {
     _dir: TempDir,
 }
 
+/// The gateway serving xDS on `xds`, its listeners on the `plain` and
+/// `secure` ports, reading the world's Consul unless `extra` (appended to
+/// its arguments) says otherwise.
 async fn start_gateway(
     binary: &Path,
     consul: &ConsulAgent,
-    xds: SocketAddr,
-    plain: u16,
-    secure: u16,
+    (xds, plain, secure): (SocketAddr, u16, u16),
+    extra: &[String],
 ) -> Result<Gateway> {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dir = tempfile::Builder::new()
@@ -449,6 +504,7 @@ async fn start_gateway(
     ]
     .iter()
     .map(|s| (*s).to_owned())
+    .chain(extra.iter().cloned())
     .collect();
     let mut process = ManagedProcess::spawn(
         "consul-eds-server",

@@ -265,6 +265,42 @@ pub fn service_tags(body: &Body, vars: &[(&str, Value)]) -> Result<Vec<ServiceTa
     Ok(found)
 }
 
+/// Whether the task named `task` has an `identity` block with `file =
+/// true`: Nomad (1.5+) then writes the task's workload-identity token to
+/// `secrets/nomad_token`, the file a `--nomad-token-file` can name.
+pub fn writes_identity_token(body: &Body, task: &str) -> bool {
+    all_blocks(body, "task")
+        .into_iter()
+        .filter(|block| label(block) == task)
+        .flat_map(|block| blocks(block.body(), "identity"))
+        .any(|identity| {
+            matches!(
+                attribute(identity.body(), "file"),
+                Some(Expression::Bool(true))
+            )
+        })
+}
+
+/// The default of the job's variable `name`, evaluated; `None` when the
+/// job declares no such variable or it has no default.
+pub fn variable_default(body: &Body, name: &str) -> Result<Option<Value>> {
+    use hcl::eval::Evaluate;
+
+    let Some(default) = blocks(body, "variable")
+        .find(|variable| label(variable) == name)
+        .and_then(|variable| attribute(variable.body(), "default"))
+    else {
+        return Ok(None);
+    };
+    default
+        .evaluate(&hcl::eval::Context::new())
+        .map(Some)
+        .map_err(|e| HarnessError::Parse {
+            path: name.into(),
+            reason: format!("variable default does not evaluate: {e}"),
+        })
+}
+
 /// Parses a job file; an HCL error names the file and the position.
 pub fn parse_job(path: &Path) -> Result<Body> {
     let text = std::fs::read_to_string(path).map_err(HarnessError::io(path))?;
@@ -441,6 +477,47 @@ mod tests {
                 .exposure_findings()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_identity_token_is_written_only_with_file_true_in_that_task() {
+        let body = hcl::parse(
+            r#"
+variable "domains" {
+  type    = string
+  default = "example.com"
+}
+job "j" {
+  group "g" {
+    task "a" {
+      identity {
+        file = true
+      }
+    }
+    task "b" {
+      identity {
+        file = false
+      }
+    }
+    task "c" {
+      # identity {
+      #   file = true
+      # }
+    }
+  }
+}
+"#,
+        )
+        .expect("parses");
+        assert!(writes_identity_token(&body, "a"));
+        assert!(!writes_identity_token(&body, "b"));
+        assert!(!writes_identity_token(&body, "c"));
+        assert!(!writes_identity_token(&body, "missing"));
+        assert_eq!(
+            variable_default(&body, "domains").expect("evaluates"),
+            Some(Value::from("example.com"))
+        );
+        assert_eq!(variable_default(&body, "other").expect("evaluates"), None);
     }
 
     #[test]
