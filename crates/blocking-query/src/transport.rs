@@ -41,14 +41,20 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// `tls` is used for an `https` address only.
+    /// `tls` is used for an `https` address only. `max_idle`: the idle
+    /// connections the pool keeps, the most requests the caller's budget
+    /// lets run at once. Why: the pool may open a connection for a request
+    /// that an idle one then serves; kept, such spares would add up beyond
+    /// the budget, and the agent's connections per client IP are shared.
     pub fn new(
         address: &Address,
         tls: &TlsConfig,
         connect_timeout: Duration,
+        max_idle: usize,
     ) -> Result<Self, TlsError> {
         let mut builder = HyperClient::builder(TokioExecutor::new());
         builder
+            .pool_max_idle_per_host(max_idle)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());

@@ -77,7 +77,12 @@ impl Client {
     /// A client reporting into `metrics`, which may be shared with other clients.
     pub fn with_metrics(config: ClientConfig, metrics: ClientMetrics) -> Result<Self, ConfigError> {
         config.validate()?;
-        let transport = Transport::new(&config.address, &config.tls, config.connect_timeout)?;
+        let transport = Transport::new(
+            &config.address,
+            &config.tls,
+            config.connect_timeout,
+            config.max_blocking_queries + config.max_concurrent_requests,
+        )?;
         let base_url =
             Url::parse(&config.address.base_url()).map_err(|e| ConfigError::InvalidAddress {
                 address: config.address.to_string(),

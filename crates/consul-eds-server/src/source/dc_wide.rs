@@ -1,29 +1,29 @@
-//! The DC-wide view: many services of one datacenter fed by two blocking
+//! The DC-wide view: many services of one datacenter fed by three blocking
 //! queries, and what those queries cost out of the connection budget.
 //!
 //! Why these queries: a change must cost in proportion to the change, not
 //! to the datacenter (docs/adr/0010-dc-wide-changes.md).
 //!
-//! - Health: the checks that are *not* passing
-//!   (`/v1/health/state/any?filter=...`). Its index is the whole checks
-//!   table's, so it wakes on every check change, yet where most checks pass
-//!   its answer is small. A check turning critical joins it, one recovering
-//!   leaves it: the difference from the previous answer names the services
-//!   (and nodes) to re-read.
+//! - Health: the checks that are critical (`/v1/health/state/critical`)
+//!   and those warning (`.../warning`). Their index is the whole checks
+//!   table's, so they wake on every check change, yet where most checks
+//!   pass their answers are small. A check failing joins one, one
+//!   recovering leaves it: the difference from the previous answer names
+//!   the services (and nodes) to re-read.
 //! - Instances: `/v1/catalog/services`, whose index moves only when an
 //!   instance registers, deregisters or changes (not on a check change).
 //!   Each move is followed by one read of the services' summaries
 //!   (`/v1/internal/ui/services`: instance count, nodes and tags per
 //!   service), and the difference names the services to re-read.
 //!
-//! Each of the two watches runs in a task of its own, as consul-client
+//! Each of the three watches runs in a task of its own, as consul-client
 //! asks, so a query is always in flight. What neither difference explains
 //! (an instance changing only its port, say) is caught by a sweep of all
 //! covered services: at once (at most once per `sweep`) when a catalog
 //! change is explained by nothing, else within [`CATCH_UP_SWEEPS`] times
 //! `sweep`. The view's own task only decides: it never waits for a read,
 //! so a sweep of thousands of services neither holds up a new subscriber
-//! nor the two watches.
+//! nor the watches.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use service_support::time::sleep_until_opt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -45,8 +45,9 @@ use super::entries::EntryReader;
 use super::reads::{Priority, TargetedReads};
 use crate::engine::SourceEvent;
 
-/// Blocking queries one DC-wide view holds open: the checks and the catalog.
-const QUERIES_PER_VIEW: usize = 2;
+/// Blocking queries one DC-wide view holds open: the critical checks, the
+/// warning ones, and the catalog.
+const QUERIES_PER_VIEW: usize = 3;
 /// Kept out of the per-service share for other reads.
 const SPARE_QUERIES: usize = 1;
 
@@ -99,27 +100,32 @@ impl DcWideView {
         // and the watch keeps only the digest (small, as the answer is,
         // while most checks pass; bounded even when a whole datacenter
         // fails).
-        let checks = client.watch_health_state_fold(
-            HealthState::NotPassing,
-            view_config.clone(),
-            ChecksDigest::default,
-            ChecksDigest::add,
-        );
-        let catalog = client.watch_catalog_services(view_config);
-        // Why the checks watch waits for the reads: the reads it leads to say
-        // more than its next answer would, and reading it again while they
-        // run finds only what they are about to tell; meanwhile Consul
-        // gathers the changes that follow into one answer. The catalog watch
-        // and new subscribers never wait.
-        let (reads_idle, reads_idle_rx) = watch::channel(true);
+        // Why two states and not one filtered query of every check: Consul
+        // answers a state from its index of checks by status, at a cost
+        // proportional to the answer, where `filter` evaluates every check
+        // of the datacenter on every wake-up (measured: it starved the agent
+        // at 100,000 checks).
+        let checks = |state| {
+            client.watch_health_state_fold(
+                state,
+                view_config.clone(),
+                ChecksDigest::default,
+                ChecksDigest::add,
+            )
+        };
+        let critical = checks(HealthState::Critical);
+        let warning = checks(HealthState::Warning);
+        let catalog = client.watch_catalog_services(view_config.clone());
+        // No watch waits for the reads it leads to: the answers are small,
+        // and a health change must not wait behind a sweep.
         let watches = [
-            drive(
-                checks,
-                answers.clone(),
-                WatchAnswer::Checks,
-                Some(reads_idle_rx),
-            ),
-            drive(catalog, answers.clone(), WatchAnswer::Catalog, None),
+            drive(critical, answers.clone(), |e| {
+                WatchAnswer::Checks(Severity::Critical, e)
+            }),
+            drive(warning, answers.clone(), |e| {
+                WatchAnswer::Checks(Severity::Warning, e)
+            }),
+            drive(catalog, answers.clone(), WatchAnswer::Catalog),
         ];
         let options = QueryOptions {
             datacenter: config.datacenter,
@@ -152,7 +158,7 @@ impl DcWideView {
                     .await
             }
         });
-        let view = View::new(reader, sweep, reads, reads_idle, summaries, answers);
+        let view = View::new(reader, sweep, reads, summaries, answers);
         let task = tokio::spawn(view.run(subscriptions, answered, watches));
         Self {
             subscribe,
@@ -172,32 +178,31 @@ impl DcWideView {
     }
 }
 
-/// An event of one of the view's two watches, or the answer of a read of
+/// An event of one of the view's three watches, or the answer of a read of
 /// the summaries.
 #[derive(Debug)]
 enum WatchAnswer {
-    Checks(WatchEvent<ChecksDigest>),
+    Checks(Severity, WatchEvent<ChecksDigest>),
     Catalog(WatchEvent<Catalog>),
     Summaries(Summaries),
 }
 
+/// Which of the two checks watches an answer comes from.
+#[derive(Debug, Clone, Copy)]
+enum Severity {
+    Critical = 0,
+    Warning = 1,
+}
+
 /// Drives `watch` in its own task, handing each event to the view; the task
-/// stops when the view does. With `after_reads`, the next request waits
-/// until the view's targeted reads are done (a watch sends its next request
-/// only when polled).
+/// stops when the view does.
 fn drive<T: Send + Sync + 'static>(
     mut watch: Watch<T>,
     view: mpsc::UnboundedSender<WatchAnswer>,
     wrap: fn(WatchEvent<T>) -> WatchAnswer,
-    mut after_reads: Option<watch::Receiver<bool>>,
 ) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
-            if let Some(idle) = after_reads.as_mut()
-                && idle.wait_for(|idle| *idle).await.is_err()
-            {
-                return;
-            }
             let Some(event) = watch.next().await else {
                 return;
             };
@@ -227,8 +232,9 @@ struct View {
     reader: EntryReader,
     sweep: Duration,
     covered: HashMap<String, Covered>,
-    /// The digest of the last checks answer, to spot changes.
-    checks: Arc<ChecksDigest>,
+    /// The digest of the last answer of each checks watch (by
+    /// [`Severity`]), to spot changes.
+    checks: [Arc<ChecksDigest>; 2],
     /// The last catalog answer, shared with its watch (never copied).
     catalog: Option<Arc<Catalog>>,
     /// The digest of the last summaries answer; `None` before the first
@@ -243,8 +249,6 @@ struct View {
     answers: mpsc::UnboundedSender<WatchAnswer>,
     baseline: Baseline,
     reads: TargetedReads<Answer>,
-    /// Whether `reads` has nothing queued or in flight, for the checks watch.
-    reads_idle: watch::Sender<bool>,
     sweep_due: Option<Instant>,
     last_sweep: Instant,
 }
@@ -255,7 +259,8 @@ struct View {
 /// with, and that change would never show as a difference.
 #[derive(Debug, Default)]
 struct Baseline {
-    checks: bool,
+    /// Each checks watch's, by [`Severity`].
+    checks: [bool; 2],
     summaries: bool,
     /// Services subscribed before it was complete: read once it is.
     waiting: Vec<String>,
@@ -263,7 +268,7 @@ struct Baseline {
 
 impl Baseline {
     fn complete(&self) -> bool {
-        self.checks && self.summaries
+        self.checks.iter().all(|answered| *answered) && self.summaries
     }
 }
 
@@ -272,7 +277,6 @@ impl View {
         reader: EntryReader,
         sweep: Duration,
         reads: TargetedReads<Answer>,
-        reads_idle: watch::Sender<bool>,
         read_summaries: SummariesRead,
         answers: mpsc::UnboundedSender<WatchAnswer>,
     ) -> Self {
@@ -280,7 +284,7 @@ impl View {
             reader,
             sweep,
             covered: HashMap::new(),
-            checks: Arc::default(),
+            checks: Default::default(),
             catalog: None,
             summaries: None,
             read_summaries,
@@ -289,7 +293,6 @@ impl View {
             answers,
             baseline: Baseline::default(),
             reads,
-            reads_idle,
             sweep_due: None,
             last_sweep: Instant::now(),
         }
@@ -301,7 +304,7 @@ impl View {
         mut self,
         mut subscriptions: mpsc::UnboundedReceiver<Subscription>,
         mut answers: mpsc::UnboundedReceiver<WatchAnswer>,
-        _watches: [AbortOnDropHandle<()>; 2],
+        _watches: [AbortOnDropHandle<()>; 3],
     ) {
         loop {
             let sweep_at = self.sweep_due;
@@ -314,9 +317,6 @@ impl View {
                 (service, answer) = self.reads.next() => self.deliver(&service, answer),
                 () = sleep_until_opt(sweep_at), if sweep_at.is_some() => self.start_sweep(),
             }
-            let idle = self.reads.is_idle();
-            self.reads_idle
-                .send_if_modified(|was| std::mem::replace(was, idle) != idle);
         }
     }
 
@@ -346,7 +346,7 @@ impl View {
         }
     }
 
-    fn complete_baseline(&mut self, part: fn(&mut Baseline) -> &mut bool) {
+    fn complete_baseline(&mut self, part: impl FnOnce(&mut Baseline) -> &mut bool) {
         *part(&mut self.baseline) = true;
         if self.baseline.complete() {
             let waiting = std::mem::take(&mut self.baseline.waiting);
@@ -358,10 +358,10 @@ impl View {
         match answer {
             // A recovered watch is no different here: its answer is diffed
             // against the last one like any other.
-            WatchAnswer::Checks(WatchEvent::Value { value, .. }) => {
-                let changed = self.changed_by_checks(value);
+            WatchAnswer::Checks(severity, WatchEvent::Value { value, .. }) => {
+                let changed = self.changed_by_checks(severity, value);
                 self.ask_prompt(changed);
-                self.complete_baseline(|b| &mut b.checks);
+                self.complete_baseline(|b| &mut b.checks[severity as usize]);
             }
             WatchAnswer::Catalog(WatchEvent::Value { value, .. }) => {
                 let changed = self.changed_by_catalog(value);
@@ -369,9 +369,9 @@ impl View {
                 self.read_summaries();
             }
             WatchAnswer::Summaries(answer) => self.on_summaries(answer),
-            WatchAnswer::Checks(WatchEvent::Degraded { error, .. }) => {
+            WatchAnswer::Checks(severity, WatchEvent::Degraded { error, .. }) => {
                 self.fail_all(&error.to_string());
-                self.complete_baseline(|b| &mut b.checks);
+                self.complete_baseline(|b| &mut b.checks[severity as usize]);
             }
             WatchAnswer::Catalog(WatchEvent::Degraded { error, .. }) => {
                 self.fail_all(&error.to_string());
@@ -439,17 +439,25 @@ impl View {
         // A change the summaries explained may hide another they cannot
         // show (an instance's port, in the same moment): a later sweep
         // bounds how long that stays unseen.
-        let factor = if explained { CATCH_UP_SWEEPS } else { 1 };
-        let earliest = (self.last_sweep + self.sweep * factor).max(Instant::now());
+        let now = Instant::now();
+        let earliest = if explained {
+            now + self.sweep * CATCH_UP_SWEEPS
+        } else {
+            (self.last_sweep + self.sweep).max(now)
+        };
         let due = self.sweep_due.map_or(earliest, |due| due.min(earliest));
         self.sweep_due = Some(due);
     }
 
     /// Covered services whose checks (or whose nodes' checks) differ from
     /// the last answer's.
-    fn changed_by_checks(&mut self, checks: Arc<ChecksDigest>) -> BTreeSet<String> {
-        let previous = std::mem::replace(&mut self.checks, checks);
-        let current = &self.checks;
+    fn changed_by_checks(
+        &mut self,
+        severity: Severity,
+        checks: Arc<ChecksDigest>,
+    ) -> BTreeSet<String> {
+        let previous = std::mem::replace(&mut self.checks[severity as usize], checks);
+        let current = &self.checks[severity as usize];
         let mut changed: BTreeSet<String> = differing(&previous.services, &current.services)
             .filter(|service| self.covered.contains_key(*service))
             .map(str::to_owned)
@@ -561,9 +569,9 @@ mod tests {
     use consul_client::CheckStatus;
 
     #[test]
-    fn the_views_take_two_queries_per_datacenter_and_one_spare() {
-        assert_eq!(per_service_watch_limit(64, 1), 61);
-        assert_eq!(per_service_watch_limit(64, 3), 57);
+    fn the_views_take_three_queries_per_datacenter_and_one_spare() {
+        assert_eq!(per_service_watch_limit(64, 1), 60);
+        assert_eq!(per_service_watch_limit(64, 3), 54);
         assert_eq!(per_service_watch_limit(3, 1), 0, "every service DC-wide");
         assert_eq!(per_service_watch_limit(2, 1), 0);
     }
@@ -575,7 +583,6 @@ mod tests {
             EntryReader::new(AddressSource::Service, "zone".to_owned()),
             Duration::from_secs(10),
             reads,
-            watch::channel(true).0,
             Box::new(|| Box::pin(std::future::pending::<Summaries>())),
             mpsc::unbounded_channel().0,
         )
@@ -611,12 +618,17 @@ mod tests {
         }
         assert!(view.reads.is_idle(), "nothing is read before the baseline");
 
-        view.on_watch(WatchAnswer::Checks(WatchEvent::Value {
-            value: Arc::new(ChecksDigest::default()),
-            index: 10,
-            continuity: Continuity::Initial,
-            meta: consul_client::QueryMeta::default(),
-        }));
+        for severity in [Severity::Critical, Severity::Warning] {
+            view.on_watch(WatchAnswer::Checks(
+                severity,
+                WatchEvent::Value {
+                    value: Arc::new(ChecksDigest::default()),
+                    index: 10,
+                    continuity: Continuity::Initial,
+                    meta: consul_client::QueryMeta::default(),
+                },
+            ));
+        }
         assert!(view.reads.is_idle(), "the summaries are not in yet");
         view.on_summaries(summaries(&[("web", 2), ("api", 1), ("db", 1)]));
         assert!(
@@ -631,7 +643,7 @@ mod tests {
         view.on_summaries(summaries(&[("web", 2), ("api", 2), ("db", 1)]));
         assert!(!view.reads.is_idle(), "api is read");
         let catch_up = view.sweep_due.expect("a catch-up sweep");
-        assert!(catch_up >= view.last_sweep + view.sweep * CATCH_UP_SWEEPS);
+        assert!(catch_up >= Instant::now() + view.sweep * CATCH_UP_SWEEPS);
 
         // A change of a service this view does not cover explains the
         // catalog change too: no sweep sooner than the catch-up.
@@ -639,7 +651,7 @@ mod tests {
         std::mem::swap(&mut view.reads, &mut idle_view().reads);
         view.on_summaries(summaries(&[("web", 2), ("api", 2), ("db", 3)]));
         assert!(view.reads.is_idle(), "db is not covered");
-        assert!(view.sweep_due.expect("catch-up") >= catch_up);
+        assert!(view.sweep_due.expect("catch-up") >= catch_up, "not sooner");
 
         // A catalog change the summaries do not show (a port, say), or a
         // failed read: a sweep as soon as the interval allows.
@@ -672,14 +684,14 @@ mod tests {
                 },
             );
         }
-        let first = view.changed_by_checks(Arc::new(digest(&datacenter())));
+        let first = view.changed_by_checks(Severity::Critical, Arc::new(digest(&datacenter())));
         assert_eq!(
             first,
             BTreeSet::from(["api".to_owned(), "web".to_owned()]),
             "the first answer concerns every covered service with checks"
         );
         assert!(
-            view.changed_by_checks(Arc::new(digest(&datacenter())))
+            view.changed_by_checks(Severity::Critical, Arc::new(digest(&datacenter())))
                 .is_empty(),
             "the same checks again change nothing"
         );
@@ -687,7 +699,7 @@ mod tests {
         let mut db_down = datacenter();
         db_down[5].status = CheckStatus::Critical;
         assert!(
-            view.changed_by_checks(Arc::new(digest(&db_down)))
+            view.changed_by_checks(Severity::Critical, Arc::new(digest(&db_down)))
                 .is_empty(),
             "db is not covered"
         );
@@ -695,7 +707,7 @@ mod tests {
         let mut n2_down = db_down.clone();
         n2_down[1].status = CheckStatus::Critical;
         assert_eq!(
-            view.changed_by_checks(Arc::new(digest(&n2_down))),
+            view.changed_by_checks(Severity::Critical, Arc::new(digest(&n2_down))),
             BTreeSet::from(["api".to_owned(), "web".to_owned()]),
             "a node check change concerns every covered service on that node"
         );
@@ -703,7 +715,7 @@ mod tests {
         let mut web_1_down = n2_down.clone();
         web_1_down[2].status = CheckStatus::Critical;
         assert_eq!(
-            view.changed_by_checks(Arc::new(digest(&web_1_down))),
+            view.changed_by_checks(Severity::Critical, Arc::new(digest(&web_1_down))),
             BTreeSet::from(["web".to_owned()])
         );
     }

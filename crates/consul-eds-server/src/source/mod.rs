@@ -4,7 +4,7 @@
 //! - [`entries`]: Consul's health entries -> [`crate::model::ServiceInstance`]s.
 //! - this module: [`ConsulSource`], which picks for each watched service a
 //!   blocking query of its own or the DC-wide view.
-//! - [`dc_wide`]: the DC-wide view, fed by two queries per datacenter, and
+//! - [`dc_wide`]: the DC-wide view, fed by three queries per datacenter, and
 //!   the budget arithmetic that decides when it is needed; [`digest`] and
 //!   `reads` are its parts (telling which services changed, and reading
 //!   them).
@@ -43,7 +43,7 @@ pub const OTHER_REQUESTS: usize = reads::READS_IN_FLIGHT + 4;
 /// and a Consul agent allows 200 per client IP by default. Per-service
 /// queries give the fastest, most precise updates, so the first
 /// `per_service_limit` services get them; further services are fed by
-/// [`DcWideView`], which needs two blocking queries per datacenter however
+/// [`DcWideView`], which needs three blocking queries per datacenter however
 /// many services it covers (see docs/adr/0005-eds-watch-modes.md).
 #[derive(Debug)]
 pub struct ConsulSource {
@@ -57,8 +57,8 @@ pub struct ConsulSource {
 }
 
 /// The running DC-wide views by datacenter, each with its subscriber count:
-/// a view runs while some service needs it, since its two blocking queries
-/// (one of them every check of the datacenter) cost the agent even when
+/// a view runs while some service needs it, since its three blocking queries
+/// cost the agent even when
 /// nobody listens.
 type DcWideViews = HashMap<Option<String>, (DcWideView, usize)>;
 

@@ -78,6 +78,7 @@ impl<A: Send + 'static> TargetedReads<A> {
         }
     }
 
+    #[cfg(test)]
     /// Whether no read is queued or in flight.
     pub(super) fn is_idle(&self) -> bool {
         self.in_flight.is_empty() && self.states.is_empty()
