@@ -5,5 +5,6 @@
 
 pub mod fleet;
 pub mod nginx;
+pub mod probe;
 pub mod server;
 pub mod stats;
