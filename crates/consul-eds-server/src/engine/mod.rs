@@ -309,13 +309,6 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             tokio::time::interval(self.settings.reset_grace.max(Duration::from_millis(100)) / 4);
         grace_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // A push that is due goes out in this turn. Left to the timer, a
-            // deadline of now would wait for tokio's next millisecond tick
-            // (deadlines are rounded up) and a worker's wake-up: up to 1 ms
-            // more on every lone change.
-            if self.flush_at.is_some_and(|at| at <= Instant::now()) {
-                self.flush();
-            }
             let flush_at = self.flush_at;
             tokio::select! {
                 () = shutdown.cancelled() => break,

