@@ -5,6 +5,7 @@
 
 pub mod fleet;
 pub mod nginx;
-pub mod probes;
+pub mod probe;
+pub mod scale_probes;
 pub mod server;
 pub mod stats;

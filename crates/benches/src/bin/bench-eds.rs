@@ -2,6 +2,7 @@
 //!
 //! 1. convergence: a Consul health change until Envoy's admin API shows it,
 //!    beside the floor: the same change seen by a raw blocking query.
+//!    Envoy's side is one stat polled at a known cost (`benches::probe`).
 //! 2. nomad-convergence: the same with Nomad's registry as the source, a
 //!    registration added or removed in the in-process stand-in (FakeNomad),
 //!    whose own blocking query is the floor.
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use benches::fleet::Fleet;
 use benches::nginx::NginxGateway;
-use benches::probes::{self, ProbeResult};
+use benches::probe::StatProbe;
+use benches::scale_probes::{self as probes, ProbeResult};
 use benches::server::{EdsServer, consul_client, envoy_stat_sum, metric_sum, ms};
 use benches::stats::{cpu_time, peak_rss_kib, quantile, rss_kib};
 use consul_client::{
@@ -176,7 +178,7 @@ async fn convergence(args: &Args) -> Result<()> {
     let (envoy, _) = gateway(eds.xds, vec!["web".to_owned()]).await?;
     wait_for_host_count(&envoy, "web", 5, Duration::from_secs(10)).await?;
 
-    let mut samples = ConvergenceSamples::default();
+    let mut samples = ConvergenceSamples::new(&envoy, &eds, "web").await?;
     for n in 0..args.changes {
         let fail = n.is_multiple_of(2);
         let check = "ttl:web-0";
@@ -213,8 +215,7 @@ async fn convergence(args: &Args) -> Result<()> {
             .time_change(&envoy, "web", want, floor, change)
             .await?;
     }
-    samples.print();
-    Ok(())
+    samples.print(&eds).await
 }
 
 /// `convergence` with Nomad's registry as the source: each change registers
@@ -258,7 +259,7 @@ async fn nomad_convergence(args: &Args) -> Result<()> {
     wait_for_host_count(&envoy, "web", 5, Duration::from_secs(10)).await?;
 
     let client = NomadClient::new(NomadConfig::new(nomad_addr.parse()?))?;
-    let mut samples = ConvergenceSamples::default();
+    let mut samples = ConvergenceSamples::new(&envoy, &eds, "web").await?;
     for n in 0..args.changes {
         let deregister = n.is_multiple_of(2);
         // The floor: a blocking query already waiting when the change lands.
@@ -298,7 +299,7 @@ async fn nomad_convergence(args: &Args) -> Result<()> {
             .time_change(&envoy, "web", want, floor, change)
             .await?;
     }
-    samples.print();
+    samples.print(&eds).await?;
     println!("  (the floor is the in-process stand-in's; a real Nomad's is not measured here)");
     Ok(())
 }
@@ -325,15 +326,66 @@ async fn wait_for_host_count(
     .await?)
 }
 
+/// Pause between two polls of the probe: Envoy's main thread, which also
+/// applies EDS updates, serves one poll per gap + round trip.
+const PROBE_GAP: Duration = Duration::from_micros(250);
+
 /// Per change of a convergence part: how long the floor (a raw blocking
-/// query) and Envoy's admin API took to show it.
-#[derive(Debug, Default)]
+/// query) and Envoy took to show it, Envoy's side read by a [`StatProbe`]
+/// on the cluster's `membership_total`.
+#[derive(Debug)]
 struct ConvergenceSamples {
+    /// `None` only while a change is being watched (the probe's thread has it).
+    probe: Option<StatProbe>,
     floor: Vec<Duration>,
+    /// The midpoint of each sighting's interval.
     envoy: Vec<Duration>,
+    /// Per change: Envoy's time minus the floor's.
+    overhead: Vec<Duration>,
+    half_widths: Vec<Duration>,
+    polls: u32,
+    round_trips: Duration,
+    /// What each poll costs, measured before the changes.
+    stat_poll: Duration,
+    clusters_poll: Duration,
+    pushes_before: f64,
 }
 
 impl ConvergenceSamples {
+    /// A probe on `cluster`'s `membership_total`, its poll's cost measured
+    /// beside that of the `/clusters?format=json` poll used before it.
+    async fn new(envoy: &Envoy, eds: &EdsServer, cluster: &str) -> Result<Self> {
+        const ROUNDS: u32 = 100;
+        let admin = envoy.admin_addr();
+        let stat = format!("cluster.{cluster}.membership_total");
+        let (probe, stat_poll) = tokio::task::spawn_blocking(move || {
+            let mut probe = StatProbe::connect(admin, &stat, PROBE_GAP)?;
+            let started = Instant::now();
+            for _ in 0..ROUNDS {
+                probe.read()?;
+            }
+            Ok::<_, anyhow::Error>((probe, started.elapsed() / ROUNDS))
+        })
+        .await??;
+        let started = Instant::now();
+        for _ in 0..ROUNDS {
+            envoy_hosts(envoy, cluster).await?;
+        }
+        let clusters_poll = started.elapsed() / ROUNDS;
+        Ok(Self {
+            probe: Some(probe),
+            floor: Vec::new(),
+            envoy: Vec::new(),
+            overhead: Vec::new(),
+            half_widths: Vec::new(),
+            polls: 0,
+            round_trips: Duration::ZERO,
+            stat_poll,
+            clusters_poll,
+            pushes_before: pushes(eds).await?,
+        })
+    }
+
     /// Times one change. `floor` is the blocking query already sent,
     /// returning the instant it answered; `change` makes the change. Both
     /// are timed from just before `change` starts.
@@ -347,38 +399,96 @@ impl ConvergenceSamples {
     ) -> Result<()> {
         // Lets the floor's query reach the server before the change lands.
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut probe = self.probe.take().context("the probe is in use")?;
         let changed = Instant::now();
+        let watching = tokio::task::spawn_blocking(move || {
+            let sighting = probe.wait_for(want_hosts as u64, changed, Duration::from_secs(10));
+            (probe, sighting)
+        });
         change.await?;
-        let seen = wait_for_host_count(envoy, cluster, want_hosts, Duration::from_secs(10)).await?;
+        let (probe, sighting) = watching.await?;
+        self.probe = Some(probe);
+        let sighting = sighting?;
         let floor_returned = floor.await??;
-        self.floor
-            .push(floor_returned.saturating_duration_since(changed));
-        self.envoy.push(seen.saturating_duration_since(changed));
+        // The stat moved because the assignment did: Envoy's host list, read
+        // outside the timed part, agrees.
+        let hosts = envoy_hosts(envoy, cluster).await?.len();
+        ensure!(
+            hosts == want_hosts,
+            "{cluster}'s membership_total reached {want_hosts} but Envoy lists {hosts} hosts"
+        );
+        let floor = floor_returned.saturating_duration_since(changed);
+        let seen = sighting.midpoint().saturating_duration_since(changed);
+        self.floor.push(floor);
+        self.envoy.push(seen);
+        self.overhead.push(seen.saturating_sub(floor));
+        self.half_widths.push(sighting.half_width());
+        self.polls += sighting.polls;
+        self.round_trips += sighting.round_trips;
         Ok(())
     }
 
-    fn print(mut self) {
-        self.floor.sort();
-        self.envoy.sort();
-        let (f50, f99) = (quantile(&self.floor, 0.5), quantile(&self.floor, 0.99));
-        let (e50, e99) = (quantile(&self.envoy, 0.5), quantile(&self.envoy, 0.99));
+    async fn print(mut self, eds: &EdsServer) -> Result<()> {
+        let changes = self.floor.len();
+        let pushes = pushes(eds).await? - self.pushes_before;
+        for samples in [
+            &mut self.floor,
+            &mut self.envoy,
+            &mut self.overhead,
+            &mut self.half_widths,
+        ] {
+            samples.sort();
+        }
+        let p = |samples: &[Duration]| (quantile(samples, 0.5), quantile(samples, 0.99));
+        let ((f50, f99), (e50, e99), (o50, o99)) =
+            (p(&self.floor), p(&self.envoy), p(&self.overhead));
         println!(
             "  raw blocking query (floor)   p50 {}  p99 {}",
             ms(f50),
             ms(f99)
         );
         println!(
-            "  Envoy admin shows the change p50 {}  p99 {}",
+            "  Envoy shows the change       p50 {}  p99 {}",
             ms(e50),
             ms(e99)
         );
         println!(
-            "  overhead over the floor      p50 {}  p99 {}  (target: p99 within 50 ms)",
+            "  overhead over the floor      p50 {}  p99 {}  (target: p50 within 2 ms, p99 within 5 ms)",
             ms(e50.saturating_sub(f50)),
             ms(e99.saturating_sub(f99))
         );
-        println!("  (Envoy's admin is polled every 1 ms; the figure includes that poll)");
+        println!(
+            "  per change, Envoy - floor    p50 {}  p99 {}",
+            ms(o50),
+            ms(o99)
+        );
+        println!(
+            "  Envoy's side: `membership_total` polled every {} µs plus its round trip, on one kept-alive connection; \
+             each time is the middle of [send of the last poll not seeing the change, receipt of the first seeing it], \
+             half that interval p50 {} max {}",
+            PROBE_GAP.as_micros(),
+            ms(quantile(&self.half_widths, 0.5)),
+            ms(self.half_widths.last().copied().unwrap_or_default()),
+        );
+        println!(
+            "  poll round trip: this stat {} µs during the changes ({} µs before them), \
+             `/clusters?format=json` {} (the probe before this one)",
+            (self.round_trips / self.polls.max(1)).as_micros(),
+            self.stat_poll.as_micros(),
+            ms(self.clusters_poll),
+        );
+        println!("  pushes to the xDS cache: {pushes:.0} for {changes} changes");
+        Ok(())
     }
+}
+
+/// The engine's pushes so far (batches handed to the xDS cache).
+async fn pushes(eds: &EdsServer) -> Result<f64> {
+    Ok(metric_sum(
+        &eds.metrics().await?,
+        "consul_eds_pushes_total",
+        None,
+    ))
 }
 
 async fn scale(args: &Args) -> Result<()> {
@@ -555,7 +665,7 @@ async fn scale(args: &Args) -> Result<()> {
 }
 
 /// An Envoy subscribed over ADS to the probe clusters only (see
-/// `benches::probes`).
+/// `benches::scale_probes`).
 async fn probe_gateway(xds: SocketAddr, clusters: Vec<String>) -> Result<Envoy> {
     let yaml = GatewayBootstrap {
         node_id: "bench-probe".to_owned(),

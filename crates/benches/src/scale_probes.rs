@@ -1,5 +1,5 @@
-//! Timed probes of a running scale bench: a change made in Consul, then
-//! Envoy's admin polled until the change shows, and the connections a
+//! Timed probes of the scale bench (changes made during a storm, each
+//! awaited in a small Envoy) and the connections a process holds to the agent.
 //! process holds to the agent.
 //!
 //! Why a second, small Envoy: polling the admin of an Envoy with thousands
