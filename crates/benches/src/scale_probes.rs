@@ -1,6 +1,5 @@
 //! Timed probes of the scale bench (changes made during a storm, each
 //! awaited in a small Envoy) and the connections a process holds to the agent.
-//! process holds to the agent.
 //!
 //! Why a second, small Envoy: polling the admin of an Envoy with thousands
 //! of clusters costs tens of milliseconds a poll, on the thread that also
