@@ -80,8 +80,9 @@ pub struct Config {
     pub zone_meta_key: String,
 
     /// Most blocking queries held open against the agent at once. Other requests
-    /// take at most 20 more, so by default at most 64 connections to the agent in
-    /// all (Consul allows 200 per client IP, shared by every client on the node).
+    /// take at most 20 more, so by default at most 64 requests in flight to the
+    /// agent (Consul allows 200 connections per client IP, shared by every client
+    /// on the node).
     #[arg(long, env = "CONSUL_EDS_MAX_BLOCKING_QUERIES", default_value_t = 44)]
     pub max_blocking_queries: usize,
 

@@ -9,10 +9,10 @@ use std::hash::{Hash, Hasher};
 
 use consul_client::{CheckBrief, ServiceSummary};
 
-/// What the DC-wide view keeps of a `/v1/health/state/any` answer (all
-/// checks, or only those not passing): per service, and per node for
-/// node-level checks, a digest of the identity and status of its checks.
-/// One small entry per service or node with a check in the answer.
+/// What the DC-wide view keeps of a `/v1/health/state/<state>` answer: per
+/// service, and per node for node-level checks, a digest of the identity
+/// and status of its checks. One small entry per service or node with a
+/// check in the answer.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct ChecksDigest {
     pub(super) services: HashMap<String, Digest>,
