@@ -46,8 +46,9 @@ struct Counters {
     catalog_queries: Mutex<Vec<CatalogQuery>>,
 }
 
-/// Just enough of a Consul agent for the DC-wide view: a checks index that
-/// never moves, a catalog whose index the test moves, and per-service reads
+/// Just enough of a Consul agent for the DC-wide view: checks whose index
+/// never moves, a catalog whose index the test moves, summaries that never
+/// change, and per-service reads
 /// that take [`SLOW_READ`] for `slow-*` services once `slow` is set.
 struct FakeConsul {
     addr: SocketAddr,
@@ -109,7 +110,8 @@ async fn answer(mut stream: TcpStream, counters: Arc<Counters>, mut catalog: wat
         .find_map(|pair| pair.strip_prefix("index="))
         .and_then(|i| i.parse().ok())
         .unwrap_or(0);
-    let (index, body) = if path == "/v1/health/state/any" {
+    let (index, body) = if path == "/v1/health/state/critical" || path == "/v1/health/state/warning"
+    {
         if index > 0 {
             // Nothing ever changes: the blocking query runs out its wait.
             std::future::pending::<()>().await;
@@ -129,6 +131,10 @@ async fn answer(mut stream: TcpStream, counters: Arc<Counters>, mut catalog: wat
             .await
             .expect("the fake lives as long as the test");
         (now, "{}".to_owned())
+    } else if path == "/v1/internal/ui/services" {
+        // The same summaries every time: a catalog change they do not
+        // explain, which the view sweeps for.
+        (*catalog.borrow(), "[]".to_owned())
     } else if let Some(service) = path.strip_prefix("/v1/health/service/") {
         let slow = service.starts_with("slow-") && counters.slow.load(Ordering::SeqCst);
         if slow {
@@ -195,7 +201,7 @@ async fn a_sweep_does_not_hold_up_new_subscribers_or_the_views_watches() {
     for stream in &mut covered {
         assert_eq!(first_instances(stream).await, 1);
     }
-    // The sweep after the catalog's first answer runs while reads are fast.
+    // The view settles while reads are fast.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The agent turns slow, and the catalog moves: the view sweeps.
@@ -268,17 +274,17 @@ async fn the_view_stops_when_its_last_subscriber_goes() {
     assert_eq!(first_instances(&mut web).await, 1);
     assert_eq!(first_instances(&mut api).await, 1);
     eventually(
-        "the view's two blocking queries",
+        "the view's three blocking queries",
         HANG_GUARD,
         Duration::from_millis(5),
-        || async { (blocking() == 2).then_some(()) },
+        || async { (blocking() == 3).then_some(()) },
     )
     .await
-    .expect("the checks and catalog queries in flight");
+    .expect("the two checks queries and the catalog query in flight");
 
     drop(web);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(blocking(), 2, "api still needs the view");
+    assert_eq!(blocking(), 3, "api still needs the view");
 
     drop(api);
     eventually(
@@ -297,7 +303,7 @@ async fn the_view_stops_when_its_last_subscriber_goes() {
         "the new view's queries",
         HANG_GUARD,
         Duration::from_millis(5),
-        || async { (blocking() == 2).then_some(()) },
+        || async { (blocking() == 3).then_some(()) },
     )
     .await
     .expect("a new view");

@@ -206,7 +206,7 @@ async fn consul_outage_keeps_endpoints_reports_degraded_and_recovers() {
 async fn services_beyond_the_watch_budget_follow_changes_through_the_dc_wide_view() {
     let (consul, client, _web1) = common::consul_with_one_web_instance().await;
     // A budget of 3 blocking queries leaves no per-service watch: every
-    // service rides the DC-wide view (2 queries) plus the spare.
+    // service rides the DC-wide view (its 3 queries).
     let eds = EdsServer::start(
         &consul,
         &["--max-blocking-queries", "3", "--dc-wide-sweep", "60s"],
