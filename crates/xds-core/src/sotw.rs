@@ -145,8 +145,12 @@ impl Protocol for Sotw {
     }
 
     fn next_wake(&self) -> Option<std::time::Instant> {
+        // A type awaiting the client's answer sends nothing, stand-in or
+        // not, until that answer: its due stand-ins are no reason to wake,
+        // and waking for them would spin.
         self.types
             .values()
+            .filter(|state| !state.awaiting_reply)
             .filter_map(|state| state.tracker.next_wake())
             .min()
     }

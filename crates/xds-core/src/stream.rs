@@ -87,10 +87,11 @@ impl<P: Protocol> Driver<P> {
                 .protocol
                 .next_wake()
                 .map(tokio::time::Instant::from_std);
+            // Biased, the wake last: a wake already due must never keep the
+            // client's requests (its ACKs among them) from being read.
             tokio::select! {
                 biased;
                 () = self.parts.drain.cancelled() => {}
-                () = sleep_until_opt(wake), if wake.is_some() => {}
                 request = self.requests.next() => match request {
                     Some(Ok(request)) => {
                         if let Err(status) = self.handle(request) {
@@ -114,6 +115,7 @@ impl<P: Protocol> Driver<P> {
                         }
                     }
                 }
+                () = sleep_until_opt(wake), if wake.is_some() => {}
             }
         }
     }

@@ -452,3 +452,27 @@ async fn the_status_says_when_a_stream_has_caught_up_with_the_cache() {
     client.ack(&update, &["a"]);
     eventually("the update acknowledged", settled).await;
 }
+
+/// A stand-in that falls due while the client has yet to answer a push
+/// waits for that answer, and the answer is still read: the stream must
+/// not spin on the due stand-in (it once did, never reading the ACK, so
+/// Envoy with thousands of clusters stopped receiving endpoints).
+#[tokio::test]
+async fn a_stand_in_due_during_an_unanswered_push_follows_the_ack() {
+    let server = TestServer::start().await;
+    server.set_endpoints(&[assignment("a", &[addr(1)])]);
+    let mut client = SotwClient::ads(&server.url(), "envoy-1").await;
+    client.subscribe(EDS, &["a", "b"]);
+    let first = client.recv().await;
+    assert_eq!(names(&first), ["a"]);
+    // Past the stand-in delay (2 s) for `b` before answering.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    client.ack(&first, &["a", "b"]);
+    eventually("the ACK", || server.metrics.ack_count(EDS) == 1).await;
+    let stand_in = client.recv().await;
+    assert_eq!(names(&stand_in), ["b"]);
+    let decoded =
+        <ClusterLoadAssignment as prost::Message>::decode(stand_in.resources[0].value.as_slice())
+            .expect("an assignment");
+    assert!(decoded.endpoints.is_empty(), "{decoded:?}");
+}
