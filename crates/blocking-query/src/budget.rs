@@ -68,6 +68,12 @@ impl RequestBudget {
         }
     }
 
+    /// The most requests of every class in flight at once, so the most
+    /// connections over HTTP/1: what the pool's connection cap is set to.
+    pub fn max_in_flight(max_blocking: usize, max_other: usize) -> usize {
+        max_blocking.max(1) + max_other.max(1) + SESSION_REQUESTS
+    }
+
     /// Waits, in FIFO order, for a slot of `class`'s budget.
     ///
     /// `None` only if the semaphore were closed, which never happens: this

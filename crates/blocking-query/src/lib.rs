@@ -42,6 +42,7 @@
 
 mod address;
 mod budget;
+mod connection_cap;
 mod metrics;
 mod tls;
 mod token;

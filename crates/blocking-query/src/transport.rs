@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::UnixStream;
 
 use crate::address::Address;
+use crate::connection_cap::CappedConnector;
 use crate::tls::{TlsConfig, TlsError};
 
 /// The body of every request: small, and whole before it is sent.
@@ -35,26 +36,24 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// The connection pool to one agent, over the scheme its [`Address`] names.
 #[derive(Debug, Clone)]
 pub enum Transport {
-    Http(HyperClient<HttpConnector, RequestBody>),
-    Https(HyperClient<HttpsConnector<HttpConnector>, RequestBody>),
-    Unix(HyperClient<UnixConnector, RequestBody>),
+    Http(HyperClient<CappedConnector<HttpConnector>, RequestBody>),
+    Https(HyperClient<HttpsConnector<CappedConnector<HttpConnector>>, RequestBody>),
+    Unix(HyperClient<CappedConnector<UnixConnector>, RequestBody>),
 }
 
 impl Transport {
-    /// `tls` is used for an `https` address only. `max_idle`: the idle
-    /// connections the pool keeps, the most requests the caller's budget
-    /// lets run at once. Why: the pool may open a connection for a request
-    /// that an idle one then serves; kept, such spares would add up beyond
-    /// the budget, and the agent's connections per client IP are shared.
+    /// `tls` is used for an `https` address only. `max_connections`: the
+    /// most connections open at once, idle or busy: the most requests the
+    /// caller's budget lets run at once (see [`crate::connection_cap`]).
     pub fn new(
         address: &Address,
         tls: &TlsConfig,
         connect_timeout: Duration,
-        max_idle: usize,
+        max_connections: usize,
     ) -> Result<Self, TlsError> {
         let mut builder = HyperClient::builder(TokioExecutor::new());
         builder
-            .pool_max_idle_per_host(max_idle)
+            .pool_max_idle_per_host(max_connections)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
@@ -63,7 +62,9 @@ impl Transport {
         tcp.set_nodelay(true);
         tcp.set_keepalive(Some(TCP_KEEPALIVE));
         Ok(match address {
-            Address::Http(_) => Self::Http(builder.build(tcp)),
+            Address::Http(_) => {
+                Self::Http(builder.build(CappedConnector::new(tcp, max_connections)))
+            }
             Address::Https(_) => {
                 tcp.enforce_http(false);
                 let config = tls.rustls_config()?;
@@ -76,16 +77,22 @@ impl Transport {
                     }
                     None => connector,
                 };
-                let connector = connector.enable_http1().enable_http2().wrap_connector(tcp);
+                let connector = connector
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(CappedConnector::new(tcp, max_connections));
                 // HTTP/2 PINGs notice a dead connection that many queries share.
                 builder
                     .http2_keep_alive_interval(TCP_KEEPALIVE)
                     .http2_keep_alive_while_idle(true);
                 Self::Https(builder.build(connector))
             }
-            Address::Unix(path) => Self::Unix(builder.build(UnixConnector {
-                path: Arc::new(path.clone()),
-            })),
+            Address::Unix(path) => Self::Unix(builder.build(CappedConnector::new(
+                UnixConnector {
+                    path: Arc::new(path.clone()),
+                },
+                max_connections,
+            ))),
         })
     }
 

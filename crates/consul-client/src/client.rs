@@ -81,7 +81,10 @@ impl Client {
             &config.address,
             &config.tls,
             config.connect_timeout,
-            config.max_blocking_queries + config.max_concurrent_requests,
+            RequestBudget::max_in_flight(
+                config.max_blocking_queries,
+                config.max_concurrent_requests,
+            ),
         )?;
         let base_url =
             Url::parse(&config.address.base_url()).map_err(|e| ConfigError::InvalidAddress {

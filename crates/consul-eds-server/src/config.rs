@@ -80,10 +80,9 @@ pub struct Config {
     pub zone_meta_key: String,
 
     /// Most blocking queries held open against the agent at once. Other requests
-    /// take at most 20 more, so by default at most 64 requests in flight to the
-    /// agent (Consul allows 200 connections per client IP, shared by every client
-    /// on the node).
-    #[arg(long, env = "CONSUL_EDS_MAX_BLOCKING_QUERIES", default_value_t = 44)]
+    /// take at most 24 more, so by default at most 64 connections to the agent
+    /// (Consul allows 200 per client IP, shared by every client on the node).
+    #[arg(long, env = "CONSUL_EDS_MAX_BLOCKING_QUERIES", default_value_t = 40)]
     pub max_blocking_queries: usize,
 
     /// In the DC-wide mode (services beyond the blocking-query budget), how
@@ -440,7 +439,7 @@ mod tests {
             xds_core::Listen::Tcp("127.0.0.1:15000".parse().expect("addr"))
         );
         assert_eq!(config.admin.listen().to_string(), "127.0.0.1:9102");
-        assert_eq!(config.max_blocking_queries, 44);
+        assert_eq!(config.max_blocking_queries, 40);
         assert_eq!(config.coalesce, Duration::from_millis(5));
     }
 
