@@ -575,6 +575,8 @@ async fn scale(args: &Args) -> Result<()> {
     let mut peak_rss = 0;
     let mut n = 0usize;
     let mut probing = Probing::new(&fleet, health_probes, registration_probes);
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut storm_writes = tokio::task::JoinSet::new();
     while storm_started.elapsed() < Duration::from_secs(args.storm_seconds) {
         ticker.tick().await;
         n += 1;
@@ -598,12 +600,24 @@ async fn scale(args: &Args) -> Result<()> {
             critical.insert(id);
             CheckStatus::Critical
         };
-        client
-            .catalog_register(&fleet.registration(s, i, Vec::new(), status))
-            .await?;
+        // Sent without waiting for the answer (up to 32 at once), so the
+        // storm keeps its 100/s whatever Consul's latency.
+        let registration = fleet.registration(s, i, Vec::new(), status);
+        let client = client.clone();
+        let slot = std::sync::Arc::clone(&in_flight).acquire_owned().await?;
+        storm_writes.spawn(async move {
+            let _slot = slot;
+            client.catalog_register(&registration).await
+        });
+        while let Some(written) = storm_writes.try_join_next() {
+            written??;
+        }
         if n.is_multiple_of(100) {
             peak_rss = peak_rss.max(rss_kib(pid).unwrap_or(0));
         }
+    }
+    while let Some(written) = storm_writes.join_next().await {
+        written??;
     }
     let storm = storm_started.elapsed();
     let cpu = cpu_time(pid).unwrap_or_default().saturating_sub(cpu_before);
