@@ -142,8 +142,10 @@ pub struct NomadArgs {
     #[arg(long, env = "CONSUL_EDS_NOMAD_TOKEN_FILE")]
     pub nomad_token_file: Option<PathBuf>,
 
-    /// Nomad namespaces read (comma-separated). A cluster name template
-    /// with `{namespace}` may name others.
+    /// Nomad namespaces read (comma-separated), or `*` alone: every
+    /// namespace the token can read, a namespace that vanishes from the
+    /// listing read directly before it is believed gone. A cluster name
+    /// template with `{namespace}` may name others.
     #[arg(
         long,
         env = "NOMAD_NAMESPACE",
@@ -178,9 +180,9 @@ pub enum SourcesConfigError {
     #[error("--nomad-namespace is empty; name at least one namespace (Nomad's own is `default`)")]
     NoNamespace,
     #[error(
-        "--nomad-namespace `*`: Nomad's /v1/service/:name reads one namespace at a time; list the namespaces instead"
+        "--nomad-namespace `*` already reads every namespace the token can read; give it alone or list names without it"
     )]
-    Wildcard,
+    WildcardWithNames,
 }
 
 impl NomadArgs {
@@ -203,8 +205,9 @@ impl NomadArgs {
         if namespaces.is_empty() {
             return Err(SourcesConfigError::NoNamespace);
         }
-        if namespaces.contains(&"*") {
-            return Err(SourcesConfigError::Wildcard);
+        let distinct: std::collections::BTreeSet<&str> = namespaces.iter().copied().collect();
+        if distinct.len() > 1 && distinct.contains(nomad_client::ALL_NAMESPACES) {
+            return Err(SourcesConfigError::WildcardWithNames);
         }
         Ok(())
     }
@@ -468,6 +471,41 @@ mod tests {
         ])
         .expect_err("rejected");
         assert!(error.to_string().contains("--consul-token"), "{error}");
+    }
+
+    #[test]
+    fn the_nomad_namespace_wildcard_is_read_alone_and_refused_beside_names() {
+        let parse = |namespaces: &str| {
+            Config::try_parse_from([
+                "consul-eds-server",
+                "--sources",
+                "nomad",
+                "--nomad-namespace",
+                namespaces,
+            ])
+            .expect("parses")
+        };
+        let all = parse("*");
+        assert_eq!(all.nomad.validate(), Ok(()));
+        assert_eq!(all.nomad.selection().nomad_namespaces, ["*"]);
+        assert_eq!(parse(" * , *").nomad.validate(), Ok(()));
+        for mixed in ["*,prod", "default, *"] {
+            let error = parse(mixed).nomad.validate().expect_err(mixed);
+            assert_eq!(error, SourcesConfigError::WildcardWithNames);
+            assert!(
+                error.to_string().starts_with("--nomad-namespace `*`"),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            parse(" , ").nomad.validate(),
+            Err(SourcesConfigError::NoNamespace)
+        );
+        let named = parse("default,prod");
+        assert_eq!(
+            named.nomad.selection().nomad_namespaces,
+            ["default", "prod"]
+        );
     }
 
     #[test]

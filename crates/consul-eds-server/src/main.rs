@@ -104,7 +104,19 @@ async fn run(config: Config) -> Result<()> {
         );
     }
     let source = sources;
-    let engine = Engine::new(
+    // `--nomad-namespace '*'`: one checked listing says where each service
+    // is, for the engine and the gateway's catalog alike.
+    let mut every_namespace = None;
+    if let Some(nomad) = &nomad
+        && config.nomad.selection().reads_every_nomad_namespace()
+    {
+        every_namespace = Some(nomad::all_namespaces(
+            nomad,
+            nomad_client::WatchConfig::default(),
+        ));
+    }
+    let (nomad_listing, mut every_namespace_catalog) = every_namespace.unzip();
+    let mut engine = Engine::new(
         EngineSettings {
             naming,
             policy: config.health_policy(),
@@ -119,6 +131,9 @@ async fn run(config: Config) -> Result<()> {
         state.clone(),
         engine_metrics,
     );
+    if let Some(listing) = nomad_listing {
+        engine = engine.with_nomad_listing(listing);
+    }
 
     let shutdown = shutdown::on_signal();
     let admin = AdminServer::bind(config.admin.listen()).await?;
@@ -164,7 +179,9 @@ async fn run(config: Config) -> Result<()> {
         if config.nomad.reads(SourceKind::Consul) {
             catalogs.push(("consul".to_owned(), catalog_events(&client, watch_config)));
         }
-        if let Some(nomad) = &nomad {
+        if let Some(catalog) = every_namespace_catalog.take() {
+            catalogs.push(("nomad/*".to_owned(), catalog));
+        } else if let Some(nomad) = &nomad {
             for namespace in config.nomad.selection().nomad_namespaces {
                 catalogs.push((
                     format!("nomad/{namespace}"),

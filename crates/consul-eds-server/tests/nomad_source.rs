@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{EdsServer, consul_client, gateway, hostnames, register_passing, wait_for_hostnames};
 use test_support::bootstrap::EdsTransport;
-use test_support::nomad_api::{FakeNomad, FakeNomadOptions, Registration};
+use test_support::nomad_api::{Acl, FakeNomad, FakeNomadOptions, Registration};
 use test_support::{Backend, ConsulAgent, eventually, free_port, http_get};
 
 /// The gauge of a Nomad service whose reads fail.
@@ -174,6 +174,102 @@ async fn nomad_failures_and_index_resets_keep_the_last_good_endpoints() {
     assert_eq!(response.status, 200, "{}", response.body);
 }
 
+/// `--nomad-namespace '*'`: the services of every namespace the token reads
+/// reach Envoy; a narrowed token drops a namespace from Nomad's `*` listing
+/// without a word, and its endpoints stay (degraded, the namespace read
+/// directly answers 403); once it is readable and really empty, they go.
+#[tokio::test]
+async fn with_every_namespace_a_narrowed_token_keeps_the_endpoints_of_the_namespace_it_lost() {
+    const TEAM: &str = "team-token";
+    let nomad = FakeNomad::start_with(FakeNomadOptions {
+        acl: Some(Acl::new().token(TEAM, &["a", "b"])),
+        ..FakeNomadOptions::default()
+    })
+    .await
+    .expect("fake nomad");
+    let backends = [
+        Backend::start("web-a").await.expect("backend"),
+        Backend::start("web-b").await.expect("backend"),
+        Backend::start("web-b2").await.expect("backend"),
+        Backend::start("web-b3").await.expect("backend"),
+    ];
+    nomad.register(registration("web-a", &backends[0]).namespace("a"));
+    nomad.register(registration("web-b", &backends[1]).namespace("b"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("nomad_token");
+    std::fs::write(&token_file, TEAM).expect("token file");
+    let token_file = token_file.display().to_string();
+    let eds = nomad_only_server(
+        &nomad,
+        &["--nomad-namespace", "*", "--nomad-token-file", &token_file],
+    )
+    .await;
+    let (envoy, listener) = gateway(eds.xds, &["web"], EdsTransport::Grpc).await;
+    wait_for_hostnames(&envoy, "web", &["web-a", "web-b"], Duration::from_secs(10)).await;
+    // Each namespace is read by name: `*` only ever goes to /v1/services.
+    let requests = nomad.requests();
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.path.starts_with("/v1/service/"))
+            .all(|r| r.query.contains("namespace=a") || r.query.contains("namespace=b")),
+        "{requests:?}"
+    );
+
+    // Narrowed to `b`. The queries in flight answer the next change with
+    // the token's old rights; the listing after that leaves `a` out.
+    nomad.set_token(TEAM, &["b"]);
+    nomad.register(registration("web-b2", &backends[2]).namespace("b"));
+    wait_for_hostnames(
+        &envoy,
+        "web",
+        &["web-a", "web-b", "web-b2"],
+        Duration::from_secs(10),
+    )
+    .await;
+    nomad.register(registration("web-b3", &backends[3]).namespace("b"));
+    let held = "consul_eds_service_degraded{service=\"web\",datacenter=\"local\",source=\"nomad\",namespace=\"a\"} 1";
+    eventually(
+        "the namespace the token lost to show as degraded",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let metrics = http_get(eds.admin, "/metrics").await.ok()?.body;
+            metrics.contains(held).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", eds.process.log_tail()));
+    wait_for_hostnames(
+        &envoy,
+        "web",
+        &["web-a", "web-b", "web-b2", "web-b3"],
+        Duration::from_secs(10),
+    )
+    .await;
+    let log = std::fs::read_to_string(eds.process.log_path()).expect("the server's log");
+    assert!(
+        log.contains("vanished from the `*` listing and cannot be read directly"),
+        "{log}"
+    );
+    let (status, body) = eds.readyz().await;
+    assert_eq!(status, 429, "degraded while a namespace is held: {body}");
+    let response = http_get(listener, "/").await.expect("through envoy");
+    assert_eq!(response.status, 200, "{}", response.body);
+
+    // Readable again once `a` has emptied: the direct read says so, and
+    // its endpoints go.
+    nomad.set_token(TEAM, &["a", "b"]);
+    nomad.deregister("a", "web-a");
+    wait_for_hostnames(
+        &envoy,
+        "web",
+        &["web-b", "web-b2", "web-b3"],
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_service_in_both_registries_is_one_cluster_unless_the_template_parts_them() {
     let consul = ConsulAgent::start().await.expect("consul");
@@ -330,4 +426,79 @@ async fn the_gateway_routes_nomad_services_from_their_tags() {
         .expect("the api cluster in Envoy's config");
     assert!(api_cluster.contains("outlier_detection"), "{api_cluster}");
     drop(envoy);
+}
+
+/// Gateway mode with `--nomad-namespace '*'`: routes from the tags of two
+/// namespaces' services, read from one `*` listing; a narrowed token keeps
+/// the lost namespace's route and endpoints.
+#[tokio::test]
+async fn the_gateway_routes_every_namespace_and_keeps_the_routes_of_one_the_token_lost() {
+    const TEAM: &str = "team-token";
+    let nomad = FakeNomad::start_with(FakeNomadOptions {
+        acl: Some(Acl::new().token(TEAM, &["a", "b"])),
+        ..FakeNomadOptions::default()
+    })
+    .await
+    .expect("fake nomad");
+    let tagged = |service: &str, namespace: &str, backend: &Backend| {
+        let addr = backend.addr();
+        Registration::new(service, &addr.ip().to_string(), addr.port())
+            .namespace(namespace)
+            .id(backend.name())
+            .tags(&[&format!("edge.route={service}.test/")])
+    };
+    let backends = [
+        Backend::start("api-1").await.expect("backend"),
+        Backend::start("shop-1").await.expect("backend"),
+        Backend::start("cart-1").await.expect("backend"),
+        Backend::start("late-1").await.expect("backend"),
+    ];
+    nomad.register(tagged("api", "a", &backends[0]));
+    nomad.register(tagged("shop", "b", &backends[1]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("nomad_token");
+    std::fs::write(&token_file, TEAM).expect("token file");
+    let token_file = token_file.display().to_string();
+    let port = free_port();
+    let listener = SocketAddr::from(([127, 0, 0, 1], port));
+    let listen = format!("web=127.0.0.1:{port}");
+    let eds = nomad_only_server(
+        &nomad,
+        &[
+            "--gateway",
+            "--listener",
+            &listen,
+            "--nomad-namespace",
+            "*",
+            "--nomad-token-file",
+            &token_file,
+        ],
+    )
+    .await;
+    let _envoy = test_support::Envoy::start(&test_support::bootstrap::ads_only_bootstrap(
+        &format!("gw-{port}"),
+        eds.xds,
+        false,
+    ))
+    .await
+    .expect("Envoy starts with the small bootstrap");
+    expect_answer(&eds, listener, "api.test", 200, "api-1").await;
+    expect_answer(&eds, listener, "shop.test", 200, "shop-1").await;
+
+    // Narrowed to `b`: the query in flight answers `cart` with the old
+    // rights, the listing that brings `late` leaves `a` out.
+    nomad.set_token(TEAM, &["b"]);
+    nomad.register(tagged("cart", "b", &backends[2]));
+    expect_answer(&eds, listener, "cart.test", 200, "cart-1").await;
+    nomad.register(tagged("late", "b", &backends[3]));
+    expect_answer(&eds, listener, "late.test", 200, "late-1").await;
+    for _ in 0..10 {
+        let (status, body) = get(listener, "api.test").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "api-1"),
+            "api.test after the token lost `a`\n{}",
+            eds.process.log_tail()
+        );
+    }
 }

@@ -8,6 +8,9 @@
 //! - once Nomad answers again, a deregistration it reports unroutes it;
 //! - with `--sources consul,nomad` (a real Consul), nothing is routed until
 //!   Nomad has answered too, then the hosts of both are;
+//! - with `--nomad-namespace '*'`, the hosts of every namespace the token
+//!   reads are routed, a namespace a narrowed token loses keeps its hosts
+//!   routed, and one that really emptied unroutes them;
 //! - end to end, with every other part real (test-support's
 //!   `GatewayWorld`): a service registered in Nomad alone with a `tls=true`
 //!   route gets a certificate from pebble, by HTTP-01 through the gateway
@@ -25,7 +28,7 @@ use std::time::Duration;
 use common::service::{SdsService, binary, describe_certificate};
 use serde_json::Value;
 use test_support::gateway::{Challenge, GatewayWorld, GatewayWorldOptions, eds_binary_beside};
-use test_support::nomad_api::{FakeNomad, Registration};
+use test_support::nomad_api::{Acl, FakeNomad, FakeNomadOptions, Registration};
 use test_support::{Backend, ConsulAgent, eventually, free_port, http_get, http_request};
 
 const HOST: &str = "new.demo.test";
@@ -215,6 +218,113 @@ async fn consul_and_nomad_routes_are_united_once_both_have_answered() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
         assert!(entry["unrouted_since"].is_null(), "{entry}");
+    }
+}
+
+/// `--nomad-namespace '*'`: hosts from two namespaces; a narrowed token
+/// drops one namespace from Nomad's `*` listing without a word, and its
+/// host stays routed (the namespace read directly answers 403); once it is
+/// readable again and really empty, its host is unrouted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_namespace_a_narrowed_token_keeps_the_hosts_of_the_namespace_it_lost() {
+    const TEAM: &str = "team-token";
+    let nomad = FakeNomad::start_with(FakeNomadOptions {
+        acl: Some(Acl::new().token(TEAM, &["a", "b"])),
+        ..FakeNomadOptions::default()
+    })
+    .await
+    .expect("the stand-in Nomad starts");
+    let tagged = |service: &str, namespace: &str| {
+        Registration::new(service, "127.0.0.1", 8080)
+            .namespace(namespace)
+            .id(&format!("{service}-1"))
+            .tags(&[&format!("edge.route={service}.demo.test/ tls=true")])
+    };
+    nomad.register(tagged("web", "a"));
+    nomad.register(tagged("api", "b"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("nomad_token");
+    std::fs::write(&token_file, TEAM).expect("token file");
+    let sds = start_sds(
+        dir.path(),
+        &[
+            "--sources".to_owned(),
+            "nomad".to_owned(),
+            "--nomad-addr".to_owned(),
+            nomad.address(),
+            "--nomad-namespace".to_owned(),
+            "*".to_owned(),
+            "--nomad-token-file".to_owned(),
+            token_file.display().to_string(),
+            "--consul-addr".to_owned(),
+            format!("http://127.0.0.1:{}", free_port()),
+        ],
+    );
+    let routed = |host: &'static str| {
+        let sds = &sds;
+        async move {
+            eventually(&format!("{host} is routed"), WAIT, POLL, || async {
+                routed_host(sds, host)
+                    .await
+                    .filter(|entry| entry["unrouted_since"].is_null())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()))
+        }
+    };
+    routed("web.demo.test").await;
+    routed("api.demo.test").await;
+
+    // Narrowed to `b`. The query in flight answers the next change with
+    // the token's old rights; the listing after that leaves `a` out.
+    nomad.set_token(TEAM, &["b"]);
+    nomad.register(tagged("shop", "b"));
+    routed("shop.demo.test").await;
+    nomad.register(tagged("cart", "b"));
+    routed("cart.demo.test").await;
+    // The answer that routed `cart` is the one without `a`.
+    let entry = routed_host(&sds, "web.demo.test")
+        .await
+        .expect("still listed");
+    assert!(
+        entry["unrouted_since"].is_null(),
+        "unrouted by a narrowed token: {entry}\n{}",
+        sds.logs()
+    );
+    eventually("the lost namespace to be reported", WAIT, POLL, || async {
+        sds.logs()
+            .contains("vanished from the `*` listing and cannot be read directly")
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+
+    // Readable again once `a` has emptied: the direct read says so, and
+    // its host is unrouted.
+    nomad.set_token(TEAM, &["a", "b"]);
+    nomad.deregister("a", "web-1");
+    nomad.register(tagged("extra", "b"));
+    let entry = eventually(
+        "the emptied namespace's host is unrouted",
+        WAIT,
+        POLL,
+        || async {
+            routed_host(&sds, "web.demo.test")
+                .await
+                .filter(|entry| !entry["unrouted_since"].is_null())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", sds.logs()));
+    assert_eq!(entry["services"], serde_json::json!(["web"]));
+    for host in [
+        "api.demo.test",
+        "shop.demo.test",
+        "cart.demo.test",
+        "extra.demo.test",
+    ] {
+        let entry = routed_host(&sds, host).await.expect("listed");
+        assert!(entry["unrouted_since"].is_null(), "{host}: {entry}");
     }
 }
 

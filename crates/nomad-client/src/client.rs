@@ -166,6 +166,9 @@ impl NomadClient {
     /// from a cluster without those namespaces; ask
     /// [`namespace_access`](Self::namespace_access) about the namespaces
     /// you expect, or list them one by one (each unreadable one is a 403).
+    /// [`watch_all_namespaces`](Self::watch_all_namespaces) catches the
+    /// narrowing of a namespace it has seen listed: it reads a namespace
+    /// that vanished directly before believing it gone.
     /// Nomad 1.6's `/v1/namespaces` would not help: it filters by the token
     /// the same way.
     ///

@@ -30,8 +30,10 @@
 //!
 //! The `*` trap: a `*` listing silently leaves out the namespaces the token
 //! cannot read; see [`NomadClient::services`] for what this client can and
-//! cannot tell, and [`NomadClient::namespace_access`] for the check it
-//! offers.
+//! cannot tell, [`NomadClient::watch_all_namespaces`] for a `*` watch that
+//! reads a vanished namespace directly before believing it gone
+//! ([`all_namespaces`]), and [`NomadClient::namespace_access`] for the
+//! check of the namespaces an operator expects.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,6 +62,7 @@
 //! # }
 //! ```
 
+pub mod all_namespaces;
 pub mod api;
 mod client;
 pub mod config;
@@ -68,6 +71,7 @@ mod metrics;
 mod query;
 mod watch;
 
+pub use all_namespaces::CheckedListing;
 pub use api::{
     CheckMode, CheckResult, CheckStatus, NamespaceServices, ServiceRegistration, ServiceSummary,
     tags_by_service,

@@ -12,9 +12,9 @@ use nomad_client::config::{
     ENV_SKIP_VERIFY, ENV_TOKEN,
 };
 use nomad_client::{
-    Address, Backoff, CheckStatus, ConfigError, Continuity, Error, NamespaceAccess, NomadClient,
-    NomadConfig, RequestClass, ServiceRegistration, TlsConfig, Token, Watch, WatchConfig,
-    WatchEvent,
+    Address, Backoff, CheckStatus, CheckedListing, ConfigError, Continuity, Error, NamespaceAccess,
+    NomadClient, NomadConfig, RequestClass, ServiceRegistration, TlsConfig, Token, Watch,
+    WatchConfig, WatchEvent,
 };
 use test_support::nomad_api::{
     Acl, AllocCheck, FakeNomad, FakeNomadOptions, FakeNomadTls, Registration,
@@ -376,6 +376,83 @@ async fn namespaces_one_or_all_and_the_silent_narrowing_of_star() {
     let nothing = client_with_token(&nomad, "nothing-secret");
     let error = nothing.services("*").await.expect_err("nothing readable");
     assert!(matches!(error, Error::PermissionDenied { .. }), "{error:?}");
+}
+
+/// The `*` trap, checked: a namespace that vanishes from the listing is
+/// read directly; denied, it is kept at its last services; empty, it goes.
+#[tokio::test]
+async fn the_checked_star_watch_keeps_a_namespace_the_token_lost_and_drops_one_that_emptied() {
+    let nomad = FakeNomad::start_with(FakeNomadOptions {
+        acl: Some(Acl::new().token(SECRET, &["a", "b"])),
+        ..FakeNomadOptions::default()
+    })
+    .await
+    .expect("start");
+    nomad.register(
+        Registration::new("web", "10.0.0.1", 8080)
+            .namespace("a")
+            .id("web-a"),
+    );
+    nomad.register(
+        Registration::new("api", "10.0.0.2", 8080)
+            .namespace("b")
+            .id("api-b"),
+    );
+    let client = client_with_token(&nomad, SECRET);
+    let mut watch = client.watch_all_namespaces(fast_watch());
+    let mut next_listing = async || {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("watches never end");
+        match event {
+            WatchEvent::Value { value, .. } => value,
+            WatchEvent::Degraded { error, .. } => panic!("expected a listing, got {error}"),
+        }
+    };
+    let services = |listing: &CheckedListing| -> Vec<String> {
+        listing
+            .namespaces
+            .iter()
+            .flat_map(|n| {
+                n.services
+                    .iter()
+                    .map(move |s| format!("{}/{}", n.namespace, s.service_name))
+            })
+            .collect()
+    };
+    let first = next_listing().await;
+    assert_eq!(services(&first), ["a/web", "b/api"]);
+    assert!(first.held.is_empty());
+
+    // Narrowed to `b`: the listing drops `a` without a word, and the
+    // direct read of `a` is a 403, so `a` is kept at what it had.
+    nomad.set_token(SECRET, &["b"]);
+    nomad.register(Registration::new("db", "10.0.0.3", 8080).namespace("b"));
+    let held = next_listing().await;
+    assert_eq!(services(&held), ["a/web", "b/api", "b/db"]);
+    assert_eq!(held.held.keys().collect::<Vec<_>>(), ["a"]);
+    assert!(
+        matches!(held.held["a"], Error::PermissionDenied { .. }),
+        "{:?}",
+        held.held
+    );
+    let direct: Vec<u16> = nomad
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/services" && r.query == "namespace=a")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(direct, [403], "one direct read of the vanished namespace");
+
+    // The token gets `a` back after `a` emptied: the direct read says it
+    // is empty, and that is believed.
+    nomad.set_token(SECRET, &["a", "b"]);
+    nomad.deregister("a", "web-a");
+    nomad.register(Registration::new("cache", "10.0.0.4", 8080).namespace("b"));
+    let emptied = next_listing().await;
+    assert_eq!(services(&emptied), ["b/api", "b/cache", "b/db"]);
+    assert!(emptied.held.is_empty());
 }
 
 #[tokio::test]

@@ -47,7 +47,8 @@
 //! Not reproduced: `?filter=`, pagination (`per_page`, `next_token`),
 //! `?choose=`, `?stale` (every answer is the leader's), `DELETE
 //! /v1/service/:name/:id` (answered 405), ACL policies (a token lists the
-//! namespaces it may read, `*` for all), workload-identity claims, HTTP/2,
+//! namespaces it may read, `*` for all; [`FakeNomad::set_token`] changes
+//! them while it runs), workload-identity claims, HTTP/2,
 //! Raft (there is one server, and an index moves by one per write). Nomad
 //! orders `/v1/services` by Go map iteration, that is randomly; here it is
 //! sorted. A namespace exists here when it is `default` or holds
@@ -421,7 +422,8 @@ struct Controls {
 #[derive(Debug)]
 struct Shared {
     region: String,
-    acl: Option<Acl>,
+    /// Changed by [`FakeNomad::set_token`]; each request reads it once.
+    acl: Mutex<Option<Acl>>,
     table: Mutex<Table>,
     controls: Mutex<Controls>,
     /// Bumped after every change of the table, so blocked queries look again.
@@ -475,7 +477,7 @@ impl FakeNomad {
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         let shared = Arc::new(Shared {
             region: options.region,
-            acl: options.acl,
+            acl: Mutex::new(options.acl),
             table: Mutex::new(Table::default()),
             controls: Mutex::new(Controls::default()),
             changes: watch::channel(0).0,
@@ -553,6 +555,24 @@ impl FakeNomad {
     /// their deadline).
     pub fn reset_index(&self, to: u64) {
         self.shared.change(|table| table.restore_index(to));
+    }
+
+    /// Gives the token `secret` the namespaces `namespaces` from now on
+    /// (adding it if unknown), as an operator changing its policy: later
+    /// requests are allowed what it allows, and a `*` listing leaves out
+    /// the namespaces it no longer reads. A blocked query keeps what its
+    /// token was allowed when it came in: Nomad resolves the token once per
+    /// request (`listAllServiceRegistrations`, `handleMixedAuthEndpoint`),
+    /// before it blocks. Without ACLs, nothing changes.
+    pub fn set_token(&self, secret: &str, namespaces: &[&str]) {
+        let mut acl = self
+            .shared
+            .acl
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = acl.take() {
+            *acl = Some(known.token(secret, namespaces));
+        }
     }
 
     /// Every request answers `status` (with a plain-text body) until `None`.
@@ -803,7 +823,8 @@ impl Shared {
                 "No path to region",
             ));
         }
-        let access = match &self.acl {
+        let acl = self.acl.lock().unwrap_or_else(PoisonError::into_inner);
+        let access = match &*acl {
             None => Ok(Access::Everything),
             Some(_) if options.token.is_empty() => Ok(Access::Namespaces(BTreeSet::new())),
             Some(acl) => acl

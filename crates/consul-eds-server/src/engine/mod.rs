@@ -108,6 +108,27 @@ pub struct SourceSelection {
     pub nomad_namespaces: Vec<String>,
 }
 
+impl SourceSelection {
+    /// `--nomad-namespace '*'`: every namespace the token can read, each
+    /// service in those the checked `*` listing names ([`NomadListing`]).
+    pub fn reads_every_nomad_namespace(&self) -> bool {
+        matches!(self.nomad_namespaces.as_slice(), [only] if only == nomad_client::ALL_NAMESPACES)
+    }
+}
+
+/// With `--nomad-namespace '*'`: where each service is registered, from the
+/// checked `*` listing (`source::nomad::all_namespaces`). A cluster of a
+/// service is fed by one watch per namespace listed here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NomadListing {
+    /// Service -> the namespaces that list it, held ones included.
+    pub namespaces: BTreeMap<String, BTreeSet<String>>,
+    /// Namespaces that vanished from the listing and whose direct read
+    /// fails (403: the token lost them), with the failure: kept, and
+    /// every watch in them degraded.
+    pub held: BTreeMap<String, String>,
+}
+
 impl Default for SourceSelection {
     /// Consul alone, as before Nomad could be read.
     fn default() -> Self {
@@ -227,6 +248,9 @@ pub struct Engine<S, K> {
     /// The subscribed names last seen, so a change of the gateway's targets
     /// can recompute the demand.
     subscribed: BTreeSet<String>,
+    /// With `--nomad-namespace '*'`: where services are registered.
+    nomad_listing: NomadListing,
+    nomad_listing_rx: Option<watch::Receiver<Arc<NomadListing>>>,
 }
 
 impl<S, K> std::fmt::Debug for Engine<S, K> {
@@ -265,7 +289,17 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             gateway_targets: BTreeMap::new(),
             instances_tx: None,
             subscribed: BTreeSet::new(),
+            nomad_listing: NomadListing::default(),
+            nomad_listing_rx: None,
         }
+    }
+
+    /// Feeds clusters from the namespaces `listing` names per service
+    /// (`--nomad-namespace '*'`), planned again at each of its changes.
+    #[must_use]
+    pub fn with_nomad_listing(mut self, listing: watch::Receiver<Arc<NomadListing>>) -> Self {
+        self.nomad_listing_rx = Some(listing);
+        self
     }
 
     /// Runs until `shutdown`; every watch stops with it.
@@ -300,6 +334,11 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         };
         let mut targets_open = targets_open;
         self.gateway_targets = targets.borrow_and_update().clone();
+        let (mut listing, mut listing_open) = match self.nomad_listing_rx.take() {
+            Some(listing) => (listing, true),
+            None => (watch::channel(Arc::default()).1, false),
+        };
+        self.nomad_listing = listing.borrow_and_update().as_ref().clone();
         let initial = demand.borrow_and_update().clone();
         self.set_demand(&initial);
         let mut demand_open = true;
@@ -330,6 +369,17 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                     self.gateway_targets = targets.borrow_and_update().clone();
                     let subscribed = self.subscribed.clone();
                     self.set_demand(&subscribed);
+                }
+                changed = listing.changed(), if listing_open => {
+                    if changed.is_err() {
+                        // The listing's task is gone; keep what it said last.
+                        listing_open = false;
+                        continue;
+                    }
+                    self.nomad_listing = listing.borrow_and_update().as_ref().clone();
+                    let subscribed = self.subscribed.clone();
+                    self.set_demand(&subscribed);
+                    self.degrade_held_namespaces();
                 }
                 Some((key, generation, event)) = self.events_rx.recv() => {
                     self.on_source_event(key, generation, event);
@@ -371,10 +421,9 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         }
 
         for (cluster, plan) in wanted {
-            let changed = self
-                .plans
-                .get(&cluster)
-                .is_none_or(|known| known.target() != plan.target());
+            // A plan changes with its target, or (with `*`) with the
+            // namespaces its service is listed in.
+            let changed = self.plans.get(&cluster).is_none_or(|known| *known != plan);
             if changed {
                 self.plans.insert(cluster.clone(), plan);
                 // A new cluster on an existing watch is served at once (and
@@ -393,6 +442,9 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             tracing::info!(service = %key.service, dc = %key.datacenter_label(), "stopping watch");
             self.watches.remove(&key);
             self.metrics.degraded.remove(&service_label(&key));
+            // A namespace that left a `*` listing takes its instances out of
+            // what the gateway reads the service's tags from.
+            self.report_instances(&key);
         }
         for key in needed {
             if !self.watches.contains_key(&key) {
@@ -427,7 +479,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
                 tracing::debug!(%cluster, service = %target.service, "service not in --services; answered empty");
                 continue;
             }
-            let plan = ClusterPlan::new(target, &self.settings);
+            let plan = ClusterPlan::new(target, &self.settings, &self.nomad_listing);
             if plan.watch_keys().next().is_none() {
                 tracing::debug!(%cluster, "the cluster's registry is not read (--sources); answered empty");
                 continue;
@@ -438,7 +490,7 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
         // a client asks for: `--services` (which bounds what clients can
         // make the server watch) does not apply to them.
         for (cluster, target) in &self.gateway_targets {
-            let plan = ClusterPlan::new(target.clone(), &self.settings);
+            let plan = ClusterPlan::new(target.clone(), &self.settings, &self.nomad_listing);
             wanted.insert(cluster.clone(), plan);
         }
         wanted
@@ -493,6 +545,32 @@ impl<S: ServiceSource, K: EndpointSink> Engine<S, K> {
             tracing::debug!(service = %key.service, instances = instances.len(), index, after_reset, "instances read");
         }
         self.apply(&key, Input::Source(event));
+    }
+
+    /// Degrades, at once, every watch in a namespace the `*` listing holds
+    /// (it vanished, and a direct read of it fails): its last instances
+    /// stay, and the service says why. The watch's own blocking query,
+    /// admitted with the token's old rights, may answer only much later.
+    fn degrade_held_namespaces(&mut self) {
+        let held: Vec<(WatchKey, String)> = self
+            .watches
+            .iter()
+            .filter(|(_, watch)| !matches!(watch.service.freshness(), Freshness::Degraded { .. }))
+            .filter_map(|(key, _)| {
+                let Origin::Nomad { namespace } = &key.origin else {
+                    return None;
+                };
+                let reason = self.nomad_listing.held.get(namespace)?;
+                let error = format!(
+                    "Nomad namespace `{namespace}` vanished from the `*` listing and cannot be \
+                     read: {reason}"
+                );
+                Some((key.clone(), error))
+            })
+            .collect();
+        for (key, error) in held {
+            self.apply(&key, Input::Source(SourceEvent::Failing { error }));
+        }
     }
 
     /// Releases the holds whose grace deadline has passed.

@@ -4,14 +4,14 @@
 //! states, so the actor only decides *when* a cluster is built again.
 
 use super::rules::ServiceState;
-use super::{EngineSettings, WatchKey};
+use super::{EngineSettings, NomadListing, WatchKey};
 use crate::health::HealthPolicy;
 use crate::model::SourceKind;
 use crate::naming::ClusterTarget;
 use crate::state::{ClusterView, Excluded, Freshness};
 
 /// What a demanded cluster selects and from which watches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClusterPlan {
     target: ClusterTarget,
     /// Watches feeding it, with the priority their endpoints get.
@@ -25,11 +25,17 @@ impl ClusterPlan {
     /// the target selects it: each selected namespace at priority 0, beside
     /// Consul's instances (merged by service name). Nomad's registrations
     /// carry Nomad's datacenter, which is not Consul's: a target naming a
-    /// datacenter selects Consul only, and failover is Consul's.
+    /// datacenter selects Consul only, and failover is Consul's. With
+    /// `--nomad-namespace '*'` the selected namespaces are those `listing`
+    /// lists the service in; a name with `{namespace}` reads its own.
     ///
     /// A plan may come out with no watch at all (its registry is not read);
     /// such a cluster is not served.
-    pub(crate) fn new(target: ClusterTarget, settings: &EngineSettings) -> Self {
+    pub(crate) fn new(
+        target: ClusterTarget,
+        settings: &EngineSettings,
+        listing: &NomadListing,
+    ) -> Self {
         let selection = &settings.sources;
         let wants = |kind: SourceKind| target.source.is_none_or(|source| source == kind);
         let mut sources = Vec::new();
@@ -54,6 +60,11 @@ impl ClusterPlan {
                     vec![namespace.clone()]
                 }
                 Some(_) => Vec::new(),
+                None if selection.reads_every_nomad_namespace() => listing
+                    .namespaces
+                    .get(&target.service)
+                    .map(|namespaces| namespaces.iter().cloned().collect())
+                    .unwrap_or_default(),
                 None => selection.nomad_namespaces.clone(),
             };
             for namespace in namespaces {
@@ -61,10 +72,6 @@ impl ClusterPlan {
             }
         }
         Self { target, sources }
-    }
-
-    pub(crate) fn target(&self) -> &ClusterTarget {
-        &self.target
     }
 
     /// The watches this cluster needs.
@@ -174,6 +181,11 @@ mod tests {
         }
     }
 
+    /// A plan with no `*` listing.
+    fn plan_of(target: ClusterTarget, settings: &EngineSettings) -> ClusterPlan {
+        ClusterPlan::new(target, settings, &NomadListing::default())
+    }
+
     fn consul_only() -> SourceSelection {
         SourceSelection::default()
     }
@@ -187,7 +199,7 @@ mod tests {
 
     #[test]
     fn failover_datacenters_follow_the_primary_and_skip_the_targets_own() {
-        let plan = ClusterPlan::new(
+        let plan = plan_of(
             target("web", Some("dc2")),
             &settings(&["dc2", "dc3"], consul_only()),
         );
@@ -201,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_name_known_to_both_registries_is_fed_by_both_at_the_same_priority() {
-        let plan = ClusterPlan::new(target("web", None), &settings(&["dc2"], both(&["a", "b"])));
+        let plan = plan_of(target("web", None), &settings(&["dc2"], both(&["a", "b"])));
         assert_eq!(
             plan.sources,
             vec![
@@ -219,22 +231,68 @@ mod tests {
             source: Some(SourceKind::Nomad),
             ..target("web", None)
         };
-        let plan = ClusterPlan::new(nomad_only, &settings(&["dc2"], both(&["a"])));
+        let plan = plan_of(nomad_only, &settings(&["dc2"], both(&["a"])));
         assert_eq!(plan.sources, vec![(WatchKey::nomad("web", "a"), 0)]);
 
         let in_namespace = ClusterTarget {
             namespace: Some("b".to_owned()),
             ..target("web", None)
         };
-        let plan = ClusterPlan::new(in_namespace.clone(), &settings(&[], both(&["a"])));
+        let plan = plan_of(in_namespace.clone(), &settings(&[], both(&["a"])));
         assert_eq!(plan.sources, vec![(WatchKey::nomad("web", "b"), 0)]);
         // Nomad not read: nothing feeds a namespace other than Consul's.
-        let plan = ClusterPlan::new(in_namespace, &settings(&[], consul_only()));
+        let plan = plan_of(in_namespace, &settings(&[], consul_only()));
         assert_eq!(plan.watch_keys().count(), 0);
 
         // A Consul datacenter is Consul's alone.
-        let plan = ClusterPlan::new(target("web", Some("dc2")), &settings(&[], both(&["a"])));
+        let plan = plan_of(target("web", Some("dc2")), &settings(&[], both(&["a"])));
         assert_eq!(plan.sources, vec![(key(Some("dc2")), 0)]);
+    }
+
+    #[test]
+    fn with_every_nomad_namespace_a_service_is_fed_from_the_namespaces_listing_it() {
+        let settings = settings(&[], both(&["*"]));
+        assert!(settings.sources.reads_every_nomad_namespace());
+        assert!(!both(&["a"]).reads_every_nomad_namespace());
+        let listing = NomadListing {
+            namespaces: [
+                ("web".to_owned(), ["a".to_owned(), "b".to_owned()].into()),
+                ("api".to_owned(), ["b".to_owned()].into()),
+            ]
+            .into(),
+            held: Default::default(),
+        };
+        let plan = ClusterPlan::new(target("web", None), &settings, &listing);
+        assert_eq!(
+            plan.sources,
+            vec![
+                (key(None), 0),
+                (WatchKey::nomad("web", "a"), 0),
+                (WatchKey::nomad("web", "b"), 0),
+            ]
+        );
+        // Never `*` itself: /v1/service/:name would read it as a name.
+        assert!(plan.watch_keys().all(|k| k != &WatchKey::nomad("web", "*")));
+        // Listed nowhere (yet): Consul's alone.
+        let plan = ClusterPlan::new(target("db", None), &settings, &listing);
+        assert_eq!(plan.sources, vec![(WatchKey::consul("db", None), 0)]);
+        // `{namespace}` in the name reads that namespace, listed or not.
+        let in_namespace = ClusterTarget {
+            namespace: Some("c".to_owned()),
+            source: Some(SourceKind::Nomad),
+            ..target("web", None)
+        };
+        let plan = ClusterPlan::new(in_namespace, &settings, &listing);
+        assert_eq!(plan.sources, vec![(WatchKey::nomad("web", "c"), 0)]);
+        // The plan follows the listing, so the engine can tell it changed.
+        let narrower = NomadListing {
+            namespaces: [("web".to_owned(), ["b".to_owned()].into())].into(),
+            held: Default::default(),
+        };
+        assert_ne!(
+            ClusterPlan::new(target("web", None), &settings, &listing),
+            ClusterPlan::new(target("web", None), &settings, &narrower)
+        );
     }
 
     #[test]
@@ -256,7 +314,7 @@ mod tests {
             now,
             std::time::Duration::ZERO,
         );
-        let plan = ClusterPlan::new(target("web", None), &settings(&[], both(&["default"])));
+        let plan = plan_of(target("web", None), &settings(&[], both(&["default"])));
         let build = |consul: &ServiceState, nomad: &ServiceState| {
             plan.build("web", &HealthPolicy::default(), |key| {
                 Some(match key.origin {
@@ -295,7 +353,7 @@ mod tests {
 
     #[test]
     fn nothing_is_built_before_a_feeding_watch_has_read() {
-        let plan = ClusterPlan::new(target("web", None), &settings(&[], consul_only()));
+        let plan = plan_of(target("web", None), &settings(&[], consul_only()));
         let unread = ServiceState::default();
         assert!(
             plan.build("web", &HealthPolicy::default(), |_| Some(&unread))
@@ -338,7 +396,7 @@ mod tests {
             std::time::Duration::ZERO,
         );
         let ids = |target: ClusterTarget| -> Vec<String> {
-            let view = ClusterPlan::new(target, &settings(&[], consul_only()))
+            let view = plan_of(target, &settings(&[], consul_only()))
                 .build("web", &HealthPolicy::default(), |_| Some(&read))
                 .expect("read");
             view.endpoints

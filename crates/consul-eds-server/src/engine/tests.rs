@@ -39,6 +39,20 @@ impl FakeSource {
         sender.send(event).expect("watch is running");
     }
 
+    fn send_key(&self, key: &WatchKey, event: SourceEvent) {
+        let senders = self.senders.lock().expect("lock");
+        let sender = senders.get(key).expect("watched");
+        sender.send(event).expect("watch is running");
+    }
+
+    fn is_watching_key(&self, key: &WatchKey) -> bool {
+        self.senders
+            .lock()
+            .expect("lock")
+            .get(key)
+            .is_some_and(|s| !s.is_closed())
+    }
+
     fn is_watching(&self, service: &str) -> bool {
         let key = WatchKey::consul(service, None);
         self.senders
@@ -595,4 +609,109 @@ async fn a_lone_change_is_pushed_at_once_and_what_follows_waits_for_the_window()
     drop(demand);
     shutdown.cancel();
     task.await.expect("engine stops");
+}
+
+fn listing(services: &[(&str, &[&str])], held: &[&str]) -> Arc<NomadListing> {
+    Arc::new(NomadListing {
+        namespaces: services
+            .iter()
+            .map(|(service, namespaces)| {
+                let namespaces = namespaces.iter().map(|n| (*n).to_owned()).collect();
+                ((*service).to_owned(), namespaces)
+            })
+            .collect(),
+        held: held
+            .iter()
+            .map(|n| ((*n).to_owned(), "Permission denied".to_owned()))
+            .collect(),
+    })
+}
+
+/// `--nomad-namespace '*'`: the checked listing says where a service is;
+/// a held namespace keeps its instances, degraded, and one the listing
+/// drops (its direct read said empty) takes them away.
+#[tokio::test(start_paused = true)]
+async fn with_every_namespace_the_listing_plans_the_watches_and_a_held_one_keeps_its_instances() {
+    let settings = EngineSettings {
+        sources: SourceSelection {
+            consul: false,
+            nomad_namespaces: vec!["*".to_owned()],
+        },
+        ..super::fixtures::settings()
+    };
+    let source = Arc::new(FakeSource::default());
+    let (sink_tx, mut sink) = mpsc::unbounded_channel();
+    let (demand, demand_rx) = watch::channel(BTreeSet::from(["web".to_owned()]));
+    let (listed, listing_rx) = watch::channel(Arc::new(NomadListing::default()));
+    let state = ServedState::default();
+    let shutdown = CancellationToken::new();
+    let engine = Engine::new(
+        settings,
+        source.clone(),
+        ChannelSink(sink_tx),
+        state.clone(),
+        EngineMetrics::default(),
+    )
+    .with_nomad_listing(listing_rx);
+    let task = tokio::spawn(engine.run(demand_rx, shutdown.clone()));
+    let settle = || async {
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut next_publish = || {
+        let next = sink.try_recv();
+        match next {
+            Ok(SinkCall::Publish(batch)) => Some(batch),
+            _ => None,
+        }
+    };
+    let (in_a, in_b) = (WatchKey::nomad("web", "a"), WatchKey::nomad("web", "b"));
+    settle().await;
+    assert_eq!(
+        source.watch_calls(),
+        0,
+        "nothing listed yet: nothing to watch"
+    );
+
+    listed.send_replace(listing(&[("web", &["a", "b"])], &[]));
+    settle().await;
+    assert!(source.is_watching_key(&in_a) && source.is_watching_key(&in_b));
+    source.send_key(&in_a, passing(&["web-a"], 5));
+    source.send_key(&in_b, passing(&["web-b"], 5));
+    settle().await;
+    let mut served = Vec::new();
+    while let Some(batch) = next_publish() {
+        served = batch;
+    }
+    assert_eq!(ids(&served[0]), vec!["web-a", "web-b"]);
+
+    // `a` vanished from the listing and its direct read is denied: held.
+    listed.send_replace(listing(&[("web", &["a", "b"])], &["a"]));
+    settle().await;
+    assert!(next_publish().is_none(), "nothing is taken away");
+    let view = &state.clusters()[0];
+    assert_eq!(view.endpoints.len(), 2);
+    match &view.freshness {
+        Freshness::Degraded { error, .. } => {
+            assert!(error.contains("namespace `a`"), "{error}");
+        }
+        other => panic!("expected degraded, got {other:?}"),
+    }
+    assert!(
+        source.is_watching_key(&in_a),
+        "the held namespace stays watched"
+    );
+
+    // `a` read directly and empty: its instances go.
+    listed.send_replace(listing(&[("web", &["b"])], &[]));
+    settle().await;
+    let batch = next_publish().expect("a push");
+    assert_eq!(ids(&batch[0]), vec!["web-b"]);
+    assert!(!source.is_watching_key(&in_a));
+
+    shutdown.cancel();
+    let _ = task.await;
+    drop(demand);
 }

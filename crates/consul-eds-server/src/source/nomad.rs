@@ -15,8 +15,14 @@
 //! before Nomad 1.4, a token without `read-job`) is served as passing and
 //! said so once in the log; the gateway gives Nomad clusters outlier
 //! detection for that reason.
+//!
+//! `--nomad-namespace '*'` ([`all_namespaces`]): `/v1/service/:name` has no
+//! wildcard, so one checked `*` listing of `/v1/services` (nomad-client's
+//! `watch_all_namespaces`: a namespace that vanishes from it is read
+//! directly, and kept while that read fails) says which namespaces hold
+//! each service; the engine watches the service in each of them, by name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +30,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use nomad_client::{
-    CheckMode, CheckResult, CheckStatus, Error as NomadError, NomadClient, ServiceRegistration,
-    WatchConfig, WatchEvent, tags_by_service,
+    CheckMode, CheckResult, CheckStatus, CheckedListing, Error as NomadError, NomadClient,
+    ServiceRegistration, WatchConfig, WatchEvent, tags_by_service,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::engine::{Origin, ServiceSource, SourceEvent, WatchKey};
+use crate::engine::{NomadListing, Origin, ServiceSource, SourceEvent, WatchKey};
 use crate::gateway::actor::CatalogEvent;
 use crate::model::{CheckState, Locality, ServiceInstance, SourceKind, Weights};
 
@@ -110,6 +116,78 @@ pub fn catalog_events(
             },
         })
         .boxed()
+}
+
+/// `--nomad-namespace '*'`: one checked `*` listing, read by one task, as
+/// the engine's [`NomadListing`] (which namespaces hold each service) and
+/// as the gateway's catalog (named `nomad/*` by the caller), so both follow
+/// the same answers with one blocking query.
+///
+/// A failed listing changes neither (the last listing stays; the catalog
+/// read is not believed). A namespace held by the listing stays in both,
+/// at its last services, and the engine degrades its watches.
+pub fn all_namespaces(
+    client: &NomadClient,
+    config: WatchConfig,
+) -> (
+    watch::Receiver<Arc<NomadListing>>,
+    BoxStream<'static, CatalogEvent>,
+) {
+    let (listing_tx, listing_rx) = watch::channel(Arc::new(NomadListing::default()));
+    let (catalog_tx, catalog_rx) = mpsc::unbounded_channel();
+    let mut listings = client.watch_all_namespaces(config);
+    tokio::spawn(async move {
+        while let Some(event) = listings.next().await {
+            let catalog = match event {
+                WatchEvent::Value {
+                    value, continuity, ..
+                } => {
+                    let listing = listing_of(&value);
+                    listing_tx.send_if_modified(|known| {
+                        let changed = **known != listing;
+                        if changed {
+                            *known = Arc::new(listing);
+                        }
+                        changed
+                    });
+                    CatalogEvent::Services {
+                        services: Arc::new(tags_by_service(&value.namespaces)),
+                        after_reset: continuity.breaks_continuity(),
+                    }
+                }
+                WatchEvent::Degraded { error, .. } => CatalogEvent::Unbelieved {
+                    reason: describe(&error),
+                },
+            };
+            // Outside gateway mode nobody reads the catalog.
+            let _ = catalog_tx.send(catalog);
+            if listing_tx.is_closed() && catalog_tx.is_closed() {
+                return;
+            }
+        }
+    });
+    (listing_rx, UnboundedReceiverStream::new(catalog_rx).boxed())
+}
+
+/// Which namespaces list each service, and which are held.
+fn listing_of(checked: &CheckedListing) -> NomadListing {
+    let mut namespaces: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in &checked.namespaces {
+        for service in &entry.services {
+            namespaces
+                .entry(service.service_name.clone())
+                .or_default()
+                .insert(entry.namespace.clone());
+        }
+    }
+    NomadListing {
+        namespaces,
+        held: checked
+            .held
+            .iter()
+            .map(|(namespace, error)| (namespace.clone(), error.to_string()))
+            .collect(),
+    }
 }
 
 #[derive(Debug)]
@@ -313,6 +391,46 @@ mod tests {
             service: "web".to_owned(),
             check: "alive".to_owned(),
         }
+    }
+
+    #[test]
+    fn the_checked_listing_says_which_namespaces_hold_each_service_and_which_are_held() {
+        let entry = |namespace: &str, services: &[&str]| nomad_client::NamespaceServices {
+            namespace: namespace.to_owned(),
+            services: services
+                .iter()
+                .map(|service| nomad_client::ServiceSummary {
+                    service_name: (*service).to_owned(),
+                    tags: Vec::new(),
+                })
+                .collect(),
+        };
+        let checked = CheckedListing {
+            namespaces: vec![entry("a", &["web"]), entry("b", &["api", "web"])],
+            held: [(
+                "a".to_owned(),
+                NomadError::PermissionDenied {
+                    endpoint: "GET /v1/services".to_owned(),
+                    message: "Permission denied".to_owned(),
+                },
+            )]
+            .into(),
+        };
+        let listing = listing_of(&checked);
+        let of = |service: &str| -> Vec<&str> {
+            listing.namespaces[service]
+                .iter()
+                .map(String::as_str)
+                .collect()
+        };
+        assert_eq!(of("web"), ["a", "b"]);
+        assert_eq!(of("api"), ["b"]);
+        assert_eq!(listing.held.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(
+            listing.held["a"].contains("permission denied"),
+            "{:?}",
+            listing.held
+        );
     }
 
     #[test]

@@ -269,7 +269,9 @@ pub struct Layer {
         value_delimiter = ',',
         value_name = "NAMESPACE,...",
         help = help_with_default(
-            "Nomad namespaces whose services are read (with --sources nomad); not `*`",
+            "Nomad namespaces whose services are read (with --sources nomad), or `*` alone: \
+             every namespace the token can read, one that vanishes from the listing read \
+             directly before its routes go",
             defaults::NOMAD_NAMESPACE,
         )
     )]

@@ -112,17 +112,12 @@ pub fn route_sources_fit(layer: &Layer, sources: &[RouteSource]) -> Result<(), C
     Ok(())
 }
 
-/// The Nomad namespaces read: trimmed, each once, at least one, no `*`.
+/// The Nomad namespaces read: trimmed, each once, at least one; `*` (every
+/// namespace the token can read, read through the checked listing) only
+/// alone.
 pub fn nomad_namespaces(given: &[String]) -> Result<Vec<String>, ConfigError> {
     let mut namespaces: Vec<String> = Vec::new();
     for namespace in given.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        if namespace == "*" {
-            return Err(invalid(
-                "--nomad-namespace",
-                "`*` lists only the namespaces the token can read and silently leaves out the \
-                 others, so routes would vanish on a narrowed token; list the namespaces instead",
-            ));
-        }
         if !namespaces.iter().any(|n| n == namespace) {
             namespaces.push(namespace.to_owned());
         }
@@ -131,6 +126,13 @@ pub fn nomad_namespaces(given: &[String]) -> Result<Vec<String>, ConfigError> {
         return Err(invalid(
             "--nomad-namespace",
             "empty; name at least one namespace (Nomad's own is `default`)",
+        ));
+    }
+    if namespaces.len() > 1 && namespaces.iter().any(|n| n == nomad_client::ALL_NAMESPACES) {
+        return Err(invalid(
+            "--nomad-namespace",
+            "`*` already reads every namespace the token can read; give it alone or list \
+             names without it",
         ));
     }
     Ok(namespaces)

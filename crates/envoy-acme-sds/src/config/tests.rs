@@ -785,6 +785,17 @@ fn both_registries_and_several_namespaces_are_read_as_given() {
         "https://nomad.internal:4646"
     );
     assert_eq!(nomad.namespaces, ["apps", "web"]);
+
+    // `*` alone: every namespace the token can read, one checked listing.
+    for all in ["*", " * ,*"] {
+        let nomad = routes_with(&["--sources", "nomad", "--nomad-namespace", all])
+            .expect("resolves")
+            .routes
+            .expect("routes")
+            .nomad
+            .expect("Nomad read");
+        assert_eq!(nomad.namespaces, ["*"], "{all:?}");
+    }
 }
 
 #[test]
@@ -831,14 +842,18 @@ fn the_nomad_token_file_is_read_and_a_missing_one_named() {
 
 #[test]
 fn bad_sources_and_nomad_settings_are_refused_naming_the_flag() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--sources", "nomad,nomad"],
             "--sources: names `nomad` twice",
         ),
         (
-            &["--sources", "nomad", "--nomad-namespace", "*"],
-            "--nomad-namespace: `*` lists only the namespaces the token can read",
+            &["--sources", "nomad", "--nomad-namespace", "*,shop"],
+            "--nomad-namespace: `*` already reads every namespace the token can read",
+        ),
+        (
+            &["--sources", "nomad", "--nomad-namespace", "default,*"],
+            "--nomad-namespace: `*` already reads every namespace the token can read",
         ),
         (
             &["--sources", "nomad", "--nomad-namespace", " , "],

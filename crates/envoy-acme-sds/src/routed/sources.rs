@@ -1,11 +1,20 @@
 //! The registries routed hosts are read from (`--sources`): Consul's
-//! catalog and Nomad's service registry (one watch per namespace), each a
-//! stream of [`CatalogAnswer`]s, and their union as one such stream.
+//! catalog and Nomad's service registry (one watch per namespace, or one
+//! for `*`), each a stream of [`CatalogAnswer`]s, and their union as one
+//! such stream.
 //!
 //! Each registry is read with one blocking query on its whole service list
 //! (`/v1/catalog/services`, `/v1/services?namespace=`), which lists each
 //! service with the union of its instances' tags: what a certificate needs,
 //! with one query open however many hosts are routed.
+//!
+//! `*` is read through nomad-client's checked listing
+//! (`watch_all_namespaces`): Nomad silently leaves out of a `*` listing the
+//! namespaces the token cannot read, so a namespace that vanishes from it
+//! is read directly, and while that read fails (403: the token lost it) its
+//! last services stay in the list, so its hosts stay routed and no
+//! unrouted clock starts; a direct read answering that it is empty is
+//! believed.
 //!
 //! The union is `route_tags::catalog::CatalogUnion`, the gateway's own
 //! rules: a registry that fails keeps its last good list, and nothing is
@@ -20,7 +29,9 @@ use blocking_query::{Continuity, WatchConfig, WatchEvent};
 use consul_client::Client;
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
-use nomad_client::{NamespaceServices, NomadClient, tags_by_service};
+use nomad_client::{
+    ALL_NAMESPACES, CheckedListing, NamespaceServices, NomadClient, tags_by_service,
+};
 use route_tags::catalog::{CatalogUnion, ServiceList, Union};
 use tracing::{info, warn};
 
@@ -56,19 +67,26 @@ pub fn consul_catalog(client: &Client) -> (String, BoxStream<'static, CatalogAns
     (name, answers)
 }
 
-/// The services Nomad registers in `namespace`, named `nomad/<namespace>`.
+/// The services Nomad registers in `namespace` (`*`: every namespace the
+/// token can read, checked), named `nomad/<namespace>`.
 pub fn nomad_catalog(
     client: &NomadClient,
     namespace: &str,
 ) -> (String, BoxStream<'static, CatalogAnswer>) {
-    let watch = client.watch_services(
-        namespace.to_owned(),
-        WatchConfig {
-            wait: CATALOG_WAIT,
-            ..WatchConfig::default()
-        },
-    );
+    let config = WatchConfig {
+        wait: CATALOG_WAIT,
+        ..WatchConfig::default()
+    };
     let name = format!("nomad/{namespace}");
+    if namespace == ALL_NAMESPACES {
+        let watch = client.watch_all_namespaces(config);
+        let answers = answers(name.clone(), watch, |listed: &Arc<CheckedListing>| {
+            Arc::new(tags_by_service(&listed.namespaces))
+        })
+        .boxed();
+        return (name, answers);
+    }
+    let watch = client.watch_services(namespace.to_owned(), config);
     let answers = answers(
         name.clone(),
         watch,

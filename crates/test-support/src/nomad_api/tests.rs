@@ -426,6 +426,56 @@ async fn a_token_reads_only_its_namespaces_and_a_wildcard_silently_drops_the_oth
     );
 }
 
+/// A narrowed token: the `*` listing drops the namespace without a word,
+/// a direct read of it is a 403, and a query blocked before the change
+/// keeps what it was allowed (Nomad resolves the token once per request).
+#[tokio::test]
+async fn a_token_narrowed_while_running_loses_its_namespace_from_the_next_request_on() {
+    let nomad = Arc::new(FakeNomad::start_with(acl_nomad()).await.expect("start"));
+    nomad.set_token("team-secret", &["a", "b"]);
+    nomad.register(Registration::new("web", "10.0.0.1", 8080).namespace("a"));
+    let index = nomad.register(Registration::new("api", "10.0.0.2", 8080).namespace("b"));
+    let team = [("x-nomad-token", "team-secret")];
+    let both = get_with(&nomad, "/v1/services?namespace=*", &team).await;
+    assert_eq!(body(&both).as_array().expect("array").len(), 2);
+
+    let blocked = {
+        let nomad = Arc::clone(&nomad);
+        tokio::spawn(async move {
+            let path = format!("/v1/services?namespace=*&index={index}");
+            get_with(&nomad, &path, &[("x-nomad-token", "team-secret")]).await
+        })
+    };
+    blocked_queries_reach(&nomad, 1).await;
+    nomad.set_token("team-secret", &["b"]);
+    nomad.register(Registration::new("api", "10.0.0.3", 8080).namespace("b"));
+    let woken = blocked.await.expect("answered");
+    assert_eq!(
+        body(&woken).as_array().expect("array").len(),
+        2,
+        "a query blocked before the change keeps its token's old rights"
+    );
+
+    let narrowed = get_with(&nomad, "/v1/services?namespace=*", &team).await;
+    assert_eq!(narrowed.status, 200, "{}", narrowed.body);
+    assert_eq!(
+        body(&narrowed),
+        json!([{ "Namespace": "b", "Services": [{ "ServiceName": "api", "Tags": [] }]}])
+    );
+    let direct = get_with(&nomad, "/v1/services?namespace=a", &team).await;
+    assert_eq!(
+        (direct.status, direct.body.as_str()),
+        (403, "Permission denied")
+    );
+    let service = get_with(&nomad, "/v1/service/web?namespace=a", &team).await;
+    assert_eq!(service.status, 403);
+
+    // Widened again: listed again.
+    nomad.set_token("team-secret", &["a", "b"]);
+    let again = get_with(&nomad, "/v1/services?namespace=*", &team).await;
+    assert_eq!(body(&again).as_array().expect("array").len(), 2);
+}
+
 #[tokio::test]
 async fn a_wildcard_namespace_on_one_service_matches_nothing() {
     let nomad = FakeNomad::start().await.expect("start");
