@@ -630,7 +630,8 @@ async fn scale(args: &Args) -> Result<()> {
         while let Some(written) = storm_writes.try_join_next() {
             written??;
         }
-        if n.is_multiple_of(100) {
+        // Once a second (a tick that is no probe's, which `continue`).
+        if n % 100 == 50 {
             peak_rss = peak_rss.max(rss_kib(pid).unwrap_or(0));
         }
     }
