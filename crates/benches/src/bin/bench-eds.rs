@@ -654,7 +654,7 @@ async fn scale(args: &Args) -> Result<()> {
             written??;
         }
         // Once a second (a tick that is no probe's, which `continue`).
-        if n % 100 == 50 {
+        if n % 100 == 55 {
             peak_rss = peak_rss.max(rss_kib(pid).unwrap_or(0));
         }
     }
