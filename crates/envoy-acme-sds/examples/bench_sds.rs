@@ -25,10 +25,11 @@
 //! certificate; for routed hosts what envoy-acme-sds's status JSON and
 //! metrics show); never fails on timing.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consul_client::{Address, Client, ClientConfig, QueryOptions};
 use envoy_acme_sds::acme::{AcmeClient, AcmeConfig};
@@ -515,7 +516,7 @@ impl RoutedMode {
 const ROUTED_WILDCARD_ZONE: &str = "wild.example.test";
 
 /// One routed host, clocked from its registration in Consul.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct RoutedSample {
     /// To the first verified HTTPS 200 through Envoy.
     total: Duration,
@@ -526,6 +527,60 @@ struct RoutedSample {
     /// The issuance (order recorded to certificate published), from
     /// `envoy_acme_sds_issuance_duration_seconds`; none for a covered host.
     issuance: Option<Duration>,
+    /// Envoy's own clock of the updates this sample caused, from the
+    /// registration: each subscription's last `update_time`.
+    envoy: EnvoyUpdates,
+    /// The gateway's publication steps during the sample, in seconds
+    /// (the growth of `consul_eds_gateway_publish_step_seconds_sum`).
+    gateway: BTreeMap<String, f64>,
+}
+
+/// When Envoy accepted each update of a sample, from the registration (by
+/// the wall clock: Envoy's `update_time` stats are milliseconds since the
+/// epoch, so each figure is within 1 ms). `None`: no update after the
+/// registration.
+#[derive(Debug, Clone, Copy, Default)]
+struct EnvoyUpdates {
+    /// The new cluster (`cluster_manager.cds.update_time`).
+    cds: Option<Duration>,
+    /// The listener with the host's filter chain (`listener_manager.lds.update_time`).
+    lds: Option<Duration>,
+    /// The route table with its virtual host (`http.secure.rds.secure.update_time`).
+    rds: Option<Duration>,
+    /// The secret under the host's name (`sds.<host>.update_time`).
+    sds: Option<Duration>,
+}
+
+/// The publication steps the gateway timed so far (`step` -> seconds).
+async fn gateway_step_sums(admin: SocketAddr) -> BTreeMap<String, f64> {
+    let body = http_get(admin, "/metrics")
+        .await
+        .map(|r| r.body)
+        .unwrap_or_default();
+    body.lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("publish_step_seconds_sum{step=\"")?;
+            let (step, rest) = rest.split_once('"')?;
+            let value = rest.rsplit_once(' ')?.1.parse().ok()?;
+            Some((step.to_owned(), value))
+        })
+        .collect()
+}
+
+/// Envoy's `update_time` stat `stat`, as the time since `registered`.
+async fn envoy_update(envoy: &Envoy, stat: &str, registered: SystemTime) -> Option<Duration> {
+    let millis = envoy.stat(stat).await.ok()??;
+    let at = UNIX_EPOCH + Duration::from_millis(millis);
+    at.duration_since(registered).ok()
+}
+
+async fn envoy_updates(envoy: &Envoy, host: &str, registered: SystemTime) -> EnvoyUpdates {
+    EnvoyUpdates {
+        cds: envoy_update(envoy, "cluster_manager.cds.update_time", registered).await,
+        lds: envoy_update(envoy, "listener_manager.lds.update_time", registered).await,
+        rds: envoy_update(envoy, "http.secure.rds.secure.update_time", registered).await,
+        sds: envoy_update(envoy, &format!("sds.{host}.update_time"), registered).await,
+    }
 }
 
 /// An envoy-acme-sds process with its SDS and admin listeners.
@@ -630,6 +685,8 @@ async fn routed_samples(
         let service = host.split('.').next().unwrap_or("routed").to_owned();
         let backend = Backend::start(&service).await.expect("backend");
         let issued_before = issuance_seconds(follower.admin).await;
+        let steps_before = gateway_step_sums(edge.gateway_admin()).await;
+        let registered = SystemTime::now();
         let started = Instant::now();
         let watcher = tokio::spawn(watch_routed_host(
             follower.admin,
@@ -645,6 +702,16 @@ async fn routed_samples(
         // certificate is published: read it after the pause.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let issued = issuance_seconds(follower.admin).await - issued_before;
+        let envoy = envoy_updates(&edge.envoy, &host, registered).await;
+        let gateway = gateway_step_sums(edge.gateway_admin())
+            .await
+            .into_iter()
+            .map(|(step, sum)| {
+                let before = steps_before.get(&step).copied().unwrap_or(0.0);
+                (step, sum - before)
+            })
+            .filter(|(_, took)| *took > 0.0)
+            .collect();
         backends.push(backend);
         let verified = match verified {
             Ok(verified) if verified.body == service => verified,
@@ -667,6 +734,8 @@ async fn routed_samples(
             published,
             issuance: (mode != RoutedMode::Covered)
                 .then(|| Duration::from_secs_f64(issued.max(0.0))),
+            envoy,
+            gateway,
         };
         eprintln!("{host}: {sample:?}");
         samples.push(sample);
@@ -729,6 +798,9 @@ async fn routed(
     results
 }
 
+/// One row of a step report: the duration of a step in a sample, if it ran.
+type StepOf = Box<dyn Fn(&RoutedSample) -> Option<Duration>>;
+
 /// The p50/p99/max of each step of the routed samples, as a Markdown table.
 fn routed_step_report(samples: &[RoutedSample]) -> String {
     type Step = fn(&RoutedSample) -> Option<Duration>;
@@ -747,8 +819,67 @@ fn routed_step_report(samples: &[RoutedSample]) -> String {
     ];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut table = String::from("| step | samples | p50 | p99 | max |\n|---|---|---|---|---|\n");
-    for (name, step) in steps {
-        let mut durations: Vec<Duration> = samples.iter().filter_map(step).collect();
+    let gateway_step = |name: &'static str| {
+        move |s: &RoutedSample| {
+            s.gateway
+                .get(name)
+                .map(|seconds| Duration::from_secs_f64(*seconds))
+        }
+    };
+    // Envoy's side: when it accepted each update (its own clock), and the
+    // gateway's publication steps that sit between them.
+    let timeline: [(&str, StepOf); 9] = [
+        (
+            "registered -> the new cluster accepted by Envoy (CDS)",
+            Box::new(|s| s.envoy.cds),
+        ),
+        (
+            "gateway: endpoints of the new cluster cached",
+            Box::new(gateway_step("endpoints_cached")),
+        ),
+        (
+            "gateway: cluster and endpoints written -> acknowledged",
+            Box::new(gateway_step("clusters_acknowledged")),
+        ),
+        (
+            "gateway: listeners and routes written",
+            Box::new(gateway_step("routes_written")),
+        ),
+        (
+            "registered -> the listener accepted by Envoy (LDS)",
+            Box::new(|s| s.envoy.lds),
+        ),
+        (
+            "registered -> the route table accepted by Envoy (RDS)",
+            Box::new(|s| s.envoy.rds),
+        ),
+        (
+            "registered -> the host's secret accepted by Envoy (SDS)",
+            Box::new(|s| s.envoy.sds),
+        ),
+        (
+            "last of LDS, RDS, SDS -> first verified HTTPS 200",
+            Box::new(|s| {
+                let last = s.envoy.lds?.max(s.envoy.rds?).max(s.envoy.sds?);
+                s.total.checked_sub(last)
+            }),
+        ),
+        (
+            "CDS -> LDS in Envoy",
+            Box::new(|s| s.envoy.lds?.checked_sub(s.envoy.cds?)),
+        ),
+    ];
+    let rows = steps
+        .into_iter()
+        .map(|(name, step)| {
+            (
+                name,
+                Box::new(step) as Box<dyn Fn(&RoutedSample) -> Option<Duration>>,
+            )
+        })
+        .chain(timeline);
+    for (name, step) in rows {
+        let mut durations: Vec<Duration> = samples.iter().filter_map(&*step).collect();
         if durations.is_empty() {
             continue;
         }

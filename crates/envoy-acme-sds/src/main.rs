@@ -123,6 +123,12 @@ async fn serve(args: Layer) -> Result<()> {
         publisher = publisher.serving_every_stored();
     }
     let publisher = Arc::new(publisher);
+    let storage = StorageMode::open(
+        &settings.storage.location,
+        settings.storage.encryption.clone(),
+        settings.storage.previous_encryption.clone(),
+        consul.clone(),
+    )?;
     let mut routed_view = None;
     if let Some(routes) = &settings.routes {
         let mut catalogs = Vec::new();
@@ -158,7 +164,9 @@ async fn serve(args: Layer) -> Result<()> {
             Arc::clone(&publisher),
             metrics.clone(),
         );
+        let follower = follower.with_record_from(storage.store());
         let view = follower.subscribe();
+        let records = follower.record_sender();
         tasks.spawn(follower.run(shutdown.clone()));
         renewer = renewer.with_routed(RoutedOrdering {
             view: view.clone(),
@@ -167,6 +175,8 @@ async fn serve(args: Layer) -> Result<()> {
             unrouted_grace: routes.unrouted_grace,
             key_type: routes.key_type,
             profile: routes.profile.clone(),
+            records,
+            metrics: metrics.clone(),
         });
         info!(prefix = %routes.prefix.as_str(), allowed = ?routes.allowed.iter().map(ToString::to_string).collect::<Vec<_>>(), catalogs = ?read, "following the routed TLS hosts in the registries");
         routed_view = Some((view, routes.unrouted_grace));
@@ -191,12 +201,6 @@ async fn serve(args: Layer) -> Result<()> {
         .context("admin listener")?;
     info!(sds = ?settings.sds_listen, admin = %settings.admin_listen, storage = %settings.storage.location, "envoy-acme-sds starting");
 
-    let storage = StorageMode::open(
-        &settings.storage.location,
-        settings.storage.encryption.clone(),
-        settings.storage.previous_encryption.clone(),
-        consul.clone(),
-    )?;
     let (keys_at_rest, keys_at_rest_seen) = watch::channel(None);
     let replica = Replica {
         renewer,

@@ -15,6 +15,7 @@
 //! | `envoy_acme_sds_placeholder_secrets` | gauge: routed hosts served a self-signed placeholder | |
 //! | `envoy_acme_sds_routed_hosts` | gauge: routed TLS hosts by plan | `plan` = `ordered`/`covered`/`refused` |
 //! | `envoy_acme_sds_routed_refused_hosts` | gauge: refused routed hosts by reason | `reason` |
+//! | `envoy_acme_sds_routed_renewing` | gauge: routed hosts whose certificate this replica keeps (lock holder: routed, or unrouted within the grace) | |
 //!
 //! The certificate gauges are computed at scrape time from what is served,
 //! so "seconds to renewal" counts down without anything updating it. It
@@ -78,6 +79,7 @@ pub struct ServiceMetrics {
     placeholders: Gauge,
     routed_hosts: Family<PlanLabel, Gauge>,
     refused_hosts: Family<ReasonLabel, Gauge>,
+    routed_renewing: Gauge,
 }
 
 impl Default for ServiceMetrics {
@@ -101,6 +103,7 @@ impl Default for ServiceMetrics {
             placeholders: Gauge::default(),
             routed_hosts: Family::default(),
             refused_hosts: Family::default(),
+            routed_renewing: Gauge::default(),
         }
     }
 }
@@ -160,6 +163,16 @@ impl ServiceMetrics {
             "Routed TLS hosts refused an order, by reason",
             self.refused_hosts.clone(),
         );
+        registry.register(
+            "routed_renewing",
+            "Routed hosts whose certificate this replica keeps renewing (the lock holder: routed, or unrouted within --unrouted-grace)",
+            self.routed_renewing.clone(),
+        );
+    }
+
+    pub fn set_routed_renewing(&self, count: usize) {
+        self.routed_renewing
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn set_placeholders(&self, count: usize) {

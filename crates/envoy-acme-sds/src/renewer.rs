@@ -116,10 +116,17 @@ impl Renewer {
     /// it obtains: putting it in front of Envoy is the storage mode's concern
     /// (see [`crate::storage_mode`]).
     pub async fn run(&self, store: Arc<dyn CertificateStore>, until: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        // The record of routed hosts needs no CA: kept while the account
+        // cannot be reached too.
+        if let Some(routed) = self.routed.clone() {
+            let (store, until) = (Arc::clone(&store), until.clone());
+            tasks.spawn(async move { routed.keep_record(store, until).await });
+        }
         let Some(acme) = self.connect(store.as_ref(), &until).await else {
+            while tasks.join_next().await.is_some() {}
             return;
         };
-        let mut tasks = JoinSet::new();
         // One account, one budget of new orders for all its certificates.
         let account_orders = Arc::default();
         for certificate in &self.certificates {

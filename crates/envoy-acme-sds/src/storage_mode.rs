@@ -36,8 +36,10 @@ use crate::store::consul::ConsulStore;
 use crate::store::disk::DiskStore;
 use crate::store::encryption::KeyEncryption;
 use crate::store::{
-    AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount,
+    AccountId, CertificateStore, LoadedRoutedHosts, RenewalRequest, RoutedHostsRecord, SecretName,
+    StoreError, StoredAccount,
 };
+use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageModeError {
@@ -278,5 +280,16 @@ impl CertificateStore for ServedOnUse {
         request: &RenewalRequest,
     ) -> Result<(), StoreError> {
         self.store.request_renewal(name, request).await
+    }
+
+    async fn load_routed_hosts(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<LoadedRoutedHosts, StoreError> {
+        self.store.load_routed_hosts(now).await
+    }
+
+    async fn save_routed_hosts(&self, hosts: &RoutedHostsRecord) -> Result<(), StoreError> {
+        self.store.save_routed_hosts(hosts).await
     }
 }

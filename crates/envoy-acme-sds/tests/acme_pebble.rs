@@ -25,7 +25,8 @@ use envoy_acme_sds::secret::Secret;
 use envoy_acme_sds::store::codec::CertificatePart;
 use envoy_acme_sds::store::disk::DiskStore;
 use envoy_acme_sds::store::{
-    AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount,
+    AccountId, CertificateStore, LoadedRoutedHosts, RenewalRequest, RoutedHostsRecord, SecretName,
+    StoreError, StoredAccount,
 };
 use envoy_acme_sds::timings::IssuanceStep;
 use test_support::{Knot, PebbleOptions};
@@ -696,6 +697,15 @@ impl CertificateStore for FailingReads {
         request: &RenewalRequest,
     ) -> Result<(), StoreError> {
         self.inner.request_renewal(name, request).await
+    }
+    async fn load_routed_hosts(
+        &self,
+        now: time::OffsetDateTime,
+    ) -> Result<LoadedRoutedHosts, StoreError> {
+        self.inner.load_routed_hosts(now).await
+    }
+    async fn save_routed_hosts(&self, hosts: &RoutedHostsRecord) -> Result<(), StoreError> {
+        self.inner.save_routed_hosts(hosts).await
     }
 }
 

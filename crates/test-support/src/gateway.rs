@@ -463,11 +463,17 @@ impl Edge {
     pub fn gateway_log_tail(&self) -> String {
         self.gateway.process.log_tail()
     }
+
+    /// The gateway's admin listener (`/metrics`, `/debug/routes`).
+    pub fn gateway_admin(&self) -> SocketAddr {
+        self.gateway.admin
+    }
 }
 
 #[derive(Debug)]
 struct Gateway {
     process: ManagedProcess,
+    admin: SocketAddr,
     _dir: TempDir,
 }
 
@@ -520,5 +526,9 @@ async fn start_gateway(
                 .is_ok_and(|r| r.status == 200)
         })
         .await?;
-    Ok(Gateway { process, _dir: dir })
+    Ok(Gateway {
+        process,
+        admin,
+        _dir: dir,
+    })
 }

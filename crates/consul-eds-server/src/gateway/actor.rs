@@ -15,7 +15,12 @@
 //!   a service whose instances read empty keeps its last declaration while
 //!   the catalog still lists it (its cluster then has no endpoints: 503,
 //!   not 404, because the service still exists).
-//! - Bursts are coalesced; the latest state always wins.
+//! - Bursts are coalesced; the latest state always wins. A lone change
+//!   (after a quiet window) is rebuilt at once: the window only gathers
+//!   what follows a rebuild ([`rebuild_due`]).
+//! - A catalog answer that only adds services schedules no rebuild: their
+//!   routes exist once their instances are read, and that read schedules
+//!   it, so the leading edge is not spent on a rebuild that changes nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,6 +93,11 @@ pub struct Gateway {
     published: bool,
     started: Instant,
     rebuild_at: Option<Instant>,
+    /// When the last rebuild ended: the coalescing window runs from there.
+    last_rebuild: Option<Instant>,
+    /// What the last rebuild found, shown again when the status changes
+    /// without one.
+    listeners_without_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -125,6 +135,8 @@ impl Gateway {
             published: false,
             started: Instant::now(),
             rebuild_at: None,
+            last_rebuild: None,
+            listeners_without_hosts: Vec::new(),
         }
     }
 
@@ -186,7 +198,13 @@ impl Gateway {
                 }
                 self.forget(&change.removed);
                 self.send_targets();
-                self.mark_dirty();
+                if self.published {
+                    // Removals were marked by `forget`; what was added or
+                    // held changes no route until its instances are read.
+                    self.show_with(self.listeners_without_hosts.clone());
+                } else {
+                    self.mark_dirty();
+                }
             }
         }
     }
@@ -236,7 +254,11 @@ impl Gateway {
 
     fn mark_dirty(&mut self) {
         if self.rebuild_at.is_none() {
-            self.rebuild_at = Some(Instant::now() + self.settings.coalesce);
+            self.rebuild_at = Some(rebuild_due(
+                Instant::now(),
+                self.last_rebuild,
+                self.settings.coalesce,
+            ));
         }
     }
 
@@ -362,7 +384,9 @@ impl Gateway {
             }
         }
         self.metrics.observe(&self.table, self.decls.len());
-        self.show_with(resources.listeners_without_hosts);
+        self.listeners_without_hosts = resources.listeners_without_hosts;
+        self.show_with(self.listeners_without_hosts.clone());
+        self.last_rebuild = Some(Instant::now());
     }
 
     fn report_new_problems(&self, table: &RouteTable) {
@@ -407,6 +431,16 @@ impl Gateway {
             listeners_without_hosts,
         });
     }
+}
+
+/// When a change marked at `now` is rebuilt: at once after a quiet window,
+/// else when the window after the last rebuild's end closes. Counted from
+/// the end (make before break waits for Envoy), what arrives during a
+/// rebuild is gathered for one window, as before there was a leading
+/// edge: a storm takes the same rebuilds, and only a burst's first change,
+/// after quiet, goes out alone.
+fn rebuild_due(now: Instant, last_rebuild: Option<Instant>, coalesce: Duration) -> Instant {
+    last_rebuild.map_or(now, |last| (last + coalesce).max(now))
 }
 
 /// Nomad's native services have no health checks that can be read at
@@ -498,6 +532,26 @@ mod tests {
         tagged.cluster.outlier_detection = Some(own);
         with_nomad_defaults(&mut tagged, &[instance(SourceKind::Nomad)]);
         assert_eq!(tagged.cluster.outlier_detection, Some(own));
+    }
+
+    #[test]
+    fn a_lone_change_is_rebuilt_at_once_and_one_after_a_rebuild_waits_for_its_window() {
+        let coalesce = Duration::from_millis(20);
+        let start = Instant::now();
+        assert_eq!(rebuild_due(start, None, coalesce), start, "first change");
+        let ended = start + Duration::from_millis(100);
+        let soon = ended + Duration::from_millis(5);
+        assert_eq!(
+            rebuild_due(soon, Some(ended), coalesce),
+            ended + coalesce,
+            "gathered for the window after the rebuild"
+        );
+        let quiet = ended + Duration::from_millis(50);
+        assert_eq!(
+            rebuild_due(quiet, Some(ended), coalesce),
+            quiet,
+            "after quiet"
+        );
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! TLS host at all while some were routed (Consul 1.8 answers a read whose
 //! ACL was narrowed with 200 and an empty list), leaves every host as it
 //! was; a failed read changes nothing.
+//!
+//! The clock outlives the process and the lock term: the lock holder keeps
+//! a record of every host it knows (see [`next_record`]), which a replica
+//! adopts at start and when it becomes the holder ([`RoutedHosts::adopt`]),
+//! so a restart or a new holder continues a host's clock instead of
+//! restarting it, or forgetting a host no longer routed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,7 +60,7 @@ pub fn tls_hosts(
 }
 
 /// One host as last read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HostRouting {
     /// The services routing it (the last ones, once unrouted).
     pub services: BTreeSet<String>,
@@ -112,6 +118,59 @@ impl RoutedHosts {
         }
         *self != before
     }
+
+    /// Takes the lock holder's stored record (see [`next_record`]): a host
+    /// this replica does not know yet is taken as recorded; a host it knows
+    /// unrouted takes the recorded clock, which started first (on the
+    /// holder that saw it). A host routed here stays routed: an answer
+    /// routing it is the newest news. Returns whether anything changed.
+    pub fn adopt(&mut self, record: &BTreeMap<String, HostRouting>) -> bool {
+        let mut changed = false;
+        for (host, recorded) in record {
+            match self.hosts.get_mut(host) {
+                None => {
+                    self.hosts.insert(host.clone(), recorded.clone());
+                    changed = true;
+                }
+                Some(known) => {
+                    if let (Some(_), Some(since)) = (known.unrouted_since, recorded.unrouted_since)
+                        && known.unrouted_since != Some(since)
+                    {
+                        known.unrouted_since = Some(since);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// The record the lock holder stores after `record` once its replica knows
+/// `hosts`: every host known, routed ones cleared (`None`); a host unrouted
+/// keeps the clock recorded for it, or takes the replica's; a host the
+/// replica does not know yet (a record adopted late) stays as recorded.
+pub fn next_record(
+    record: &BTreeMap<String, HostRouting>,
+    hosts: &BTreeMap<String, HostRouting>,
+) -> BTreeMap<String, HostRouting> {
+    let mut next = record.clone();
+    for (host, routing) in hosts {
+        let unrouted_since = routing.unrouted_since.map(|since| {
+            record
+                .get(host)
+                .and_then(|recorded| recorded.unrouted_since)
+                .unwrap_or(since)
+        });
+        next.insert(
+            host.clone(),
+            HostRouting {
+                services: routing.services.clone(),
+                unrouted_since,
+            },
+        );
+    }
+    next
 }
 
 #[cfg(test)]
@@ -197,5 +256,87 @@ mod tests {
         // Routed again: the clock stops.
         assert!(hosts.on_answer(routed(&["a.test", "b.test"]), true, later));
         assert_eq!(hosts.hosts()["b.test"].unrouted_since, None);
+    }
+
+    fn routing(since: Option<OffsetDateTime>) -> HostRouting {
+        HostRouting {
+            services: BTreeSet::from(["svc".to_owned()]),
+            unrouted_since: since,
+        }
+    }
+
+    #[test]
+    fn a_replica_continues_the_recorded_clock_and_learns_hosts_it_never_saw() {
+        let start = OffsetDateTime::UNIX_EPOCH;
+        let recorded = start + time::Duration::minutes(1);
+        let seen_here = start + time::Duration::minutes(2);
+        // This replica saw b unrouted a minute after the holder did, and
+        // never knew c (started after it was unrouted) nor d.
+        let mut hosts = RoutedHosts::default();
+        hosts.on_answer(routed(&["a.test", "b.test"]), true, start);
+        hosts.on_answer(routed(&["a.test"]), true, seen_here);
+        let record = BTreeMap::from([
+            ("a.test".to_owned(), routing(Some(recorded))),
+            ("b.test".to_owned(), routing(Some(recorded))),
+            ("c.test".to_owned(), routing(Some(recorded))),
+            ("d.test".to_owned(), routing(None)),
+        ]);
+        assert!(hosts.adopt(&record));
+        // Routed here: an answer routing it is newer than any record.
+        assert_eq!(hosts.hosts()["a.test"].unrouted_since, None);
+        assert_eq!(hosts.hosts()["b.test"].unrouted_since, Some(recorded));
+        assert_eq!(hosts.hosts()["c.test"].unrouted_since, Some(recorded));
+        assert_eq!(hosts.hosts()["d.test"].unrouted_since, None);
+        assert!(!hosts.adopt(&record), "adopting twice changes nothing");
+
+        // d was routed when the record was written: gone from a believable
+        // answer, its clock starts then (not never).
+        let later = start + time::Duration::minutes(3);
+        hosts.on_answer(routed(&["a.test"]), true, later);
+        assert_eq!(hosts.hosts()["d.test"].unrouted_since, Some(later));
+        // An empty answer (ACL-filtered) still starts no clock.
+        let mut fresh = RoutedHosts::default();
+        fresh.adopt(&record);
+        fresh.on_answer(routed(&[]), true, later);
+        assert_eq!(fresh.hosts()["d.test"].unrouted_since, None);
+    }
+
+    #[test]
+    fn the_record_keeps_the_first_clock_and_clears_a_host_routed_again() {
+        let first = OffsetDateTime::UNIX_EPOCH + time::Duration::minutes(1);
+        let here = first + time::Duration::minutes(1);
+        let record = BTreeMap::from([
+            ("b.test".to_owned(), routing(Some(first))),
+            ("c.test".to_owned(), routing(Some(first))),
+            ("e.test".to_owned(), routing(Some(first))),
+        ]);
+        let hosts = BTreeMap::from([
+            ("a.test".to_owned(), routing(None)),
+            ("b.test".to_owned(), routing(Some(here))),
+            ("c.test".to_owned(), routing(None)),
+            ("f.test".to_owned(), routing(Some(here))),
+        ]);
+        let next = next_record(&record, &hosts);
+        assert_eq!(
+            next["a.test"].unrouted_since, None,
+            "new host recorded routed"
+        );
+        assert_eq!(
+            next["b.test"].unrouted_since,
+            Some(first),
+            "first clock kept"
+        );
+        assert_eq!(next["c.test"].unrouted_since, None, "routed again: cleared");
+        assert_eq!(
+            next["e.test"].unrouted_since,
+            Some(first),
+            "not known yet: kept"
+        );
+        assert_eq!(
+            next["f.test"].unrouted_since,
+            Some(here),
+            "the replica's clock"
+        );
+        assert_eq!(next_record(&next, &hosts), next, "stable");
     }
 }

@@ -3,6 +3,12 @@
 //! SDS secrets in step with them, and publishes the view the lock holder
 //! orders from and the status page shows.
 //!
+//! The unrouted clock it keeps starts from the lock holder's record: read
+//! once at start ([`RouteFollower::with_record_from`]), and taken again
+//! from the holder of each new term ([`RecordSender`]), so this replica's
+//! view, and the orders of a holder, continue the clock of the holder
+//! before.
+//!
 //! [`sources`]: super::sources
 
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use route_tags::TagPrefix;
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -21,6 +27,11 @@ use super::policy::{HostPlan, RoutedPolicy};
 use super::sources::CatalogAnswer;
 use crate::metrics::ServiceMetrics;
 use crate::sds::SecretPublisher;
+use crate::store::{CertificateStore, RoutedHostsRecord};
+
+/// Hands the follower a record of routed hosts to adopt (the lock holder's,
+/// read at the start of its term).
+pub type RecordSender = mpsc::UnboundedSender<RoutedHostsRecord>;
 
 /// Follows the registries' answers and feeds the publisher and the view.
 pub struct RouteFollower {
@@ -31,6 +42,10 @@ pub struct RouteFollower {
     metrics: ServiceMetrics,
     hosts: RoutedHosts,
     view: watch::Sender<Arc<RoutedView>>,
+    /// Read once before the first answer is taken.
+    store: Option<Arc<dyn CertificateStore>>,
+    records: mpsc::UnboundedReceiver<RoutedHostsRecord>,
+    record_sender: RecordSender,
 }
 
 impl std::fmt::Debug for RouteFollower {
@@ -53,6 +68,7 @@ impl RouteFollower {
         publisher: Arc<SecretPublisher>,
         metrics: ServiceMetrics,
     ) -> Self {
+        let (record_sender, records) = mpsc::unbounded_channel();
         Self {
             answers,
             prefix,
@@ -61,7 +77,24 @@ impl RouteFollower {
             metrics,
             hosts: RoutedHosts::default(),
             view: watch::Sender::new(Arc::new(RoutedView::default())),
+            store: None,
+            records,
+            record_sender,
         }
+    }
+
+    /// Adopts the record of routed hosts `store` holds before following
+    /// the registries, so a restarted replica shows (and, holding the lock,
+    /// orders by) the clock it had.
+    #[must_use]
+    pub fn with_record_from(mut self, store: Arc<dyn CertificateStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Where the lock holder hands its record to adopt.
+    pub fn record_sender(&self) -> RecordSender {
+        self.record_sender.clone()
     }
 
     /// The routed hosts as last read; changes with every answer that changes them.
@@ -70,9 +103,32 @@ impl RouteFollower {
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
+        if let Some(store) = self.store.take() {
+            let loaded = tokio::select! {
+                () = shutdown.cancelled() => return,
+                loaded = store.load_routed_hosts(OffsetDateTime::now_utc()) => loaded,
+            };
+            match loaded {
+                Ok(loaded) => {
+                    for problem in &loaded.problems {
+                        error!(%problem, "stored record of routed hosts");
+                    }
+                    self.adopt(&loaded.hosts);
+                }
+                // The holder reads it again at the start of its term; a
+                // replica that does not hold the lock only shows its own clock.
+                Err(error) => {
+                    error!(%error, "cannot read the stored record of routed hosts; the clock starts from this replica's answers");
+                }
+            }
+        }
         loop {
             let answer = tokio::select! {
                 () = shutdown.cancelled() => return,
+                Some(record) = self.records.recv() => {
+                    self.adopt(&record);
+                    continue;
+                }
                 answer = self.answers.next() => answer,
             };
             match answer {
@@ -103,9 +159,24 @@ impl RouteFollower {
         now: OffsetDateTime,
     ) {
         let routed = tls_hosts(&self.prefix, services);
-        if !self.hosts.on_answer(routed, believable, now) {
-            return;
+        if self.hosts.on_answer(routed, believable, now) {
+            self.publish();
         }
+    }
+
+    /// Takes a stored record of routed hosts (see [`RoutedHosts::adopt`]).
+    pub fn adopt(&mut self, record: &RoutedHostsRecord) {
+        if self.hosts.adopt(record) {
+            debug!(
+                hosts = record.len(),
+                "adopted the stored record of routed hosts"
+            );
+            self.publish();
+        }
+    }
+
+    /// Serves and shows the hosts as they now are.
+    fn publish(&mut self) {
         let view = RoutedView::build(&self.hosts, &self.policy);
         let previous = self.view.borrow().clone();
         for (host, entry) in &view.hosts {

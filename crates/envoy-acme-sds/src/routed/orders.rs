@@ -10,6 +10,11 @@
 //! configured certificates, and each host's own order history (5 failed
 //! orders an hour, as Let's Encrypt's failed-validation limit) with the
 //! manager's backoff.
+//!
+//! The holder also keeps the record of routed hosts and their unrouted
+//! clock in the store ([`RoutedOrdering::keep_record`]): read at the start
+//! of each term and handed to the follower, written (fenced) whenever the
+//! hosts change, so the next holder, or this one restarted, continues it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,16 +24,24 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
 use super::RoutedView;
+use super::catalog::next_record;
+use super::follower::RecordSender;
 use super::policy::HostPlan;
 use crate::acme::AcmeClient;
 use crate::challenge::ChallengeSolver;
 use crate::keys::KeyType;
 use crate::manager::{CertManager, CertificateSpec, RenewalObserver};
+use crate::metrics::ServiceMetrics;
 use crate::policy::{AccountOrders, HourlyOrderCap};
-use crate::store::CertificateStore;
+use crate::store::layout::ROUTED_HOSTS_ITEM;
+use crate::store::{CertificateStore, RoutedHostsRecord, StoreError};
+
+/// How long to wait before reading the record, or writing it, again after
+/// the store failed.
+const RECORD_RETRY: Duration = Duration::from_secs(2);
 
 /// Gives the solver a routed host is proven with.
 pub trait SolverSource: Send + Sync + std::fmt::Debug {
@@ -45,6 +58,9 @@ pub struct RoutedOrdering {
     pub unrouted_grace: Duration,
     pub key_type: KeyType,
     pub profile: Option<String>,
+    /// The follower's, to hand it the record read at a term's start.
+    pub records: RecordSender,
+    pub metrics: ServiceMetrics,
 }
 
 /// What the managers share with the rest of the renewer.
@@ -62,6 +78,82 @@ struct Running {
 }
 
 impl RoutedOrdering {
+    /// Keeps the record of routed hosts in `store` for one lock term:
+    /// reads it (again, until the store answers: a failing read is no
+    /// reason to replace the record with this replica's own clock), hands
+    /// it to the follower, then writes it whenever the hosts change. An
+    /// unreadable record is reported and left as it is, never replaced:
+    /// this term's clock is the replica's own, as without a record.
+    pub async fn keep_record(&self, store: Arc<dyn CertificateStore>, until: CancellationToken) {
+        let record = loop {
+            let loaded = tokio::select! {
+                () = until.cancelled() => return,
+                loaded = store.load_routed_hosts(OffsetDateTime::now_utc()) => loaded,
+            };
+            match loaded {
+                Ok(loaded) => {
+                    for problem in &loaded.problems {
+                        error!(%problem, "stored record of routed hosts");
+                    }
+                    break Some(loaded.hosts);
+                }
+                Err(error @ (StoreError::Corrupt { .. } | StoreError::Encryption { .. })) => {
+                    error!(item = ROUTED_HOSTS_ITEM, %error, "the stored record of routed hosts is unusable and left as it is; the hosts this replica sees unrouted are unrouted from now, and the record is not written this term (remove it to start a new one)");
+                    break None;
+                }
+                Err(error) => {
+                    warn!(%error, retry_in = ?RECORD_RETRY, "cannot read the record of routed hosts; nothing is written until it is read");
+                    tokio::select! {
+                        () = until.cancelled() => return,
+                        () = tokio::time::sleep(RECORD_RETRY) => {}
+                    }
+                }
+            }
+        };
+        let Some(mut record) = record else {
+            return;
+        };
+        info!(
+            hosts = record.len(),
+            unrouted = record
+                .values()
+                .filter(|h| h.unrouted_since.is_some())
+                .count(),
+            "read the record of routed hosts"
+        );
+        if self.records.send(record.clone()).is_err() {
+            return;
+        }
+        let mut view = self.view.clone();
+        loop {
+            let hosts: RoutedHostsRecord = view
+                .borrow_and_update()
+                .hosts
+                .iter()
+                .map(|(host, entry)| (host.clone(), entry.routing.clone()))
+                .collect();
+            let next = next_record(&record, &hosts);
+            let mut failed = false;
+            if next != record {
+                match store.save_routed_hosts(&next).await {
+                    Ok(()) => {
+                        debug!(hosts = next.len(), "stored the record of routed hosts");
+                        record = next;
+                    }
+                    Err(error) => {
+                        warn!(%error, retry_in = ?RECORD_RETRY, "cannot store the record of routed hosts");
+                        failed = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = until.cancelled() => return,
+                changed = view.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(RECORD_RETRY), if failed => {}
+            }
+        }
+    }
+
     /// Keeps one manager per host to order until `until` (the end of the
     /// lock term): every manager stops with it.
     pub async fn run(&self, shared: Shared, until: CancellationToken) {
@@ -118,6 +210,7 @@ impl RoutedOrdering {
                 }
                 keep
             });
+            self.metrics.set_routed_renewing(running.len());
             let until_next_stop = next_stop.map_or(Duration::from_secs(3600), |at| {
                 Duration::try_from(at - now).unwrap_or(Duration::ZERO)
             });
@@ -129,6 +222,7 @@ impl RoutedOrdering {
             }
         }
         managers.cancel();
+        self.metrics.set_routed_renewing(0);
         while tasks.join_next().await.is_some() {}
     }
 }

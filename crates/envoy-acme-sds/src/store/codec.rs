@@ -19,6 +19,7 @@
 //! from another write, a key of another certificate are each reported with
 //! the item and the fault named, when loading, not when Envoy rejects them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -28,16 +29,21 @@ use zeroize::Zeroizing;
 use super::encryption::{EncryptionError, KeyEncryption, Sealed};
 // Item names are re-exported here, where callers found them before the layout
 // had its own module.
+use super::layout::ROUTED_HOSTS_ITEM;
 pub use super::layout::{
     ACCOUNTS_DIR, CERTIFICATES_DIR, CertificatePart, account_item, certificate_dir,
     certificate_item, order_history_item, parse_certificate_item, renewal_request_item,
 };
-use super::{AccountId, RenewalRequest, SecretName, StoreError, StoredAccount};
+use super::{
+    AccountId, LoadedRoutedHosts, RenewalRequest, RoutedHostsRecord, SecretName, StoreError,
+    StoredAccount,
+};
 use time::OffsetDateTime;
 
 use crate::certificate::{CertificateBundle, CertificateMetadata};
 use crate::pem::{encode_certificate_pem, parse_certificate_chain};
 use crate::policy::OrderHistory;
+use crate::routed::catalog::HostRouting;
 use crate::secret::Secret;
 
 const FORMAT_VERSION: u32 = 1;
@@ -50,6 +56,24 @@ struct RenewalRequestDocument {
     /// Absent in requests written before requests named a certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     replaces_serial: Option<String>,
+}
+
+/// The `routed-hosts` item. Entries are read one by one (`E` is a raw JSON
+/// value then), so one unreadable entry spoils only itself.
+#[derive(Serialize, Deserialize)]
+struct RoutedHostsDocument<E> {
+    version: u32,
+    hosts: BTreeMap<String, E>,
+}
+
+/// One host of the `routed-hosts` item.
+#[derive(Serialize, Deserialize)]
+struct RoutedHostEntry {
+    #[serde(default)]
+    services: BTreeSet<String>,
+    /// Absent or null while routed.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    unrouted_since: Option<OffsetDateTime>,
 }
 
 /// The `metadata` item of a certificate.
@@ -577,6 +601,77 @@ impl Codec {
         })
     }
 
+    pub fn encode_routed_hosts(
+        &self,
+        hosts: &RoutedHostsRecord,
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let document = RoutedHostsDocument {
+            version: FORMAT_VERSION,
+            hosts: hosts
+                .iter()
+                .map(|(host, routing)| {
+                    let entry = RoutedHostEntry {
+                        services: routing.services.clone(),
+                        unrouted_since: routing.unrouted_since,
+                    };
+                    (host.clone(), entry)
+                })
+                .collect(),
+        };
+        to_json(ROUTED_HOSTS_ITEM, &document)
+    }
+
+    /// The record of routed hosts. A document that cannot be read at all is
+    /// an error; an entry that cannot be read, or whose clock is later than
+    /// `now`, is taken as unrouted since `now` (renewed for the whole grace
+    /// again: the safe side) and named in `problems`.
+    pub fn decode_routed_hosts(
+        &self,
+        bytes: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<LoadedRoutedHosts, StoreError> {
+        let item = ROUTED_HOSTS_ITEM;
+        let document: RoutedHostsDocument<serde_json::Value> = from_json(item, bytes)?;
+        check_version(item, document.version)?;
+        let mut loaded = LoadedRoutedHosts::default();
+        for (host, value) in document.hosts {
+            if SecretName::new(host.as_str()).is_err() {
+                loaded
+                    .problems
+                    .push(format!("{item}: `{host}` is not a host name; left out"));
+                continue;
+            }
+            let routing = match serde_json::from_value::<RoutedHostEntry>(value) {
+                Ok(entry) => {
+                    let unrouted_since = match entry.unrouted_since {
+                        Some(since) if since > now => {
+                            loaded.problems.push(format!(
+                                "{item}: {host} unrouted since {since}, later than now; taken as unrouted now"
+                            ));
+                            Some(now)
+                        }
+                        since => since,
+                    };
+                    HostRouting {
+                        services: entry.services,
+                        unrouted_since,
+                    }
+                }
+                Err(error) => {
+                    loaded.problems.push(format!(
+                        "{item}: entry of {host} invalid ({error}); taken as unrouted now"
+                    ));
+                    HostRouting {
+                        services: BTreeSet::new(),
+                        unrouted_since: Some(now),
+                    }
+                }
+            };
+            loaded.hosts.insert(host, routing);
+        }
+        Ok(loaded)
+    }
+
     fn seal(&self, item: &str, secret: &str) -> Result<SecretField, StoreError> {
         match &self.encryption {
             Some(encryption) => encryption
@@ -1047,5 +1142,55 @@ mod tests {
             "1 of 5 in plaintext, 1 of 5 sealed with the previous key"
         );
         assert!(!keys.all_sealed());
+    }
+
+    #[test]
+    fn the_routed_hosts_record_round_trips_and_a_bad_entry_only_lengthens_its_grace() {
+        let codec = Codec::new(None);
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let since = now - time::Duration::hours(3);
+        let routing = |unrouted_since| HostRouting {
+            services: BTreeSet::from(["web".to_owned()]),
+            unrouted_since,
+        };
+        let hosts = BTreeMap::from([
+            ("a.test".to_owned(), routing(None)),
+            ("b.test".to_owned(), routing(Some(since))),
+        ]);
+        let bytes = codec.encode_routed_hosts(&hosts).expect("encode");
+        let loaded = codec.decode_routed_hosts(&bytes, now).expect("decode");
+        assert_eq!(loaded.hosts, hosts);
+        assert!(loaded.problems.is_empty());
+
+        let bad = br#"{"version": 1, "hosts": {
+            "a.test": {"services": ["web"], "unrouted_since": "soon"},
+            "b.test": {"unrouted_since": "2999-01-01T00:00:00Z"},
+            "c d": {"unrouted_since": null}
+        }}"#;
+        let loaded = codec
+            .decode_routed_hosts(bad, now)
+            .expect("entries read one by one");
+        assert_eq!(loaded.hosts["a.test"].unrouted_since, Some(now));
+        assert_eq!(loaded.hosts["b.test"].unrouted_since, Some(now));
+        assert!(!loaded.hosts.contains_key("c d"));
+        assert_eq!(loaded.problems.len(), 3, "{:?}", loaded.problems);
+        assert!(
+            loaded
+                .problems
+                .iter()
+                .all(|p| p.starts_with("routed-hosts: ")),
+            "{:?}",
+            loaded.problems
+        );
+
+        for (bytes, fault) in [
+            (&b"{ not json"[..], "JSON invalid"),
+            (&br#"{"version": 2, "hosts": {}}"#[..], "format version 2"),
+        ] {
+            let error = codec.decode_routed_hosts(bytes, now).expect_err("unusable");
+            let message = error.to_string();
+            assert!(message.contains("routed-hosts"), "{message}");
+            assert!(message.contains(fault), "{message}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! orders/<secret name>                     order history of that certificate
 //! accounts/<directory id>                  ACME account credentials
 //! renewals/<secret name>                   an operator's renewal request
+//! routed-hosts                             the lock holder's routed hosts and unrouted clock
 //! ```
 
 use super::{AccountId, SecretName};
@@ -19,6 +20,11 @@ pub const CERTIFICATES_DIR: &str = "certificates/";
 
 /// Where ACME accounts live, relative to the store's root.
 pub const ACCOUNTS_DIR: &str = "accounts/";
+
+/// The lock holder's record of the routed hosts it knows and since when
+/// each is unrouted (`--follow-routes`), so a restart or a new holder
+/// continues the clock instead of restarting or forgetting it.
+pub const ROUTED_HOSTS_ITEM: &str = "routed-hosts";
 
 /// One of the items a certificate is stored as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

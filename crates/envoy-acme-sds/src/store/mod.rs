@@ -31,6 +31,7 @@ pub mod layout;
 pub mod typed;
 pub mod versions;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -40,6 +41,7 @@ use time::OffsetDateTime;
 
 use crate::certificate::{CertificateBundle, CertificateMetadata};
 use crate::policy::OrderHistory;
+use crate::routed::catalog::HostRouting;
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +219,18 @@ impl RenewalRequest {
     }
 }
 
+/// The routed hosts the lock holder last knew (`--follow-routes`), each with
+/// since when no believable answer routes it (`None`: routed).
+pub type RoutedHostsRecord = BTreeMap<String, HostRouting>;
+
+/// The record of routed hosts as read: what could be used, and what could
+/// not (each problem names the item, the host and the fault).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedRoutedHosts {
+    pub hosts: RoutedHostsRecord,
+    pub problems: Vec<String>,
+}
+
 /// Loads and saves certificates, their order history and ACME accounts.
 ///
 /// `load_*` return `Ok(None)` for an absent item and [`StoreError::Corrupt`]
@@ -276,6 +290,16 @@ pub trait CertificateStore: Send + Sync + fmt::Debug {
         name: &SecretName,
         request: &RenewalRequest,
     ) -> Result<(), StoreError>;
+
+    /// The lock holder's record of the routed hosts and their unrouted
+    /// clock; empty when none is stored. `now` stands in for a clock that
+    /// cannot be read (see [`codec::Codec::decode_routed_hosts`]).
+    async fn load_routed_hosts(&self, now: OffsetDateTime)
+    -> Result<LoadedRoutedHosts, StoreError>;
+
+    /// Replaces the record of routed hosts; written by the renewing replica
+    /// only, fenced as its other writes.
+    async fn save_routed_hosts(&self, hosts: &RoutedHostsRecord) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

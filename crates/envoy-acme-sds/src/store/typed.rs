@@ -7,12 +7,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use time::OffsetDateTime;
 
 use super::backend::{ItemBackend, Writer};
 use super::codec::Codec;
 use super::encryption::KeyEncryption;
-use super::layout::{account_item, order_history_item, renewal_request_item};
-use super::{AccountId, CertificateStore, RenewalRequest, SecretName, StoreError, StoredAccount};
+use super::layout::{ROUTED_HOSTS_ITEM, account_item, order_history_item, renewal_request_item};
+use super::{
+    AccountId, CertificateStore, LoadedRoutedHosts, RenewalRequest, RoutedHostsRecord, SecretName,
+    StoreError, StoredAccount,
+};
 use crate::certificate::{CertificateBundle, CertificateMetadata};
 use crate::policy::OrderHistory;
 
@@ -135,6 +139,23 @@ impl<B: ItemBackend> CertificateStore for Store<B> {
         let bytes = self.codec.encode_renewal_request(name, request)?;
         self.backend
             .write_item(&renewal_request_item(name), bytes, Writer::Operator)
+            .await
+    }
+
+    async fn load_routed_hosts(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<LoadedRoutedHosts, StoreError> {
+        match self.backend.read_item(ROUTED_HOSTS_ITEM).await? {
+            Some(bytes) => self.codec.decode_routed_hosts(&bytes, now),
+            None => Ok(LoadedRoutedHosts::default()),
+        }
+    }
+
+    async fn save_routed_hosts(&self, hosts: &RoutedHostsRecord) -> Result<(), StoreError> {
+        let bytes = self.codec.encode_routed_hosts(hosts)?;
+        self.backend
+            .write_item(ROUTED_HOSTS_ITEM, bytes, Writer::Renewer)
             .await
     }
 }
