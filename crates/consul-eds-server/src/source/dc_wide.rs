@@ -245,6 +245,8 @@ struct View {
     /// change came meanwhile (one more read follows it).
     summaries_in_flight: Option<AbortOnDropHandle<()>>,
     summaries_again: bool,
+    /// When the read in flight started, for the debug log.
+    summaries_started: Instant,
     /// Where a read of the summaries sends its answer: the watches' channel.
     answers: mpsc::UnboundedSender<WatchAnswer>,
     baseline: Baseline,
@@ -290,6 +292,7 @@ impl View {
             read_summaries,
             summaries_in_flight: None,
             summaries_again: false,
+            summaries_started: Instant::now(),
             answers,
             baseline: Baseline::default(),
             reads,
@@ -358,13 +361,15 @@ impl View {
         match answer {
             // A recovered watch is no different here: its answer is diffed
             // against the last one like any other.
-            WatchAnswer::Checks(severity, WatchEvent::Value { value, .. }) => {
+            WatchAnswer::Checks(severity, WatchEvent::Value { value, index, .. }) => {
                 let changed = self.changed_by_checks(severity, value);
+                tracing::debug!(?severity, index, changed = changed.len(), "checks answer");
                 self.ask_prompt(changed);
                 self.complete_baseline(|b| &mut b.checks[severity as usize]);
             }
-            WatchAnswer::Catalog(WatchEvent::Value { value, .. }) => {
+            WatchAnswer::Catalog(WatchEvent::Value { value, index, .. }) => {
                 let changed = self.changed_by_catalog(value);
+                tracing::debug!(index, changed = changed.len(), "catalog answer");
                 self.ask_prompt(changed);
                 self.read_summaries();
             }
@@ -387,6 +392,7 @@ impl View {
             return;
         }
         let read = (self.read_summaries)();
+        self.summaries_started = Instant::now();
         let answers = self.answers.clone();
         self.summaries_in_flight = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             let _ = answers.send(WatchAnswer::Summaries(read.await));
@@ -419,6 +425,12 @@ impl View {
                         .filter(|service| self.covered.contains_key(*service))
                         .map(str::to_owned)
                         .collect();
+                    tracing::debug!(
+                        took_ms = self.summaries_started.elapsed().as_millis(),
+                        explained,
+                        read = covered.len(),
+                        "summaries answer"
+                    );
                     self.ask_prompt(covered);
                     explained
                 }
@@ -492,6 +504,7 @@ impl View {
         self.sweep_due = None;
         self.last_sweep = Instant::now();
         self.forget_unsubscribed();
+        tracing::debug!(services = self.covered.len(), "sweep");
         for service in self.covered.keys() {
             self.reads.ask(service, Priority::Sweep);
         }
