@@ -25,6 +25,9 @@ pub struct ProbeResult {
     pub visible_after: Option<Duration>,
     /// Mean round trip of this probe's polls.
     pub poll: Duration,
+    /// The first poll already showed `want`: the change before this one
+    /// (to the same service) never showed, so this one measured nothing.
+    pub already: bool,
 }
 
 /// Polls `cluster`'s `membership_total` in `envoy` until it is `want`.
@@ -51,12 +54,14 @@ pub async fn until_members(
             return ProbeResult {
                 visible_after: Some(replied - changed_at),
                 poll,
+                already: polls == 1,
             };
         }
         if replied - changed_at > PROBE_TIMEOUT {
             return ProbeResult {
                 visible_after: None,
                 poll,
+                already: false,
             };
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -882,17 +882,24 @@ impl ProbeReport {
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, r)| r)
                 .collect();
-            let mut seen: Vec<Duration> = results.iter().filter_map(|r| r.visible_after).collect();
+            // A probe that found its count already there measured nothing:
+            // left out of the figures, and counted.
+            let already = results.iter().filter(|r| r.already).count();
+            let mut seen: Vec<Duration> = results
+                .iter()
+                .filter(|r| !r.already)
+                .filter_map(|r| r.visible_after)
+                .collect();
             seen.sort();
-            let lost = results.len() - seen.len();
+            let lost = results.len() - already - seen.len();
             let poll =
                 results.iter().map(|r| r.poll).sum::<Duration>() / results.len().max(1) as u32;
             println!(
-                "  {phase}: {what} -> visible in Envoy: p50 {}  p99 {}  max {} ({} probes, {lost} not seen within {:?}; each admin poll {} on average, 2 ms apart)",
+                "  {phase}: {what} -> visible in Envoy: p50 {}  p99 {}  max {} ({} probes, {lost} not seen within {:?}, {already} left out: the change before them never showed; each admin poll {} on average, 2 ms apart)",
                 ms(quantile(&seen, 0.5)),
                 ms(quantile(&seen, 0.99)),
                 ms(seen.last().copied().unwrap_or_default()),
-                results.len(),
+                results.len() - already,
                 probes::PROBE_TIMEOUT,
                 ms(poll),
             );
