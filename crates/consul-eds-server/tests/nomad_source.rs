@@ -174,19 +174,33 @@ async fn nomad_failures_and_index_resets_keep_the_last_good_endpoints() {
     assert_eq!(response.status, 200, "{}", response.body);
 }
 
-/// `--nomad-namespace '*'`: the services of every namespace the token reads
-/// reach Envoy; a narrowed token drops a namespace from Nomad's `*` listing
-/// without a word, and its endpoints stay (degraded, the namespace read
-/// directly answers 403); once it is readable and really empty, they go.
-#[tokio::test]
-async fn with_every_namespace_a_narrowed_token_keeps_the_endpoints_of_the_namespace_it_lost() {
-    const TEAM: &str = "team-token";
+/// The token of the `*` tests: it may read namespaces `a` and `b` until a
+/// test narrows it.
+const TEAM: &str = "team-token";
+
+/// A Nomad stand-in with ACLs on and [`TEAM`]'s token, and a file holding
+/// that token for `--nomad-token-file` (kept while the directory lives).
+async fn nomad_with_team_token() -> (FakeNomad, tempfile::TempDir, String) {
     let nomad = FakeNomad::start_with(FakeNomadOptions {
         acl: Some(Acl::new().token(TEAM, &["a", "b"])),
         ..FakeNomadOptions::default()
     })
     .await
     .expect("fake nomad");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("nomad_token");
+    std::fs::write(&token_file, TEAM).expect("token file");
+    let token_file = token_file.display().to_string();
+    (nomad, dir, token_file)
+}
+
+/// `--nomad-namespace '*'`: the services of every namespace the token reads
+/// reach Envoy; a narrowed token drops a namespace from Nomad's `*` listing
+/// without a word, and its endpoints stay (degraded, the namespace read
+/// directly answers 403); once it is readable and really empty, they go.
+#[tokio::test]
+async fn with_every_namespace_a_narrowed_token_keeps_the_endpoints_of_the_namespace_it_lost() {
+    let (nomad, _token_dir, token_file) = nomad_with_team_token().await;
     let backends = [
         Backend::start("web-a").await.expect("backend"),
         Backend::start("web-b").await.expect("backend"),
@@ -195,10 +209,6 @@ async fn with_every_namespace_a_narrowed_token_keeps_the_endpoints_of_the_namesp
     ];
     nomad.register(registration("web-a", &backends[0]).namespace("a"));
     nomad.register(registration("web-b", &backends[1]).namespace("b"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("nomad_token");
-    std::fs::write(&token_file, TEAM).expect("token file");
-    let token_file = token_file.display().to_string();
     let eds = nomad_only_server(
         &nomad,
         &["--nomad-namespace", "*", "--nomad-token-file", &token_file],
@@ -433,13 +443,7 @@ async fn the_gateway_routes_nomad_services_from_their_tags() {
 /// the lost namespace's route and endpoints.
 #[tokio::test]
 async fn the_gateway_routes_every_namespace_and_keeps_the_routes_of_one_the_token_lost() {
-    const TEAM: &str = "team-token";
-    let nomad = FakeNomad::start_with(FakeNomadOptions {
-        acl: Some(Acl::new().token(TEAM, &["a", "b"])),
-        ..FakeNomadOptions::default()
-    })
-    .await
-    .expect("fake nomad");
+    let (nomad, _token_dir, token_file) = nomad_with_team_token().await;
     let tagged = |service: &str, namespace: &str, backend: &Backend| {
         let addr = backend.addr();
         Registration::new(service, &addr.ip().to_string(), addr.port())
@@ -455,10 +459,6 @@ async fn the_gateway_routes_every_namespace_and_keeps_the_routes_of_one_the_toke
     ];
     nomad.register(tagged("api", "a", &backends[0]));
     nomad.register(tagged("shop", "b", &backends[1]));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token_file = dir.path().join("nomad_token");
-    std::fs::write(&token_file, TEAM).expect("token file");
-    let token_file = token_file.display().to_string();
     let port = free_port();
     let listener = SocketAddr::from(([127, 0, 0, 1], port));
     let listen = format!("web=127.0.0.1:{port}");
