@@ -54,24 +54,27 @@ pub struct RequestBudget {
     blocking: Arc<Semaphore>,
     session: Arc<Semaphore>,
     other: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl RequestBudget {
     /// At most `max_blocking` blocking queries and `max_other` other
     /// requests in flight (each at least 1).
     pub fn new(max_blocking: usize, max_other: usize) -> Self {
-        let bounded = |n: usize| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+        let size = |n: usize| n.clamp(1, Semaphore::MAX_PERMITS);
+        let bounded = |n: usize| Arc::new(Semaphore::new(size(n)));
         Self {
             blocking: bounded(max_blocking),
             session: bounded(SESSION_REQUESTS),
             other: bounded(max_other),
+            max_in_flight: size(max_blocking) + size(max_other) + SESSION_REQUESTS,
         }
     }
 
     /// The most requests of every class in flight at once, so the most
     /// connections over HTTP/1: what the pool's connection cap is set to.
-    pub fn max_in_flight(max_blocking: usize, max_other: usize) -> usize {
-        max_blocking.max(1) + max_other.max(1) + SESSION_REQUESTS
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 
     /// Waits, in FIFO order, for a slot of `class`'s budget.

@@ -83,14 +83,13 @@ impl NomadClient {
     /// A client reporting into `metrics`, which may be shared with other clients.
     pub fn with_metrics(config: NomadConfig, metrics: NomadMetrics) -> Result<Self, ConfigError> {
         config.validate()?;
+        let budget =
+            RequestBudget::new(config.max_blocking_queries, config.max_concurrent_requests);
         let transport = Transport::new(
             &config.address,
             &config.tls,
             config.connect_timeout,
-            RequestBudget::max_in_flight(
-                config.max_blocking_queries,
-                config.max_concurrent_requests,
-            ),
+            budget.max_in_flight(),
         )?;
         let base_url =
             Url::parse(&config.address.base_url()).map_err(|e| ConfigError::InvalidAddress {
@@ -118,10 +117,7 @@ impl NomadClient {
                 token,
                 region: config.region,
                 namespace: config.namespace,
-                budget: RequestBudget::new(
-                    config.max_blocking_queries,
-                    config.max_concurrent_requests,
-                ),
+                budget,
                 metrics,
                 request_timeout: config.request_timeout,
                 blocking_timeout_margin: config.blocking_timeout_margin,
