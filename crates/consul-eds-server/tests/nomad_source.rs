@@ -346,6 +346,18 @@ async fn a_service_in_both_registries_is_one_cluster_unless_the_template_parts_t
 }
 
 /// Status and body of a request through Envoy for `host`.
+/// An Envoy with only an ADS source, fed the gateway's listeners by `eds`
+/// (the listener's port names its node).
+async fn gateway_envoy(eds: &EdsServer, port: u16) -> test_support::Envoy {
+    test_support::Envoy::start(&test_support::bootstrap::ads_only_bootstrap(
+        &format!("gw-{port}"),
+        eds.xds,
+        false,
+    ))
+    .await
+    .expect("Envoy starts with the small bootstrap")
+}
+
 async fn get(listener: SocketAddr, host: &str) -> (u16, String) {
     match test_support::http_request("GET", listener, "/", &[("host", host)], Vec::new()).await {
         Ok(response) => (response.status, response.body),
@@ -396,13 +408,7 @@ async fn the_gateway_routes_nomad_services_from_their_tags() {
         ],
     )
     .await;
-    let envoy = test_support::Envoy::start(&test_support::bootstrap::ads_only_bootstrap(
-        &format!("gw-{port}"),
-        eds.xds,
-        false,
-    ))
-    .await
-    .expect("Envoy starts with the small bootstrap");
+    let envoy = gateway_envoy(&eds, port).await;
     expect_answer(&eds, listener, "api.test", 200, "api-1").await;
 
     // A Consul service's tags route beside it.
@@ -475,13 +481,7 @@ async fn the_gateway_routes_every_namespace_and_keeps_the_routes_of_one_the_toke
         ],
     )
     .await;
-    let _envoy = test_support::Envoy::start(&test_support::bootstrap::ads_only_bootstrap(
-        &format!("gw-{port}"),
-        eds.xds,
-        false,
-    ))
-    .await
-    .expect("Envoy starts with the small bootstrap");
+    let _envoy = gateway_envoy(&eds, port).await;
     expect_answer(&eds, listener, "api.test", 200, "api-1").await;
     expect_answer(&eds, listener, "shop.test", 200, "shop-1").await;
 
