@@ -89,6 +89,9 @@ async fn serve(listener: TcpListener, id: Arc<str>, behaviour: Behaviour, stop: 
                 Err(_) => continue,
             },
         };
+        // As any HTTP server should: an answer written in two pieces must
+        // not wait out the peer's delayed acknowledgement (Nagle).
+        let _ = stream.set_nodelay(true);
         let id = id.clone();
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
             let id = id.clone();

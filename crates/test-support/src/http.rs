@@ -39,6 +39,7 @@ pub async fn http_request(
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| http_error(&url, e))?;
+    stream.set_nodelay(true).map_err(|e| http_error(&url, e))?;
     send(stream, &url, method, &addr.to_string(), path, headers, body).await
 }
 
