@@ -163,6 +163,7 @@ async fn serve(args: Layer) -> Result<()> {
             policy,
             Arc::clone(&publisher),
             metrics.clone(),
+            routes.unrouted_grace,
         );
         let follower = follower.with_record_from(storage.store());
         let view = follower.subscribe();

@@ -8,7 +8,9 @@
 //! - two replicas on one Consul prefix: a host unrouted while only one ran
 //!   is shown by the other, started later, with the first one's clock; once
 //!   the first stops, the second holds the lock, keeps renewing the host
-//!   until that clock's grace ends, then stops; routed again, its entry is
+//!   until that clock's grace ends, then stops, and keeps it while its own
+//!   certificate is served, while a refused host unrouted with it is
+//!   forgotten, on the page and in the record; routed again, its entry is
 //!   cleared;
 //! - one instance on disk: a restart keeps the clock; an entry that cannot
 //!   be read is taken as unrouted from the restart; a record that cannot be
@@ -28,6 +30,8 @@ use time::format_description::well_known::Rfc3339;
 
 const ZONE: &str = "demo.test";
 const HOST: &str = "clock.demo.test";
+/// Refused (outside the allowed domains), unrouted with `HOST`.
+const GONE: &str = "gone.other.test";
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 const RENEWING: &str = "envoy_acme_sds_routed_renewing";
@@ -51,6 +55,10 @@ async fn route_host(world: &GatewayWorld) {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     world
         .register_at("stay", addr, &["edge.route=stay.other.test/ tls=true"])
+        .await
+        .expect("register");
+    world
+        .register_at("gone", addr, &[&format!("edge.route={GONE}/ tls=true")])
         .await
         .expect("register");
     world
@@ -84,6 +92,11 @@ fn unrouted_since(entry: &serde_json::Value) -> OffsetDateTime {
 
 /// The stored record's entry of `HOST`, in Consul under `prefix`.
 async fn consul_record(world: &GatewayWorld, prefix: &str) -> serde_json::Value {
+    consul_record_of(world, prefix, HOST).await
+}
+
+/// The stored record's entry of `host` (null when there is none).
+async fn consul_record_of(world: &GatewayWorld, prefix: &str, host: &str) -> serde_json::Value {
     let response = http_get(
         world.consul.http_addr(),
         &format!("/v1/kv/{prefix}/routed-hosts?raw"),
@@ -92,7 +105,7 @@ async fn consul_record(world: &GatewayWorld, prefix: &str) -> serde_json::Value 
     .expect("KV read");
     assert_eq!(response.status, 200, "{}", response.body);
     let record: serde_json::Value = serde_json::from_str(&response.body).expect("JSON record");
-    record["hosts"][HOST].clone()
+    record["hosts"][host].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,6 +156,7 @@ async fn a_new_lock_holder_continues_the_unrouted_clock_of_the_one_before() {
     })
     .await;
     let since = unrouted_since(&entry);
+    world.deregister("gone").await.expect("deregister");
     let recorded = eventually("the clock stored", WAIT, POLL, || async {
         let entry = consul_record(&world, prefix).await;
         entry["unrouted_since"].is_string().then_some(entry)
@@ -204,6 +218,23 @@ async fn a_new_lock_holder_continues_the_unrouted_clock_of_the_one_before() {
     assert_eq!(unrouted_since(&entry), since, "{entry}");
     assert_eq!(entry["served_as"], "own", "still served: {entry}");
     assert_eq!(front.orders().len(), 1, "{:?}", front.orders());
+
+    // The refused host has no certificate of its own: past its grace it is
+    // forgotten, on the page and in the record the holder writes.
+    eventually("the refused host forgotten", WAIT, POLL, || async {
+        let page = second.debug_certificates().await;
+        let routed = page["routed"].as_array()?;
+        let stay = routed.iter().any(|r| r["host"] == "stay.other.test");
+        let gone = routed.iter().any(|r| r["host"] == GONE);
+        let recorded = consul_record_of(&world, prefix, GONE).await;
+        (stay && !gone && recorded.is_null()).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", second.logs()));
+    host_entry(&second, "the host still served kept", |r| {
+        r["served_as"] == "own"
+    })
+    .await;
 
     // Routed again: the entry is cleared and renewal resumes, still with
     // the certificate it has.

@@ -18,8 +18,15 @@
 //! adopts at start and when it becomes the holder ([`RoutedHosts::adopt`]),
 //! so a restart or a new holder continues a host's clock instead of
 //! restarting it, or forgetting a host no longer routed.
+//!
+//! Neither the hosts nor the record grow for ever: a host is forgotten
+//! once it is past its use ([`forgettable`]): unrouted for the grace, so
+//! nothing renews it any more, and no certificate of its own still served
+//! under its name, so the status page never loses a certificate Envoy may
+//! still present. A host routed again after that is a new host.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use route_tags::{HostPattern, InstanceTags, TagPrefix, service_decl};
 use serde::Serialize;
@@ -69,7 +76,22 @@ pub struct HostRouting {
     pub unrouted_since: Option<OffsetDateTime>,
 }
 
-/// Every TLS host routed since the start, routed or not now.
+/// Whether `routing` is past its use at `now`: unrouted for at least
+/// `grace` (its renewal has stopped) and `served_until`, when the
+/// certificate served under the host's own name expires, is not later.
+pub fn forgettable(
+    routing: &HostRouting,
+    now: OffsetDateTime,
+    grace: Duration,
+    served_until: Option<OffsetDateTime>,
+) -> bool {
+    routing
+        .unrouted_since
+        .is_some_and(|since| now >= since + grace)
+        && served_until.is_none_or(|until| until <= now)
+}
+
+/// Every TLS host routed and not yet forgotten, routed or not now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutedHosts {
     hosts: BTreeMap<String, HostRouting>,
@@ -144,17 +166,43 @@ impl RoutedHosts {
         }
         changed
     }
+
+    /// Forgets the hosts `forget` names past their use (see
+    /// [`forgettable`]). Returns the hosts forgotten.
+    pub fn forget(&mut self, forget: impl Fn(&str, &HostRouting) -> bool) -> Vec<String> {
+        let gone: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|(host, routing)| forget(host, routing))
+            .map(|(host, _)| host.clone())
+            .collect();
+        for host in &gone {
+            self.hosts.remove(host);
+        }
+        gone
+    }
 }
 
 /// The record the lock holder stores after `record` once its replica knows
 /// `hosts`: every host known, routed ones cleared (`None`); a host unrouted
 /// keeps the clock recorded for it, or takes the replica's; a host the
-/// replica does not know yet (a record adopted late) stays as recorded.
+/// replica does not know yet (a record adopted late) stays as recorded,
+/// unless it has been unrouted for `grace` by `now`: the replica forgot it
+/// (see [`forgettable`]), or will once it adopts it, or, if a certificate
+/// of its own is still served there, lists it again in `hosts`.
 pub fn next_record(
     record: &BTreeMap<String, HostRouting>,
     hosts: &BTreeMap<String, HostRouting>,
+    now: OffsetDateTime,
+    grace: Duration,
 ) -> BTreeMap<String, HostRouting> {
-    let mut next = record.clone();
+    let mut next: BTreeMap<String, HostRouting> = record
+        .iter()
+        .filter(|(host, recorded)| {
+            hosts.contains_key(*host) || !forgettable(recorded, now, grace, None)
+        })
+        .map(|(host, recorded)| (host.clone(), recorded.clone()))
+        .collect();
     for (host, routing) in hosts {
         let unrouted_since = routing.unrouted_since.map(|since| {
             record
@@ -316,7 +364,8 @@ mod tests {
             ("c.test".to_owned(), routing(None)),
             ("f.test".to_owned(), routing(Some(here))),
         ]);
-        let next = next_record(&record, &hosts);
+        let grace = Duration::from_secs(3600);
+        let next = next_record(&record, &hosts, here, grace);
         assert_eq!(
             next["a.test"].unrouted_since, None,
             "new host recorded routed"
@@ -337,6 +386,64 @@ mod tests {
             Some(here),
             "the replica's clock"
         );
-        assert_eq!(next_record(&next, &hosts), next, "stable");
+        assert_eq!(next_record(&next, &hosts, here, grace), next, "stable");
+
+        // An hour on, e's grace (from its recorded clock) is over and the
+        // replica does not list it: it leaves the record. b and f, which the
+        // replica still lists (their certificates still served), stay.
+        let later = first + time::Duration::hours(1);
+        let pruned = next_record(&next, &hosts, later, grace);
+        assert!(!pruned.contains_key("e.test"), "forgotten");
+        assert_eq!(pruned.len(), next.len() - 1);
+        assert_eq!(pruned["b.test"].unrouted_since, Some(first));
+    }
+
+    #[test]
+    fn a_host_is_forgotten_once_unrouted_for_the_grace_and_its_certificate_expired() {
+        let start = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1000);
+        let grace = Duration::from_secs(3600);
+        let after_grace = start + time::Duration::hours(1);
+        let routed_host = routing(None);
+        let unrouted = routing(Some(start));
+        assert!(
+            !forgettable(&routed_host, after_grace, grace, None),
+            "routed"
+        );
+        assert!(
+            !forgettable(
+                &unrouted,
+                after_grace - time::Duration::seconds(1),
+                grace,
+                None
+            ),
+            "still in its grace"
+        );
+        assert!(
+            forgettable(&unrouted, after_grace, grace, None),
+            "no certificate"
+        );
+        let expires = after_grace + time::Duration::days(30);
+        assert!(
+            !forgettable(&unrouted, after_grace, grace, Some(expires)),
+            "its certificate is still served"
+        );
+        assert!(
+            forgettable(&unrouted, expires, grace, Some(expires)),
+            "expired"
+        );
+
+        let mut hosts = RoutedHosts::default();
+        hosts.on_answer(routed(&["a.test", "b.test", "c.test"]), true, start);
+        hosts.on_answer(routed(&["a.test"]), true, start);
+        let gone = hosts.forget(|host, routing| {
+            let served_until = (host == "c.test").then_some(expires);
+            forgettable(routing, after_grace, grace, served_until)
+        });
+        assert_eq!(gone, vec!["b.test".to_owned()]);
+        let left: Vec<&str> = hosts.hosts().keys().map(String::as_str).collect();
+        assert_eq!(left, vec!["a.test", "c.test"]);
+        // Routed again later: a new host, routed.
+        hosts.on_answer(routed(&["a.test", "b.test"]), true, expires);
+        assert_eq!(hosts.hosts()["b.test"].unrouted_since, None);
     }
 }

@@ -9,9 +9,15 @@
 //! view, and the orders of a holder, continue the clock of the holder
 //! before.
 //!
+//! It also forgets the hosts past their use (see [`forgettable`]), on
+//! every change and when the first grace or certificate of an unrouted
+//! host ends, so a host routed once for a day does not stay on the status
+//! page, and in the holder's record, for good.
+//!
 //! [`sources`]: super::sources
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -22,16 +28,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::RoutedView;
-use super::catalog::{RoutedHosts, tls_hosts};
+use super::catalog::{RoutedHosts, forgettable, tls_hosts};
 use super::policy::{HostPlan, RoutedPolicy};
 use super::sources::CatalogAnswer;
 use crate::metrics::ServiceMetrics;
 use crate::sds::SecretPublisher;
-use crate::store::{CertificateStore, RoutedHostsRecord};
+use crate::store::{CertificateStore, RoutedHostsRecord, SecretName};
 
 /// Hands the follower a record of routed hosts to adopt (the lock holder's,
 /// read at the start of its term).
 pub type RecordSender = mpsc::UnboundedSender<RoutedHostsRecord>;
+
+/// The longest the follower sleeps before looking for hosts past their
+/// use again: the moment is computed from the wall clock, which may jump.
+const FORGET_CHECK_LONGEST: Duration = Duration::from_secs(3600);
+/// The shortest: a moment already past (a clock read a little apart) must
+/// not make a busy loop.
+const FORGET_CHECK_SHORTEST: Duration = Duration::from_secs(1);
 
 /// Follows the registries' answers and feeds the publisher and the view.
 pub struct RouteFollower {
@@ -40,6 +53,7 @@ pub struct RouteFollower {
     policy: RoutedPolicy,
     publisher: Arc<SecretPublisher>,
     metrics: ServiceMetrics,
+    unrouted_grace: Duration,
     hosts: RoutedHosts,
     view: watch::Sender<Arc<RoutedView>>,
     /// Read once before the first answer is taken.
@@ -59,6 +73,8 @@ impl std::fmt::Debug for RouteFollower {
 
 impl RouteFollower {
     /// `answers`: the registries read, e.g. [`union_of`] their catalogs.
+    /// `unrouted_grace`: how long a host no longer routed is renewed (and
+    /// so kept, at least).
     ///
     /// [`union_of`]: super::sources::union_of
     pub fn new(
@@ -67,6 +83,7 @@ impl RouteFollower {
         policy: RoutedPolicy,
         publisher: Arc<SecretPublisher>,
         metrics: ServiceMetrics,
+        unrouted_grace: Duration,
     ) -> Self {
         let (record_sender, records) = mpsc::unbounded_channel();
         Self {
@@ -75,6 +92,7 @@ impl RouteFollower {
             policy,
             publisher,
             metrics,
+            unrouted_grace,
             hosts: RoutedHosts::default(),
             view: watch::Sender::new(Arc::new(RoutedView::default())),
             store: None,
@@ -123,10 +141,22 @@ impl RouteFollower {
             }
         }
         loop {
+            let now = OffsetDateTime::now_utc();
+            let next_forget = self.next_forget_at().map_or(FORGET_CHECK_LONGEST, |at| {
+                Duration::try_from(at - now)
+                    .unwrap_or(Duration::ZERO)
+                    .clamp(FORGET_CHECK_SHORTEST, FORGET_CHECK_LONGEST)
+            });
             let answer = tokio::select! {
                 () = shutdown.cancelled() => return,
                 Some(record) = self.records.recv() => {
                     self.adopt(&record);
+                    continue;
+                }
+                () = tokio::time::sleep(next_forget) => {
+                    if self.forget_past_use(OffsetDateTime::now_utc()) {
+                        self.publish();
+                    }
                     continue;
                 }
                 answer = self.answers.next() => answer,
@@ -159,20 +189,73 @@ impl RouteFollower {
         now: OffsetDateTime,
     ) {
         let routed = tls_hosts(&self.prefix, services);
-        if self.hosts.on_answer(routed, believable, now) {
+        let changed = self.hosts.on_answer(routed, believable, now);
+        if self.forget_past_use(now) || changed {
             self.publish();
         }
     }
 
     /// Takes a stored record of routed hosts (see [`RoutedHosts::adopt`]).
     pub fn adopt(&mut self, record: &RoutedHostsRecord) {
-        if self.hosts.adopt(record) {
+        let adopted = self.hosts.adopt(record);
+        if adopted {
             debug!(
                 hosts = record.len(),
                 "adopted the stored record of routed hosts"
             );
+        }
+        if self.forget_past_use(OffsetDateTime::now_utc()) || adopted {
             self.publish();
         }
+    }
+
+    /// The certificate served under `host`'s own name expires then.
+    fn own_certificate_until(&self, host: &str) -> Option<OffsetDateTime> {
+        let name = SecretName::new(host.to_owned()).ok()?;
+        Some(self.publisher.current(&name)?.metadata().not_after)
+    }
+
+    /// When the first unrouted host will be past its use, as things are.
+    fn next_forget_at(&self) -> Option<OffsetDateTime> {
+        self.hosts
+            .hosts()
+            .iter()
+            .filter_map(|(host, routing)| {
+                let grace_ends = routing.unrouted_since? + self.unrouted_grace;
+                Some(match self.own_certificate_until(host) {
+                    Some(until) => grace_ends.max(until),
+                    None => grace_ends,
+                })
+            })
+            .min()
+    }
+
+    /// Forgets the hosts past their use at `now`: unrouted for the grace
+    /// and with no certificate of their own served past `now` (the one
+    /// stored under the host's name: a placeholder or a covering
+    /// certificate is no reason to keep a host). Returns whether any was.
+    fn forget_past_use(&mut self, now: OffsetDateTime) -> bool {
+        let grace = self.unrouted_grace;
+        let served_until: std::collections::BTreeMap<String, Option<OffsetDateTime>> = self
+            .hosts
+            .hosts()
+            .iter()
+            .filter(|(_, routing)| routing.unrouted_since.is_some())
+            .map(|(host, _)| (host.clone(), self.own_certificate_until(host)))
+            .collect();
+        let gone = self.hosts.forget(|host, routing| {
+            forgettable(
+                routing,
+                now,
+                grace,
+                served_until.get(host).copied().flatten(),
+            )
+        });
+        if gone.is_empty() {
+            return false;
+        }
+        info!(hosts = ?gone, grace = ?grace, "forgot the routed hosts unrouted past the grace whose own certificate, if any, has expired");
+        true
     }
 
     /// Serves and shows the hosts as they now are.

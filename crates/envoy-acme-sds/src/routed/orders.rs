@@ -132,7 +132,14 @@ impl RoutedOrdering {
                 .iter()
                 .map(|(host, entry)| (host.clone(), entry.routing.clone()))
                 .collect();
-            let next = next_record(&record, &hosts);
+            // The follower forgetting a host changes the view, so the
+            // record shrinks with it here, with no clock of its own.
+            let next = next_record(
+                &record,
+                &hosts,
+                OffsetDateTime::now_utc(),
+                self.unrouted_grace,
+            );
             let mut failed = false;
             if next != record {
                 match store.save_routed_hosts(&next).await {
