@@ -76,19 +76,26 @@ pub struct HostRouting {
     pub unrouted_since: Option<OffsetDateTime>,
 }
 
-/// Whether `routing` is past its use at `now`: unrouted for at least
-/// `grace` (its renewal has stopped) and `served_until`, when the
-/// certificate served under the host's own name expires, is not later.
+/// From when `routing` is past its use: once unrouted for `grace` (its
+/// renewal has stopped) and `served_until`, when the certificate served
+/// under the host's own name expires, has passed. `None` while routed.
+pub fn past_use_from(
+    routing: &HostRouting,
+    grace: Duration,
+    served_until: Option<OffsetDateTime>,
+) -> Option<OffsetDateTime> {
+    let grace_ends = routing.unrouted_since? + grace;
+    Some(served_until.map_or(grace_ends, |until| grace_ends.max(until)))
+}
+
+/// Whether `routing` is past its use at `now` (see [`past_use_from`]).
 pub fn forgettable(
     routing: &HostRouting,
     now: OffsetDateTime,
     grace: Duration,
     served_until: Option<OffsetDateTime>,
 ) -> bool {
-    routing
-        .unrouted_since
-        .is_some_and(|since| now >= since + grace)
-        && served_until.is_none_or(|until| until <= now)
+    past_use_from(routing, grace, served_until).is_some_and(|from| from <= now)
 }
 
 /// Every TLS host routed and not yet forgotten, routed or not now.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::RoutedView;
-use super::catalog::{RoutedHosts, forgettable, tls_hosts};
+use super::catalog::{RoutedHosts, forgettable, past_use_from, tls_hosts};
 use super::policy::{HostPlan, RoutedPolicy};
 use super::sources::CatalogAnswer;
 use crate::metrics::ServiceMetrics;
@@ -209,23 +209,18 @@ impl RouteFollower {
         }
     }
 
-    /// The certificate served under `host`'s own name expires then.
-    fn own_certificate_until(&self, host: &str) -> Option<OffsetDateTime> {
-        let name = SecretName::new(host.to_owned()).ok()?;
-        Some(self.publisher.current(&name)?.metadata().not_after)
-    }
-
     /// When the first unrouted host will be past its use, as things are.
     fn next_forget_at(&self) -> Option<OffsetDateTime> {
         self.hosts
             .hosts()
             .iter()
+            .filter(|(_, routing)| routing.unrouted_since.is_some())
             .filter_map(|(host, routing)| {
-                let grace_ends = routing.unrouted_since? + self.unrouted_grace;
-                Some(match self.own_certificate_until(host) {
-                    Some(until) => grace_ends.max(until),
-                    None => grace_ends,
-                })
+                past_use_from(
+                    routing,
+                    self.unrouted_grace,
+                    own_certificate_until(&self.publisher, host),
+                )
             })
             .min()
     }
@@ -236,20 +231,11 @@ impl RouteFollower {
     /// certificate is no reason to keep a host). Returns whether any was.
     fn forget_past_use(&mut self, now: OffsetDateTime) -> bool {
         let grace = self.unrouted_grace;
-        let served_until: std::collections::BTreeMap<String, Option<OffsetDateTime>> = self
-            .hosts
-            .hosts()
-            .iter()
-            .filter(|(_, routing)| routing.unrouted_since.is_some())
-            .map(|(host, _)| (host.clone(), self.own_certificate_until(host)))
-            .collect();
+        let publisher = &self.publisher;
         let gone = self.hosts.forget(|host, routing| {
-            forgettable(
-                routing,
-                now,
-                grace,
-                served_until.get(host).copied().flatten(),
-            )
+            // A routed host is never forgotten: no need to look it up.
+            routing.unrouted_since.is_some()
+                && forgettable(routing, now, grace, own_certificate_until(publisher, host))
         });
         if gone.is_empty() {
             return false;
@@ -282,4 +268,10 @@ impl RouteFollower {
         }
         self.view.send_replace(Arc::new(view));
     }
+}
+
+/// When the certificate `publisher` serves under `host`'s own name expires.
+fn own_certificate_until(publisher: &SecretPublisher, host: &str) -> Option<OffsetDateTime> {
+    let name = SecretName::new(host.to_owned()).ok()?;
+    Some(publisher.current(&name)?.metadata().not_after)
 }
