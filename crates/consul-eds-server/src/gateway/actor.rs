@@ -437,8 +437,8 @@ impl Gateway {
 /// else when the window after the last rebuild's end closes. Counted from
 /// the end (make before break waits for Envoy), what arrives during a
 /// rebuild is gathered for one window, as before there was a leading
-/// edge: a storm takes the same rebuilds, and only a burst's first change,
-/// after quiet, goes out alone.
+/// edge: changes closer together than the window take the same rebuilds;
+/// a burst after quiet takes at most one more, its first change alone.
 fn rebuild_due(now: Instant, last_rebuild: Option<Instant>, coalesce: Duration) -> Instant {
     last_rebuild.map_or(now, |last| (last + coalesce).max(now))
 }
